@@ -1,0 +1,112 @@
+"""The ``fedpet`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from fedpet.errors import FedpetError
+
+# flag -> (dotted config field, argparse options)
+RUN_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "--task": ("data.task", {"help": "task name (default rotten_tomatoes)"}),
+    "--model": ("model", {"help": "packaged all-MiniLM-L6-v2 (default), a local dir or hub id"}),
+    "--method": ("method.name", {"help": "full, lora, adapter, prefix, bitfit, prompt, ia3"}),
+    "--clients": ("federation.clients", {"type": int, "help": "number of clients"}),
+    "--clients-per-round": ("federation.clients_per_round", {"type": int}),
+    "--rounds": ("federation.rounds", {"type": int}),
+    "--local-epochs": ("train.local_epochs", {"type": int}),
+    "--batch-size": ("train.batch_size", {"type": int}),
+    "--lr": ("train.lr", {"type": float, "help": "method learning rate (default per method)"}),
+    "--optimizer": ("train.optimizer", {"help": "adamw (default) or sgd"}),
+    "--max-length": ("data.max_length", {"type": int, "help": "truncate to this many tokens"}),
+    "--dropout": ("train.dropout", {"type": float, "help": "override model dropout; 0 disables"}),
+    "--partition": ("data.partition", {"help": "dirichlet (default) or iid"}),
+    "--alpha": ("data.alpha", {"type": float, "help": "Dirichlet concentration (default 1)"}),
+    "--max-train-samples": ("data.max_train_samples", {"type": int}),
+    "--seed": ("seed", {"type": int}),
+    "--epochs": ("train.epochs", {"type": int, "help": "epochs of --centralized training"}),
+    "--out": ("out", {"help": "run directory (default runs/<task>-<method>-<time>)"}),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line and exits with status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fedpet`` argument parser."""
+    parser = _Parser(prog="fedpet", description="Federated parameter-efficient tuning.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", help="run one federated (or centralized) experiment")
+    run.add_argument("--config", help="YAML config file (e.g. a run's config.yaml)")
+    for flag, (field, options) in RUN_FLAGS.items():
+        run.add_argument(flag, dest=field, default=None, **options)
+    run.add_argument("--centralized", action="store_true", default=None,
+                     help="train on the union of the clients' data instead")
+    run.add_argument("--overwrite", action="store_true", help="replace a run in --out")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="any config field, e.g. --set method.r=16 (repeatable)")
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    from fedpet.config import parse_override
+
+    pairs = [(field, getattr(args, field)) for field, _ in RUN_FLAGS.values()]
+    pairs.append(("centralized", args.centralized))
+    flags = [(k, v) for k, v in pairs if v is not None]
+    return [parse_override(item) for item in args.set] + flags
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    """Validate, load once, run all rounds, write the run directory, print a summary."""
+    from fedpet.config import build_config, load_yaml, resolve
+    from fedpet.experiment import prepare
+    from fedpet.progress import RoundProgress, print_summary
+    from fedpet.rundir import RunDir, check_out_dir, default_run_dir
+    from fedpet.runtime.centralized import run_centralized
+    from fedpet.runtime.recorder import Recorder
+    from fedpet.runtime.simulation import run_simulation
+
+    base = load_yaml(args.config) if args.config else {}
+    cfg = resolve(build_config(base, _overrides(args)))
+    out = Path(cfg.out) if cfg.out else default_run_dir(cfg)
+    check_out_dir(out, args.overwrite)
+    exp = prepare(cfg)
+    run = RunDir(out)
+    run.create(args.overwrite)
+    run.write_config(cfg)
+    run.write_json("partition.json", exp.partition_report())
+    total = cfg.train.epochs if cfg.centralized else cfg.federation.rounds
+    with RoundProgress(total, exp.task.metric, "epoch" if cfg.centralized else "round") as bar:
+        recorder = Recorder(exp, run, on_round=bar.update)
+        (run_centralized if cfg.centralized else run_simulation)(exp, recorder)
+    summary = recorder.finish()
+    print_summary(summary)
+    print(f"run directory: {out}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fedpet`` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            cmd_run(args)
+    except FedpetError as exc:
+        print(f"fedpet {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fedpet: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,307 @@
+"""The run configuration: frozen dataclasses, built from YAML plus dotted overrides, validated.
+
+A config is assembled in one direction only: defaults, then a YAML file, then
+``--set section.field=value`` overrides (the CLI's flags are overrides too). The result
+is validated once, and :func:`resolve` fills the per-method defaults (learning rates) so
+that the saved ``config.yaml`` holds every number the run used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from fedpet.errors import FedpetError
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which task, how it is tokenized, subsampled and partitioned across clients."""
+
+    task: str = "rotten_tomatoes"
+    max_length: int = 64
+    max_train_samples: int | None = 4000
+    split_seed: int = 0
+    partition: str = "dirichlet"
+    alpha: float = 1.0
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """The PETuning method and its options (each method reads the fields it needs)."""
+
+    name: str = "lora"
+    r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    target_modules: tuple[str, ...] | None = None
+    adapter: str = "pfeiffer"
+    reduction_factor: int = 16
+    num_virtual_tokens: int = 10
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Local (client) training, and centralized training for ``--centralized``."""
+
+    local_epochs: int = 1
+    batch_size: int = 16
+    lr: float | None = None
+    head_lr: float | None = None
+    optimizer: str = "adamw"
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    max_grad_norm: float | None = 1.0
+    dropout: float | None = None
+    epochs: int = 1
+    eval_batch_size: int = 128
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """Clients, participation and rounds."""
+
+    clients: int = 10
+    clients_per_round: int = 5
+    rounds: int = 10
+
+
+@dataclass(frozen=True)
+class AlgorithmConfig:
+    """The FL algorithm (client hooks + server update) and its options."""
+
+    name: str = "fedavg"
+    server_lr: float = 1.0
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    """How updates are encoded on the wire, per direction."""
+
+    up: str = "fp32"
+    down: str = "fp32"
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run; ``config.yaml`` in a run directory is this, resolved."""
+
+    seed: int = 0
+    model: str = DEFAULT_MODEL
+    pooling: str = "mean"
+    centralized: bool = False
+    out: str | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain nested dict of a config (tuples as lists), as written to ``config.yaml``."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple):
+            return list(value)
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return {k: plain(v) for k, v in dataclasses.asdict(cfg).items()}
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into a dict; unreadable or malformed files are a FedpetError."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FedpetError(f"config: cannot read {str(path)!r}: {exc.__class__.__name__}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" at line {line + 1}" if line is not None else ""
+        raise FedpetError(f"config: {str(path)!r} is not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise FedpetError(f"config: {str(path)!r} must hold a mapping of fields, not a list or scalar")
+    return data
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """Split ``section.field=value``; the value is read as YAML (``8``, ``1e-3``, ``[a, b]``)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise FedpetError(f"--set {item!r}: expected KEY=VALUE, e.g. method.r=16")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def build_config(
+    base: Mapping[str, Any] | None = None, overrides: Iterable[tuple[str, Any]] = ()
+) -> Config:
+    """Make a validated :class:`Config` from a nested mapping and dotted overrides."""
+    tree: dict[str, Any] = _nested_copy(base or {})
+    for key, value in overrides:
+        _set_dotted(tree, key, value)
+    cfg = _from_mapping(Config, tree, prefix="")
+    validate(cfg)
+    return cfg
+
+
+def _nested_copy(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _nested_copy(v) if isinstance(v, Mapping) else v for k, v in data.items()}
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = tree
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise FedpetError(f"{key}: {part!r} is a field, not a section")
+        node = child
+    node[leaf] = value
+
+
+def _from_mapping(cls: type[Any], data: Mapping[str, Any], prefix: str) -> Any:
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            allowed = ", ".join(sorted(names))
+            raise FedpetError(f"{prefix}{key}: unknown field; allowed here: {allowed}")
+    kwargs: dict[str, Any] = {}
+    for name in names & set(data):
+        hint, value, dotted = hints[name], data[name], f"{prefix}{name}"
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, Mapping):
+                raise FedpetError(f"{dotted}: is a section; give its fields, e.g. {dotted}.FIELD=...")
+            kwargs[name] = _from_mapping(hint, value, prefix=f"{dotted}.")  # type: ignore[arg-type]
+        else:
+            kwargs[name] = _coerce(value, hint, dotted)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        options = [a for a in get_args(hint) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return _coerce(value, options[0], key)
+    if origin is tuple:
+        items = value if isinstance(value, list | tuple) else str(value).split(",")
+        return tuple(str(v).strip() for v in items)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise FedpetError(f"{key} = {value!r}: expected true or false")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise FedpetError(f"{key} = {value!r}: expected an integer")
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise FedpetError(f"{key} = {value!r}: expected a number")
+    if hint is str:
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return str(value)
+        raise FedpetError(f"{key} = {value!r}: expected a string")
+    raise TypeError(f"unsupported config type {hint!r} for {key}")
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise FedpetError(f"{key} = {value!r} is not allowed: {allowed}")
+
+
+def _choice(key: str, value: str, choices: Iterable[str]) -> None:
+    options = sorted(choices)
+    _check(value in options, key, value, "choose one of " + ", ".join(options))
+
+
+def validate(cfg: Config) -> None:
+    """Check every field against what is allowed; raise FedpetError naming the first bad one."""
+    from fedpet.algorithms import ALGORITHMS
+    from fedpet.codecs import CODECS
+    from fedpet.data.partition import PARTITIONERS
+    from fedpet.data.tasks import TASKS
+    from fedpet.methods import METHODS
+
+    d, m, t, f = cfg.data, cfg.method, cfg.train, cfg.federation
+    _choice("data.task", d.task, TASKS)
+    _choice("data.partition", d.partition, PARTITIONERS)
+    _choice("method.name", m.name, METHODS)
+    _choice("algorithm.name", cfg.algorithm.name, ALGORITHMS)
+    _choice("codec.up", cfg.codec.up, CODECS)
+    _choice("codec.down", cfg.codec.down, CODECS)
+    _choice("pooling", cfg.pooling, ("mean", "cls"))
+    _choice("train.optimizer", t.optimizer, ("adamw", "sgd"))
+    _choice("train.schedule", t.schedule, ("constant", "linear"))
+    _choice("method.adapter", m.adapter, ("houlsby", "pfeiffer"))
+    _check(d.alpha > 0, "data.alpha", d.alpha, "a number > 0 (smaller = stronger label skew)")
+    _check(d.max_length >= 8, "data.max_length", d.max_length, "an integer >= 8")
+    mts = d.max_train_samples
+    _check(mts is None or mts >= 1, "data.max_train_samples", mts, "an integer >= 1 or null")
+    _check(f.clients >= 1, "federation.clients", f.clients, "an integer >= 1")
+    _check(
+        1 <= f.clients_per_round <= f.clients,
+        "federation.clients_per_round",
+        f.clients_per_round,
+        f"an integer from 1 to federation.clients ({f.clients})",
+    )
+    _check(f.rounds >= 1, "federation.rounds", f.rounds, "an integer >= 1")
+    _check(t.local_epochs >= 1, "train.local_epochs", t.local_epochs, "an integer >= 1")
+    _check(t.epochs >= 1, "train.epochs", t.epochs, "an integer >= 1")
+    _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "an integer >= 1")
+    _check(t.eval_batch_size >= 1, "train.eval_batch_size", t.eval_batch_size, "an integer >= 1")
+    for key, lr in (("train.lr", t.lr), ("train.head_lr", t.head_lr)):
+        _check(lr is None or lr > 0, key, lr, "a number > 0, or null for the method's default")
+    _check(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "a number >= 0")
+    mgn = t.max_grad_norm
+    _check(mgn is None or mgn > 0, "train.max_grad_norm", mgn, "a number > 0, or null for none")
+    drop = t.dropout
+    _check(drop is None or 0 <= drop < 1, "train.dropout", drop, "a number in [0, 1) or null")
+    _check(0 <= m.lora_dropout < 1, "method.lora_dropout", m.lora_dropout, "a number in [0, 1)")
+    _check(m.r >= 1, "method.r", m.r, "an integer >= 1")
+    _check(m.lora_alpha >= 1, "method.lora_alpha", m.lora_alpha, "an integer >= 1")
+    _check(m.reduction_factor >= 1, "method.reduction_factor", m.reduction_factor, "an integer >= 1")
+    nvt = m.num_virtual_tokens
+    _check(nvt >= 1, "method.num_virtual_tokens", nvt, "an integer >= 1")
+    _check(cfg.algorithm.server_lr > 0, "algorithm.server_lr", cfg.algorithm.server_lr, "> 0")
+
+
+def resolve(cfg: Config) -> Config:
+    """Fill the method's default learning rates where the config leaves them unset."""
+    from fedpet.methods import METHODS
+
+    method = METHODS[cfg.method.name]
+    train = dataclasses.replace(
+        cfg.train,
+        lr=cfg.train.lr if cfg.train.lr is not None else method.default_lr,
+        head_lr=cfg.train.head_lr if cfg.train.head_lr is not None else method.default_head_lr,
+    )
+    return dataclasses.replace(cfg, train=train)

@@ -1,0 +1,65 @@
+"""Tokenize a split once; form padded batches per step (dynamic padding, no fixed length)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from fedpet.data.tasks import Split
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Token ids of every example of a split (unpadded) and their labels."""
+
+    input_ids: list[np.ndarray]
+    labels: np.ndarray
+    pad_id: int
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Token count of each example."""
+        return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self))
+
+
+def encode(tokenizer: PreTrainedTokenizerBase, split: Split, max_length: int) -> Encoded:
+    """Tokenize every text once, truncated to ``max_length`` tokens."""
+    ids = tokenizer(split.texts, truncation=True, max_length=max_length)["input_ids"]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return Encoded([np.asarray(x, dtype=np.int64) for x in ids], split.labels, int(pad))
+
+
+def collate(data: Encoded, indices: np.ndarray) -> dict[str, torch.Tensor]:
+    """A batch padded to its longest example: input_ids, attention_mask and labels."""
+    rows = [data.input_ids[i] for i in indices]
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), data.pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = r
+        mask[i, : len(r)] = 1
+    return {
+        "input_ids": torch.from_numpy(ids),
+        "attention_mask": torch.from_numpy(mask),
+        "labels": torch.from_numpy(data.labels[indices]),
+    }
+
+
+def shuffled_batches(
+    indices: np.ndarray, batch_size: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """One epoch over ``indices`` in a seeded random order, cut into batches."""
+    order = rng.permutation(indices)
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def length_sorted_batches(data: Encoded, batch_size: int) -> list[np.ndarray]:
+    """All examples in batches of similar length: the cheapest order for evaluation."""
+    order = np.argsort(data.lengths, kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]

@@ -1,0 +1,101 @@
+"""Everything a process loads once for a run: task data, partition, tokenized splits, the model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from torch import nn
+
+from fedpet.config import Config
+from fedpet.data.batching import Encoded, encode
+from fedpet.data.partition import label_counts, label_skew, partition
+from fedpet.data.tasks import Task, load_task, stratified_subsample
+from fedpet.model import TextClassifier, build_model, head_parameter_names
+from fedpet.seeding import derive_seed
+from fedpet.state import trainable_parameters
+
+
+@dataclass
+class Experiment:
+    """The loaded pieces of a run, shared by every simulated client.
+
+    Attributes
+    ----------
+    params
+        The cached map of trainable parameters; switching client copies into these.
+    clients
+        Per client, indices into ``train``.
+    """
+
+    cfg: Config
+    task: Task
+    train: Encoded
+    validation: Encoded
+    test: Encoded
+    clients: list[np.ndarray]
+    model: TextClassifier
+    params: dict[str, nn.Parameter]
+    head_names: set[str]
+
+    @property
+    def trainable_params(self) -> int:
+        """Number of trainable scalars (what FedAvg exchanges)."""
+        return sum(p.numel() for p in self.params.values())
+
+    @property
+    def total_params(self) -> int:
+        """Number of scalars in the whole model."""
+        return sum(p.numel() for p in self.model.parameters())
+
+    def partition_report(self) -> dict[str, object]:
+        """Split rule, client sizes and per-label counts, as written to ``partition.json``."""
+        counts = label_counts(self.task.train.labels, self.clients, self.task.num_labels)
+        d = self.cfg.data
+        return {
+            "task": self.task.name,
+            "split": {
+                "rule": self.task.split_rule,
+                "split_seed": d.split_seed,
+                "train": len(self.task.train),
+                "validation": len(self.task.validation),
+                "test": len(self.task.test),
+            },
+            "scheme": "centralized" if self.cfg.centralized else d.partition,
+            "alpha": d.alpha,
+            "labels": list(self.task.label_names),
+            "label_skew": label_skew(counts),
+            "clients": [
+                {"id": k, "size": int(c.sum()), "label_counts": c.tolist()}
+                for k, c in enumerate(counts)
+            ],
+        }
+
+
+def prepare(cfg: Config) -> Experiment:
+    """Load the task, subsample and partition it, build the model, tokenize once."""
+    task = load_task(cfg.data.task, cfg.data.split_seed)
+    if cfg.data.max_train_samples is not None:
+        rng = np.random.default_rng(derive_seed(cfg.seed, "subsample"))
+        keep = stratified_subsample(task.train.labels, cfg.data.max_train_samples, rng)
+        task = Task(task.name, task.label_names, task.train.subset(keep), task.validation,
+                    task.test, task.split_rule, task.metric)
+    if cfg.centralized:
+        clients = [np.arange(len(task.train))]
+    else:
+        seed = derive_seed(cfg.seed, "partition")
+        clients = partition(task.train.labels, cfg.data.partition, cfg.federation.clients,
+                            cfg.data.alpha, seed)
+    model, tokenizer = build_model(cfg, task.num_labels)
+    n = cfg.data.max_length
+    return Experiment(
+        cfg=cfg,
+        task=task,
+        train=encode(tokenizer, task.train, n),
+        validation=encode(tokenizer, task.validation, n),
+        test=encode(tokenizer, task.test, n),
+        clients=clients,
+        model=model,
+        params=trainable_parameters(model),
+        head_names=head_parameter_names(model),
+    )

@@ -1,0 +1,40 @@
+"""The PETuning method protocol: attach the method to an encoder and mark what trains."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from peft import PeftConfig, get_peft_model
+from torch import nn
+from transformers import PreTrainedModel
+
+from fedpet.config import MethodConfig
+
+
+class Method(Protocol):
+    """A PETuning method.
+
+    Attributes
+    ----------
+    name
+        Registry key (``--method``).
+    default_lr, default_head_lr
+        Learning rates of the method's parameters and of the classification head, used
+        when the config leaves ``train.lr`` / ``train.head_lr`` unset.
+    """
+
+    name: str
+    default_lr: float
+    default_head_lr: float
+
+    def attach(self, encoder: PreTrainedModel, options: MethodConfig) -> nn.Module:
+        """Add the method to ``encoder`` and return the module to run.
+
+        On return exactly the method's parameters require grad (the encoder arrives frozen).
+        """
+        ...
+
+
+def attach_peft(encoder: PreTrainedModel, config: PeftConfig) -> nn.Module:
+    """Wrap an encoder with a peft tuner; peft freezes everything but the tuner's tensors."""
+    return get_peft_model(encoder, config)  # type: ignore[no-any-return]

@@ -1,0 +1,22 @@
+"""BitFit (Ben Zaken et al., 2022): only the bias terms of the encoder train."""
+
+from __future__ import annotations
+
+from torch import nn
+from transformers import PreTrainedModel
+
+from fedpet.config import MethodConfig
+
+
+class BitFit:
+    """Train every ``bias`` of the encoder."""
+
+    name = "bitfit"
+    default_lr = 5e-3
+    default_head_lr = 1e-2
+
+    def attach(self, encoder: PreTrainedModel, options: MethodConfig) -> nn.Module:
+        """Unfreeze the bias parameters."""
+        for name, param in encoder.named_parameters():
+            param.requires_grad_(name.endswith("bias"))
+        return encoder

@@ -1,0 +1,21 @@
+"""Full fine-tuning (FedFT): every encoder parameter trains and is sent."""
+
+from __future__ import annotations
+
+from torch import nn
+from transformers import PreTrainedModel
+
+from fedpet.config import MethodConfig
+
+
+class Full:
+    """Train all encoder weights."""
+
+    name = "full"
+    default_lr = 5e-5
+    default_head_lr = 1e-3
+
+    def attach(self, encoder: PreTrainedModel, options: MethodConfig) -> nn.Module:
+        """Unfreeze the whole encoder."""
+        encoder.requires_grad_(True)
+        return encoder

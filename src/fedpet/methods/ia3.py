@@ -1,0 +1,22 @@
+"""(IA)^3 (Liu et al., 2022) through peft: learned rescaling of keys, values and FFN activations."""
+
+from __future__ import annotations
+
+from peft import IA3Config, TaskType
+from torch import nn
+from transformers import PreTrainedModel
+
+from fedpet.config import MethodConfig
+from fedpet.methods.base import attach_peft
+
+
+class IA3:
+    """IA3 vectors on peft's default modules for the model type."""
+
+    name = "ia3"
+    default_lr = 1e-2
+    default_head_lr = 1e-2
+
+    def attach(self, encoder: PreTrainedModel, options: MethodConfig) -> nn.Module:
+        """Inject the IA3 scaling vectors."""
+        return attach_peft(encoder, IA3Config(task_type=TaskType.FEATURE_EXTRACTION))

@@ -1,0 +1,29 @@
+"""LoRA (Hu et al., 2022) through peft: low-rank updates B A of the targeted linear layers."""
+
+from __future__ import annotations
+
+from peft import LoraConfig, TaskType
+from torch import nn
+from transformers import PreTrainedModel
+
+from fedpet.config import MethodConfig
+from fedpet.methods.base import attach_peft
+
+
+class Lora:
+    """LoRA with rank ``r`` and scale ``lora_alpha / r``; peft's default targets (query/value)."""
+
+    name = "lora"
+    default_lr = 1e-3
+    default_head_lr = 1e-2
+
+    def attach(self, encoder: PreTrainedModel, options: MethodConfig) -> nn.Module:
+        """Inject LoRA into the target modules."""
+        config = LoraConfig(
+            r=options.r,
+            lora_alpha=options.lora_alpha,
+            lora_dropout=options.lora_dropout,
+            target_modules=list(options.target_modules) if options.target_modules else None,
+            task_type=TaskType.FEATURE_EXTRACTION,
+        )
+        return attach_peft(encoder, config)

