@@ -29,6 +29,7 @@ class DataConfig:
     task: str = "rotten_tomatoes"
     max_length: int = 64
     max_train_samples: int | None = 4000
+    max_eval_samples: int | None = None
     split_seed: int = 0
     partition: str = "dirichlet"
     alpha: float = 1.0
@@ -216,6 +217,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
+        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+            return int(value)
         raise FedpetError(f"{key} = {value!r}: expected an integer")
     if hint is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
@@ -266,6 +269,8 @@ def validate(cfg: Config) -> None:
     _check(d.max_length >= 8, "data.max_length", d.max_length, "an integer >= 8")
     mts = d.max_train_samples
     _check(mts is None or mts >= 1, "data.max_train_samples", mts, "an integer >= 1 or null")
+    mes = d.max_eval_samples
+    _check(mes is None or mes >= 1, "data.max_eval_samples", mes, "an integer >= 1 or null")
     _check(f.clients >= 1, "federation.clients", f.clients, "an integer >= 1")
     _check(
         1 <= f.clients_per_round <= f.clients,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,7 +11,7 @@ from torch import nn
 from fedpet.config import Config
 from fedpet.data.batching import Encoded, encode
 from fedpet.data.partition import label_counts, label_skew, partition
-from fedpet.data.tasks import Task, load_task, stratified_subsample
+from fedpet.data.tasks import Split, Task, load_task, stratified_subsample
 from fedpet.model import TextClassifier, build_model, head_parameter_names
 from fedpet.seeding import derive_seed
 from fedpet.state import trainable_parameters
@@ -72,14 +73,28 @@ class Experiment:
         }
 
 
+def subsample(task: Task, cfg: Config) -> Task:
+    """Stratified subsets: ``max_train_samples`` of train (seeded by the run seed), and
+    ``max_eval_samples`` of validation and of test (seeded by the split seed, so runs with
+    different seeds are evaluated on the same examples)."""
+    train_rng = np.random.default_rng(derive_seed(cfg.seed, "subsample"))
+    eval_rng = np.random.default_rng(cfg.data.split_seed)
+
+    def cut(split: Split, n: int | None, rng: np.random.Generator) -> Split:
+        return split if n is None else split.subset(stratified_subsample(split.labels, n, rng))
+
+    n_eval = cfg.data.max_eval_samples
+    return dataclasses.replace(
+        task,
+        train=cut(task.train, cfg.data.max_train_samples, train_rng),
+        validation=cut(task.validation, n_eval, eval_rng),
+        test=cut(task.test, n_eval, eval_rng),
+    )
+
+
 def prepare(cfg: Config) -> Experiment:
     """Load the task, subsample and partition it, build the model, tokenize once."""
-    task = load_task(cfg.data.task, cfg.data.split_seed)
-    if cfg.data.max_train_samples is not None:
-        rng = np.random.default_rng(derive_seed(cfg.seed, "subsample"))
-        keep = stratified_subsample(task.train.labels, cfg.data.max_train_samples, rng)
-        task = Task(task.name, task.label_names, task.train.subset(keep), task.validation,
-                    task.test, task.split_rule, task.metric)
+    task = subsample(load_task(cfg.data.task, cfg.data.split_seed), cfg)
     if cfg.centralized:
         clients = [np.arange(len(task.train))]
     else:

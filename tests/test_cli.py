@@ -1,0 +1,79 @@
+"""The command line: bad input gives one line and exit status 2, and writes nothing."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedpet.cli import main
+
+
+def exit_code(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as exc:  # argparse's own errors
+        return int(exc.code or 0)
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--method", "lorax"], "method.name = 'lorax'"),
+        (["--task", "imdb"], "data.task = 'imdb'"),
+        (["--partition", "shuffled"], "data.partition = 'shuffled'"),
+        (["--clients", "4", "--clients-per-round", "5"], "federation.clients_per_round = 5"),
+        (["--alpha", "0"], "data.alpha = 0.0"),
+        (["--alpha", "-0.5"], "data.alpha = -0.5"),
+        (["--rounds", "0"], "federation.rounds = 0"),
+        (["--rounds", "two"], "argument --rounds: invalid int value: 'two'"),
+        (["--optimizer", "adam"], "train.optimizer = 'adam'"),
+        (["--config", "/nonexistent/c.yaml"], "config: cannot read"),
+        (["--set", "train.nope=1"], "train.nope: unknown field"),
+    ],
+)
+def test_bad_input_one_line_exit_2_nothing_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], needle: str
+) -> None:
+    out = tmp_path / "run"
+    assert exit_code(["run", "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err
+    assert len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_bad_input_from_a_real_process_is_one_line_and_status_2(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedpet.cli", "run", "--alpha", "0", "--out", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "fedpet run: error: data.alpha = 0.0 is not allowed: a number > 0 "
+        "(smaller = stronger label skew)"
+    ]
+
+
+def test_existing_run_is_not_overwritten_without_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "summary.json").write_text(json.dumps({"test_metric": 0.9}))
+    assert main(["run", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "already holds a run" in err and "--overwrite" in err
+    assert json.loads((out / "summary.json").read_text()) == {"test_metric": 0.9}
+    assert sorted(p.name for p in out.iterdir()) == ["summary.json"]
+
+
+def test_offline_hub_id_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--model", "roberta-base-not-cached", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "model = 'roberta-base-not-cached' could not be loaded" in err
+    assert "offline" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "r").exists()

@@ -1,0 +1,84 @@
+from pathlib import Path
+
+import pytest
+
+from fedpet.config import Config, build_config, load_yaml, parse_override, resolve, to_dict
+from fedpet.errors import FedpetError
+
+
+def test_defaults_validate_and_resolve_the_method_learning_rates() -> None:
+    cfg = resolve(build_config())
+    assert cfg.method.name == "lora" and cfg.data.partition == "dirichlet"
+    assert cfg.train.lr == 1e-3 and cfg.train.head_lr == 1e-2
+    full = resolve(build_config({}, [("method.name", "full")]))
+    assert full.train.lr == 5e-5
+
+
+def test_yaml_then_overrides_in_order() -> None:
+    cfg = build_config(
+        {"seed": 3, "method": {"name": "bitfit", "r": 4}},
+        [("method.r", 16), ("federation.rounds", "7"), ("method.target_modules", "query,key")],
+    )
+    assert cfg.seed == 3 and cfg.method.name == "bitfit"
+    assert cfg.method.r == 16 and cfg.federation.rounds == 7
+    assert cfg.method.target_modules == ("query", "key")
+
+
+def test_parse_override_reads_yaml_values() -> None:
+    assert parse_override("train.lr=0.001") == ("train.lr", 0.001)
+    assert build_config({}, [parse_override("train.lr=1e-3")]).train.lr == 1e-3
+    assert parse_override("method.target_modules=[query, value]") == (
+        "method.target_modules",
+        ["query", "value"],
+    )
+    with pytest.raises(FedpetError, match="KEY=VALUE"):
+        parse_override("no-equals-sign")
+
+
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("method.name", "lorax", "method.name = 'lorax' is not allowed: choose one of"),
+        ("data.task", "imdb", "data.task = 'imdb'"),
+        ("data.partition", "random", "data.partition = 'random'"),
+        ("data.alpha", 0, "data.alpha = 0.0 is not allowed: a number > 0"),
+        ("data.alpha", -1, "data.alpha = -1.0"),
+        ("federation.rounds", 0, "federation.rounds = 0 is not allowed"),
+        ("federation.clients_per_round", 11, "an integer from 1 to federation.clients (10)"),
+        ("train.optimizer", "adam", "choose one of adamw, sgd"),
+        ("train.batch_size", "big", "expected an integer"),
+        ("train.nope", 1, "train.nope: unknown field"),
+        ("federation", 3, "federation: is a section"),
+    ],
+)
+def test_bad_values_name_the_field_value_and_what_is_allowed(key, value, message) -> None:
+    with pytest.raises(FedpetError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        build_config({}, [(key, value)])
+
+
+def test_saved_config_round_trips(tmp_path: Path) -> None:
+    import yaml
+
+    cfg = resolve(build_config({}, [("method.target_modules", ["query"]), ("seed", 9)]))
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(to_dict(cfg)))
+    assert build_config(load_yaml(path)) == cfg
+
+
+def test_unreadable_and_malformed_yaml(tmp_path: Path) -> None:
+    with pytest.raises(FedpetError, match="cannot read"):
+        load_yaml(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seed: [1, 2\n")
+    with pytest.raises(FedpetError, match="not valid YAML"):
+        load_yaml(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("- 1\n- 2\n")
+    with pytest.raises(FedpetError, match="must hold a mapping"):
+        load_yaml(scalar)
+
+
+def test_config_is_frozen() -> None:
+    cfg = Config()
+    with pytest.raises(AttributeError):
+        cfg.seed = 1  # type: ignore[misc]

@@ -1,0 +1,92 @@
+import pytest
+import torch
+
+from fedpet.methods import METHODS
+from fedpet.model import build_model
+from fedpet.state import trainable_parameters
+
+HEAD = {"head.weight", "head.bias"}
+
+
+def method_names(tiny_config, method: str, **extra: object) -> tuple[set[str], int, int]:
+    model, _ = build_model(tiny_config(**{"method.name": method, **extra}), num_labels=2)
+    params = trainable_parameters(model)
+    total = sum(p.numel() for p in model.parameters())
+    return set(params), sum(p.numel() for p in params.values()), total
+
+
+def test_registry_has_every_method() -> None:
+    assert set(METHODS) == {"full", "lora", "adapter", "prefix", "bitfit", "prompt", "ia3"}
+
+
+def test_full_trains_everything_but_the_dropped_pooler(tiny_config) -> None:
+    names, n, total = method_names(tiny_config, "full")
+    assert n == total
+    assert HEAD <= names and not any("pooler" in x for x in names)
+
+
+def test_lora_trains_only_lora_matrices_on_query_value_and_the_head(tiny_config) -> None:
+    names, n, _ = method_names(tiny_config, "lora", **{"method.r": 4})
+    body = names - HEAD
+    assert HEAD <= names
+    assert body and all("lora_A" in x or "lora_B" in x for x in body)
+    assert {x.split(".")[-4] for x in body} == {"query", "value"}
+    # 2 layers x 2 modules x (A: 4x32 + B: 32x4) + head 32*2+2
+    assert n == 2 * 2 * (4 * 32 + 32 * 4) + 66
+
+
+def test_lora_target_modules_option(tiny_config) -> None:
+    names, _, _ = method_names(tiny_config, "lora", **{"method.target_modules": ["key"]})
+    assert {x.split(".")[-4] for x in names - HEAD} == {"key"}
+
+
+def test_bitfit_trains_only_biases_and_the_head(tiny_config) -> None:
+    names, _, _ = method_names(tiny_config, "bitfit")
+    assert all(x.endswith("bias") for x in names - HEAD) and len(names - HEAD) > 10
+
+
+@pytest.mark.parametrize("kind,per_layer", [("pfeiffer", 1), ("houlsby", 2)])
+def test_adapter_kinds_and_bottleneck(tiny_config, kind: str, per_layer: int) -> None:
+    names, n, _ = method_names(
+        tiny_config, "adapter", **{"method.adapter": kind, "method.reduction_factor": 4}
+    )
+    body = names - HEAD
+    assert body and all("adapters.fedpet" in x for x in body)
+    # bottleneck 32/4 = 8: down 32*8+8, up 8*32+32 per adapter; 2 layers
+    assert n == 2 * per_layer * (32 * 8 + 8 + 8 * 32 + 32) + 66
+
+
+@pytest.mark.parametrize("method,size", [("prefix", 2 * 2 * 32), ("prompt", 32)])
+def test_virtual_token_methods(tiny_config, method: str, size: int) -> None:
+    names, n, _ = method_names(tiny_config, method, **{"method.num_virtual_tokens": 5})
+    assert n == 5 * size + 66
+
+
+def test_ia3_trains_scaling_vectors(tiny_config) -> None:
+    names, _, _ = method_names(tiny_config, "ia3")
+    assert names - HEAD and all("ia3_l" in x for x in names - HEAD)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_changes_the_logits_through_its_parameters(tiny_config, method: str) -> None:
+    model, _ = build_model(tiny_config(**{"method.name": method, "train.dropout": 0.0}), 2)
+    model.eval()
+    ids = torch.tensor([[101, 2023, 3185, 2001, 2307, 102]])
+    mask = torch.ones_like(ids)
+    before = model(ids, mask).detach()
+    torch.manual_seed(0)
+    with torch.no_grad():  # random, not constant: LayerNorm would cancel a constant shift
+        for name, p in trainable_parameters(model).items():
+            if not name.startswith("head."):
+                p.add_(torch.randn_like(p))
+    assert not torch.allclose(model(ids, mask), before)
+
+
+def test_same_seed_same_initial_state_other_seed_differs(tiny_config) -> None:
+    def state(seed: int) -> dict[str, torch.Tensor]:
+        model, _ = build_model(tiny_config(seed=seed), 2)
+        return {k: v.detach().clone() for k, v in trainable_parameters(model).items()}
+
+    a, b, c = state(1), state(1), state(2)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
