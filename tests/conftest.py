@@ -3,14 +3,14 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from transformers import AutoTokenizer, BertConfig, BertModel  # noqa: E402
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertModel
 
-from fedpet.config import Config, build_config, resolve  # noqa: E402
-from fedpet.model import model_path  # noqa: E402
+from fedpet.config import Config, build_config, resolve
+from fedpet.model import model_path
 
 
 @pytest.fixture(scope="session")

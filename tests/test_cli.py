@@ -71,7 +71,9 @@ def test_existing_run_is_not_overwritten_without_flag(
     assert sorted(p.name for p in out.iterdir()) == ["summary.json"]
 
 
-def test_offline_hub_id_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_offline_hub_id_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["run", "--model", "roberta-base-not-cached", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()
     assert "model = 'roberta-base-not-cached' could not be loaded" in err

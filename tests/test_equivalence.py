@@ -24,9 +24,7 @@ def final_state(cfg, out: Path) -> tuple[dict[str, torch.Tensor], dict[str, torc
 
 def test_one_client_federation_equals_centralized_epoch(tiny_config, tmp_path: Path) -> None:
     common = {"train.dropout": 0.0, "seed": 5, "method.name": "lora", "train.lr": 5e-3}
-    fed_cfg = tiny_config(
-        **common, **{"federation.clients": 1, "federation.clients_per_round": 1}
-    )
+    fed_cfg = tiny_config(**common, **{"federation.clients": 1, "federation.clients_per_round": 1})
     cen_cfg = tiny_config(**common, centralized=True, **{"train.epochs": 1})
     init_f, fed = final_state(fed_cfg, tmp_path / "fed")
     init_c, cen = final_state(cen_cfg, tmp_path / "cen")

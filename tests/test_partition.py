@@ -32,11 +32,16 @@ def test_lower_alpha_gives_stronger_label_skew() -> None:
     y = labels(5000)
 
     def skew(scheme: str, alpha: float) -> float:
-        runs = [label_skew(label_counts(y, partition(y, scheme, 20, alpha, s), 2)) for s in range(5)]
+        runs = [
+            label_skew(label_counts(y, partition(y, scheme, 20, alpha, s), 2)) for s in range(5)
+        ]
         return float(np.mean(runs))
 
-    iid, a10, a1, a01 = skew("iid", 1), skew("dirichlet", 10), skew("dirichlet", 1), skew(
-        "dirichlet", 0.1
+    iid, a10, a1, a01 = (
+        skew("iid", 1),
+        skew("dirichlet", 10),
+        skew("dirichlet", 1),
+        skew("dirichlet", 0.1),
     )
     assert iid < 0.05
     assert iid < a10 < a1 < a01
@@ -51,5 +56,5 @@ def test_label_skew_hand_computed() -> None:
 
 
 def test_too_many_clients_is_refused() -> None:
-    with pytest.raises(FedpetError, match="federation.clients = 11"):
+    with pytest.raises(FedpetError, match=r"federation\.clients = 11"):
         partition(labels(10), "iid", 11, 1.0, seed=0)

@@ -48,11 +48,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="YAML config file (e.g. a run's config.yaml)")
     for flag, (field, options) in RUN_FLAGS.items():
         run.add_argument(flag, dest=field, default=None, **options)
-    run.add_argument("--centralized", action="store_true", default=None,
-                     help="train on the union of the clients' data instead")
+    run.add_argument(
+        "--centralized",
+        action="store_true",
+        default=None,
+        help="train on the union of the clients' data instead",
+    )
     run.add_argument("--overwrite", action="store_true", help="replace a run in --out")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="any config field, e.g. --set method.r=16 (repeatable)")
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any config field, e.g. --set method.r=16 (repeatable)",
+    )
     return parser
 
 

@@ -36,8 +36,11 @@ def make_optimizer(
     assert train.lr is not None and train.head_lr is not None, "resolve the config first"
     body = [p for n, p in params.items() if n not in head_names]
     head = [p for n, p in params.items() if n in head_names]
-    groups = [g for g in ({"params": body, "lr": train.lr}, {"params": head, "lr": train.head_lr})
-              if g["params"]]
+    groups = [
+        g
+        for g in ({"params": body, "lr": train.lr}, {"params": head, "lr": train.head_lr})
+        if g["params"]
+    ]
     optimizer: Optimizer
     if train.optimizer == "sgd":
         optimizer = SGD(groups, lr=train.lr, weight_decay=train.weight_decay)
@@ -99,8 +102,9 @@ def local_train(
     loss = 0.0
     for _ in range(epochs):
         batches = shuffled_batches(indices, train.batch_size, rng)
-        loss += train_epoch(model, params, data, batches, optimizer, scheduler, hook,
-                            train.max_grad_norm)
+        loss += train_epoch(
+            model, params, data, batches, optimizer, scheduler, hook, train.max_grad_norm
+        )
     return TrainResult(extract(params), len(indices), loss / (epochs * len(indices)), steps)
 
 

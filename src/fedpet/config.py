@@ -97,7 +97,8 @@ class Config:
 
     seed: int = 0
     model: str = DEFAULT_MODEL
-    pooling: str = "mean"
+    pooling: str = "auto"
+    normalize_embeddings: bool = False
     centralized: bool = False
     out: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
@@ -136,7 +137,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise FedpetError(f"config: {str(path)!r} must hold a mapping of fields, not a list or scalar")
+        raise FedpetError(
+            f"config: {str(path)!r} must hold a mapping of fields, not a list or scalar"
+        )
     return data
 
 
@@ -159,7 +162,7 @@ def build_config(
     tree: dict[str, Any] = _nested_copy(base or {})
     for key, value in overrides:
         _set_dotted(tree, key, value)
-    cfg = _from_mapping(Config, tree, prefix="")
+    cfg: Config = _from_mapping(Config, tree, prefix="")
     validate(cfg)
     return cfg
 
@@ -191,7 +194,9 @@ def _from_mapping(cls: type[Any], data: Mapping[str, Any], prefix: str) -> Any:
         hint, value, dotted = hints[name], data[name], f"{prefix}{name}"
         if dataclasses.is_dataclass(hint):
             if not isinstance(value, Mapping):
-                raise FedpetError(f"{dotted}: is a section; give its fields, e.g. {dotted}.FIELD=...")
+                raise FedpetError(
+                    f"{dotted}: is a section; give its fields, e.g. {dotted}.FIELD=..."
+                )
             kwargs[name] = _from_mapping(hint, value, prefix=f"{dotted}.")  # type: ignore[arg-type]
         else:
             kwargs[name] = _coerce(value, hint, dotted)
@@ -261,7 +266,7 @@ def validate(cfg: Config) -> None:
     _choice("algorithm.name", cfg.algorithm.name, ALGORITHMS)
     _choice("codec.up", cfg.codec.up, CODECS)
     _choice("codec.down", cfg.codec.down, CODECS)
-    _choice("pooling", cfg.pooling, ("mean", "cls"))
+    _choice("pooling", cfg.pooling, ("auto", "mean", "cls"))
     _choice("train.optimizer", t.optimizer, ("adamw", "sgd"))
     _choice("train.schedule", t.schedule, ("constant", "linear"))
     _choice("method.adapter", m.adapter, ("houlsby", "pfeiffer"))
@@ -293,7 +298,9 @@ def validate(cfg: Config) -> None:
     _check(0 <= m.lora_dropout < 1, "method.lora_dropout", m.lora_dropout, "a number in [0, 1)")
     _check(m.r >= 1, "method.r", m.r, "an integer >= 1")
     _check(m.lora_alpha >= 1, "method.lora_alpha", m.lora_alpha, "an integer >= 1")
-    _check(m.reduction_factor >= 1, "method.reduction_factor", m.reduction_factor, "an integer >= 1")
+    _check(
+        m.reduction_factor >= 1, "method.reduction_factor", m.reduction_factor, "an integer >= 1"
+    )
     nvt = m.num_virtual_tokens
     _check(nvt >= 1, "method.num_virtual_tokens", nvt, "an integer >= 1")
     _check(cfg.algorithm.server_lr > 0, "algorithm.server_lr", cfg.algorithm.server_lr, "> 0")

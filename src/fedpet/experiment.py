@@ -74,9 +74,12 @@ class Experiment:
 
 
 def subsample(task: Task, cfg: Config) -> Task:
-    """Stratified subsets: ``max_train_samples`` of train (seeded by the run seed), and
-    ``max_eval_samples`` of validation and of test (seeded by the split seed, so runs with
-    different seeds are evaluated on the same examples)."""
+    """Cut the splits to stratified subsets for data-scale studies and quick runs.
+
+    ``max_train_samples`` of train are drawn with the run seed; ``max_eval_samples`` of
+    validation and of test with the split seed, so runs with different seeds are evaluated on
+    the same examples.
+    """
     train_rng = np.random.default_rng(derive_seed(cfg.seed, "subsample"))
     eval_rng = np.random.default_rng(cfg.data.split_seed)
 
@@ -99,8 +102,9 @@ def prepare(cfg: Config) -> Experiment:
         clients = [np.arange(len(task.train))]
     else:
         seed = derive_seed(cfg.seed, "partition")
-        clients = partition(task.train.labels, cfg.data.partition, cfg.federation.clients,
-                            cfg.data.alpha, seed)
+        clients = partition(
+            task.train.labels, cfg.data.partition, cfg.federation.clients, cfg.data.alpha, seed
+        )
     model, tokenizer = build_model(cfg, task.num_labels)
     n = cfg.data.max_length
     return Experiment(

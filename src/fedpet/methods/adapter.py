@@ -1,6 +1,8 @@
-"""Bottleneck adapters through AdapterHub ``adapters``: Houlsby (two per layer) or Pfeiffer (one)."""
+"""Bottleneck adapters through AdapterHub ``adapters``: Houlsby (2 per layer) or Pfeiffer (1)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import adapters
 from adapters import DoubleSeqBnConfig, SeqBnConfig
@@ -23,7 +25,8 @@ class Adapter:
         """Add and activate one adapter; ``train_adapter`` freezes the rest."""
         kind = DoubleSeqBnConfig if options.adapter == "houlsby" else SeqBnConfig
         adapters.init(encoder)
-        encoder.add_adapter(ADAPTER_NAME, config=kind(reduction_factor=options.reduction_factor))
-        encoder.train_adapter(ADAPTER_NAME)
-        encoder.set_active_adapters(ADAPTER_NAME)
+        model: Any = encoder  # adapters.init adds the adapter methods to the instance
+        model.add_adapter(ADAPTER_NAME, config=kind(reduction_factor=options.reduction_factor))
+        model.train_adapter(ADAPTER_NAME)
+        model.set_active_adapters(ADAPTER_NAME)
         return encoder

@@ -1,5 +1,8 @@
-"""Centralized training for comparison: the same method and local-training code on the union
-of the training data, one optimizer over ``train.epochs`` epochs, evaluated after each epoch."""
+"""Centralized training, the baseline the federation is compared with.
+
+The same method and local-training code run on the union of the training data, with one
+optimizer over ``train.epochs`` epochs, evaluated after each epoch.
+"""
 
 from __future__ import annotations
 
@@ -34,8 +37,16 @@ def run_centralized(exp: Experiment, recorder: Recorder) -> None:
     for epoch in range(1, train.epochs + 1):
         start = time.perf_counter()
         batches = shuffled_batches(indices, train.batch_size, rng)
-        loss = train_epoch(exp.model, exp.params, exp.train, batches, optimizer, scheduler,
-                           PlainTraining(), train.max_grad_norm)
+        loss = train_epoch(
+            exp.model,
+            exp.params,
+            exp.train,
+            batches,
+            optimizer,
+            scheduler,
+            PlainTraining(),
+            train.max_grad_norm,
+        )
         record = RoundRecord(
             round=epoch,
             train_loss=loss / len(indices),

@@ -75,8 +75,9 @@ class Recorder:
         """Evaluate the model (holding ``global_state``) on validation; log and checkpoint."""
         cfg = self.exp.cfg
         t0 = time.perf_counter()
-        val = evaluate(self.exp.model, self.exp.validation, cfg.train.eval_batch_size,
-                       self.exp.task.num_labels)
+        val = evaluate(
+            self.exp.model, self.exp.validation, cfg.train.eval_batch_size, self.exp.task.num_labels
+        )
         eval_seconds = time.perf_counter() - t0
         t = self.totals
         t.rounds = record.round

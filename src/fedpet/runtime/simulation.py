@@ -1,5 +1,9 @@
-"""The in-process simulation runtime: one shared backbone, a seeded cohort loop, FedAvg-style
-rounds through the algorithm object, codec-counted bytes, a checkpoint after every round."""
+"""The in-process simulation runtime (the default; no server to start).
+
+One shared backbone serves every simulated client; a seeded cohort loop runs the rounds
+through the algorithm object; every payload's bytes are counted by the codecs; the recorder
+evaluates and checkpoints after each round.
+"""
 
 from __future__ import annotations
 
@@ -40,8 +44,14 @@ def run_simulation(exp: Experiment, recorder: Recorder) -> None:
         for k in cohort:
             load_(exp.params, received)
             result = local_train(
-                exp.model, exp.params, exp.head_names, exp.train, exp.clients[k], cfg.train,
-                algorithm.client_hook(received), derive_seed(cfg.seed, "train", rnd, int(k)),
+                exp.model,
+                exp.params,
+                exp.head_names,
+                exp.train,
+                exp.clients[k],
+                cfg.train,
+                algorithm.client_hook(received),
+                derive_seed(cfg.seed, "train", rnd, int(k)),
                 cfg.train.local_epochs,
             )
             update = up.encode(subtract(result.state, received))
