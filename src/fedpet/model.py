@@ -61,6 +61,10 @@ class TextClassifier(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Logits of shape (batch, num_labels)."""
+        return self.head(self.dropout(self.embed(input_ids, attention_mask)))  # type: ignore[no-any-return]
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Pooled sentence vectors of shape (batch, hidden), what the head sees."""
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         hidden = hidden[:, -input_ids.shape[1] :]  # prompt tuning prepends virtual tokens
         if self.pooling == "cls":
@@ -70,7 +74,7 @@ class TextClassifier(nn.Module):
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
         if self.normalize:
             pooled = nn.functional.normalize(pooled, dim=-1)
-        return self.head(self.dropout(pooled))  # type: ignore[no-any-return]
+        return pooled
 
 
 def model_path(name: str) -> str:
