@@ -1,0 +1,83 @@
+"""End to end on the packaged all-MiniLM-L6-v2 and a small slice of real rotten_tomatoes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedpet.config import build_config, resolve
+from fedpet.experiment import prepare
+from fedpet.methods import METHODS
+from fedpet.rundir import RunDir
+from fedpet.runtime.recorder import Recorder
+from fedpet.runtime.simulation import run_simulation
+
+pytestmark = pytest.mark.e2e
+
+SLICE = [
+    ("data.max_train_samples", 32),
+    ("data.max_eval_samples", 32),
+    ("data.max_length", 32),
+    ("federation.clients", 2),
+    ("federation.clients_per_round", 2),
+    ("federation.rounds", 1),
+]
+
+
+def one_round(method: str, out: Path) -> dict:
+    cfg = resolve(build_config({}, [*SLICE, ("method.name", method)]))
+    exp = prepare(cfg)
+    run = RunDir(out)
+    run.create(overwrite=False)
+    recorder = Recorder(exp, run)
+    run_simulation(exp, recorder)
+    return recorder.finish()
+
+
+@pytest.fixture(scope="module")
+def summaries(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    root = tmp_path_factory.mktemp("methods")
+    return {m: one_round(m, root / m) for m in sorted(METHODS)}
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_runs_a_round_and_sends_exactly_its_trainable_fp32_bytes(
+    summaries: dict[str, dict], method: str
+) -> None:
+    s = summaries[method]
+    assert s["rounds_completed"] == 1 and s["train_examples_seen"] == 32
+    # rounds x clients_per_round x 4 bytes x trainable params, both directions
+    assert s["bytes_up_total"] == 1 * 2 * 4 * s["trainable_params"]
+    assert s["bytes_down_total"] == 1 * 2 * 4 * s["trainable_params"]
+    assert 0.0 <= s["test_accuracy"] <= 1.0
+
+
+def test_peft_methods_send_a_tiny_fraction_of_full_fine_tuning(summaries: dict[str, dict]) -> None:
+    full = summaries["full"]
+    assert full["trainable_params"] == full["total_params"]
+    assert full["total_params"] > 22_000_000
+    assert summaries["lora"]["bytes_up_total"] <= 0.004 * full["bytes_up_total"]
+    for method in ("adapter", "prefix", "bitfit", "prompt", "ia3"):
+        assert summaries[method]["bytes_up_total"] < 0.02 * full["bytes_up_total"]
+
+
+def test_fedpet_command_runs_offline(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["--rounds", "1", "--clients", "2", "--clients-per-round", "1", "--out", str(out)]
+    args += ["--max-train-samples", "32", "--set", "data.max_eval_samples=32"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedpet.cli", "run", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"run directory: {out}" in proc.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"] == "all-MiniLM-L6-v2" and summary["method"] == "lora"
+    assert summary["partition"] == "dirichlet"
