@@ -9,7 +9,7 @@ from fedpet.errors import FedpetError
 def test_defaults_validate_and_resolve_the_method_learning_rates() -> None:
     cfg = resolve(build_config())
     assert cfg.method.name == "lora" and cfg.data.partition == "dirichlet"
-    assert cfg.train.lr == 1e-3 and cfg.train.head_lr == 1e-2
+    assert cfg.train.lr == 2e-3 and cfg.train.head_lr == 3e-2
     full = resolve(build_config({}, [("method.name", "full")]))
     assert full.train.lr == 5e-5
 

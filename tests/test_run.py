@@ -93,7 +93,7 @@ def test_run_directory_holds_config_partition_metrics_checkpoint_summary(
     ckpt = json.loads((out / "checkpoint" / "state.json").read_text())
     assert ckpt["round"] == 3 and ckpt["best_round"] == summary["best_round"]
     cfg = yaml.safe_load((out / "config.yaml").read_text())
-    assert cfg["train"]["lr"] == 1e-3 and cfg["federation"]["clients_per_round"] == 3
+    assert cfg["train"]["lr"] == 2e-3 and cfg["federation"]["clients_per_round"] == 3
 
 
 def test_saved_config_reproduces_the_run(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ def make_optimizer(
     params: dict[str, nn.Parameter], head_names: set[str], train: TrainConfig, total_steps: int
 ) -> tuple[Optimizer, LRScheduler | None]:
     """A fresh optimizer over the trainable parameters, the head at ``train.head_lr``."""
-    assert train.lr is not None and train.head_lr is not None, "resolve the config first"
+    assert train.lr is not None, "resolve the config first"
     body = [p for n, p in params.items() if n not in head_names]
     head = [p for n, p in params.items() if n in head_names]
     groups = [

@@ -28,7 +28,7 @@ class DataConfig:
 
     task: str = "rotten_tomatoes"
     max_length: int = 64
-    max_train_samples: int | None = 4000
+    max_train_samples: int | None = None
     max_eval_samples: int | None = None
     split_seed: int = 0
     partition: str = "dirichlet"
@@ -56,7 +56,7 @@ class TrainConfig:
     local_epochs: int = 1
     batch_size: int = 16
     lr: float | None = None
-    head_lr: float | None = None
+    head_lr: float = 3e-2
     optimizer: str = "adamw"
     weight_decay: float = 0.0
     schedule: str = "constant"
@@ -70,9 +70,9 @@ class TrainConfig:
 class FederationConfig:
     """Clients, participation and rounds."""
 
-    clients: int = 10
-    clients_per_round: int = 5
-    rounds: int = 10
+    clients: int = 100
+    clients_per_round: int = 10
+    rounds: int = 16
 
 
 @dataclass(frozen=True)
@@ -288,8 +288,8 @@ def validate(cfg: Config) -> None:
     _check(t.epochs >= 1, "train.epochs", t.epochs, "an integer >= 1")
     _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "an integer >= 1")
     _check(t.eval_batch_size >= 1, "train.eval_batch_size", t.eval_batch_size, "an integer >= 1")
-    for key, lr in (("train.lr", t.lr), ("train.head_lr", t.head_lr)):
-        _check(lr is None or lr > 0, key, lr, "a number > 0, or null for the method's default")
+    _check(t.lr is None or t.lr > 0, "train.lr", t.lr, "a number > 0, or null for the method's")
+    _check(t.head_lr > 0, "train.head_lr", t.head_lr, "a number > 0")
     _check(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "a number >= 0")
     mgn = t.max_grad_norm
     _check(mgn is None or mgn > 0, "train.max_grad_norm", mgn, "a number > 0, or null for none")
@@ -307,13 +307,10 @@ def validate(cfg: Config) -> None:
 
 
 def resolve(cfg: Config) -> Config:
-    """Fill the method's default learning rates where the config leaves them unset."""
+    """Fill the method's default learning rate where the config leaves it unset."""
     from fedpet.methods import METHODS
 
-    method = METHODS[cfg.method.name]
-    train = dataclasses.replace(
-        cfg.train,
-        lr=cfg.train.lr if cfg.train.lr is not None else method.default_lr,
-        head_lr=cfg.train.head_lr if cfg.train.head_lr is not None else method.default_head_lr,
-    )
+    if cfg.train.lr is not None:
+        return cfg
+    train = dataclasses.replace(cfg.train, lr=METHODS[cfg.method.name].default_lr)
     return dataclasses.replace(cfg, train=train)

@@ -19,7 +19,6 @@ class Adapter:
 
     name = "adapter"
     default_lr = 1e-3
-    default_head_lr = 1e-2
 
     def attach(self, encoder: PreTrainedModel, options: MethodConfig) -> nn.Module:
         """Add and activate one adapter; ``train_adapter`` freezes the rest."""

@@ -18,14 +18,13 @@ class Method(Protocol):
     ----------
     name
         Registry key (``--method``).
-    default_lr, default_head_lr
-        Learning rates of the method's parameters and of the classification head, used
-        when the config leaves ``train.lr`` / ``train.head_lr`` unset.
+    default_lr
+        Learning rate of the method's parameters when the config leaves ``train.lr`` unset
+        (the head has its own, ``train.head_lr``).
     """
 
     name: str
     default_lr: float
-    default_head_lr: float
 
     def attach(self, encoder: PreTrainedModel, options: MethodConfig) -> nn.Module:
         """Add the method to ``encoder`` and return the module to run.

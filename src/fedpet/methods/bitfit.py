@@ -13,7 +13,6 @@ class BitFit:
 
     name = "bitfit"
     default_lr = 5e-3
-    default_head_lr = 1e-2
 
     def attach(self, encoder: PreTrainedModel, options: MethodConfig) -> nn.Module:
         """Unfreeze the bias parameters."""

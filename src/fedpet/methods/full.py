@@ -13,7 +13,6 @@ class Full:
 
     name = "full"
     default_lr = 5e-5
-    default_head_lr = 1e-3
 
     def attach(self, encoder: PreTrainedModel, options: MethodConfig) -> nn.Module:
         """Unfreeze the whole encoder."""

@@ -15,7 +15,6 @@ class IA3:
 
     name = "ia3"
     default_lr = 1e-2
-    default_head_lr = 1e-2
 
     def attach(self, encoder: PreTrainedModel, options: MethodConfig) -> nn.Module:
         """Inject the IA3 scaling vectors."""

@@ -14,8 +14,7 @@ class Lora:
     """LoRA with rank ``r`` and scale ``lora_alpha / r``; peft's default targets (query/value)."""
 
     name = "lora"
-    default_lr = 1e-3
-    default_head_lr = 1e-2
+    default_lr = 2e-3
 
     def attach(self, encoder: PreTrainedModel, options: MethodConfig) -> nn.Module:
         """Inject LoRA into the target modules."""

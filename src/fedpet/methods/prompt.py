@@ -15,7 +15,6 @@ class Prompt:
 
     name = "prompt"
     default_lr = 3e-2
-    default_head_lr = 1e-2
 
     def attach(self, encoder: PreTrainedModel, options: MethodConfig) -> nn.Module:
         """Add the soft prompt."""
