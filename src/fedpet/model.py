@@ -61,12 +61,16 @@ class TextClassifier(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Logits of shape (batch, num_labels)."""
-        return self.head(self.dropout(self.embed(input_ids, attention_mask)))  # type: ignore[no-any-return]
+        logits: torch.Tensor = self.head(self.dropout(self.embed(input_ids, attention_mask)))
+        return logits
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Pooled sentence vectors of shape (batch, hidden), what the head sees."""
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        hidden = hidden[:, -input_ids.shape[1] :]  # prompt tuning prepends virtual tokens
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+        hidden: torch.Tensor = out.last_hidden_state[
+            :, -input_ids.shape[1] :
+        ]  # prompt tuning prepends virtual tokens
+        pooled: torch.Tensor
         if self.pooling == "cls":
             pooled = hidden[:, 0]
         else:
