@@ -4,6 +4,7 @@ from pathlib import Path
 
 import torch
 
+from fedpet.algorithms import PlainTraining
 from fedpet.experiment import prepare
 from fedpet.rundir import RunDir
 from fedpet.runtime.centralized import run_centralized
@@ -40,3 +41,52 @@ def test_different_data_order_gives_a_different_state(tiny_config, tmp_path: Pat
     _, a = final_state(tiny_config(**common, seed=1), tmp_path / "a")
     _, b = final_state(tiny_config(**common, **{"seed": 1, "train.batch_size": 4}), tmp_path / "b")
     assert any(not torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_simulation_round_is_the_example_weighted_mean_of_local_results(
+    tiny_config, tmp_path: Path
+) -> None:
+    """Recompute one round by hand: each client trained alone, then sum_k n_k delta_k / n."""
+    from fedpet.client import local_train
+    from fedpet.seeding import derive_seed
+    from fedpet.state import load_
+
+    cfg = tiny_config(
+        **{
+            "train.dropout": 0.0,
+            "train.lr": 5e-3,
+            "data.max_train_samples": 25,
+            "federation.clients": 2,
+            "federation.clients_per_round": 2,
+        }
+    )
+    exp = prepare(cfg)
+    theta = extract(exp.params)
+    sizes = [len(c) for c in exp.clients]
+    assert sizes == [13, 12]
+    deltas = []
+    for k in range(2):
+        load_(exp.params, theta)
+        result = local_train(
+            exp.model,
+            exp.params,
+            exp.head_names,
+            exp.train,
+            exp.clients[k],
+            cfg.train,
+            PlainTraining(),
+            derive_seed(cfg.seed, "train", 1, k),
+            1,
+        )
+        deltas.append({n: result.state[n] - theta[n] for n in theta})
+    expected = {n: theta[n] + (13 * deltas[0][n] + 12 * deltas[1][n]) / 25 for n in theta}
+
+    load_(exp.params, theta)
+    run = RunDir(tmp_path / "run")
+    run.create(overwrite=False)
+    run_simulation(exp, Recorder(exp, run))
+    got = extract(exp.params)
+    for n in theta:
+        torch.testing.assert_close(got[n], expected[n], atol=1e-6, rtol=0)
+    unweighted = {n: theta[n] + (deltas[0][n] + deltas[1][n]) / 2 for n in theta}
+    assert any(not torch.allclose(got[n], unweighted[n], atol=1e-7) for n in theta)
