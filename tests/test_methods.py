@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from fedpet.errors import FedpetError
 from fedpet.methods import METHODS
 from fedpet.model import build_model
 from fedpet.state import trainable_parameters
@@ -90,3 +91,44 @@ def test_same_seed_same_initial_state_other_seed_differs(tiny_config) -> None:
     a, b, c = state(1), state(1), state(2)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+@pytest.mark.parametrize("family", ["roberta", "distilbert"])
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_other_encoder_families(tmp_path, tiny_config, family: str, method: str) -> None:
+    from transformers import (
+        AutoTokenizer,
+        DistilBertConfig,
+        DistilBertModel,
+        RobertaConfig,
+        RobertaModel,
+    )
+
+    from fedpet.model import model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path("all-MiniLM-L6-v2"))
+    small = {"vocab_size": tokenizer.vocab_size, "max_position_embeddings": 130}
+    if family == "roberta":
+        config = RobertaConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            pad_token_id=0,
+            **small,
+        )
+        RobertaModel(config).save_pretrained(tmp_path)
+    else:
+        config = DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=64, **small)
+        DistilBertModel(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    cfg = tiny_config(**{"model": str(tmp_path), "method.name": method, "train.dropout": 0.0})
+    if (family, method) == ("distilbert", "prefix"):
+        with pytest.raises(FedpetError, match="takes no past key values"):
+            build_model(cfg, 3)
+        return
+    model, _ = build_model(cfg, 3)
+    names = set(trainable_parameters(model))
+    assert names >= HEAD and len(names) > 2
+    logits = model(torch.tensor([[101, 2023, 102]]), torch.ones(1, 3, dtype=torch.long))
+    assert logits.shape == (1, 3)

@@ -39,9 +39,9 @@ class RoundProgress:
     ) -> None:
         self.progress.stop()
 
-    def update(self, round_: int, val: dict[str, float]) -> None:
-        """Advance to ``round_`` and show its validation metric."""
-        status = f"val {self.metric} {val[self.metric]:.4f}"
+    def update(self, round_: int, val: float, best_round: int, best_val: float) -> None:
+        """Advance to ``round_`` and show its validation metric and the best so far."""
+        status = f"val {self.metric} {val:.4f} (best {best_val:.4f} @ {best_round})"
         self.progress.update(self.task, completed=round_, status=status)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from peft import PeftConfig, get_peft_model
 from torch import nn
@@ -32,6 +32,19 @@ class Method(Protocol):
         On return exactly the method's parameters require grad (the encoder arrives frozen).
         """
         ...
+
+
+def prompt_dims(encoder: PreTrainedModel) -> dict[str, Any]:
+    """Sizes peft's prompt-learning configs need, read through the config's attribute map.
+
+    peft reads them from ``config.to_dict()``, which misses DistilBERT's ``dim``/``n_layers``.
+    """
+    config = encoder.config
+    return {
+        "token_dim": config.hidden_size,
+        "num_layers": config.num_hidden_layers,
+        "num_attention_heads": config.num_attention_heads,
+    }
 
 
 def attach_peft(encoder: PreTrainedModel, config: PeftConfig) -> nn.Module:

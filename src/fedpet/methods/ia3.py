@@ -9,6 +9,9 @@ from transformers import PreTrainedModel
 from fedpet.config import MethodConfig
 from fedpet.methods.base import attach_peft
 
+# Encoders peft has no default IA3 targets for: (targets, feed-forward targets).
+EXTRA_TARGETS = {"distilbert": (["k_lin", "v_lin", "lin2"], ["lin2"])}
+
 
 class IA3:
     """IA3 vectors on peft's default modules for the model type."""
@@ -18,4 +21,10 @@ class IA3:
 
     def attach(self, encoder: PreTrainedModel, options: MethodConfig) -> nn.Module:
         """Inject the IA3 scaling vectors."""
-        return attach_peft(encoder, IA3Config(task_type=TaskType.FEATURE_EXTRACTION))
+        targets, feedforward = EXTRA_TARGETS.get(encoder.config.model_type, (None, None))
+        config = IA3Config(
+            target_modules=targets,
+            feedforward_modules=feedforward,
+            task_type=TaskType.FEATURE_EXTRACTION,
+        )
+        return attach_peft(encoder, config)

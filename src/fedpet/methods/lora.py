@@ -9,6 +9,9 @@ from transformers import PreTrainedModel
 from fedpet.config import MethodConfig
 from fedpet.methods.base import attach_peft
 
+# Encoders peft has no default LoRA targets for (it knows bert, roberta, deberta, ...).
+EXTRA_TARGETS = {"distilbert": ["q_lin", "v_lin"]}
+
 
 class Lora:
     """LoRA with rank ``r`` and scale ``lora_alpha / r``; peft's default targets (query/value)."""
@@ -22,7 +25,11 @@ class Lora:
             r=options.r,
             lora_alpha=options.lora_alpha,
             lora_dropout=options.lora_dropout,
-            target_modules=list(options.target_modules) if options.target_modules else None,
+            target_modules=(
+                list(options.target_modules)
+                if options.target_modules
+                else EXTRA_TARGETS.get(encoder.config.model_type)
+            ),
             task_type=TaskType.FEATURE_EXTRACTION,
         )
         return attach_peft(encoder, config)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
+
 from peft import PrefixTuningConfig, TaskType
 from torch import nn
 from transformers import PreTrainedModel
 
 from fedpet.config import MethodConfig
-from fedpet.methods.base import attach_peft
+from fedpet.errors import FedpetError
+from fedpet.methods.base import attach_peft, prompt_dims
 
 
 class Prefix:
@@ -18,7 +21,15 @@ class Prefix:
 
     def attach(self, encoder: PreTrainedModel, options: MethodConfig) -> nn.Module:
         """Add the prefix encoder."""
+        if "past_key_values" not in inspect.signature(encoder.forward).parameters:
+            raise FedpetError(
+                f"method.name = 'prefix' is not allowed with model type "
+                f"{encoder.config.model_type!r}: its encoder takes no past key values; "
+                "use an encoder such as BERT or RoBERTa, or another method"
+            )
         config = PrefixTuningConfig(
-            num_virtual_tokens=options.num_virtual_tokens, task_type=TaskType.FEATURE_EXTRACTION
+            num_virtual_tokens=options.num_virtual_tokens,
+            task_type=TaskType.FEATURE_EXTRACTION,
+            **prompt_dims(encoder),
         )
         return attach_peft(encoder, config)

@@ -7,7 +7,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from fedpet.config import MethodConfig
-from fedpet.methods.base import attach_peft
+from fedpet.methods.base import attach_peft, prompt_dims
 
 
 class Prompt:
@@ -19,6 +19,8 @@ class Prompt:
     def attach(self, encoder: PreTrainedModel, options: MethodConfig) -> nn.Module:
         """Add the soft prompt."""
         config = PromptTuningConfig(
-            num_virtual_tokens=options.num_virtual_tokens, task_type=TaskType.FEATURE_EXTRACTION
+            num_virtual_tokens=options.num_virtual_tokens,
+            task_type=TaskType.FEATURE_EXTRACTION,
+            **prompt_dims(encoder),
         )
         return attach_peft(encoder, config)

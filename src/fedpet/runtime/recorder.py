@@ -50,14 +50,15 @@ class Recorder:
     Parameters
     ----------
     on_round
-        Called with the round and its validation metrics (progress display).
+        Called after each round with (round, validation metric, best round, best validation
+        metric), for the progress display.
     """
 
     def __init__(
         self,
         exp: Experiment,
         run: RunDir,
-        on_round: Callable[[int, dict[str, float]], None] = lambda r, m: None,
+        on_round: Callable[[int, float, int, float], None] = lambda *_: None,
     ) -> None:
         self.exp = exp
         self.run = run
@@ -114,7 +115,7 @@ class Recorder:
                 "totals": vars(t),
             },
         )
-        self.on_round(record.round, val)
+        self.on_round(record.round, val[self.metric], self.best_round, self.best_val)
         return val
 
     def finish(self) -> dict[str, Any]:

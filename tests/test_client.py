@@ -1,0 +1,43 @@
+import numpy as np
+import torch
+from torch import nn
+
+from fedpet.client import make_optimizer
+from fedpet.config import TrainConfig
+from fedpet.runtime.simulation import sample_cohort
+
+
+def params() -> dict[str, nn.Parameter]:
+    return {"body.w": nn.Parameter(torch.ones(3)), "head.w": nn.Parameter(torch.ones(2))}
+
+
+def test_optimizer_gives_the_head_its_own_learning_rate() -> None:
+    opt, sched = make_optimizer(params(), {"head.w"}, TrainConfig(lr=1e-3, head_lr=3e-2), 10)
+    assert isinstance(opt, torch.optim.AdamW) and sched is None
+    assert [g["lr"] for g in opt.param_groups] == [1e-3, 3e-2]
+
+
+def test_sgd_and_linear_schedule_decay_to_zero() -> None:
+    cfg = TrainConfig(lr=0.1, head_lr=0.2, optimizer="sgd", schedule="linear")
+    p = params()
+    opt, sched = make_optimizer(p, {"head.w"}, cfg, total_steps=4)
+    assert isinstance(opt, torch.optim.SGD) and sched is not None
+    lrs = []
+    for _ in range(4):
+        lrs.append(opt.param_groups[0]["lr"])
+        sum(x.sum() for x in p.values()).backward()
+        opt.step()
+        sched.step()
+    assert np.allclose(lrs, [0.1, 0.075, 0.05, 0.025])
+    assert opt.param_groups[1]["lr"] == 0.0
+
+
+def test_cohort_sampling_is_seeded_uniform_and_without_replacement() -> None:
+    a = sample_cohort(seed=3, round_=5, num_clients=100, per_round=10)
+    assert np.array_equal(a, sample_cohort(3, 5, 100, 10))
+    assert len(set(a.tolist())) == 10 and a.min() >= 0 and a.max() < 100
+    assert not np.array_equal(a, sample_cohort(3, 6, 100, 10))
+    counts = np.bincount(
+        np.concatenate([sample_cohort(0, r, 20, 5) for r in range(1, 2001)]), minlength=20
+    )
+    assert counts.min() > 400 and counts.max() < 600  # each client ~ 2000 x 5 / 20 = 500
