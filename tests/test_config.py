@@ -44,7 +44,7 @@ def test_parse_override_reads_yaml_values() -> None:
         ("data.alpha", 0, "data.alpha = 0.0 is not allowed: a number > 0"),
         ("data.alpha", -1, "data.alpha = -1.0"),
         ("federation.rounds", 0, "federation.rounds = 0 is not allowed"),
-        ("federation.clients_per_round", 11, "an integer from 1 to federation.clients (10)"),
+        ("federation.clients_per_round", 101, "an integer from 1 to federation.clients (100)"),
         ("train.optimizer", "adam", "choose one of adamw, sgd"),
         ("train.batch_size", "big", "expected an integer"),
         ("train.nope", 1, "train.nope: unknown field"),

@@ -28,11 +28,26 @@ class Encoded:
         return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self))
 
 
-def encode(tokenizer: PreTrainedTokenizerBase, split: Split, max_length: int) -> Encoded:
-    """Tokenize every text once, truncated to ``max_length`` tokens."""
-    ids = tokenizer(split.texts, truncation=True, max_length=max_length)["input_ids"]
+def encode(
+    tokenizer: PreTrainedTokenizerBase, split: Split, max_length: int, chunk: int = 1024
+) -> Encoded:
+    """Tokenize every text once, truncated to ``max_length`` tokens.
+
+    Texts go through the tokenizer ``chunk`` at a time and their ids are kept as compact
+    int32 arrays, so memory grows with the tokens, not with Python lists of them.
+    """
+    ids: list[np.ndarray] = []
+    for start in range(0, len(split.texts), chunk):
+        batch = tokenizer(
+            split.texts[start : start + chunk],
+            truncation=True,
+            max_length=max_length,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )["input_ids"]
+        ids.extend(np.asarray(x, dtype=np.int32) for x in batch)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return Encoded([np.asarray(x, dtype=np.int64) for x in ids], split.labels, int(pad))
+    return Encoded(ids, split.labels, int(pad))
 
 
 def collate(data: Encoded, indices: np.ndarray) -> dict[str, torch.Tensor]:
