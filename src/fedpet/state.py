@@ -40,11 +40,6 @@ def schema(state: TrainableState) -> Schema:
     return tuple((name, tuple(t.shape)) for name, t in state.items())
 
 
-def num_elements(state: TrainableState) -> int:
-    """Total number of scalars in the state."""
-    return sum(t.numel() for t in state.values())
-
-
 def subtract(a: TrainableState, b: TrainableState) -> TrainableState:
     """``a - b`` per tensor."""
     return {name: a[name] - b[name] for name in a}
