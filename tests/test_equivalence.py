@@ -47,7 +47,6 @@ def test_simulation_round_is_the_example_weighted_mean_of_local_results(
     tiny_config, tmp_path: Path
 ) -> None:
     """Recompute one round by hand: each client trained alone, then sum_k n_k delta_k / n."""
-    from fedpet.client import local_train
     from fedpet.seeding import derive_seed
     from fedpet.state import load_
 
@@ -66,18 +65,7 @@ def test_simulation_round_is_the_example_weighted_mean_of_local_results(
     assert sizes == [13, 12]
     deltas = []
     for k in range(2):
-        load_(exp.params, theta)
-        result = local_train(
-            exp.model,
-            exp.params,
-            exp.head_names,
-            exp.train,
-            exp.clients[k],
-            cfg.train,
-            PlainTraining(),
-            derive_seed(cfg.seed, "train", 1, k),
-            1,
-        )
+        result = exp.train_client(k, theta, PlainTraining(), derive_seed(cfg.seed, "train", 1, k))
         deltas.append({n: result.state[n] - theta[n] for n in theta})
     expected = {n: theta[n] + (13 * deltas[0][n] + 12 * deltas[1][n]) / 25 for n in theta}
 

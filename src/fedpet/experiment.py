@@ -8,13 +8,15 @@ from dataclasses import dataclass
 import numpy as np
 from torch import nn
 
+from fedpet.algorithms.base import ClientHook
+from fedpet.client import TrainResult, local_train
 from fedpet.config import Config
 from fedpet.data.batching import Encoded, encode
 from fedpet.data.partition import label_counts, label_skew, partition
 from fedpet.data.tasks import Split, Task, load_task, stratified_subsample
 from fedpet.model import TextClassifier, build_model, head_parameter_names
 from fedpet.seeding import derive_seed
-from fedpet.state import trainable_parameters
+from fedpet.state import TrainableState, load_, trainable_parameters
 
 
 @dataclass
@@ -48,6 +50,23 @@ class Experiment:
     def total_params(self) -> int:
         """Number of scalars in the whole model."""
         return sum(p.numel() for p in self.model.parameters())
+
+    def train_client(
+        self, client: int, start: TrainableState, hook: ClientHook, seed: int
+    ) -> TrainResult:
+        """Switch the shared model to ``start`` (in place) and train ``client`` on its data."""
+        load_(self.params, start)
+        return local_train(
+            self.model,
+            self.params,
+            self.head_names,
+            self.train,
+            self.clients[client],
+            self.cfg.train,
+            hook,
+            seed,
+            self.cfg.train.local_epochs,
+        )
 
     def partition_report(self) -> dict[str, object]:
         """Split rule, client sizes and per-label counts, as written to ``partition.json``."""

@@ -12,7 +12,6 @@ import time
 import numpy as np
 
 from fedpet.algorithms import Aggregate, get_algorithm
-from fedpet.client import local_train
 from fedpet.codecs import get_codec
 from fedpet.experiment import Experiment
 from fedpet.runtime.recorder import Recorder, RoundRecord
@@ -41,19 +40,9 @@ def run_simulation(exp: Experiment, recorder: Recorder) -> None:
         received = down.decode(payload, layout)
         aggregate = Aggregate(global_state)
         bytes_up, examples, loss = 0, 0, 0.0
-        for k in cohort:
-            load_(exp.params, received)
-            result = local_train(
-                exp.model,
-                exp.params,
-                exp.head_names,
-                exp.train,
-                exp.clients[k],
-                cfg.train,
-                algorithm.client_hook(received),
-                derive_seed(cfg.seed, "train", rnd, int(k)),
-                cfg.train.local_epochs,
-            )
+        for k in cohort.tolist():
+            hook = algorithm.client_hook(received)
+            result = exp.train_client(k, received, hook, derive_seed(cfg.seed, "train", rnd, k))
             update = up.encode(subtract(result.state, received))
             bytes_up += len(update)
             aggregate.add(up.decode(update, layout), float(result.num_examples))
@@ -68,6 +57,6 @@ def run_simulation(exp: Experiment, recorder: Recorder) -> None:
             bytes_up=bytes_up,
             bytes_down=len(payload) * len(cohort),
             train_seconds=time.perf_counter() - start,
-            clients=[int(k) for k in cohort],
+            clients=cohort.tolist(),
         )
         recorder.end_round(record, global_state, server_state)
