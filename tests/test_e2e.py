@@ -64,6 +64,20 @@ def test_peft_methods_send_a_tiny_fraction_of_full_fine_tuning(summaries: dict[s
         assert summaries[method]["bytes_up_total"] < 0.02 * full["bytes_up_total"]
 
 
+@pytest.mark.parametrize("task", ["tweet_sentiment", "bbc_news"])
+def test_other_packaged_tasks_run_a_federated_lora_round(tmp_path: Path, task: str) -> None:
+    cfg = resolve(build_config({}, [*SLICE, ("data.task", task), ("data.max_length", 64)]))
+    exp = prepare(cfg)
+    assert exp.model.head.out_features == exp.task.num_labels
+    run = RunDir(tmp_path / task)
+    run.create(overwrite=False)
+    recorder = Recorder(exp, run)
+    run_simulation(exp, recorder)
+    summary = recorder.finish()
+    assert summary["task"] == task and summary["rounds_completed"] == 1
+    assert summary["bytes_up_total"] == 2 * 4 * summary["trainable_params"]
+
+
 def test_fedpet_command_runs_offline(tmp_path: Path) -> None:
     out = tmp_path / "run"
     args = ["--rounds", "1", "--clients", "2", "--clients-per-round", "1", "--out", str(out)]

@@ -13,7 +13,8 @@ from fedpet.client import TrainResult, local_train
 from fedpet.config import Config
 from fedpet.data.batching import Encoded, encode
 from fedpet.data.partition import label_counts, label_skew, partition
-from fedpet.data.tasks import Split, Task, load_task, stratified_subsample
+from fedpet.data.splits import Split, Task, stratified_subsample
+from fedpet.data.tasks import load_task
 from fedpet.model import TextClassifier, build_model, head_parameter_names
 from fedpet.seeding import derive_seed
 from fedpet.state import TrainableState, load_, trainable_parameters

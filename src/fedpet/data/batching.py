@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from fedpet.data.tasks import Split
+from fedpet.data.splits import Split
 
 
 @dataclass(frozen=True)

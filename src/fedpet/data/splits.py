@@ -1,0 +1,69 @@
+"""What a task is: labelled texts in train/validation/test splits, and how splits are cut."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Split:
+    """Texts and integer labels of one split."""
+
+    texts: list[str]
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, indices: np.ndarray) -> Split:
+        """The examples at ``indices``, in that order."""
+        return Split([self.texts[i] for i in indices], self.labels[indices])
+
+
+@dataclass(frozen=True)
+class Task:
+    """A classification task: its label names, splits, metric and how the splits were made."""
+
+    name: str
+    label_names: tuple[str, ...]
+    train: Split
+    validation: Split
+    test: Split
+    split_rule: str
+    metric: str = "accuracy"
+
+    @property
+    def num_labels(self) -> int:
+        """Number of classes."""
+        return len(self.label_names)
+
+
+def seeded_split(
+    texts: list[str], labels: np.ndarray, seed: int, fractions: tuple[float, float] = (0.8, 0.1)
+) -> tuple[Split, Split, Split]:
+    """Shuffle with ``seed`` and cut into train/validation/test by ``fractions`` (rest = test)."""
+    order = np.random.default_rng(seed).permutation(len(texts))
+    n_train = round(fractions[0] * len(texts))
+    n_val = round(fractions[1] * len(texts))
+    full = Split(texts, labels)
+    cuts = (order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :])
+    train, val, test = (full.subset(np.sort(c)) for c in cuts)
+    return train, val, test
+
+
+def stratified_subsample(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of ``n`` examples keeping each label's share (largest remainders)."""
+    if n >= len(labels):
+        return np.arange(len(labels))
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = counts / counts.sum() * n
+    take = np.floor(quota).astype(int)
+    for i in np.argsort(-(quota - take))[: n - take.sum()]:
+        take[i] += 1
+    chosen = [
+        rng.choice(np.flatnonzero(labels == c), size=k, replace=False)
+        for c, k in zip(classes, take, strict=True)
+    ]
+    return np.sort(np.concatenate(chosen))
