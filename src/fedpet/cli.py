@@ -12,23 +12,32 @@ from fedpet.errors import FedpetError
 
 # flag -> (dotted config field, argparse options)
 RUN_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
-    "--task": ("data.task", {"help": "task name (default rotten_tomatoes)"}),
+    "--task": ("data.task", {"help": "rotten_tomatoes (default), tweet_sentiment, bbc_news"}),
     "--model": ("model", {"help": "packaged all-MiniLM-L6-v2 (default), a local dir or hub id"}),
-    "--method": ("method.name", {"help": "full, lora, adapter, prefix, bitfit, prompt, ia3"}),
-    "--clients": ("federation.clients", {"type": int, "help": "number of clients"}),
-    "--clients-per-round": ("federation.clients_per_round", {"type": int}),
-    "--rounds": ("federation.rounds", {"type": int}),
-    "--local-epochs": ("train.local_epochs", {"type": int}),
-    "--batch-size": ("train.batch_size", {"type": int}),
+    "--method": (
+        "method.name",
+        {"help": "full, lora (default), adapter, prefix, bitfit, prompt, ia3"},
+    ),
+    "--clients": ("federation.clients", {"type": int, "help": "number of clients (100)"}),
+    "--clients-per-round": (
+        "federation.clients_per_round",
+        {"type": int, "help": "clients sampled each round (10)"},
+    ),
+    "--rounds": ("federation.rounds", {"type": int, "help": "federated rounds (16)"}),
+    "--local-epochs": ("train.local_epochs", {"type": int, "help": "epochs per client (1)"}),
+    "--batch-size": ("train.batch_size", {"type": int, "help": "examples per step (16)"}),
     "--lr": ("train.lr", {"type": float, "help": "method learning rate (default per method)"}),
     "--optimizer": ("train.optimizer", {"help": "adamw (default) or sgd"}),
-    "--max-length": ("data.max_length", {"type": int, "help": "truncate to this many tokens"}),
+    "--max-length": ("data.max_length", {"type": int, "help": "truncate to N tokens (64)"}),
     "--dropout": ("train.dropout", {"type": float, "help": "override model dropout; 0 disables"}),
     "--partition": ("data.partition", {"help": "dirichlet (default) or iid"}),
-    "--alpha": ("data.alpha", {"type": float, "help": "Dirichlet concentration (default 1)"}),
-    "--max-train-samples": ("data.max_train_samples", {"type": int}),
-    "--seed": ("seed", {"type": int}),
-    "--epochs": ("train.epochs", {"type": int, "help": "epochs of --centralized training"}),
+    "--alpha": ("data.alpha", {"type": float, "help": "Dirichlet concentration (1.0)"}),
+    "--max-train-samples": (
+        "data.max_train_samples",
+        {"type": int, "help": "stratified subsample of train (all)"},
+    ),
+    "--seed": ("seed", {"type": int, "help": "seed of every random choice (0)"}),
+    "--epochs": ("train.epochs", {"type": int, "help": "epochs of --centralized training (1)"}),
     "--out": ("out", {"help": "run directory (default runs/<task>-<method>-<time>)"}),
 }
 
