@@ -30,7 +30,10 @@ RUN_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "--optimizer": ("train.optimizer", {"help": "adamw (default) or sgd"}),
     "--max-length": ("data.max_length", {"type": int, "help": "truncate to N tokens (64)"}),
     "--dropout": ("train.dropout", {"type": float, "help": "override model dropout; 0 disables"}),
-    "--partition": ("data.partition", {"help": "dirichlet (default) or iid"}),
+    "--partition": (
+        "data.partition",
+        {"help": "dirichlet (default), iid, dirichlet-classwise, quantity, shards"},
+    ),
     "--alpha": ("data.alpha", {"type": float, "help": "Dirichlet concentration (1.0)"}),
     "--max-train-samples": (
         "data.max_train_samples",

@@ -33,6 +33,8 @@ class DataConfig:
     split_seed: int = 0
     partition: str = "dirichlet"
     alpha: float = 1.0
+    min_client_size: int = 1
+    labels_per_client: int = 2
 
 
 @dataclass(frozen=True)
@@ -271,6 +273,10 @@ def validate(cfg: Config) -> None:
     _choice("train.schedule", t.schedule, ("constant", "linear"))
     _choice("method.adapter", m.adapter, ("houlsby", "pfeiffer"))
     _check(d.alpha > 0, "data.alpha", d.alpha, "a number > 0 (smaller = stronger label skew)")
+    mcs = d.min_client_size
+    _check(mcs >= 1, "data.min_client_size", mcs, "an integer >= 1")
+    lpc = d.labels_per_client
+    _check(lpc >= 1, "data.labels_per_client", lpc, "an integer >= 1 (at most the labels)")
     _check(d.max_length >= 8, "data.max_length", d.max_length, "an integer >= 8")
     mts = d.max_train_samples
     _check(mts is None or mts >= 1, "data.max_train_samples", mts, "an integer >= 1 or null")

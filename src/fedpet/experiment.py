@@ -12,7 +12,7 @@ from fedpet.algorithms.base import ClientHook
 from fedpet.client import TrainResult, local_train
 from fedpet.config import Config
 from fedpet.data.batching import Encoded, encode
-from fedpet.data.partition import label_counts, label_skew, partition
+from fedpet.data.partition import PartitionSpec, label_counts, label_skew, partition
 from fedpet.data.splits import Split, Task, stratified_subsample
 from fedpet.data.tasks import load_task
 from fedpet.model import TextClassifier, build_model, head_parameter_names
@@ -121,10 +121,15 @@ def prepare(cfg: Config) -> Experiment:
     if cfg.centralized:
         clients = [np.arange(len(task.train))]
     else:
-        seed = derive_seed(cfg.seed, "partition")
-        clients = partition(
-            task.train.labels, cfg.data.partition, cfg.federation.clients, cfg.data.alpha, seed
+        d = cfg.data
+        spec = PartitionSpec(
+            num_clients=cfg.federation.clients,
+            alpha=d.alpha,
+            min_size=d.min_client_size,
+            labels_per_client=d.labels_per_client,
+            seed=derive_seed(cfg.seed, "partition"),
         )
+        clients = partition(task.train.labels, d.partition, spec)
     model, tokenizer = build_model(cfg, task.num_labels)
     n = cfg.data.max_length
     return Experiment(
