@@ -79,3 +79,33 @@ def test_offline_hub_id_is_a_clear_error(
     assert "model = 'roberta-base-not-cached' could not be loaded" in err
     assert "offline" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_partition_command_prints_a_summary_and_writes_json_and_pngs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "part"
+    args = ["partition", "--clients", "20", "--alpha", "0.5", "--max-train-samples", "1000"]
+    assert main([*args, "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "20 clients, sizes min 50 / median 50 / max 50" in text
+    report = json.loads((out / "partition.json").read_text())
+    assert len(report["clients"]) == 20 and report["alpha"] == 0.5
+    assert sum(c["size"] for c in report["clients"]) == 1000
+    assert f"label skew {report['label_skew']:.3f}" in text
+    for png in ("partition_labels.png", "partition_sizes.png"):
+        data = (out / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    assert main([*args, "--out", str(out)]) == 2  # refuses to replace without --overwrite
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def test_partition_that_cannot_meet_the_minimum_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "part"
+    args = ["partition", "--clients", "50", "--max-train-samples", "100", "--out", str(out)]
+    assert main([*args, "--set", "data.min_client_size=5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "data.min_client_size = 5" in err
+    assert not out.exists()

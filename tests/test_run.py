@@ -87,6 +87,8 @@ def test_run_directory_holds_config_partition_metrics_checkpoint_summary(
     part = json.loads((out / "partition.json").read_text())
     assert sum(c["size"] for c in part["clients"]) == 96 and len(part["clients"]) == 6
     assert part["split"]["train"] == 96
+    assert (out / "partition_labels.png").stat().st_size > 5000
+    assert (out / "partition_sizes.png").stat().st_size > 5000
     state = load_file(out / "checkpoint" / "global.safetensors")
     assert sum(t.numel() for t in state.values()) == n
     assert "head.weight" in state

@@ -6,9 +6,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from fedpet.errors import FedpetError
+
+if TYPE_CHECKING:
+    from fedpet.config import Config
 
 # flag -> (dotted config field, argparse options)
 RUN_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -52,43 +55,91 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``fedpet`` argument parser."""
-    parser = _Parser(prog="fedpet", description="Federated parameter-efficient tuning.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    run = sub.add_parser("run", help="run one federated (or centralized) experiment")
-    run.add_argument("--config", help="YAML config file (e.g. a run's config.yaml)")
-    for flag, (field, options) in RUN_FLAGS.items():
-        run.add_argument(flag, dest=field, default=None, **options)
-    run.add_argument(
-        "--centralized",
-        action="store_true",
-        default=None,
-        help="train on the union of the clients' data instead",
+PARTITION_FLAGS = (
+    "--task",
+    "--clients",
+    "--partition",
+    "--alpha",
+    "--max-train-samples",
+    "--seed",
+    "--out",
+)
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, flags: Sequence[str]) -> None:
+    parser.add_argument("--config", help="YAML config file (e.g. a run's config.yaml)")
+    for flag in flags:
+        field, options = RUN_FLAGS[flag]
+        parser.add_argument(flag, dest=field, default=None, **options)
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace a run or partition in --out"
     )
-    run.add_argument("--overwrite", action="store_true", help="replace a run in --out")
-    run.add_argument(
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
         help="any config field, e.g. --set method.r=16 (repeatable)",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fedpet`` argument parser."""
+    parser = _Parser(prog="fedpet", description="Federated parameter-efficient tuning.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", help="run one federated (or centralized) experiment")
+    _add_config_flags(run, list(RUN_FLAGS))
+    run.add_argument(
+        "--centralized",
+        action="store_true",
+        default=None,
+        help="train on the union of the clients' data instead",
+    )
+    part = sub.add_parser(
+        "partition", help="partition a task across clients; write partition.json and plots"
+    )
+    _add_config_flags(part, PARTITION_FLAGS)
     return parser
 
 
 def _overrides(args: argparse.Namespace) -> list[tuple[str, Any]]:
     from fedpet.config import parse_override
 
-    pairs = [(field, getattr(args, field)) for field, _ in RUN_FLAGS.values()]
-    pairs.append(("centralized", args.centralized))
+    fields = [field for field, _ in RUN_FLAGS.values()] + ["centralized"]
+    pairs = [(field, getattr(args, field, None)) for field in fields]
     flags = [(k, v) for k, v in pairs if v is not None]
     return [parse_override(item) for item in args.set] + flags
 
 
+def _config(args: argparse.Namespace) -> Config:
+    from fedpet.config import build_config, load_yaml, resolve
+
+    base = load_yaml(args.config) if args.config else {}
+    return resolve(build_config(base, _overrides(args)))
+
+
+def cmd_partition(args: argparse.Namespace) -> None:
+    """Partition the task as ``fedpet run`` would; print a summary, write the files."""
+    from fedpet.data.describe import describe_partition, plot_partition, summary_line
+    from fedpet.experiment import load_data
+    from fedpet.rundir import RunDir, check_out_dir, default_run_dir
+
+    cfg = _config(args)
+    out = Path(cfg.out) if cfg.out else default_run_dir(cfg, kind="partition")
+    check_out_dir(out, args.overwrite)
+    task, clients = load_data(cfg)
+    report = describe_partition(task, clients, cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    run = RunDir(out)
+    run.write_json("partition.json", report)
+    written = ["partition.json", *(p.name for p in plot_partition(report, out))]
+    print(summary_line(report))
+    print(f"wrote {', '.join(written)} in {out}")
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     """Validate, load once, run all rounds, write the run directory, print a summary."""
-    from fedpet.config import build_config, load_yaml, resolve
+    from fedpet.data.describe import describe_partition, plot_partition
     from fedpet.experiment import prepare
     from fedpet.progress import RoundProgress, print_summary
     from fedpet.rundir import RunDir, check_out_dir, default_run_dir
@@ -96,15 +147,16 @@ def cmd_run(args: argparse.Namespace) -> None:
     from fedpet.runtime.recorder import Recorder
     from fedpet.runtime.simulation import run_simulation
 
-    base = load_yaml(args.config) if args.config else {}
-    cfg = resolve(build_config(base, _overrides(args)))
+    cfg = _config(args)
     out = Path(cfg.out) if cfg.out else default_run_dir(cfg)
     check_out_dir(out, args.overwrite)
     exp = prepare(cfg)
     run = RunDir(out)
     run.create(args.overwrite)
     run.write_config(cfg)
-    run.write_json("partition.json", exp.partition_report())
+    report = describe_partition(exp.task, exp.clients, cfg)
+    run.write_json("partition.json", report)
+    plot_partition(report, out)
     total = cfg.train.epochs if cfg.centralized else cfg.federation.rounds
     with RoundProgress(total, exp.task.metric, "epoch" if cfg.centralized else "round") as bar:
         recorder = Recorder(exp, run, on_round=bar.update)
@@ -118,8 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fedpet`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "run":
-            cmd_run(args)
+        {"run": cmd_run, "partition": cmd_partition}[args.command](args)
     except FedpetError as exc:
         print(f"fedpet {args.command}: error: {exc}", file=sys.stderr)
         return 2

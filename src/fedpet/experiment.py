@@ -12,7 +12,7 @@ from fedpet.algorithms.base import ClientHook
 from fedpet.client import TrainResult, local_train
 from fedpet.config import Config
 from fedpet.data.batching import Encoded, encode
-from fedpet.data.partition import PartitionSpec, label_counts, label_skew, partition
+from fedpet.data.partition import PartitionSpec, partition
 from fedpet.data.splits import Split, Task, stratified_subsample
 from fedpet.data.tasks import load_task
 from fedpet.model import TextClassifier, build_model, head_parameter_names
@@ -69,29 +69,6 @@ class Experiment:
             self.cfg.train.local_epochs,
         )
 
-    def partition_report(self) -> dict[str, object]:
-        """Split rule, client sizes and per-label counts, as written to ``partition.json``."""
-        counts = label_counts(self.task.train.labels, self.clients, self.task.num_labels)
-        d = self.cfg.data
-        return {
-            "task": self.task.name,
-            "split": {
-                "rule": self.task.split_rule,
-                "split_seed": d.split_seed,
-                "train": len(self.task.train),
-                "validation": len(self.task.validation),
-                "test": len(self.task.test),
-            },
-            "scheme": "centralized" if self.cfg.centralized else d.partition,
-            "alpha": d.alpha,
-            "labels": list(self.task.label_names),
-            "label_skew": label_skew(counts),
-            "clients": [
-                {"id": k, "size": int(c.sum()), "label_counts": c.tolist()}
-                for k, c in enumerate(counts)
-            ],
-        }
-
 
 def subsample(task: Task, cfg: Config) -> Task:
     """Cut the splits to stratified subsets for data-scale studies and quick runs.
@@ -115,8 +92,11 @@ def subsample(task: Task, cfg: Config) -> Task:
     )
 
 
-def prepare(cfg: Config) -> Experiment:
-    """Load the task, subsample and partition it, build the model, tokenize once."""
+def load_data(cfg: Config) -> tuple[Task, list[np.ndarray]]:
+    """Load and subsample the task, and partition its training examples across clients.
+
+    Centralized training is a single client holding every training example.
+    """
     task = subsample(load_task(cfg.data.task, cfg.data.split_seed), cfg)
     if cfg.centralized:
         clients = [np.arange(len(task.train))]
@@ -130,6 +110,12 @@ def prepare(cfg: Config) -> Experiment:
             seed=derive_seed(cfg.seed, "partition"),
         )
         clients = partition(task.train.labels, d.partition, spec)
+    return task, clients
+
+
+def prepare(cfg: Config) -> Experiment:
+    """Load the data (:func:`load_data`), build the model, tokenize every split once."""
+    task, clients = load_data(cfg)
     model, tokenizer = build_model(cfg, task.num_labels)
     n = cfg.data.max_length
     return Experiment(

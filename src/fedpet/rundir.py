@@ -18,13 +18,29 @@ from fedpet.config import Config, to_dict
 from fedpet.errors import FedpetError
 from fedpet.state import TrainableState
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "partition.json", "checkpoint")
+PARTITION_HEATMAP = "partition_labels.png"
+PARTITION_HISTOGRAM = "partition_sizes.png"
+RUN_FILES = (
+    "config.yaml",
+    "metrics.jsonl",
+    "summary.json",
+    "partition.json",
+    PARTITION_HEATMAP,
+    PARTITION_HISTOGRAM,
+    "checkpoint",
+)
 
 
-def default_run_dir(cfg: Config) -> Path:
-    """``runs/<task>-<method>[-centralized]-<timestamp>`` under the current directory."""
-    mode = "-centralized" if cfg.centralized else ""
+def default_run_dir(cfg: Config, kind: str = "run") -> Path:
+    """Where a run goes unless ``--out`` says otherwise, under the current directory.
+
+    ``runs/<task>-<method>[-centralized]-<timestamp>``, or for ``kind="partition"``
+    ``runs/<task>-<partition>-partition-<timestamp>``.
+    """
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    if kind == "partition":
+        return Path("runs") / f"{cfg.data.task}-{cfg.data.partition}-partition-{stamp}"
+    mode = "-centralized" if cfg.centralized else ""
     return Path("runs") / f"{cfg.data.task}-{cfg.method.name}{mode}-{stamp}"
 
 
@@ -39,11 +55,21 @@ def check_out_dir(path: Path, overwrite: bool) -> None:
         )
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Write via a temporary file in the same directory, then rename over ``path``."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
         write(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
