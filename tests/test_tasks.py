@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fedpet.data.splits import seeded_split, stratified_subsample
+from fedpet.data.splits import Split, seeded_split, stratified_subsample
 from fedpet.data.tasks import load_task
 from fedpet.errors import FedpetError
 
@@ -30,11 +30,11 @@ def test_packaged_task_sizes_labels_and_disjoint_splits(name: str, total: int, l
 
 
 def test_split_seed_changes_the_split_and_is_repeatable() -> None:
-    texts = [f"t{i}" for i in range(100)]
-    labels = np.arange(100) % 2
-    a = seeded_split(texts, labels, 1)
-    b = seeded_split(texts, labels, 1)
-    c = seeded_split(texts, labels, 2)
+    full = Split([f"t{i}" for i in range(100)], np.arange(100) % 2, [f"p{i}" for i in range(100)])
+    a = seeded_split(full, 1)
+    b = seeded_split(full, 1)
+    c = seeded_split(full, 2)
+    assert a[0].pairs == [t.replace("t", "p") for t in a[0].texts]
     assert [s.texts for s in a] == [s.texts for s in b]
     assert a[0].texts != c[0].texts
     assert [len(s) for s in a] == [80, 10, 10]

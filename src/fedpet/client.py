@@ -67,7 +67,7 @@ def train_epoch(
     total = 0.0
     for idx in batches:
         batch = collate(data, idx)
-        logits = model(batch["input_ids"], batch["attention_mask"])
+        logits = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
         task_loss = F.cross_entropy(logits, batch["labels"])
         hook.loss(task_loss, params).backward()
         if max_grad_norm is not None:
@@ -115,5 +115,6 @@ def evaluate(model: nn.Module, data: Encoded, batch_size: int, num_labels: int) 
     preds = np.empty(len(data), dtype=np.int64)
     for idx in length_sorted_batches(data, batch_size):
         batch = collate(data, idx)
-        preds[idx] = model(batch["input_ids"], batch["attention_mask"]).argmax(-1).numpy()
+        logits = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        preds[idx] = logits.argmax(-1).numpy()
     return classification_metrics(preds, data.labels, num_labels)

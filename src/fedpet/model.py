@@ -59,14 +59,26 @@ class TextClassifier(nn.Module):
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Logits of shape (batch, num_labels)."""
-        logits: torch.Tensor = self.head(self.dropout(self.embed(input_ids, attention_mask)))
+        pooled = self.embed(input_ids, attention_mask, token_type_ids)
+        logits: torch.Tensor = self.head(self.dropout(pooled))
         return logits
 
-    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Pooled sentence vectors of shape (batch, hidden), what the head sees."""
-        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+        segments = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **segments)
         hidden: torch.Tensor = out.last_hidden_state[
             :, -input_ids.shape[1] :
         ]  # prompt tuning prepends virtual tokens

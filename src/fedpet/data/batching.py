@@ -13,11 +13,16 @@ from fedpet.data.splits import Split
 
 @dataclass(frozen=True)
 class Encoded:
-    """Token ids of every example of a split (unpadded) and their labels."""
+    """Token ids of every example of a split (unpadded) and their labels.
+
+    For sentence pairs, also the segment ids where the tokenizer gives them (BERT does,
+    RoBERTa and DistilBERT do not).
+    """
 
     input_ids: list[np.ndarray]
     labels: np.ndarray
     pad_id: int
+    token_type_ids: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -37,21 +42,29 @@ def encode(
     int32 arrays, so memory grows with the tokens, not with Python lists of them.
     """
     ids: list[np.ndarray] = []
+    segments: list[np.ndarray] = []
+    pairs = split.pairs is not None
     for start in range(0, len(split.texts), chunk):
+        end = start + chunk
         batch = tokenizer(
-            split.texts[start : start + chunk],
+            split.texts[start:end],
+            split.pairs[start:end] if split.pairs is not None else None,
             truncation=True,
             max_length=max_length,
             return_attention_mask=False,
-            return_token_type_ids=False,
-        )["input_ids"]
-        ids.extend(np.asarray(x, dtype=np.int32) for x in batch)
+            return_token_type_ids=pairs and "token_type_ids" in tokenizer.model_input_names,
+        )
+        ids.extend(np.asarray(x, dtype=np.int32) for x in batch["input_ids"])
+        segments.extend(np.asarray(x, dtype=np.int8) for x in batch.get("token_type_ids", []))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return Encoded(ids, split.labels, int(pad))
+    return Encoded(ids, split.labels, int(pad), segments or None)
 
 
 def collate(data: Encoded, indices: np.ndarray) -> dict[str, torch.Tensor]:
-    """A batch padded to its longest example: input_ids, attention_mask and labels."""
+    """A batch padded to its longest example.
+
+    Holds input_ids, attention_mask and labels, and token_type_ids for sentence pairs.
+    """
     rows = [data.input_ids[i] for i in indices]
     width = max(len(r) for r in rows)
     ids = np.full((len(rows), width), data.pad_id, dtype=np.int64)
@@ -59,11 +72,17 @@ def collate(data: Encoded, indices: np.ndarray) -> dict[str, torch.Tensor]:
     for i, r in enumerate(rows):
         ids[i, : len(r)] = r
         mask[i, : len(r)] = 1
-    return {
+    batch = {
         "input_ids": torch.from_numpy(ids),
         "attention_mask": torch.from_numpy(mask),
         "labels": torch.from_numpy(data.labels[indices]),
     }
+    if data.token_type_ids is not None:
+        segments = np.zeros((len(rows), width), dtype=np.int64)
+        for i, j in enumerate(indices):
+            segments[i, : len(data.token_type_ids[j])] = data.token_type_ids[j]
+        batch["token_type_ids"] = torch.from_numpy(segments)
+    return batch
 
 
 def shuffled_batches(

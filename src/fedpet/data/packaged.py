@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedpet.data.splits import Task, seeded_split
+from fedpet.data.splits import Split, Task, seeded_split
 from fedpet.errors import FedpetError
 
 
@@ -33,7 +33,7 @@ def _labelled_task(
     frame = pd.DataFrame({"text": texts, "label": labels})
     frame = frame[frame["text"].str.strip().astype(bool)].drop_duplicates("text")
     ids = frame["label"].map({n: i for i, n in enumerate(label_names)}).to_numpy(dtype=np.int64)
-    train, val, test = seeded_split(frame["text"].tolist(), ids, split_seed)
+    train, val, test = seeded_split(Split(frame["text"].tolist(), ids), split_seed)
     rule = f"drop empty and duplicate texts; permutation(seed={split_seed}); 80/10/10"
     return Task(name, label_names, train, val, test, rule)
 

@@ -9,17 +9,19 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Split:
-    """Texts and integer labels of one split."""
+    """Texts (and, for sentence-pair tasks, second texts) and integer labels of one split."""
 
     texts: list[str]
     labels: np.ndarray
+    pairs: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
 
     def subset(self, indices: np.ndarray) -> Split:
         """The examples at ``indices``, in that order."""
-        return Split([self.texts[i] for i in indices], self.labels[indices])
+        pairs = None if self.pairs is None else [self.pairs[i] for i in indices]
+        return Split([self.texts[i] for i in indices], self.labels[indices], pairs)
 
 
 @dataclass(frozen=True)
@@ -41,13 +43,12 @@ class Task:
 
 
 def seeded_split(
-    texts: list[str], labels: np.ndarray, seed: int, fractions: tuple[float, float] = (0.8, 0.1)
+    full: Split, seed: int, fractions: tuple[float, float] = (0.8, 0.1)
 ) -> tuple[Split, Split, Split]:
     """Shuffle with ``seed`` and cut into train/validation/test by ``fractions`` (rest = test)."""
-    order = np.random.default_rng(seed).permutation(len(texts))
-    n_train = round(fractions[0] * len(texts))
-    n_val = round(fractions[1] * len(texts))
-    full = Split(texts, labels)
+    order = np.random.default_rng(seed).permutation(len(full))
+    n_train = round(fractions[0] * len(full))
+    n_val = round(fractions[1] * len(full))
     cuts = (order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :])
     train, val, test = (full.subset(np.sort(c)) for c in cuts)
     return train, val, test
