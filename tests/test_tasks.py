@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from fedpet.config import DataConfig
 from fedpet.data.splits import Split, seeded_split, stratified_subsample
 from fedpet.data.tasks import load_task
 from fedpet.errors import FedpetError
@@ -17,7 +18,7 @@ from fedpet.errors import FedpetError
     ],
 )
 def test_packaged_task_sizes_labels_and_disjoint_splits(name: str, total: int, labels) -> None:
-    task = load_task(name, split_seed=0)
+    task = load_task(DataConfig(task=name, split_seed=0))
     sizes = [len(task.train), len(task.validation), len(task.test)]
     assert sum(sizes) == total
     assert sizes[0] == round(0.8 * total) and sizes[1] == round(0.1 * total)
@@ -49,4 +50,4 @@ def test_stratified_subsample_keeps_label_shares() -> None:
 
 def test_unknown_task_is_one_clear_error() -> None:
     with pytest.raises(FedpetError, match=r"data\.task = 'imdb' is not allowed"):
-        load_task("imdb", 0)
+        load_task(DataConfig(task="imdb"))

@@ -27,6 +27,11 @@ class DataConfig:
     """Which task, how it is tokenized, subsampled and partitioned across clients."""
 
     task: str = "rotten_tomatoes"
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    validation_file: str | None = None
+    test_file: str | None = None
     max_length: int = 64
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
@@ -258,11 +263,11 @@ def validate(cfg: Config) -> None:
     from fedpet.algorithms import ALGORITHMS
     from fedpet.codecs import CODECS
     from fedpet.data.partition import PARTITIONERS
-    from fedpet.data.tasks import TASKS
+    from fedpet.data.tasks import check_task
     from fedpet.methods import METHODS
 
     d, m, t, f = cfg.data, cfg.method, cfg.train, cfg.federation
-    _choice("data.task", d.task, TASKS)
+    check_task(d.task)
     _choice("data.partition", d.partition, PARTITIONERS)
     _choice("method.name", m.name, METHODS)
     _choice("algorithm.name", cfg.algorithm.name, ALGORITHMS)

@@ -97,7 +97,7 @@ def load_data(cfg: Config) -> tuple[Task, list[np.ndarray]]:
 
     Centralized training is a single client holding every training example.
     """
-    task = subsample(load_task(cfg.data.task, cfg.data.split_seed), cfg)
+    task = subsample(load_task(cfg.data), cfg)
     if cfg.centralized:
         clients = [np.arange(len(task.train))]
     else:

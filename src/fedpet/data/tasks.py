@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from fedpet.config import DataConfig
+from fedpet.data.files import PREFIX, load_file_task
 from fedpet.data.packaged import load_bbc_news, load_rotten_tomatoes, load_tweet_sentiment
 from fedpet.data.splits import Task
 from fedpet.errors import FedpetError
@@ -15,8 +17,18 @@ TASKS: dict[str, Callable[[int], Task]] = {
 }
 
 
-def load_task(name: str, split_seed: int) -> Task:
-    """Load a registered task by name, split with ``split_seed``."""
-    if name not in TASKS:
-        raise FedpetError(f"data.task = {name!r} is not allowed: choose one of {sorted(TASKS)}")
-    return TASKS[name](split_seed)
+def check_task(name: str) -> None:
+    """Refuse a task that is neither registered nor a ``file:PATH``."""
+    if name not in TASKS and not name.startswith(PREFIX):
+        raise FedpetError(
+            f"data.task = {name!r} is not allowed: choose one of {sorted(TASKS)}, "
+            "or file:PATH for a CSV, TSV, JSONL or Parquet file"
+        )
+
+
+def load_task(data: DataConfig) -> Task:
+    """Load the configured task (a registered name or ``file:PATH``)."""
+    check_task(data.task)
+    if data.task.startswith(PREFIX):
+        return load_file_task(data.task, data)
+    return TASKS[data.task](data.split_seed)
