@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 # flag -> (dotted config field, argparse options)
 RUN_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "--task": ("data.task", {"help": "rotten_tomatoes (default), tweet_sentiment, bbc_news"}),
+    "--data-dir": ("data.data_dir", {"help": "directory holding the GLUE files (SST-2/...)"}),
     "--model": ("model", {"help": "packaged all-MiniLM-L6-v2 (default), a local dir or hub id"}),
     "--method": (
         "method.name",
@@ -57,6 +58,7 @@ class _Parser(argparse.ArgumentParser):
 
 PARTITION_FLAGS = (
     "--task",
+    "--data-dir",
     "--clients",
     "--partition",
     "--alpha",

@@ -32,6 +32,7 @@ class DataConfig:
     label_column: str = "label"
     validation_file: str | None = None
     test_file: str | None = None
+    data_dir: str | None = None
     max_length: int = 64
     max_train_samples: int | None = None
     max_eval_samples: int | None = None

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from fedpet.config import DataConfig
 from fedpet.data.files import PREFIX, load_file_task
+from fedpet.data.glue import GLUE, load_glue
 from fedpet.data.packaged import load_bbc_news, load_rotten_tomatoes, load_tweet_sentiment
 from fedpet.data.splits import Task
 from fedpet.errors import FedpetError
@@ -18,11 +19,11 @@ TASKS: dict[str, Callable[[int], Task]] = {
 
 
 def check_task(name: str) -> None:
-    """Refuse a task that is neither registered nor a ``file:PATH``."""
-    if name not in TASKS and not name.startswith(PREFIX):
+    """Refuse a task that is neither packaged, GLUE, nor a ``file:PATH``."""
+    if name not in TASKS and name not in GLUE and not name.startswith(PREFIX):
         raise FedpetError(
-            f"data.task = {name!r} is not allowed: choose one of {sorted(TASKS)}, "
-            "or file:PATH for a CSV, TSV, JSONL or Parquet file"
+            f"data.task = {name!r} is not allowed: choose one of {sorted(TASKS)}, a GLUE "
+            f"task ({', '.join(GLUE)}), or file:PATH for a CSV, TSV, JSONL or Parquet file"
         )
 
 
@@ -31,4 +32,6 @@ def load_task(data: DataConfig) -> Task:
     check_task(data.task)
     if data.task.startswith(PREFIX):
         return load_file_task(data.task, data)
+    if data.task in GLUE:
+        return load_glue(data.task, data)
     return TASKS[data.task](data.split_seed)
