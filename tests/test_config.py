@@ -82,3 +82,10 @@ def test_config_is_frozen() -> None:
     cfg = Config()
     with pytest.raises(AttributeError):
         cfg.seed = 1  # type: ignore[misc]
+
+
+def test_default_clients_per_round_caps_at_the_number_of_clients() -> None:
+    assert build_config({}, [("federation.clients", 4)]).federation.clients_per_round == 4
+    assert build_config({}, [("federation.clients", 40)]).federation.clients_per_round == 10
+    with pytest.raises(FedpetError, match=r"federation\.clients_per_round = 5"):
+        build_config({}, [("federation.clients", 4), ("federation.clients_per_round", 5)])

@@ -142,3 +142,40 @@ def test_user_file_runs_end_to_end(tiny_model_dir: Path, tmp_path: Path) -> None
     part = json.loads((out / "partition.json").read_text())
     assert part["labels"] == ["neg", "pos"] and part["split"]["train"] == 48
     assert np.isclose(sum(c["size"] for c in part["clients"]), 48)
+
+
+def test_natural_partition_from_a_client_column(tmp_path: Path, capsys) -> None:
+    df = frame()
+    df["user"] = [f"u{i % 5}" for i in range(len(df))]
+    path = write(df, tmp_path / "users.csv")
+    out = tmp_path / "part"
+    args = [
+        "partition",
+        "--task",
+        f"file:{path}",
+        "--partition",
+        "natural",
+        "--clients",
+        "5",
+        "--set",
+        "data.client_column=user",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    report = json.loads((out / "partition.json").read_text())
+    assert len(report["clients"]) == 5 and sum(c["size"] for c in report["clients"]) == 48
+    task = load_task(DataConfig(task=f"file:{path}", client_column="user"))
+    assert task.train.groups is not None
+    lookup = dict(zip(df["text"], df["user"], strict=True))
+    assert all(lookup[t] == g for t, g in zip(task.train.texts, task.train.groups, strict=True))
+
+
+def test_bad_data_file_from_the_command_line_is_exit_2_in_one_line(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "x.csv"
+    path.write_bytes(b"text,label\nbad \xff byte,pos\n")
+    out = tmp_path / "run"
+    assert main(["run", "--task", f"file:{path}", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is not UTF-8" in err
+    assert not out.exists()

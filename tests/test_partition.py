@@ -6,7 +6,7 @@ import pytest
 from fedpet.data.partition import PARTITIONERS, PartitionSpec, label_counts, label_skew, partition
 from fedpet.errors import FedpetError
 
-SCHEMES = sorted(PARTITIONERS)
+SCHEMES = sorted(set(PARTITIONERS) - {"natural"})  # natural needs client ids: tested below
 SKEWED = ["dirichlet", "dirichlet-classwise"]
 
 
@@ -111,3 +111,21 @@ def test_thousand_clients_on_100k_labels_in_a_few_seconds(scheme: str) -> None:
     elapsed = time.perf_counter() - start
     assert len(parts) == 1000 and sum(len(p) for p in parts) == 100_000
     print(f"{scheme}: {elapsed:.2f} s")  # shown with -s; speed is not asserted
+
+
+def test_natural_partition_follows_the_named_clients() -> None:
+    groups = np.array(["bob", "amy", "bob", "cid", "amy", "bob"])
+    parts = partition(np.zeros(6, dtype=np.int64), "natural", spec(3, groups=groups))
+    assert [p.tolist() for p in parts] == [[1, 4], [0, 2, 5], [3]]  # amy, bob, cid
+    with pytest.raises(FedpetError, match="set --clients 3"):
+        partition(np.zeros(6, dtype=np.int64), "natural", spec(4, groups=groups))
+    with pytest.raises(FedpetError, match=r"needs data\.client_column"):
+        partition(np.zeros(6, dtype=np.int64), "natural", spec(3))
+
+
+def test_natural_partition_of_1000_clients_on_100k_examples() -> None:
+    groups = np.random.default_rng(0).integers(0, 1000, 100_000).astype(str)
+    parts = partition(labels(100_000), "natural", spec(1000, groups=groups))
+    assert len(parts) == 1000
+    assert sorted(np.concatenate(parts).tolist()) == list(range(100_000))
+    assert all(len(set(groups[p].tolist())) == 1 for p in parts[:50])

@@ -51,3 +51,19 @@ def test_stratified_subsample_keeps_label_shares() -> None:
 def test_unknown_task_is_one_clear_error() -> None:
     with pytest.raises(FedpetError, match=r"data\.task = 'imdb' is not allowed"):
         load_task(DataConfig(task="imdb"))
+
+
+def test_train_fraction_and_max_train_samples_take_the_smaller(tmp_path) -> None:
+    from fedpet.config import build_config
+    from fedpet.experiment import load_data
+
+    def size(**kw: object) -> int:
+        cfg = build_config({}, [("data.task", "bbc_news"), *kw.items()])
+        task, clients = load_data(cfg)
+        assert sum(len(c) for c in clients) == len(task.train)
+        return len(task.train)
+
+    assert size() == 1702
+    assert size(**{"data.train_fraction": 0.25}) == round(0.25 * 1702)
+    assert size(**{"data.train_fraction": 0.25, "data.max_train_samples": 300}) == 300
+    assert size(**{"data.train_fraction": 0.1, "data.max_train_samples": 300}) == 170

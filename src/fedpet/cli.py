@@ -43,6 +43,10 @@ RUN_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
         "data.max_train_samples",
         {"type": int, "help": "stratified subsample of train (all)"},
     ),
+    "--train-fraction": (
+        "data.train_fraction",
+        {"type": float, "help": "stratified share of train (all)"},
+    ),
     "--seed": ("seed", {"type": int, "help": "seed of every random choice (0)"}),
     "--epochs": ("train.epochs", {"type": int, "help": "epochs of --centralized training (1)"}),
     "--out": ("out", {"help": "run directory (default runs/<task>-<method>-<time>)"}),
@@ -63,6 +67,7 @@ PARTITION_FLAGS = (
     "--partition",
     "--alpha",
     "--max-train-samples",
+    "--train-fraction",
     "--seed",
     "--out",
 )

@@ -30,12 +30,14 @@ class DataConfig:
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"
+    client_column: str | None = None
     validation_file: str | None = None
     test_file: str | None = None
     data_dir: str | None = None
     max_length: int = 64
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
+    train_fraction: float | None = None
     split_seed: int = 0
     partition: str = "dirichlet"
     alpha: float = 1.0
@@ -76,7 +78,10 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class FederationConfig:
-    """Clients, participation and rounds."""
+    """Clients, participation and rounds.
+
+    ``clients_per_round`` left unset means 10, or every client when there are fewer.
+    """
 
     clients: int = 100
     clients_per_round: int = 10
@@ -171,6 +176,14 @@ def build_config(
     for key, value in overrides:
         _set_dotted(tree, key, value)
     cfg: Config = _from_mapping(Config, tree, prefix="")
+    fed = cfg.federation
+    if (
+        "clients_per_round" not in tree.get("federation", {})
+        and fed.clients_per_round > fed.clients
+    ):
+        # the default of 10 per round means every client when there are fewer
+        federation = dataclasses.replace(fed, clients_per_round=max(1, fed.clients))
+        cfg = dataclasses.replace(cfg, federation=federation)
     validate(cfg)
     return cfg
 
@@ -286,6 +299,8 @@ def validate(cfg: Config) -> None:
     _check(d.max_length >= 8, "data.max_length", d.max_length, "an integer >= 8")
     mts = d.max_train_samples
     _check(mts is None or mts >= 1, "data.max_train_samples", mts, "an integer >= 1 or null")
+    tf = d.train_fraction
+    _check(tf is None or 0 < tf <= 1, "data.train_fraction", tf, "a number in (0, 1] or null")
     mes = d.max_eval_samples
     _check(mes is None or mes >= 1, "data.max_eval_samples", mes, "an integer >= 1 or null")
     _check(f.clients >= 1, "federation.clients", f.clients, "an integer >= 1")

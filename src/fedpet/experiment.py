@@ -73,9 +73,9 @@ class Experiment:
 def subsample(task: Task, cfg: Config) -> Task:
     """Cut the splits to stratified subsets for data-scale studies and quick runs.
 
-    ``max_train_samples`` of train are drawn with the run seed; ``max_eval_samples`` of
-    validation and of test with the split seed, so runs with different seeds are evaluated on
-    the same examples.
+    ``train_fraction`` and ``max_train_samples`` of train (the smaller, where both are set)
+    are drawn with the run seed; ``max_eval_samples`` of validation and of test with the
+    split seed, so runs with different seeds are evaluated on the same examples.
     """
     train_rng = np.random.default_rng(derive_seed(cfg.seed, "subsample"))
     eval_rng = np.random.default_rng(cfg.data.split_seed)
@@ -83,10 +83,15 @@ def subsample(task: Task, cfg: Config) -> Task:
     def cut(split: Split, n: int | None, rng: np.random.Generator) -> Split:
         return split if n is None else split.subset(stratified_subsample(split.labels, n, rng))
 
-    n_eval = cfg.data.max_eval_samples
+    d = cfg.data
+    sizes = [d.max_train_samples]
+    if d.train_fraction is not None:
+        sizes.append(max(1, round(d.train_fraction * len(task.train))))
+    n_train = min((n for n in sizes if n is not None), default=None)
+    n_eval = d.max_eval_samples
     return dataclasses.replace(
         task,
-        train=cut(task.train, cfg.data.max_train_samples, train_rng),
+        train=cut(task.train, n_train, train_rng),
         validation=cut(task.validation, n_eval, eval_rng),
         test=cut(task.test, n_eval, eval_rng),
     )
@@ -108,6 +113,7 @@ def load_data(cfg: Config) -> tuple[Task, list[np.ndarray]]:
             min_size=d.min_client_size,
             labels_per_client=d.labels_per_client,
             seed=derive_seed(cfg.seed, "partition"),
+            groups=task.train.groups,
         )
         clients = partition(task.train.labels, d.partition, spec)
     return task, clients

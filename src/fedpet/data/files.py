@@ -4,6 +4,7 @@ Columns are named by ``data.text_column``, ``data.text_pair_column`` (optional) 
 ``data.label_column``. Validation and test come from ``data.validation_file`` and
 ``data.test_file`` when both are given, else from a seeded 80/10/10 split of the file.
 Labels (strings or integers) are mapped once, in sorted order, from the training labels.
+``data.client_column`` names the client of each row, for the ``natural`` partition.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ def _columns(frame: pd.DataFrame, path: Path, data: DataConfig) -> pd.DataFrame:
     wanted = {"text": data.text_column, "label": data.label_column}
     if data.text_pair_column:
         wanted["pair"] = data.text_pair_column
+    if data.client_column:
+        wanted["client"] = data.client_column
     for role, column in wanted.items():
         if column not in frame.columns:
             have = ", ".join(map(str, frame.columns[:8]))
@@ -87,7 +90,8 @@ def _split(frame: pd.DataFrame, names: tuple[str, ...], path: Path) -> Split:
     index = {name: i for i, name in enumerate(names)}
     labels = frame["label"].map(index).to_numpy(dtype=np.int64)
     pairs = frame["pair"].tolist() if "pair" in frame else None
-    return Split(frame["text"].tolist(), labels, pairs)
+    groups = frame["client"].astype(str).to_numpy() if "client" in frame else None
+    return Split(frame["text"].tolist(), labels, pairs, groups)
 
 
 def load_file_task(name: str, data: DataConfig) -> Task:

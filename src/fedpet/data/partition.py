@@ -27,6 +27,8 @@ class PartitionSpec:
         Fewest examples any client may hold; a partition that cannot give it is refused.
     labels_per_client
         Labels each client holds under ``shards``.
+    groups
+        Per example, the client the data names (``natural``).
     """
 
     num_clients: int
@@ -34,6 +36,7 @@ class PartitionSpec:
     min_size: int = 1
     labels_per_client: int = 2
     seed: int = 0
+    groups: np.ndarray | None = None
 
 
 Partitioner = Callable[[np.ndarray, PartitionSpec], list[np.ndarray]]
@@ -160,6 +163,23 @@ def shards(labels: np.ndarray, spec: PartitionSpec) -> list[np.ndarray]:
     return [np.sort(np.concatenate(c)) for c in chunks]
 
 
+def natural(labels: np.ndarray, spec: PartitionSpec) -> list[np.ndarray]:
+    """The clients the data names (``data.client_column``), in sorted order of their ids."""
+    if spec.groups is None:
+        raise FedpetError(
+            "data.partition = 'natural' needs data.client_column: a column of a file:PATH "
+            "task naming each row's client"
+        )
+    ids, inverse = np.unique(spec.groups, return_inverse=True)
+    if len(ids) != spec.num_clients:
+        raise FedpetError(
+            f"federation.clients = {spec.num_clients} does not match the {len(ids)} clients "
+            f"the data names; set --clients {len(ids)}"
+        )
+    order = np.argsort(inverse, kind="stable")
+    return np.split(order, np.cumsum(np.bincount(inverse, minlength=len(ids)))[:-1])
+
+
 def _round_to_total(quota: np.ndarray, total: int) -> np.ndarray:
     base: np.ndarray = np.floor(quota).astype(np.int64)
     for i in np.argsort(-(quota - base))[: total - int(base.sum())]:
@@ -173,6 +193,7 @@ PARTITIONERS: dict[str, Partitioner] = {
     "dirichlet-classwise": dirichlet_classwise,
     "quantity": quantity,
     "shards": shards,
+    "natural": natural,
 }
 
 

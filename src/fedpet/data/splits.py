@@ -9,11 +9,15 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Split:
-    """Texts (and, for sentence-pair tasks, second texts) and integer labels of one split."""
+    """Texts (and, for sentence-pair tasks, second texts) and integer labels of one split.
+
+    ``groups`` names, per example, the client it came from, where the data says so.
+    """
 
     texts: list[str]
     labels: np.ndarray
     pairs: list[str] | None = None
+    groups: np.ndarray | None = None  # the client each example belongs to (natural partition)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -21,7 +25,8 @@ class Split:
     def subset(self, indices: np.ndarray) -> Split:
         """The examples at ``indices``, in that order."""
         pairs = None if self.pairs is None else [self.pairs[i] for i in indices]
-        return Split([self.texts[i] for i in indices], self.labels[indices], pairs)
+        groups = None if self.groups is None else self.groups[indices]
+        return Split([self.texts[i] for i in indices], self.labels[indices], pairs, groups)
 
 
 @dataclass(frozen=True)
