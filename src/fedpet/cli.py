@@ -102,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="train on the union of the clients' data instead",
     )
+    run.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue a stopped run from its last complete round (its own config)",
+    )
     part = sub.add_parser(
         "partition", help="partition a task across clients; write partition.json and plots"
     )
@@ -144,6 +149,32 @@ def cmd_partition(args: argparse.Namespace) -> None:
     print(f"wrote {', '.join(written)} in {out}")
 
 
+def resume_run(args: argparse.Namespace) -> None:
+    """Continue the run in ``args.resume`` after its last checkpointed round."""
+    from fedpet.config import build_config, load_yaml
+    from fedpet.experiment import prepare
+    from fedpet.progress import RoundProgress, print_summary
+    from fedpet.rundir import RunDir, keep_metrics, load_checkpoint
+    from fedpet.runtime.recorder import Recorder
+    from fedpet.runtime.simulation import run_simulation
+
+    if args.config or _overrides(args) or args.overwrite:
+        raise FedpetError("--resume continues a run with its own config.yaml; give no other flags")
+    out = Path(args.resume)
+    cfg = build_config(load_yaml(out / "config.yaml"))
+    if cfg.centralized:
+        raise FedpetError("--resume is not supported for --centralized runs yet")
+    checkpoint = load_checkpoint(out)
+    keep_metrics(out, checkpoint.round)
+    exp = prepare(cfg)
+    run = RunDir(out)
+    with RoundProgress(cfg.federation.rounds, exp.task.metric, "round") as bar:
+        recorder = Recorder(exp, run, on_round=bar.update)
+        run_simulation(exp, recorder, resume=checkpoint)
+    print_summary(recorder.finish())
+    print(f"run directory: {out}")
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     """Validate, load once, run all rounds, write the run directory, print a summary."""
     from fedpet.data.describe import describe_partition, plot_partition
@@ -154,6 +185,9 @@ def cmd_run(args: argparse.Namespace) -> None:
     from fedpet.runtime.recorder import Recorder
     from fedpet.runtime.simulation import run_simulation
 
+    if args.resume:
+        resume_run(args)
+        return
     cfg = _config(args)
     out = Path(cfg.out) if cfg.out else default_run_dir(cfg)
     check_out_dir(out, args.overwrite)

@@ -7,12 +7,14 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
-from safetensors.torch import save_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from fedpet.config import Config, to_dict
 from fedpet.errors import FedpetError
@@ -81,9 +83,10 @@ def _write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def _write_tensors(path: Path, state: TrainableState) -> None:
+def _write_tensors(path: Path, state: TrainableState, round_: int) -> None:
     tensors = {k: v.detach().contiguous() for k, v in state.items()}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
+    meta = {"round": str(round_)}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 class RunDir:
@@ -121,7 +124,65 @@ class RunDir:
             os.fsync(fh.fileno())
 
     def write_checkpoint(self, tensors: dict[str, TrainableState], state: dict[str, Any]) -> None:
-        """Each named state as ``<name>.safetensors``, then ``state.json`` (the commit point)."""
+        """Write a round's checkpoint so that a kill at any instant leaves a consistent one.
+
+        Each named state goes to ``<name>.next.safetensors`` (stamped with the round), then
+        ``state.json`` commits the round, then the files are renamed to ``<name>.safetensors``.
+        :func:`load_checkpoint` takes, per name, whichever file carries the committed round.
+        """
+        round_ = int(state["round"])
         for name, values in tensors.items():
-            _write_tensors(self.checkpoint / f"{name}.safetensors", values)
+            _write_tensors(self.checkpoint / f"{name}.next.safetensors", values, round_)
         _write_text(self.checkpoint / "state.json", json.dumps(state, indent=2) + "\n")
+        for name in tensors:
+            os.replace(
+                self.checkpoint / f"{name}.next.safetensors",
+                self.checkpoint / f"{name}.safetensors",
+            )
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The last complete round of a run, as written by :meth:`RunDir.write_checkpoint`."""
+
+    round: int
+    state: dict[str, Any]
+    tensors: dict[str, TrainableState]
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """Read a run directory's checkpoint (safetensors only: nothing is unpickled)."""
+    folder = path / "checkpoint"
+    try:
+        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+        round_ = int(state["round"])
+        tensors: dict[str, TrainableState] = {}
+        names = {f.name.split(".")[0] for f in folder.glob("*.safetensors")}
+        for name in sorted(names):
+            for file in (folder / f"{name}.next.safetensors", folder / f"{name}.safetensors"):
+                if file.exists() and _stamped_round(file) == round_:
+                    tensors[name] = load_file(str(file))
+                    break
+    except (OSError, ValueError, KeyError) as exc:
+        raise FedpetError(
+            f"--resume {str(path)!r}: no readable checkpoint ({exc.__class__.__name__}); "
+            "a run can be resumed once its first round has finished"
+        ) from None
+    if "global" not in tensors or "best" not in tensors:
+        raise FedpetError(f"--resume {str(path)!r}: the checkpoint of round {round_} is incomplete")
+    return Checkpoint(round_, state, tensors)
+
+
+def _stamped_round(file: Path) -> int:
+    with safe_open(str(file), framework="pt") as fh:
+        return int((fh.metadata() or {}).get("round", -1))
+
+
+def keep_metrics(path: Path, rounds: int) -> None:
+    """Cut ``metrics.jsonl`` to its first ``rounds`` lines.
+
+    A round logged after the last checkpoint is run again, so it must not stay twice.
+    """
+    metrics = path / "metrics.jsonl"
+    lines = metrics.read_text(encoding="utf-8").splitlines(keepends=True)[:rounds]
+    atomic_write(metrics, lambda tmp: tmp.write_text("".join(lines), encoding="utf-8"))

@@ -10,7 +10,7 @@ from typing import Any
 
 from fedpet.client import evaluate
 from fedpet.experiment import Experiment
-from fedpet.rundir import RunDir
+from fedpet.rundir import Checkpoint, RunDir
 from fedpet.state import TrainableState, load_
 
 
@@ -70,6 +70,14 @@ class Recorder:
         self.best_state: TrainableState = {}
         self.started = time.perf_counter()
 
+    def restore(self, checkpoint: Checkpoint) -> None:
+        """Continue from a checkpoint: its totals and its best round."""
+        self.totals = Totals(**checkpoint.state["totals"])
+        self.best_round = int(checkpoint.state["best_round"])
+        self.best_val = float(checkpoint.state["best_val_metric"])
+        self.best_state = checkpoint.tensors["best"]
+        self.started -= float(checkpoint.state.get("wall_seconds", 0.0))
+
     def end_round(
         self, record: RoundRecord, global_state: TrainableState, server_state: TrainableState
     ) -> dict[str, float]:
@@ -113,6 +121,7 @@ class Recorder:
                 "best_round": self.best_round,
                 "best_val_metric": self.best_val,
                 "totals": vars(t),
+                "wall_seconds": time.perf_counter() - self.started,
             },
         )
         self.on_round(record.round, val[self.metric], self.best_round, self.best_val)

@@ -14,6 +14,7 @@ import numpy as np
 from fedpet.algorithms import Aggregate, get_algorithm
 from fedpet.codecs import get_codec
 from fedpet.experiment import Experiment
+from fedpet.rundir import Checkpoint
 from fedpet.runtime.recorder import Recorder, RoundRecord
 from fedpet.seeding import derive_seed
 from fedpet.state import extract, load_, schema, subtract
@@ -25,15 +26,27 @@ def sample_cohort(seed: int, round_: int, num_clients: int, per_round: int) -> n
     return np.sort(rng.choice(num_clients, size=per_round, replace=False))
 
 
-def run_simulation(exp: Experiment, recorder: Recorder) -> None:
-    """Run ``federation.rounds`` rounds; the recorder evaluates, logs and checkpoints each."""
+def run_simulation(exp: Experiment, recorder: Recorder, resume: Checkpoint | None = None) -> None:
+    """Run ``federation.rounds`` rounds; the recorder evaluates, logs and checkpoints each.
+
+    With ``resume``, continue after its round from its global and server state: every random
+    choice derives from (seed, round, client), so the rest of the run is the same as if it
+    had never stopped.
+    """
     cfg = exp.cfg
     algorithm = get_algorithm(cfg.algorithm)
     up, down = get_codec(cfg.codec.up), get_codec(cfg.codec.down)
     global_state = extract(exp.params)
     server_state = algorithm.init_server_state(global_state)
+    first = 1
+    if resume is not None:
+        global_state = resume.tensors["global"]
+        server_state = resume.tensors.get("server", server_state)
+        load_(exp.params, global_state)
+        recorder.restore(resume)
+        first = resume.round + 1
     layout = schema(global_state)
-    for rnd in range(1, cfg.federation.rounds + 1):
+    for rnd in range(first, cfg.federation.rounds + 1):
         start = time.perf_counter()
         cohort = sample_cohort(cfg.seed, rnd, len(exp.clients), cfg.federation.clients_per_round)
         payload = down.encode(global_state)

@@ -1,0 +1,107 @@
+"""A run killed with SIGKILL during a round and resumed ends exactly as an uninterrupted one."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fedpet.cli import main
+
+TIMING = {"train_seconds", "eval_seconds"}
+
+
+def args(model: Path, out: Path) -> list[str]:
+    return [
+        "run",
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        "--max-train-samples",
+        "160",
+        "--max-length",
+        "32",
+        "--clients",
+        "8",
+        "--clients-per-round",
+        "3",
+        "--rounds",
+        "6",
+        "--batch-size",
+        "8",
+        "--set",
+        "data.max_eval_samples=64",
+        "--seed",
+        "11",
+    ]
+
+
+def metrics(out: Path) -> list[dict]:
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def test_sigkill_then_resume_equals_an_uninterrupted_run(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    after = random.randint(1, 4)  # kill once this many rounds are logged, mid-way through the next
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedpet.cli", *args(tiny_model_dir, killed)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    log = killed / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        state = killed / "checkpoint" / "state.json"
+        if state.exists() and log.exists() and len(log.read_text().splitlines()) >= after:
+            time.sleep(random.uniform(0.0, 0.1))
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    proc.wait(timeout=60)
+    if proc.returncode == 0:
+        pytest.fail("the run finished before it could be killed; the test needs more rounds")
+    assert proc.returncode == -signal.SIGKILL
+    done = json.loads((killed / "checkpoint" / "state.json").read_text())["round"]
+    assert 1 <= done <= 6 and not (killed / "summary.json").exists()
+
+    assert main(["run", "--resume", str(killed)]) == 0
+    assert main(args(tiny_model_dir, whole)) == 0
+
+    a = load_file(killed / "checkpoint" / "global.safetensors")
+    b = load_file(whole / "checkpoint" / "global.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert metrics(killed) == metrics(whole)
+    sa = json.loads((killed / "summary.json").read_text())
+    sb = json.loads((whole / "summary.json").read_text())
+    for key in (
+        "best_round",
+        "best_val_metric",
+        "test_metric",
+        "bytes_up_total",
+        "bytes_down_total",
+        "train_examples_seen",
+        "rounds_completed",
+    ):
+        assert sa[key] == sb[key], key
+
+
+def test_resume_refuses_other_flags_and_missing_checkpoints(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", "--resume", str(tmp_path), "--rounds", "3"]) == 2
+    assert "give no other flags" in capsys.readouterr().err
+    assert main(["run", "--resume", str(tmp_path / "nothing")]) == 2
+    assert "config: cannot read" in capsys.readouterr().err
