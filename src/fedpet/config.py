@@ -86,6 +86,7 @@ class FederationConfig:
     clients: int = 100
     clients_per_round: int = 10
     rounds: int = 16
+    max_update_norm: float | None = None
 
 
 @dataclass(frozen=True)
@@ -311,6 +312,8 @@ def validate(cfg: Config) -> None:
         f"an integer from 1 to federation.clients ({f.clients})",
     )
     _check(f.rounds >= 1, "federation.rounds", f.rounds, "an integer >= 1")
+    mun = f.max_update_norm
+    _check(mun is None or mun > 0, "federation.max_update_norm", mun, "a number > 0 or null")
     _check(t.local_epochs >= 1, "train.local_epochs", t.local_epochs, "an integer >= 1")
     _check(t.epochs >= 1, "train.epochs", t.epochs, "an integer >= 1")
     _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "an integer >= 1")

@@ -24,6 +24,7 @@ class Totals:
     examples: int = 0
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
+    rejected: int = 0
 
 
 @dataclass
@@ -37,6 +38,7 @@ class RoundRecord:
     bytes_down: int
     train_seconds: float
     clients: list[int] = field(default_factory=list)
+    rejected: list[dict[str, object]] = field(default_factory=list)
 
 
 def peak_rss_mb() -> float:
@@ -94,6 +96,7 @@ class Recorder:
         t.bytes_down += record.bytes_down
         t.examples += record.examples
         t.train_seconds += record.train_seconds
+        t.rejected += len(record.rejected)
         t.eval_seconds += eval_seconds
         if val[self.metric] > self.best_val:
             self.best_round, self.best_val = record.round, val[self.metric]
@@ -107,6 +110,7 @@ class Recorder:
                 "bytes_up": record.bytes_up,
                 "bytes_down": record.bytes_down,
                 "clients": record.clients,
+                "rejected": record.rejected,
                 "train_seconds": record.train_seconds,
                 "eval_seconds": eval_seconds,
             }
@@ -157,6 +161,7 @@ class Recorder:
             "bytes_up_total": t.bytes_up,
             "bytes_down_total": t.bytes_down,
             "train_examples_seen": t.examples,
+            "updates_rejected": t.rejected,
             "train_seconds": t.train_seconds,
             "eval_seconds": t.eval_seconds,
             "wall_seconds": time.perf_counter() - self.started,

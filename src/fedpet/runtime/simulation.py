@@ -18,6 +18,7 @@ from fedpet.rundir import Checkpoint
 from fedpet.runtime.recorder import Recorder, RoundRecord
 from fedpet.seeding import derive_seed
 from fedpet.state import extract, load_, schema, subtract
+from fedpet.validation import update_problem
 
 
 def sample_cohort(seed: int, round_: int, num_clients: int, per_round: int) -> np.ndarray:
@@ -52,24 +53,34 @@ def run_simulation(exp: Experiment, recorder: Recorder, resume: Checkpoint | Non
         payload = down.encode(global_state)
         received = down.decode(payload, layout)
         aggregate = Aggregate(global_state)
-        bytes_up, examples, loss = 0, 0, 0.0
+        bytes_up, local_examples, loss = 0, 0, 0.0
+        rejected: list[dict[str, object]] = []
         for k in cohort.tolist():
             hook = algorithm.client_hook(received)
             result = exp.train_client(k, received, hook, derive_seed(cfg.seed, "train", rnd, k))
-            update = up.encode(subtract(result.state, received))
-            bytes_up += len(update)
-            aggregate.add(up.decode(update, layout), float(result.num_examples))
-            examples += result.num_examples * cfg.train.local_epochs
+            local_examples += result.num_examples
             loss += result.loss * result.num_examples
-        global_state, server_state = algorithm.server_update(global_state, server_state, aggregate)
+            payload_up = up.encode(subtract(result.state, received))
+            bytes_up += len(payload_up)
+            update = up.decode(payload_up, layout)
+            problem = update_problem(update, layout, cfg.federation.max_update_norm)
+            if problem is not None:
+                rejected.append({"client": k, "reason": problem})
+                continue
+            aggregate.add(update, float(result.num_examples))
+        if aggregate.num_clients:
+            global_state, server_state = algorithm.server_update(
+                global_state, server_state, aggregate
+            )
         load_(exp.params, global_state)
         record = RoundRecord(
             round=rnd,
-            train_loss=loss / aggregate.total_weight,
-            examples=examples,
+            train_loss=loss / local_examples,
+            examples=local_examples * cfg.train.local_epochs,
             bytes_up=bytes_up,
             bytes_down=len(payload) * len(cohort),
             train_seconds=time.perf_counter() - start,
             clients=cohort.tolist(),
+            rejected=rejected,
         )
         recorder.end_round(record, global_state, server_state)

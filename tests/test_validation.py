@@ -1,0 +1,80 @@
+"""Client updates are checked before aggregation; rejected ones leave the global state alone."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fedpet.cli import main
+from fedpet.state import schema
+from fedpet.validation import update_problem
+
+GOOD = {"a": torch.ones(2, 3), "b": torch.zeros(4)}
+LAYOUT = schema(GOOD)
+
+
+@pytest.mark.parametrize(
+    "update,reason",
+    [
+        ({"a": torch.ones(2, 3)}, "missing tensors ['b']"),
+        ({**GOOD, "c": torch.ones(1)}, "unknown tensors ['c']"),
+        ({"a": torch.ones(3, 2), "b": torch.zeros(4)}, "a has shape (3, 2), expected (2, 3)"),
+        ({"a": torch.ones(2, 3, dtype=torch.int64), "b": torch.zeros(4)}, "expected a floating"),
+        ({"a": torch.full((2, 3), float("nan")), "b": torch.zeros(4)}, "a holds NaN or Inf"),
+        ({"a": torch.ones(2, 3), "b": torch.tensor([0, 0, float("inf"), 0])}, "b holds NaN"),
+    ],
+)
+def test_bad_updates_are_named(update, reason: str) -> None:
+    problem = update_problem(update, LAYOUT, max_norm=None)
+    assert problem is not None and reason in problem
+
+
+def test_norm_bound() -> None:
+    assert update_problem(GOOD, LAYOUT, max_norm=None) is None
+    assert update_problem(GOOD, LAYOUT, max_norm=2.45) is None  # norm sqrt(6) = 2.449
+    problem = update_problem(GOOD, LAYOUT, max_norm=2.4)
+    assert problem is not None and "update norm 2.449 exceeds" in problem
+
+
+def test_rejected_updates_leave_the_global_state_untouched(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from fedpet.config import build_config, load_yaml
+    from fedpet.experiment import prepare
+    from fedpet.state import extract
+
+    out = tmp_path / "rejected"
+    args = [
+        "run",
+        "--model",
+        str(tiny_model_dir),
+        "--max-train-samples",
+        "64",
+        "--clients",
+        "4",
+        "--clients-per-round",
+        "2",
+        "--rounds",
+        "2",
+        "--set",
+        "data.max_eval_samples=32",
+        "--set",
+        "federation.max_update_norm=1e-9",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["updates_rejected"] == 4
+    assert summary["bytes_up_total"] == 2 * 2 * 4 * summary["trainable_params"]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(len(r["rejected"]) == 2 for r in rows)
+    assert all(
+        "exceeds federation.max_update_norm" in x["reason"] for r in rows for x in r["rejected"]
+    )
+    initial = extract(prepare(build_config(load_yaml(out / "config.yaml"))).params)
+    kept = load_file(out / "checkpoint" / "global.safetensors")
+    assert kept.keys() == initial.keys()
+    assert all(torch.equal(kept[k], initial[k]) for k in kept)
