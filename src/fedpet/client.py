@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,27 +91,36 @@ def local_train(
     hook: ClientHook,
     seed: int,
     epochs: int,
+    on_epoch: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
     """Train the shared model from its current state on ``indices`` for ``epochs`` epochs.
 
-    Data order and dropout derive from ``seed``. The optimizer is built fresh.
+    Data order and dropout derive from ``seed``. The optimizer is built fresh and kept for all
+    epochs; ``on_epoch(epoch, summed_loss)`` is called after each (centralized training
+    evaluates there).
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     steps = epochs * math.ceil(len(indices) / train.batch_size)
     optimizer, scheduler = make_optimizer(params, head_names, train, steps)
     loss = 0.0
-    for _ in range(epochs):
+    for epoch in range(1, epochs + 1):
         batches = shuffled_batches(indices, train.batch_size, rng)
-        loss += train_epoch(
+        epoch_loss = train_epoch(
             model, params, data, batches, optimizer, scheduler, hook, train.max_grad_norm
         )
+        loss += epoch_loss
+        if on_epoch is not None:
+            on_epoch(epoch, epoch_loss)
     return TrainResult(extract(params), len(indices), loss / (epochs * len(indices)), steps)
 
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, data: Encoded, batch_size: int, num_labels: int) -> dict[str, float]:
-    """Accuracy and macro-F1 of the model on ``data`` (batches of similar length)."""
+    """Classification metrics of the model on ``data``, in batches of similar length.
+
+    See :func:`fedpet.metrics.classification_metrics` for which.
+    """
     model.eval()
     preds = np.empty(len(data), dtype=np.int64)
     for idx in length_sorted_batches(data, batch_size):

@@ -1,20 +1,15 @@
 """Centralized training, the baseline the federation is compared with.
 
-The same method and local-training code run on the union of the training data, with one
+The same method and local-training function run on the union of the training data, with one
 optimizer over ``train.epochs`` epochs, evaluated after each epoch.
 """
 
 from __future__ import annotations
 
-import math
 import time
 
-import numpy as np
-import torch
-
 from fedpet.algorithms import PlainTraining
-from fedpet.client import make_optimizer, train_epoch
-from fedpet.data.batching import shuffled_batches
+from fedpet.client import local_train
 from fedpet.experiment import Experiment
 from fedpet.runtime.recorder import Recorder, RoundRecord
 from fedpet.seeding import derive_seed
@@ -27,26 +22,12 @@ def run_centralized(exp: Experiment, recorder: Recorder) -> None:
     The data order and dropout are seeded exactly as the simulation seeds client 0 of round 1,
     so one epoch here equals one round of a one-client federation.
     """
-    cfg, train = exp.cfg, exp.cfg.train
+    cfg = exp.cfg
     indices = exp.clients[0]
-    seed = derive_seed(cfg.seed, "train", 1, 0)
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    steps = train.epochs * math.ceil(len(indices) / train.batch_size)
-    optimizer, scheduler = make_optimizer(exp.params, exp.head_names, train, steps)
-    for epoch in range(1, train.epochs + 1):
-        start = time.perf_counter()
-        batches = shuffled_batches(indices, train.batch_size, rng)
-        loss = train_epoch(
-            exp.model,
-            exp.params,
-            exp.train,
-            batches,
-            optimizer,
-            scheduler,
-            PlainTraining(),
-            train.max_grad_norm,
-        )
+    start = time.perf_counter()
+
+    def end_epoch(epoch: int, loss: float) -> None:
+        nonlocal start
         record = RoundRecord(
             round=epoch,
             train_loss=loss / len(indices),
@@ -57,3 +38,17 @@ def run_centralized(exp: Experiment, recorder: Recorder) -> None:
             clients=[0],
         )
         recorder.end_round(record, extract(exp.params), {})
+        start = time.perf_counter()
+
+    local_train(
+        exp.model,
+        exp.params,
+        exp.head_names,
+        exp.train,
+        indices,
+        cfg.train,
+        PlainTraining(),
+        derive_seed(cfg.seed, "train", 1, 0),
+        cfg.train.epochs,
+        on_epoch=end_epoch,
+    )
