@@ -12,6 +12,8 @@ from fedpet.errors import FedpetError
 
 if TYPE_CHECKING:
     from fedpet.config import Config
+    from fedpet.experiment import Experiment
+    from fedpet.rundir import Checkpoint
 
 # flag -> (dotted config field, argparse options)
 RUN_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -153,10 +155,7 @@ def resume_run(args: argparse.Namespace) -> None:
     """Continue the run in ``args.resume`` after its last checkpointed round."""
     from fedpet.config import build_config, load_yaml
     from fedpet.experiment import prepare
-    from fedpet.progress import RoundProgress, print_summary
-    from fedpet.rundir import RunDir, keep_metrics, load_checkpoint
-    from fedpet.runtime.recorder import Recorder
-    from fedpet.runtime.simulation import run_simulation
+    from fedpet.rundir import keep_metrics, load_checkpoint
 
     if args.config or _overrides(args) or args.overwrite:
         raise FedpetError("--resume continues a run with its own config.yaml; give no other flags")
@@ -166,11 +165,25 @@ def resume_run(args: argparse.Namespace) -> None:
         raise FedpetError("--resume is not supported for --centralized runs yet")
     checkpoint = load_checkpoint(out)
     keep_metrics(out, checkpoint.round)
-    exp = prepare(cfg)
-    run = RunDir(out)
-    with RoundProgress(cfg.federation.rounds, exp.task.metric, "round") as bar:
-        recorder = Recorder(exp, run, on_round=bar.update)
-        run_simulation(exp, recorder, resume=checkpoint)
+    _train_and_report(prepare(cfg), out, resume=checkpoint)
+
+
+def _train_and_report(exp: Experiment, out: Path, resume: Checkpoint | None = None) -> None:
+    """Run every round (or epoch) under a progress bar; write the summary and print it."""
+    from fedpet.progress import RoundProgress, print_summary
+    from fedpet.rundir import RunDir
+    from fedpet.runtime.centralized import run_centralized
+    from fedpet.runtime.recorder import Recorder
+    from fedpet.runtime.simulation import run_simulation
+
+    cfg = exp.cfg
+    total = cfg.train.epochs if cfg.centralized else cfg.federation.rounds
+    with RoundProgress(total, exp.task.metric, "epoch" if cfg.centralized else "round") as bar:
+        recorder = Recorder(exp, RunDir(out), on_round=bar.update)
+        if cfg.centralized:
+            run_centralized(exp, recorder)
+        else:
+            run_simulation(exp, recorder, resume=resume)
     print_summary(recorder.finish())
     print(f"run directory: {out}")
 
@@ -179,11 +192,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     """Validate, load once, run all rounds, write the run directory, print a summary."""
     from fedpet.data.describe import describe_partition, plot_partition
     from fedpet.experiment import prepare
-    from fedpet.progress import RoundProgress, print_summary
     from fedpet.rundir import RunDir, check_out_dir, default_run_dir
-    from fedpet.runtime.centralized import run_centralized
-    from fedpet.runtime.recorder import Recorder
-    from fedpet.runtime.simulation import run_simulation
 
     if args.resume:
         resume_run(args)
@@ -198,13 +207,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     report = describe_partition(exp.task, exp.clients, cfg)
     run.write_json("partition.json", report)
     plot_partition(report, out)
-    total = cfg.train.epochs if cfg.centralized else cfg.federation.rounds
-    with RoundProgress(total, exp.task.metric, "epoch" if cfg.centralized else "round") as bar:
-        recorder = Recorder(exp, run, on_round=bar.update)
-        (run_centralized if cfg.centralized else run_simulation)(exp, recorder)
-    summary = recorder.finish()
-    print_summary(summary)
-    print(f"run directory: {out}")
+    _train_and_report(exp, out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
