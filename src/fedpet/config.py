@@ -8,7 +8,9 @@ that the saved ``config.yaml`` holds every number the run used.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import types
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -87,6 +89,26 @@ class FederationConfig:
     clients_per_round: int = 10
     rounds: int = 16
     max_update_norm: float | None = None
+    round_deadline: float | None = None
+    min_clients_per_round: int = 1
+    short_round: str = "skip"
+    max_retries: int = 2
+
+
+@dataclass(frozen=True)
+class FaultConfig:
+    """Client misbehaviour injected by the simulation runtime, to test a setup's robustness.
+
+    Every draw derives from (seed, round, attempt, client), so faults repeat exactly.
+    """
+
+    client_failure_rate: float = 0.0
+    straggler_rate: float = 0.0
+    straggler_slowdown: float = 10.0
+    step_seconds: float = 1.0
+    malicious_clients: tuple[int, ...] = ()
+    attack: str = "nan"
+    attack_norm: float = 1e6
 
 
 @dataclass(frozen=True)
@@ -95,6 +117,7 @@ class AlgorithmConfig:
 
     name: str = "fedavg"
     server_lr: float = 1.0
+    trim_fraction: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -121,6 +144,7 @@ class Config:
     federation: FederationConfig = field(default_factory=FederationConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
+    faults: FaultConfig = field(default_factory=FaultConfig)
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
@@ -234,7 +258,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         return _coerce(value, options[0], key)
     if origin is tuple:
         items = value if isinstance(value, list | tuple) else str(value).split(",")
-        return tuple(str(v).strip() for v in items)
+        item = get_args(hint)[0]
+        return tuple(_coerce(v.strip() if isinstance(v, str) else v, item, key) for v in items)
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -248,14 +273,13 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             return int(value)
         raise FedpetError(f"{key} = {value!r}: expected an integer")
     if hint is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise FedpetError(f"{key} = {value!r}: expected a number")
+        number = math.nan
+        if isinstance(value, int | float | str) and not isinstance(value, bool):
+            with contextlib.suppress(ValueError, OverflowError):
+                number = float(value)
+        if not math.isfinite(number):
+            raise FedpetError(f"{key} = {value!r}: expected a finite number")
+        return number
     if hint is str:
         if isinstance(value, str | int | float) and not isinstance(value, bool):
             return str(value)
@@ -334,6 +358,38 @@ def validate(cfg: Config) -> None:
     nvt = m.num_virtual_tokens
     _check(nvt >= 1, "method.num_virtual_tokens", nvt, "an integer >= 1")
     _check(cfg.algorithm.server_lr > 0, "algorithm.server_lr", cfg.algorithm.server_lr, "> 0")
+    trim = cfg.algorithm.trim_fraction
+    _check(0 <= trim < 0.5, "algorithm.trim_fraction", trim, "a number in [0, 0.5)")
+    _validate_faults(cfg)
+
+
+def _validate_faults(cfg: Config) -> None:
+    """Fault injection and the server's answer to it (deadline, minimum cohort, retries)."""
+    f, x = cfg.federation, cfg.faults
+    deadline = f.round_deadline
+    _check(deadline is None or deadline > 0, "federation.round_deadline", deadline, "> 0 or null")
+    _check(
+        1 <= f.min_clients_per_round <= f.clients_per_round,
+        "federation.min_clients_per_round",
+        f.min_clients_per_round,
+        f"an integer from 1 to federation.clients_per_round ({f.clients_per_round})",
+    )
+    _choice("federation.short_round", f.short_round, ("retry", "skip"))
+    _check(f.max_retries >= 0, "federation.max_retries", f.max_retries, "an integer >= 0")
+    for key in ("client_failure_rate", "straggler_rate"):
+        rate = getattr(x, key)
+        _check(0 <= rate <= 1, f"faults.{key}", rate, "a probability in [0, 1]")
+    _check(x.straggler_slowdown >= 1, "faults.straggler_slowdown", x.straggler_slowdown, ">= 1")
+    _check(x.step_seconds > 0, "faults.step_seconds", x.step_seconds, "a number > 0")
+    bad = [k for k in x.malicious_clients if not 0 <= k < f.clients]
+    _check(
+        not bad,
+        "faults.malicious_clients",
+        list(x.malicious_clients),
+        f"client indices from 0 to {f.clients - 1}",
+    )
+    _choice("faults.attack", x.attack, ("nan", "norm"))
+    _check(x.attack_norm > 0, "faults.attack_norm", x.attack_norm, "a number > 0")
 
 
 def resolve(cfg: Config) -> Config:

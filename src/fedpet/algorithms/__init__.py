@@ -4,9 +4,15 @@ from collections.abc import Callable
 
 from fedpet.algorithms.base import Aggregate, Algorithm, ClientHook, PlainTraining
 from fedpet.algorithms.fedavg import FedAvg
+from fedpet.algorithms.median import Median
+from fedpet.algorithms.trimmed_mean import TrimmedMean
 from fedpet.config import AlgorithmConfig
 
-ALGORITHMS: dict[str, Callable[[AlgorithmConfig], Algorithm]] = {"fedavg": FedAvg}
+ALGORITHMS: dict[str, Callable[[AlgorithmConfig], Algorithm]] = {
+    "fedavg": FedAvg,
+    "median": Median,
+    "trimmed-mean": TrimmedMean,
+}
 
 
 def get_algorithm(options: AlgorithmConfig) -> Algorithm:

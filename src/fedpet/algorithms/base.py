@@ -7,6 +7,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from fedpet.config import AlgorithmConfig
 from fedpet.state import TrainableState, zeros_like
 
 
@@ -29,16 +30,23 @@ class PlainTraining:
 class Aggregate:
     """Streaming weighted sum of client updates: a round never holds every update at once.
 
+    Robust statistics (a median) need every update; only then, with ``keep_updates``, are
+    they kept, at the cost of one trainable state per client in memory.
+
     Parameters
     ----------
     like
         A state with the names and shapes of the updates.
+    keep_updates
+        Also keep each update, in order, in :attr:`updates`.
     """
 
-    def __init__(self, like: TrainableState) -> None:
+    def __init__(self, like: TrainableState, keep_updates: bool = False) -> None:
         self.weighted_sum = zeros_like(like)
         self.total_weight = 0.0
         self.num_clients = 0
+        self.keep_updates = keep_updates
+        self.updates: list[TrainableState] = []
 
     def add(self, delta: TrainableState, weight: float) -> None:
         """Fold in one client's update with its weight (its number of local examples)."""
@@ -46,6 +54,14 @@ class Aggregate:
             acc.add_(delta[name], alpha=weight)
         self.total_weight += weight
         self.num_clients += 1
+        if self.keep_updates:
+            self.updates.append(delta)
+
+    def stacked(self) -> dict[str, torch.Tensor]:
+        """Per tensor name, the kept updates stacked along a new first (client) dimension."""
+        if not self.updates:
+            raise ValueError("no client update was kept (keep_updates=True) or aggregated")
+        return {name: torch.stack([u[name] for u in self.updates]) for name in self.updates[0]}
 
     def mean(self) -> TrainableState:
         """The weighted mean update."""
@@ -58,10 +74,12 @@ class Algorithm(Protocol):
     """An FL algorithm: one object owning both halves.
 
     ``server_update`` is pure: ``(global_state, server_state, aggregate) ->
-    (global_state, server_state)``, with no hidden state on the object.
+    (global_state, server_state)``, with no hidden state on the object. ``keeps_updates``
+    asks the runtime for an :class:`Aggregate` that keeps every update.
     """
 
     name: str
+    keeps_updates: bool
 
     def client_hook(self, global_state: TrainableState) -> ClientHook:
         """The hook for a client starting from ``global_state``."""
@@ -76,3 +94,21 @@ class Algorithm(Protocol):
     ) -> tuple[TrainableState, TrainableState]:
         """New global and server state from the round's aggregate."""
         ...
+
+
+class PlainAlgorithm:
+    """Base of algorithms with plain local training and no server state (FedAvg, robust ones).
+
+    Subclasses give ``name``, ``keeps_updates`` and ``server_update``.
+    """
+
+    def __init__(self, options: AlgorithmConfig) -> None:
+        self.options = options
+
+    def client_hook(self, global_state: TrainableState) -> ClientHook:
+        """No change to local training."""
+        return PlainTraining()
+
+    def init_server_state(self, global_state: TrainableState) -> TrainableState:
+        """No server state."""
+        return {}

@@ -2,29 +2,18 @@
 
 from __future__ import annotations
 
-from fedpet.algorithms.base import Aggregate, ClientHook, PlainTraining
-from fedpet.config import AlgorithmConfig
+from fedpet.algorithms.base import Aggregate, PlainAlgorithm
 from fedpet.state import TrainableState, add
 
 
-class FedAvg:
+class FedAvg(PlainAlgorithm):
     """Plain local training; the server adds ``server_lr`` times the weighted mean update."""
 
     name = "fedavg"
-
-    def __init__(self, options: AlgorithmConfig) -> None:
-        self.server_lr = options.server_lr
-
-    def client_hook(self, global_state: TrainableState) -> ClientHook:
-        """No change to local training."""
-        return PlainTraining()
-
-    def init_server_state(self, global_state: TrainableState) -> TrainableState:
-        """FedAvg keeps no server state."""
-        return {}
+    keeps_updates = False
 
     def server_update(
         self, global_state: TrainableState, server_state: TrainableState, aggregate: Aggregate
     ) -> tuple[TrainableState, TrainableState]:
         """Theta + server_lr * sum_k n_k delta_k / sum_k n_k."""
-        return add(global_state, aggregate.mean(), self.server_lr), server_state
+        return add(global_state, aggregate.mean(), self.options.server_lr), server_state

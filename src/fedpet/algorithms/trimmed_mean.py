@@ -1,0 +1,42 @@
+"""Coordinate-wise trimmed mean (Yin et al., 2018): drop the extremes, average the rest.
+
+Unweighted, like the median, and it needs every update of the round in memory.
+"""
+
+from __future__ import annotations
+
+import math
+
+from fedpet.algorithms.base import Aggregate, PlainAlgorithm
+from fedpet.state import TrainableState, add
+
+
+def trimmed_mean(aggregate: Aggregate, fraction: float) -> TrainableState:
+    """Per coordinate, the mean of the K clients' values without the extremes.
+
+    The ``floor(fraction * K)`` largest and as many smallest values are dropped.
+    """
+    result: TrainableState = {}
+    for name, values in aggregate.stacked().items():
+        k = values.shape[0]
+        cut = math.floor(fraction * k)
+        result[name] = values.sort(dim=0).values[cut : k - cut].mean(dim=0)
+    return result
+
+
+class TrimmedMean(PlainAlgorithm):
+    """Plain local training; the server adds ``server_lr`` times the trimmed mean update.
+
+    ``algorithm.trim_fraction`` (0.2) of the clients is dropped at each end, per coordinate:
+    of 5 clients, the largest and the smallest value.
+    """
+
+    name = "trimmed-mean"
+    keeps_updates = True
+
+    def server_update(
+        self, global_state: TrainableState, server_state: TrainableState, aggregate: Aggregate
+    ) -> tuple[TrainableState, TrainableState]:
+        """Theta + server_lr * trimmed_mean_k delta_k, per coordinate."""
+        update = trimmed_mean(aggregate, self.options.trim_fraction)
+        return add(global_state, update, self.options.server_lr), server_state
