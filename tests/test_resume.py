@@ -18,7 +18,25 @@ from fedpet.cli import main
 TIMING = {"train_seconds", "eval_seconds"}
 
 
-def args(model: Path, out: Path) -> list[str]:
+# a plain run; one with crashing clients, retried rounds and a robust aggregator; and
+# centralized training with a decaying learning rate (optimizer and RNG states resumed)
+SETUPS = {
+    "fedavg": [],
+    "faults": [
+        "--client-failure-rate",
+        "0.3",
+        "--min-clients-per-round",
+        "3",
+        "--set",
+        "federation.short_round=retry",
+        "--set",
+        "algorithm.name=trimmed-mean",
+    ],
+    "centralized": ["--centralized", "--epochs", "6", "--set", "train.schedule=linear"],
+}
+
+
+def args(model: Path, out: Path, extra: list[str]) -> list[str]:
     return [
         "run",
         "--model",
@@ -41,6 +59,7 @@ def args(model: Path, out: Path) -> list[str]:
         "data.max_eval_samples=64",
         "--seed",
         "11",
+        *extra,
     ]
 
 
@@ -49,14 +68,16 @@ def metrics(out: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
 
 
+@pytest.mark.parametrize("setup", list(SETUPS))
 def test_sigkill_then_resume_equals_an_uninterrupted_run(
-    tiny_model_dir: Path, tmp_path: Path
+    tiny_model_dir: Path, tmp_path: Path, setup: str
 ) -> None:
+    extra = SETUPS[setup]
     killed, whole = tmp_path / "killed", tmp_path / "whole"
     after = random.randint(1, 4)  # kill once this many rounds are logged, mid-way through the next
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fedpet.cli", *args(tiny_model_dir, killed)],
+        [sys.executable, "-m", "fedpet.cli", *args(tiny_model_dir, killed, extra)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -78,7 +99,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(
     assert 1 <= done <= 6 and not (killed / "summary.json").exists()
 
     assert main(["run", "--resume", str(killed)]) == 0
-    assert main(args(tiny_model_dir, whole)) == 0
+    assert main(args(tiny_model_dir, whole, extra)) == 0
 
     a = load_file(killed / "checkpoint" / "global.safetensors")
     b = load_file(whole / "checkpoint" / "global.safetensors")

@@ -49,6 +49,27 @@ RUN_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
         "data.train_fraction",
         {"type": float, "help": "stratified share of train (all)"},
     ),
+    "--algorithm": ("algorithm.name", {"help": "fedavg (default), median, trimmed-mean"}),
+    "--max-update-norm": (
+        "federation.max_update_norm",
+        {"type": float, "help": "reject client updates with a larger L2 norm (no bound)"},
+    ),
+    "--min-clients-per-round": (
+        "federation.min_clients_per_round",
+        {"type": int, "help": "fewer successful clients skip (or retry) the round (1)"},
+    ),
+    "--round-deadline": (
+        "federation.round_deadline",
+        {"type": float, "help": "simulated seconds the server waits for a client (none)"},
+    ),
+    "--client-failure-rate": (
+        "faults.client_failure_rate",
+        {"type": float, "help": "inject: chance a sampled client crashes mid-training (0)"},
+    ),
+    "--straggler-rate": (
+        "faults.straggler_rate",
+        {"type": float, "help": "inject: chance a sampled client is 10x slower (0)"},
+    ),
     "--seed": ("seed", {"type": int, "help": "seed of every random choice (0)"}),
     "--epochs": ("train.epochs", {"type": int, "help": "epochs of --centralized training (1)"}),
     "--out": ("out", {"help": "run directory (default runs/<task>-<method>-<time>)"}),
@@ -161,8 +182,6 @@ def resume_run(args: argparse.Namespace) -> None:
         raise FedpetError("--resume continues a run with its own config.yaml; give no other flags")
     out = Path(args.resume)
     cfg = build_config(load_yaml(out / "config.yaml"))
-    if cfg.centralized:
-        raise FedpetError("--resume is not supported for --centralized runs yet")
     checkpoint = load_checkpoint(out)
     keep_metrics(out, checkpoint.round)
     _train_and_report(prepare(cfg), out, resume=checkpoint)
@@ -181,7 +200,7 @@ def _train_and_report(exp: Experiment, out: Path, resume: Checkpoint | None = No
     with RoundProgress(total, exp.task.metric, "epoch" if cfg.centralized else "round") as bar:
         recorder = Recorder(exp, RunDir(out), on_round=bar.update)
         if cfg.centralized:
-            run_centralized(exp, recorder)
+            run_centralized(exp, recorder, resume=resume)
         else:
             run_simulation(exp, recorder, resume=resume)
     print_summary(recorder.finish())

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -81,6 +81,84 @@ def train_epoch(
     return total
 
 
+class LocalTraining:
+    """One optimizer's pass, epoch by epoch, over a client's examples of the shared model.
+
+    Data order and dropout derive from ``seed``; the optimizer is built fresh and kept for
+    all epochs. :meth:`snapshot` and :meth:`restore` carry the optimizer, schedule and random
+    states across a process restart, so that centralized training resumes exactly.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        params: dict[str, nn.Parameter],
+        head_names: set[str],
+        data: Encoded,
+        indices: np.ndarray,
+        train: TrainConfig,
+        hook: ClientHook,
+        seed: int,
+        epochs: int,
+    ) -> None:
+        self.model, self.params, self.data, self.indices = model, params, data, indices
+        self.train, self.hook = train, hook
+        torch.manual_seed(seed)
+        self.rng = np.random.default_rng(seed)
+        self.steps = epochs * math.ceil(len(indices) / train.batch_size)
+        self.optimizer, self.scheduler = make_optimizer(params, head_names, train, self.steps)
+        self.optimizer.zero_grad(set_to_none=True)  # a crashed client may have left gradients
+        self.epoch = 0
+
+    def run_epoch(self) -> float:
+        """Train one more epoch; returns its summed (example-weighted) task loss."""
+        batches = shuffled_batches(self.indices, self.train.batch_size, self.rng)
+        loss = train_epoch(
+            self.model,
+            self.params,
+            self.data,
+            batches,
+            self.optimizer,
+            self.scheduler,
+            self.hook,
+            self.train.max_grad_norm,
+        )
+        self.epoch += 1
+        return loss
+
+    def snapshot(self) -> tuple[TrainableState, dict[str, Any]]:
+        """Tensors (optimizer state, torch RNG) and JSON data (the rest) to restore from."""
+        state = self.optimizer.state_dict()
+        tensors: TrainableState = {"rng.torch": torch.get_rng_state()}
+        scalars: dict[str, Any] = {}
+        for index, values in state["state"].items():
+            for key, value in values.items():
+                target = tensors if isinstance(value, torch.Tensor) else scalars
+                target[f"{index}.{key}"] = value
+        meta = {
+            "epoch": self.epoch,
+            "param_groups": state["param_groups"],
+            "optimizer_scalars": scalars,
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "rng_numpy": self.rng.bit_generator.state,
+        }
+        return tensors, meta
+
+    def restore(self, tensors: TrainableState, meta: dict[str, Any]) -> None:
+        """Continue from a :meth:`snapshot` (of the same parameters and config)."""
+        per_param: dict[int, dict[str, Any]] = {}
+        entries = [(k, v) for k, v in tensors.items() if k != "rng.torch"]
+        for name, value in [*entries, *meta["optimizer_scalars"].items()]:
+            index, key = name.split(".", 1)
+            per_param.setdefault(int(index), {})[key] = value
+        self.optimizer.load_state_dict({"state": per_param, "param_groups": meta["param_groups"]})
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(meta["scheduler"])
+        self.rng.bit_generator.state = meta["rng_numpy"]
+        torch.set_rng_state(tensors["rng.torch"])
+        self.epoch = int(meta["epoch"])
+
+
 def local_train(
     model: nn.Module,
     params: dict[str, nn.Parameter],
@@ -91,28 +169,11 @@ def local_train(
     hook: ClientHook,
     seed: int,
     epochs: int,
-    on_epoch: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
-    """Train the shared model from its current state on ``indices`` for ``epochs`` epochs.
-
-    Data order and dropout derive from ``seed``. The optimizer is built fresh and kept for all
-    epochs; ``on_epoch(epoch, summed_loss)`` is called after each (centralized training
-    evaluates there).
-    """
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    steps = epochs * math.ceil(len(indices) / train.batch_size)
-    optimizer, scheduler = make_optimizer(params, head_names, train, steps)
-    loss = 0.0
-    for epoch in range(1, epochs + 1):
-        batches = shuffled_batches(indices, train.batch_size, rng)
-        epoch_loss = train_epoch(
-            model, params, data, batches, optimizer, scheduler, hook, train.max_grad_norm
-        )
-        loss += epoch_loss
-        if on_epoch is not None:
-            on_epoch(epoch, epoch_loss)
-    return TrainResult(extract(params), len(indices), loss / (epochs * len(indices)), steps)
+    """Train the shared model from its current state on ``indices`` for ``epochs`` epochs."""
+    session = LocalTraining(model, params, head_names, data, indices, train, hook, seed, epochs)
+    loss = sum(session.run_epoch() for _ in range(epochs))
+    return TrainResult(extract(params), len(indices), loss / (epochs * len(indices)), session.steps)
 
 
 @torch.inference_mode()

@@ -49,6 +49,20 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:,.3f} MB"
 
 
+FAULTS = {
+    "clients_failed": "clients failed",
+    "clients_late": "clients past the deadline",
+    "updates_rejected": "updates rejected",
+    "rounds_retried": "round retries",
+    "rounds_skipped": "rounds skipped",
+}
+
+
+def _fault_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
+    """Rows for the faults that happened (none when the run went cleanly)."""
+    return [(label, f"{s[key]:,}") for key, label in FAULTS.items() if s.get(key)]
+
+
 def print_summary(s: dict[str, Any]) -> None:
     """The end-of-run table: metric, bytes, time, memory."""
     table = Table(
@@ -64,6 +78,7 @@ def print_summary(s: dict[str, Any]) -> None:
         ("bytes up (total)", _mb(s["bytes_up_total"])),
         ("bytes down (total)", _mb(s["bytes_down_total"])),
         ("train examples seen", f"{s['train_examples_seen']:,}"),
+        *_fault_rows(s),
         ("train time", f"{s['train_seconds']:.1f} s"),
         ("wall time", f"{s['wall_seconds']:.1f} s"),
         ("peak RSS", f"{s['peak_rss_mb']:.0f} MB"),

@@ -1,7 +1,8 @@
 """Centralized training, the baseline the federation is compared with.
 
-The same method and local-training function run on the union of the training data, with one
-optimizer over ``train.epochs`` epochs, evaluated after each epoch.
+The same method and local-training code run on the union of the training data, with one
+optimizer over ``train.epochs`` epochs, evaluated and checkpointed after each epoch (with the
+optimizer and random states, so that ``--resume`` continues exactly).
 """
 
 from __future__ import annotations
@@ -9,14 +10,15 @@ from __future__ import annotations
 import time
 
 from fedpet.algorithms import PlainTraining
-from fedpet.client import local_train
+from fedpet.client import LocalTraining
 from fedpet.experiment import Experiment
+from fedpet.rundir import Checkpoint
 from fedpet.runtime.recorder import Recorder, RoundRecord
 from fedpet.seeding import derive_seed
-from fedpet.state import extract
+from fedpet.state import extract, load_
 
 
-def run_centralized(exp: Experiment, recorder: Recorder) -> None:
+def run_centralized(exp: Experiment, recorder: Recorder, resume: Checkpoint | None = None) -> None:
     """Train on all training examples; each epoch is logged as a round.
 
     The data order and dropout are seeded exactly as the simulation seeds client 0 of round 1,
@@ -24,23 +26,7 @@ def run_centralized(exp: Experiment, recorder: Recorder) -> None:
     """
     cfg = exp.cfg
     indices = exp.clients[0]
-    start = time.perf_counter()
-
-    def end_epoch(epoch: int, loss: float) -> None:
-        nonlocal start
-        record = RoundRecord(
-            round=epoch,
-            train_loss=loss / len(indices),
-            examples=len(indices),
-            bytes_up=0,
-            bytes_down=0,
-            train_seconds=time.perf_counter() - start,
-            clients=[0],
-        )
-        recorder.end_round(record, extract(exp.params), {})
-        start = time.perf_counter()
-
-    local_train(
+    session = LocalTraining(
         exp.model,
         exp.params,
         exp.head_names,
@@ -50,5 +36,23 @@ def run_centralized(exp: Experiment, recorder: Recorder) -> None:
         PlainTraining(),
         derive_seed(cfg.seed, "train", 1, 0),
         cfg.train.epochs,
-        on_epoch=end_epoch,
     )
+    if resume is not None:
+        load_(exp.params, resume.tensors["global"])
+        session.restore(resume.tensors["trainer"], resume.state["trainer"])
+        recorder.restore(resume)
+    while session.epoch < cfg.train.epochs:
+        start = time.perf_counter()
+        loss = session.run_epoch()
+        record = RoundRecord(
+            round=session.epoch,
+            train_loss=loss / len(indices),
+            examples=len(indices),
+            bytes_up=0,
+            bytes_down=0,
+            train_seconds=time.perf_counter() - start,
+            clients=[0],
+            aggregated=1,
+        )
+        tensors, meta = session.snapshot()
+        recorder.end_round(record, extract(exp.params), {"trainer": tensors}, {"trainer": meta})

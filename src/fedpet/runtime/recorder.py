@@ -24,20 +24,35 @@ class Totals:
     examples: int = 0
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
+    failed: int = 0
+    late: int = 0
     rejected: int = 0
+    skipped: int = 0
+    retries: int = 0
 
 
 @dataclass
 class RoundRecord:
-    """What one round (or centralized epoch) did, before evaluation."""
+    """What one round (or centralized epoch) did, before evaluation.
+
+    ``failed``, ``late`` and ``rejected`` list the clients whose update was lost (crashed,
+    past the deadline, refused by validation) with the reason; ``clients`` is the last
+    attempt's cohort, of which ``aggregated`` were aggregated; a ``skipped`` round left the
+    global state as it was. ``train_loss`` is None when no client finished training.
+    """
 
     round: int
-    train_loss: float
+    train_loss: float | None
     examples: int
     bytes_up: int
     bytes_down: int
     train_seconds: float
     clients: list[int] = field(default_factory=list)
+    aggregated: int = 0
+    attempts: int = 1
+    skipped: bool = False
+    failed: list[dict[str, object]] = field(default_factory=list)
+    late: list[dict[str, object]] = field(default_factory=list)
     rejected: list[dict[str, object]] = field(default_factory=list)
 
 
@@ -81,9 +96,17 @@ class Recorder:
         self.started -= float(checkpoint.state.get("wall_seconds", 0.0))
 
     def end_round(
-        self, record: RoundRecord, global_state: TrainableState, server_state: TrainableState
+        self,
+        record: RoundRecord,
+        global_state: TrainableState,
+        saved: dict[str, TrainableState] | None = None,
+        saved_meta: dict[str, Any] | None = None,
     ) -> dict[str, float]:
-        """Evaluate the model (holding ``global_state``) on validation; log and checkpoint."""
+        """Evaluate the model (holding ``global_state``) on validation; log and checkpoint.
+
+        ``saved`` (named tensor groups) and ``saved_meta`` (JSON data) are the runtime's own
+        state, checkpointed with the round (e.g. the server algorithm's state).
+        """
         cfg = self.exp.cfg
         t0 = time.perf_counter()
         val = evaluate(
@@ -96,7 +119,11 @@ class Recorder:
         t.bytes_down += record.bytes_down
         t.examples += record.examples
         t.train_seconds += record.train_seconds
+        t.failed += len(record.failed)
+        t.late += len(record.late)
         t.rejected += len(record.rejected)
+        t.skipped += int(record.skipped)
+        t.retries += record.attempts - 1
         t.eval_seconds += eval_seconds
         if val[self.metric] > self.best_val:
             self.best_round, self.best_val = record.round, val[self.metric]
@@ -110,14 +137,18 @@ class Recorder:
                 "bytes_up": record.bytes_up,
                 "bytes_down": record.bytes_down,
                 "clients": record.clients,
+                "aggregated": record.aggregated,
+                "attempts": record.attempts,
+                "skipped": record.skipped,
+                "failed": record.failed,
+                "late": record.late,
                 "rejected": record.rejected,
                 "train_seconds": record.train_seconds,
                 "eval_seconds": eval_seconds,
             }
         )
         tensors = {"global": global_state, "best": self.best_state}
-        if server_state:
-            tensors["server"] = server_state
+        tensors.update({name: group for name, group in (saved or {}).items() if group})
         self.run.write_checkpoint(
             tensors,
             {
@@ -126,6 +157,7 @@ class Recorder:
                 "best_val_metric": self.best_val,
                 "totals": vars(t),
                 "wall_seconds": time.perf_counter() - self.started,
+                **(saved_meta or {}),
             },
         )
         self.on_round(record.round, val[self.metric], self.best_round, self.best_val)
@@ -161,7 +193,11 @@ class Recorder:
             "bytes_up_total": t.bytes_up,
             "bytes_down_total": t.bytes_down,
             "train_examples_seen": t.examples,
+            "clients_failed": t.failed,
+            "clients_late": t.late,
             "updates_rejected": t.rejected,
+            "rounds_skipped": t.skipped,
+            "rounds_retried": t.retries,
             "train_seconds": t.train_seconds,
             "eval_seconds": t.eval_seconds,
             "wall_seconds": time.perf_counter() - self.started,

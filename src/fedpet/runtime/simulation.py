@@ -2,29 +2,108 @@
 
 One shared backbone serves every simulated client; a seeded cohort loop runs the rounds
 through the algorithm object; every payload's bytes are counted by the codecs; the recorder
-evaluates and checkpoints after each round.
+evaluates and checkpoints after each round. Injected faults (:mod:`fedpet.runtime.faults`)
+meet the server's policy: a deadline, update validation, a minimum number of successful
+clients, and a retry with a fresh cohort or a skipped round when too few succeed.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedpet.algorithms import Aggregate, get_algorithm
-from fedpet.codecs import get_codec
+from fedpet.algorithms import Aggregate, Algorithm, get_algorithm
+from fedpet.codecs import Codec, get_codec
 from fedpet.experiment import Experiment
 from fedpet.rundir import Checkpoint
+from fedpet.runtime.faults import ClientFailure, FailingHook, attack, local_steps, plan_faults
 from fedpet.runtime.recorder import Recorder, RoundRecord
 from fedpet.seeding import derive_seed
-from fedpet.state import extract, load_, schema, subtract
+from fedpet.state import Schema, TrainableState, extract, load_, schema, subtract
 from fedpet.validation import update_problem
 
 
-def sample_cohort(seed: int, round_: int, num_clients: int, per_round: int) -> np.ndarray:
-    """Uniform sample without replacement of the round's clients, seeded by (seed, round)."""
-    rng = np.random.default_rng(derive_seed(seed, "sampling", round_))
+def sample_cohort(
+    seed: int, round_: int, num_clients: int, per_round: int, attempt: int = 0
+) -> np.ndarray:
+    """Uniform sample without replacement of the round's clients, seeded by (seed, round).
+
+    A retried round (``attempt`` > 0) draws a fresh cohort from (seed, round, attempt).
+    """
+    keys = (round_,) if attempt == 0 else (round_, attempt)
+    rng = np.random.default_rng(derive_seed(seed, "sampling", *keys))
     return np.sort(rng.choice(num_clients, size=per_round, replace=False))
+
+
+@dataclass
+class Attempt:
+    """What one attempt at a round gathered from its cohort."""
+
+    clients: list[int]
+    aggregate: Aggregate
+    bytes_down: int
+    bytes_up: int = 0
+    examples: int = 0
+    trained: int = 0
+    loss_sum: float = 0.0
+    failed: list[dict[str, object]] = field(default_factory=list)
+    late: list[dict[str, object]] = field(default_factory=list)
+    rejected: list[dict[str, object]] = field(default_factory=list)
+
+
+def run_attempt(
+    exp: Experiment,
+    algorithm: Algorithm,
+    codecs: tuple[Codec, Codec],
+    global_state: TrainableState,
+    layout: Schema,
+    round_: int,
+    attempt: int,
+) -> Attempt:
+    """Send the global state to a sampled cohort, train each client, gather valid updates."""
+    cfg = exp.cfg
+    up, down = codecs
+    fed, train = cfg.federation, cfg.train
+    cohort = sample_cohort(cfg.seed, round_, len(exp.clients), fed.clients_per_round, attempt)
+    payload = down.encode(global_state)
+    received = down.decode(payload, layout)
+    result = Attempt(
+        cohort.tolist(),
+        Aggregate(global_state, keep_updates=algorithm.keeps_updates),
+        bytes_down=len(payload) * len(cohort),
+    )
+    for k in result.clients:
+        steps = local_steps(len(exp.clients[k]), train.batch_size, train.local_epochs)
+        faults = plan_faults(cfg, round_, attempt, k, steps)
+        if fed.round_deadline is not None and faults.seconds > fed.round_deadline:
+            reason = f"needs {faults.seconds:g} s, round_deadline is {fed.round_deadline:g} s"
+            result.late.append({"client": k, "attempt": attempt, "reason": reason})
+            continue
+        hook = algorithm.client_hook(received)
+        if faults.fail_at_step is not None:
+            hook = FailingHook(hook, faults.fail_at_step)
+        try:
+            trained = exp.train_client(k, received, hook, derive_seed(cfg.seed, "train", round_, k))
+        except ClientFailure as exc:
+            result.failed.append({"client": k, "attempt": attempt, "reason": str(exc)})
+            continue
+        result.examples += trained.num_examples * train.local_epochs
+        result.trained += trained.num_examples
+        result.loss_sum += trained.loss * trained.num_examples
+        update = subtract(trained.state, received)
+        if faults.malicious:
+            update = attack(update, cfg.faults.attack, cfg.faults.attack_norm)
+        payload_up = up.encode(update)
+        result.bytes_up += len(payload_up)
+        update = up.decode(payload_up, layout)
+        problem = update_problem(update, layout, fed.max_update_norm)
+        if problem is not None:
+            result.rejected.append({"client": k, "attempt": attempt, "reason": problem})
+            continue
+        result.aggregate.add(update, float(trained.num_examples))
+    return result
 
 
 def run_simulation(exp: Experiment, recorder: Recorder, resume: Checkpoint | None = None) -> None:
@@ -35,8 +114,9 @@ def run_simulation(exp: Experiment, recorder: Recorder, resume: Checkpoint | Non
     had never stopped.
     """
     cfg = exp.cfg
+    fed = cfg.federation
     algorithm = get_algorithm(cfg.algorithm)
-    up, down = get_codec(cfg.codec.up), get_codec(cfg.codec.down)
+    codecs = (get_codec(cfg.codec.up), get_codec(cfg.codec.down))
     global_state = extract(exp.params)
     server_state = algorithm.init_server_state(global_state)
     first = 1
@@ -47,40 +127,41 @@ def run_simulation(exp: Experiment, recorder: Recorder, resume: Checkpoint | Non
         recorder.restore(resume)
         first = resume.round + 1
     layout = schema(global_state)
-    for rnd in range(first, cfg.federation.rounds + 1):
+    tries = 1 + (fed.max_retries if fed.short_round == "retry" else 0)
+    for rnd in range(first, fed.rounds + 1):
         start = time.perf_counter()
-        cohort = sample_cohort(cfg.seed, rnd, len(exp.clients), cfg.federation.clients_per_round)
-        payload = down.encode(global_state)
-        received = down.decode(payload, layout)
-        aggregate = Aggregate(global_state)
-        bytes_up, local_examples, loss = 0, 0, 0.0
-        rejected: list[dict[str, object]] = []
-        for k in cohort.tolist():
-            hook = algorithm.client_hook(received)
-            result = exp.train_client(k, received, hook, derive_seed(cfg.seed, "train", rnd, k))
-            local_examples += result.num_examples
-            loss += result.loss * result.num_examples
-            payload_up = up.encode(subtract(result.state, received))
-            bytes_up += len(payload_up)
-            update = up.decode(payload_up, layout)
-            problem = update_problem(update, layout, cfg.federation.max_update_norm)
-            if problem is not None:
-                rejected.append({"client": k, "reason": problem})
-                continue
-            aggregate.add(update, float(result.num_examples))
-        if aggregate.num_clients:
+        attempts: list[Attempt] = []
+        while len(attempts) < tries:
+            attempts.append(
+                run_attempt(exp, algorithm, codecs, global_state, layout, rnd, len(attempts))
+            )
+            if attempts[-1].aggregate.num_clients >= fed.min_clients_per_round:
+                break
+        final = attempts[-1]
+        skipped = final.aggregate.num_clients < fed.min_clients_per_round
+        if not skipped:
             global_state, server_state = algorithm.server_update(
-                global_state, server_state, aggregate
+                global_state, server_state, final.aggregate
             )
         load_(exp.params, global_state)
-        record = RoundRecord(
-            round=rnd,
-            train_loss=loss / local_examples,
-            examples=local_examples * cfg.train.local_epochs,
-            bytes_up=bytes_up,
-            bytes_down=len(payload) * len(cohort),
-            train_seconds=time.perf_counter() - start,
-            clients=cohort.tolist(),
-            rejected=rejected,
-        )
-        recorder.end_round(record, global_state, server_state)
+        record = _record(rnd, attempts, skipped, start)
+        recorder.end_round(record, global_state, {"server": server_state})
+
+
+def _record(round_: int, attempts: list[Attempt], skipped: bool, start: float) -> RoundRecord:
+    trained = sum(a.trained for a in attempts)
+    return RoundRecord(
+        round=round_,
+        train_loss=sum(a.loss_sum for a in attempts) / trained if trained else None,
+        examples=sum(a.examples for a in attempts),
+        bytes_up=sum(a.bytes_up for a in attempts),
+        bytes_down=sum(a.bytes_down for a in attempts),
+        train_seconds=time.perf_counter() - start,
+        clients=attempts[-1].clients,
+        aggregated=attempts[-1].aggregate.num_clients,
+        attempts=len(attempts),
+        skipped=skipped,
+        failed=[x for a in attempts for x in a.failed],
+        late=[x for a in attempts for x in a.late],
+        rejected=[x for a in attempts for x in a.rejected],
+    )

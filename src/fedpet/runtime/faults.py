@@ -1,0 +1,90 @@
+"""Client misbehaviour for the simulation runtime: crashes, stragglers, malicious updates.
+
+Every draw derives from (seed, round, attempt, client), so a run with faults repeats exactly
+and resumes exactly. A failing client raises :class:`ClientFailure` from inside its local
+training, at a random step; a straggler is ``faults.straggler_slowdown`` times slower on a
+simulated clock of ``faults.step_seconds`` per local step, which the server compares with
+``federation.round_deadline``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedpet.algorithms.base import ClientHook
+from fedpet.config import Config
+from fedpet.seeding import derive_seed
+from fedpet.state import TrainableState
+
+
+class ClientFailure(RuntimeError):
+    """A client crashed during local training; its update never arrives."""
+
+
+@dataclass(frozen=True)
+class ClientFaults:
+    """What goes wrong with one client in one round attempt.
+
+    Attributes
+    ----------
+    fail_at_step
+        The local step (from 1) at which the client crashes, or None.
+    seconds
+        Simulated duration of its local training.
+    """
+
+    fail_at_step: int | None
+    seconds: float
+    malicious: bool
+
+
+def plan_faults(cfg: Config, round_: int, attempt: int, client: int, steps: int) -> ClientFaults:
+    """Draw one client's faults for a round attempt of ``steps`` local steps."""
+    x = cfg.faults
+    rng = np.random.default_rng(derive_seed(cfg.seed, "faults", round_, attempt, client))
+    fails, slow = rng.random(2)  # both always drawn: changing one rate leaves the other alone
+    step = int(rng.integers(1, steps + 1))
+    slowdown = x.straggler_slowdown if slow < x.straggler_rate else 1.0
+    return ClientFaults(
+        fail_at_step=step if fails < x.client_failure_rate else None,
+        seconds=steps * x.step_seconds * slowdown,
+        malicious=client in x.malicious_clients,
+    )
+
+
+def local_steps(num_examples: int, batch_size: int, epochs: int) -> int:
+    """Optimizer steps of local training on ``num_examples``."""
+    return epochs * math.ceil(num_examples / batch_size)
+
+
+class FailingHook:
+    """Wraps a client hook; raises :class:`ClientFailure` at the given step's loss."""
+
+    def __init__(self, inner: ClientHook, fail_at_step: int) -> None:
+        self.inner = inner
+        self.fail_at_step = fail_at_step
+        self.step = 0
+
+    def loss(self, task_loss: torch.Tensor, params: dict[str, nn.Parameter]) -> torch.Tensor:
+        """The wrapped hook's loss, until the failing step."""
+        self.step += 1
+        if self.step == self.fail_at_step:
+            raise ClientFailure(f"injected crash at local step {self.step}")
+        return self.inner.loss(task_loss, params)
+
+
+def attack(update: TrainableState, kind: str, norm: float) -> TrainableState:
+    """What a malicious client sends instead of ``update``.
+
+    ``nan``: every value NaN; ``norm``: the update's direction scaled to L2 norm ``norm``.
+    """
+    if kind == "nan":
+        return {name: torch.full_like(t, float("nan")) for name, t in update.items()}
+    current = math.sqrt(sum(float(t.double().pow(2).sum()) for t in update.values()))
+    scale = norm / max(current, 1e-12)
+    return {name: t * scale for name, t in update.items()}
