@@ -157,17 +157,16 @@ def cmd_partition(args: argparse.Namespace) -> None:
     """Partition the task as ``fedpet run`` would; print a summary, write the files."""
     from fedpet.data.describe import describe_partition, plot_partition, summary_line
     from fedpet.experiment import load_data
-    from fedpet.rundir import RunDir, check_out_dir, default_run_dir
+    from fedpet.rundir import RunDir, check_out_dir, default_run_dir, storage_errors
 
     cfg = _config(args)
     out = Path(cfg.out) if cfg.out else default_run_dir(cfg, kind="partition")
     check_out_dir(out, args.overwrite)
     task, clients = load_data(cfg)
     report = describe_partition(task, clients, cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    run = RunDir(out)
-    run.write_json("partition.json", report)
-    written = ["partition.json", *(p.name for p in plot_partition(report, out))]
+    RunDir(out).write_json("partition.json", report)
+    with storage_errors(out):
+        written = ["partition.json", *(p.name for p in plot_partition(report, out))]
     print(summary_line(report))
     print(f"wrote {', '.join(written)} in {out}")
 
@@ -211,7 +210,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     """Validate, load once, run all rounds, write the run directory, print a summary."""
     from fedpet.data.describe import describe_partition, plot_partition
     from fedpet.experiment import prepare
-    from fedpet.rundir import RunDir, check_out_dir, default_run_dir
+    from fedpet.rundir import RunDir, check_out_dir, default_run_dir, storage_errors
 
     if args.resume:
         resume_run(args)
@@ -225,7 +224,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     run.write_config(cfg)
     report = describe_partition(exp.task, exp.clients, cfg)
     run.write_json("partition.json", report)
-    plot_partition(report, out)
+    with storage_errors(out):
+        plot_partition(report, out)
     _train_and_report(exp, out)
 
 

@@ -6,7 +6,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 import yaml
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from fedpet.config import Config, to_dict
 from fedpet.errors import FedpetError
@@ -47,7 +48,11 @@ def default_run_dir(cfg: Config, kind: str = "run") -> Path:
 
 
 def check_out_dir(path: Path, overwrite: bool) -> None:
-    """Refuse a path that is a file, or a directory holding a run unless ``overwrite``."""
+    """Refuse a path that is a file, or a directory holding a run unless ``overwrite``.
+
+    The directory is created here, so that a path that cannot be written fails before any
+    data or model is loaded.
+    """
     if path.exists() and not path.is_dir():
         raise FedpetError(f"out = {str(path)!r} is a file; give a directory path")
     holds_run = path.is_dir() and any((path / name).exists() for name in RUN_FILES)
@@ -55,6 +60,35 @@ def check_out_dir(path: Path, overwrite: bool) -> None:
         raise FedpetError(
             f"out = {str(path)!r} already holds a run; choose another --out or pass --overwrite"
         )
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FedpetError(
+            f"out = {str(path)!r}: cannot create the directory ({exc.strerror or exc})"
+        ) from None
+
+
+@contextmanager
+def storage_errors(run: Path) -> Iterator[None]:
+    """Turn a failed write under the run directory ``run`` into one clear FedpetError.
+
+    The message names the file, the system's reason (no space, no permission, ...) and the
+    last checkpointed round, which the atomic writes leave intact for ``--resume``.
+    """
+    try:
+        yield
+    except OSError as exc:
+        where = exc.filename or f"in {run}"
+        try:
+            state = json.loads((run / "checkpoint" / "state.json").read_text(encoding="utf-8"))
+            kept = (
+                f"the checkpoint of round {state['round']} is intact: make room, then "
+                f"fedpet run --resume {run}"
+            )
+        except (OSError, ValueError, KeyError):
+            kept = "no round had been checkpointed"
+        reason = exc.strerror or exc.__class__.__name__
+        raise FedpetError(f"cannot write {where} ({reason}); {kept}") from None
 
 
 def _current_umask() -> int:
@@ -74,8 +108,10 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
         write(Path(tmp))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)  # a failed write() names no file
         raise
 
 
@@ -85,8 +121,9 @@ def _write_text(path: Path, text: str) -> None:
 
 def _write_tensors(path: Path, state: TrainableState, round_: int) -> None:
     tensors = {k: v.detach().contiguous() for k, v in state.items()}
-    meta = {"round": str(round_)}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    # serialized here and written by Python, so that a failed write is an OSError
+    data = save(tensors, metadata={"round": str(round_)})
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 class RunDir:
@@ -98,6 +135,10 @@ class RunDir:
 
     def create(self, overwrite: bool) -> None:
         """Make the directory; with ``overwrite``, first remove the previous run's files."""
+        with storage_errors(self.path):
+            self._create(overwrite)
+
+    def _create(self, overwrite: bool) -> None:
         if overwrite:
             for name in RUN_FILES:
                 target = self.path / name
@@ -110,15 +151,18 @@ class RunDir:
     def write_config(self, cfg: Config) -> None:
         """The resolved config; ``fedpet run --config`` of this file repeats the run."""
         text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
-        _write_text(self.path / "config.yaml", text)
+        with storage_errors(self.path):
+            _write_text(self.path / "config.yaml", text)
 
     def write_json(self, name: str, data: dict[str, Any]) -> None:
         """A JSON file in the run directory, written atomically."""
-        _write_text(self.path / name, json.dumps(data, indent=2) + "\n")
+        with storage_errors(self.path):
+            _write_text(self.path / name, json.dumps(data, indent=2) + "\n")
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         """One line of ``metrics.jsonl`` (flushed to disk before returning)."""
-        with (self.path / "metrics.jsonl").open("a", encoding="utf-8") as fh:
+        metrics = self.path / "metrics.jsonl"
+        with storage_errors(self.path), metrics.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
@@ -131,9 +175,10 @@ class RunDir:
         :func:`load_checkpoint` takes, per name, whichever file carries the committed round.
         """
         round_ = int(state["round"])
-        for name, values in tensors.items():
-            _write_tensors(self.checkpoint / f"{name}.next.safetensors", values, round_)
-        _write_text(self.checkpoint / "state.json", json.dumps(state, indent=2) + "\n")
+        with storage_errors(self.path):
+            for name, values in tensors.items():
+                _write_tensors(self.checkpoint / f"{name}.next.safetensors", values, round_)
+            _write_text(self.checkpoint / "state.json", json.dumps(state, indent=2) + "\n")
         for name in tensors:
             os.replace(
                 self.checkpoint / f"{name}.next.safetensors",
@@ -185,4 +230,5 @@ def keep_metrics(path: Path, rounds: int) -> None:
     """
     metrics = path / "metrics.jsonl"
     lines = metrics.read_text(encoding="utf-8").splitlines(keepends=True)[:rounds]
-    atomic_write(metrics, lambda tmp: tmp.write_text("".join(lines), encoding="utf-8"))
+    with storage_errors(path):
+        atomic_write(metrics, lambda tmp: tmp.write_text("".join(lines), encoding="utf-8"))
