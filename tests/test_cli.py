@@ -109,3 +109,22 @@ def test_partition_that_cannot_meet_the_minimum_is_one_line(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "data.min_client_size = 5" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--max-length", "129"], "data.max_length = 129 is not allowed: model "),
+        (
+            ["--max-length", "120", "--method", "prompt"],
+            "takes at most 128 tokens, 118 after prompt tuning's 10 soft tokens",
+        ),
+    ],
+)
+def test_max_length_beyond_the_model_positions_is_refused(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], args, needle
+) -> None:
+    argv = ["run", "--model", str(tiny_model_dir), "--out", str(tmp_path / "r"), *args]
+    assert exit_code([*argv, "--max-train-samples", "20", "--clients", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1

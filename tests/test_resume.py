@@ -32,7 +32,7 @@ SETUPS = {
         "--set",
         "algorithm.name=trimmed-mean",
     ],
-    "centralized": ["--centralized", "--epochs", "6", "--set", "train.schedule=linear"],
+    "centralized": ["--centralized", "--epochs", "10", "--set", "train.schedule=linear"],
 }
 
 
@@ -52,7 +52,7 @@ def args(model: Path, out: Path, extra: list[str]) -> list[str]:
         "--clients-per-round",
         "3",
         "--rounds",
-        "6",
+        "10",
         "--batch-size",
         "8",
         "--set",
@@ -74,7 +74,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(
 ) -> None:
     extra = SETUPS[setup]
     killed, whole = tmp_path / "killed", tmp_path / "whole"
-    after = random.randint(1, 4)  # kill once this many rounds are logged, mid-way through the next
+    after = random.randint(1, 5)  # kill once this many rounds are logged, mid-way through the next
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "fedpet.cli", *args(tiny_model_dir, killed, extra)],
@@ -96,7 +96,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(
         pytest.fail("the run finished before it could be killed; the test needs more rounds")
     assert proc.returncode == -signal.SIGKILL
     done = json.loads((killed / "checkpoint" / "state.json").read_text())["round"]
-    assert 1 <= done <= 6 and not (killed / "summary.json").exists()
+    assert 1 <= done <= 10 and not (killed / "summary.json").exists()
 
     assert main(["run", "--resume", str(killed)]) == 0
     assert main(args(tiny_model_dir, whole, extra)) == 0

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from fedpet.errors import FedpetError
+from fedpet.errors import FedpetError, one_line
 
 if TYPE_CHECKING:
     from fedpet.config import Config
@@ -80,7 +80,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad argument in one line and exits with status 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, one_line(f"{self.prog}: error: {message}") + "\n")
 
 
 PARTITION_FLAGS = (
@@ -126,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="train on the union of the clients' data instead",
     )
     run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the config (or the run to resume) and print it; train nothing",
+    )
+    run.add_argument(
         "--resume",
         metavar="RUN_DIR",
         help="continue a stopped run from its last complete round (its own config)",
@@ -164,6 +169,8 @@ def cmd_partition(args: argparse.Namespace) -> None:
     check_out_dir(out, args.overwrite)
     task, clients = load_data(cfg)
     report = describe_partition(task, clients, cfg)
+    with storage_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
     RunDir(out).write_json("partition.json", report)
     with storage_errors(out):
         written = ["partition.json", *(p.name for p in plot_partition(report, out))]
@@ -182,6 +189,9 @@ def resume_run(args: argparse.Namespace) -> None:
     out = Path(args.resume)
     cfg = build_config(load_yaml(out / "config.yaml"))
     checkpoint = load_checkpoint(out)
+    if args.dry_run:
+        print(f"{out}: would resume after round {checkpoint.round} of {cfg.federation.rounds}")
+        return
     keep_metrics(out, checkpoint.round)
     _train_and_report(prepare(cfg), out, resume=checkpoint)
 
@@ -208,6 +218,9 @@ def _train_and_report(exp: Experiment, out: Path, resume: Checkpoint | None = No
 
 def cmd_run(args: argparse.Namespace) -> None:
     """Validate, load once, run all rounds, write the run directory, print a summary."""
+    import yaml
+
+    from fedpet.config import to_dict
     from fedpet.data.describe import describe_partition, plot_partition
     from fedpet.experiment import prepare
     from fedpet.rundir import RunDir, check_out_dir, default_run_dir, storage_errors
@@ -216,6 +229,9 @@ def cmd_run(args: argparse.Namespace) -> None:
         resume_run(args)
         return
     cfg = _config(args)
+    if args.dry_run:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        return
     out = Path(cfg.out) if cfg.out else default_run_dir(cfg)
     check_out_dir(out, args.overwrite)
     exp = prepare(cfg)
@@ -235,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         {"run": cmd_run, "partition": cmd_partition}[args.command](args)
     except FedpetError as exc:
-        print(f"fedpet {args.command}: error: {exc}", file=sys.stderr)
+        print(one_line(f"fedpet {args.command}: error: {exc}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fedpet: interrupted", file=sys.stderr)

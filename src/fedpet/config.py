@@ -306,6 +306,8 @@ def validate(cfg: Config) -> None:
     from fedpet.methods import METHODS
 
     d, m, t, f = cfg.data, cfg.method, cfg.train, cfg.federation
+    for key, seed in (("seed", cfg.seed), ("data.split_seed", d.split_seed)):
+        _check(0 <= seed < 2**32, key, seed, "an integer from 0 to 2**32 - 1")
     check_task(d.task)
     _choice("data.partition", d.partition, PARTITIONERS)
     _choice("method.name", m.name, METHODS)

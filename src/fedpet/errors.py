@@ -6,3 +6,11 @@ class FedpetError(Exception):
 
     The CLI prints it as a single line and exits with status 2.
     """
+
+
+def one_line(message: str) -> str:
+    """``message`` with line breaks and other unprintable characters escaped, as in repr.
+
+    Error messages quote user input; quoted control characters must not break the line.
+    """
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in message)

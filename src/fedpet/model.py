@@ -142,6 +142,25 @@ def load_encoder_config(name: str, dropout: float | None) -> tuple[str, Any]:
     return path, config
 
 
+def check_max_length(cfg: Config, config: Any, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Refuse a ``data.max_length`` beyond the model's position embeddings.
+
+    The bound is the smaller of the config's positions and the tokenizer's maximum (which
+    accounts for RoBERTa's offset positions); prompt tuning's soft tokens take positions too.
+    """
+    limits = [getattr(config, "max_position_embeddings", None), tokenizer.model_max_length]
+    known = [n for n in limits if isinstance(n, int) and 0 < n < 10**6]
+    if not known:
+        return
+    limit = min(known)
+    what = f"model {cfg.model!r} takes at most {limit} tokens"
+    if cfg.method.name == "prompt":
+        limit -= cfg.method.num_virtual_tokens
+        what += f", {limit} after prompt tuning's {cfg.method.num_virtual_tokens} soft tokens"
+    if cfg.data.max_length > limit:
+        raise FedpetError(f"data.max_length = {cfg.data.max_length} is not allowed: {what}")
+
+
 def build_model(cfg: Config, num_labels: int) -> tuple[TextClassifier, PreTrainedTokenizerBase]:
     """Load the encoder once, attach the configured method, add a seeded head.
 
@@ -149,6 +168,7 @@ def build_model(cfg: Config, num_labels: int) -> tuple[TextClassifier, PreTraine
     """
     path, config = load_encoder_config(cfg.model, cfg.train.dropout)
     tokenizer = AutoTokenizer.from_pretrained(path)
+    check_max_length(cfg, config, tokenizer)
     encoder = AutoModel.from_pretrained(path, config=config)
     if getattr(encoder, "pooler", None) is not None:
         encoder.pooler = None  # our head pools; the unused pooler would only be sent

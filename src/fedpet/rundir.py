@@ -50,8 +50,8 @@ def default_run_dir(cfg: Config, kind: str = "run") -> Path:
 def check_out_dir(path: Path, overwrite: bool) -> None:
     """Refuse a path that is a file, or a directory holding a run unless ``overwrite``.
 
-    The directory is created here, so that a path that cannot be written fails before any
-    data or model is loaded.
+    A path where no directory can be written fails here, before any data or model is
+    loaded; nothing is left behind by the check.
     """
     if path.exists() and not path.is_dir():
         raise FedpetError(f"out = {str(path)!r} is a file; give a directory path")
@@ -60,8 +60,13 @@ def check_out_dir(path: Path, overwrite: bool) -> None:
         raise FedpetError(
             f"out = {str(path)!r} already holds a run; choose another --out or pass --overwrite"
         )
+    base = path
+    while not base.exists() and base != base.parent:
+        base = base.parent
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        if not base.is_dir():
+            raise NotADirectoryError(20, "Not a directory", str(base))
+        tempfile.TemporaryDirectory(dir=base).cleanup()  # can a directory be made here?
     except OSError as exc:
         raise FedpetError(
             f"out = {str(path)!r}: cannot create the directory ({exc.strerror or exc})"
@@ -136,17 +141,13 @@ class RunDir:
     def create(self, overwrite: bool) -> None:
         """Make the directory; with ``overwrite``, first remove the previous run's files."""
         with storage_errors(self.path):
-            self._create(overwrite)
-
-    def _create(self, overwrite: bool) -> None:
-        if overwrite:
-            for name in RUN_FILES:
+            for name in RUN_FILES if overwrite else ():
                 target = self.path / name
                 if target.is_dir():
                     shutil.rmtree(target)
                 else:
                     target.unlink(missing_ok=True)
-        self.checkpoint.mkdir(parents=True, exist_ok=True)
+            self.checkpoint.mkdir(parents=True, exist_ok=True)
 
     def write_config(self, cfg: Config) -> None:
         """The resolved config; ``fedpet run --config`` of this file repeats the run."""
