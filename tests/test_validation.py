@@ -78,3 +78,47 @@ def test_rejected_updates_leave_the_global_state_untouched(
     kept = load_file(out / "checkpoint" / "global.safetensors")
     assert kept.keys() == initial.keys()
     assert all(torch.equal(kept[k], initial[k]) for k in kept)
+
+
+def test_malformed_payloads_are_rejected_not_raised() -> None:
+    from fedpet.codecs import get_codec
+    from fedpet.validation import receive_update
+
+    codec = get_codec("fp32")
+    payload = codec.encode(GOOD)
+    update, problem = receive_update(codec, payload, LAYOUT, None)
+    assert problem is None and update is not None and torch.equal(update["a"], GOOD["a"])
+    update, problem = receive_update(codec, payload[:-4], LAYOUT, None)
+    assert (
+        update is None
+        and problem == "malformed payload: fp32 payload has 36 bytes, the schema needs 40"
+    )
+
+
+class _Payload:
+    """Unpickling this object would create the marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_pickle_posing_as_a_checkpoint_is_refused_unexecuted(tmp_path: Path) -> None:
+    import pickle
+
+    from fedpet.errors import FedpetError
+    from fedpet.rundir import load_checkpoint
+
+    marker = tmp_path / "pwned"
+    folder = tmp_path / "run" / "checkpoint"
+    folder.mkdir(parents=True)
+    (folder / "state.json").write_text(json.dumps({"round": 1}))
+    for name in ("global", "best"):
+        (folder / f"{name}.safetensors").write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(FedpetError, match="no readable checkpoint"):
+        load_checkpoint(tmp_path / "run")
+    assert not marker.exists()
+    pickle.loads((folder / "global.safetensors").read_bytes())  # the payload is live
+    assert marker.exists()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from fedpet.config import Config, to_dict
@@ -209,7 +209,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
                 if file.exists() and _stamped_round(file) == round_:
                     tensors[name] = load_file(str(file))
                     break
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:
         raise FedpetError(
             f"--resume {str(path)!r}: no readable checkpoint ({exc.__class__.__name__}); "
             "a run can be resumed once its first round has finished"

@@ -22,7 +22,7 @@ from fedpet.runtime.faults import ClientFailure, FailingHook, attack, local_step
 from fedpet.runtime.recorder import Recorder, RoundRecord
 from fedpet.seeding import derive_seed
 from fedpet.state import Schema, TrainableState, extract, load_, schema, subtract
-from fedpet.validation import update_problem
+from fedpet.validation import receive_update
 
 
 def sample_cohort(
@@ -97,12 +97,11 @@ def run_attempt(
             update = attack(update, cfg.faults.attack, cfg.faults.attack_norm)
         payload_up = up.encode(update)
         result.bytes_up += len(payload_up)
-        update = up.decode(payload_up, layout)
-        problem = update_problem(update, layout, fed.max_update_norm)
-        if problem is not None:
+        received_update, problem = receive_update(up, payload_up, layout, fed.max_update_norm)
+        if received_update is None:
             result.rejected.append({"client": k, "attempt": attempt, "reason": problem})
             continue
-        result.aggregate.add(update, float(trained.num_examples))
+        result.aggregate.add(received_update, float(trained.num_examples))
     return result
 
 
