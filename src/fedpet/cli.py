@@ -12,8 +12,6 @@ from fedpet.errors import FedpetError, one_line
 
 if TYPE_CHECKING:
     from fedpet.config import Config
-    from fedpet.experiment import Experiment
-    from fedpet.rundir import Checkpoint
 
 # flag -> (dotted config field, argparse options)
 RUN_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -178,71 +176,35 @@ def cmd_partition(args: argparse.Namespace) -> None:
     print(f"wrote {', '.join(written)} in {out}")
 
 
-def resume_run(args: argparse.Namespace) -> None:
-    """Continue the run in ``args.resume`` after its last checkpointed round."""
-    from fedpet.config import build_config, load_yaml
-    from fedpet.experiment import prepare
-    from fedpet.rundir import keep_metrics, load_checkpoint
-
-    if args.config or _overrides(args) or args.overwrite:
-        raise FedpetError("--resume continues a run with its own config.yaml; give no other flags")
-    out = Path(args.resume)
-    cfg = build_config(load_yaml(out / "config.yaml"))
-    checkpoint = load_checkpoint(out)
-    if args.dry_run:
-        print(f"{out}: would resume after round {checkpoint.round} of {cfg.federation.rounds}")
-        return
-    keep_metrics(out, checkpoint.round)
-    _train_and_report(prepare(cfg), out, resume=checkpoint)
-
-
-def _train_and_report(exp: Experiment, out: Path, resume: Checkpoint | None = None) -> None:
-    """Run every round (or epoch) under a progress bar; write the summary and print it."""
-    from fedpet.progress import RoundProgress, print_summary
-    from fedpet.rundir import RunDir
-    from fedpet.runtime.centralized import run_centralized
-    from fedpet.runtime.recorder import Recorder
-    from fedpet.runtime.simulation import run_simulation
-
-    cfg = exp.cfg
-    total = cfg.train.epochs if cfg.centralized else cfg.federation.rounds
-    with RoundProgress(total, exp.task.metric, "epoch" if cfg.centralized else "round") as bar:
-        recorder = Recorder(exp, RunDir(out), on_round=bar.update)
-        if cfg.centralized:
-            run_centralized(exp, recorder, resume=resume)
-        else:
-            run_simulation(exp, recorder, resume=resume)
-    print_summary(recorder.finish())
-    print(f"run directory: {out}")
-
-
 def cmd_run(args: argparse.Namespace) -> None:
     """Validate, load once, run all rounds, write the run directory, print a summary."""
     import yaml
 
     from fedpet.config import to_dict
-    from fedpet.data.describe import describe_partition, plot_partition
-    from fedpet.experiment import prepare
-    from fedpet.rundir import RunDir, check_out_dir, default_run_dir, storage_errors
+    from fedpet.launch import resume_run, run_config, start_run, total_rounds
+    from fedpet.progress import print_summary
+    from fedpet.rundir import default_run_dir, load_checkpoint
 
     if args.resume:
-        resume_run(args)
-        return
-    cfg = _config(args)
-    if args.dry_run:
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
-        return
-    out = Path(cfg.out) if cfg.out else default_run_dir(cfg)
-    check_out_dir(out, args.overwrite)
-    exp = prepare(cfg)
-    run = RunDir(out)
-    run.create(args.overwrite)
-    run.write_config(cfg)
-    report = describe_partition(exp.task, exp.clients, cfg)
-    run.write_json("partition.json", report)
-    with storage_errors(out):
-        plot_partition(report, out)
-    _train_and_report(exp, out)
+        if args.config or _overrides(args) or args.overwrite:
+            raise FedpetError(
+                "--resume continues a run with its own config.yaml; give no other flags"
+            )
+        out = Path(args.resume)
+        if args.dry_run:
+            cfg, done = run_config(out), load_checkpoint(out).round
+            print(f"{out}: would resume after round {done} of {total_rounds(cfg)}")
+            return
+        summary = resume_run(out)
+    else:
+        cfg = _config(args)
+        if args.dry_run:
+            print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+            return
+        out = Path(cfg.out) if cfg.out else default_run_dir(cfg)
+        summary = start_run(cfg, out, args.overwrite)
+    print_summary(summary)
+    print(f"run directory: {out}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

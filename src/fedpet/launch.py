@@ -1,0 +1,67 @@
+"""Starting and resuming one run: what ``fedpet run`` does, and each run of a study."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fedpet.config import Config, build_config, load_yaml
+from fedpet.data.describe import describe_partition, plot_partition
+from fedpet.experiment import Experiment, prepare
+from fedpet.progress import RoundProgress
+from fedpet.rundir import (
+    Checkpoint,
+    RunDir,
+    check_out_dir,
+    keep_metrics,
+    load_checkpoint,
+    storage_errors,
+)
+from fedpet.runtime.centralized import run_centralized
+from fedpet.runtime.recorder import Recorder
+from fedpet.runtime.simulation import run_simulation
+
+
+def start_run(cfg: Config, out: Path, overwrite: bool = False) -> dict[str, Any]:
+    """Check ``out``, load everything once, write the run directory, train; the summary."""
+    check_out_dir(out, overwrite)
+    exp = prepare(cfg)
+    run = RunDir(out)
+    run.create(overwrite)
+    run.write_config(cfg)
+    report = describe_partition(exp.task, exp.clients, cfg)
+    run.write_json("partition.json", report)
+    with storage_errors(out):
+        plot_partition(report, out)
+    return train(exp, out)
+
+
+def run_config(out: Path) -> Config:
+    """The config a run directory was started with."""
+    return build_config(load_yaml(out / "config.yaml"))
+
+
+def resume_run(out: Path) -> dict[str, Any]:
+    """Continue the run in ``out`` after its last checkpointed round; the summary."""
+    cfg = run_config(out)
+    checkpoint = load_checkpoint(out)
+    keep_metrics(out, checkpoint.round)
+    return train(prepare(cfg), out, resume=checkpoint)
+
+
+def total_rounds(cfg: Config) -> int:
+    """Rounds of a federated run, epochs of a centralized one."""
+    return cfg.train.epochs if cfg.centralized else cfg.federation.rounds
+
+
+def train(exp: Experiment, out: Path, resume: Checkpoint | None = None) -> dict[str, Any]:
+    """Run every round (or epoch) under a progress bar; write and return the summary."""
+    cfg = exp.cfg
+    unit = "epoch" if cfg.centralized else "round"
+    with RoundProgress(total_rounds(cfg), exp.task.metric, unit) as bar:
+        recorder = Recorder(exp, RunDir(out), on_round=bar.update)
+        if cfg.centralized:
+            run_centralized(exp, recorder, resume=resume)
+        else:
+            run_simulation(exp, recorder, resume=resume)
+    return recorder.finish()
