@@ -133,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RUN_DIR",
         help="continue a stopped run from its last complete round (its own config)",
     )
+    study = sub.add_parser("study", help="run a grid of runs; write results.csv and report.md")
+    study.add_argument("--config", help="study file: base config, grid, rules, centralized")
+    study.add_argument("--preset", help="a packaged study: quick, cpu, fedpetuning-glue")
+    study.add_argument("--out", help="study directory (default studies/<preset or file name>)")
+    report = sub.add_parser("report", help="re-render the report of a study or run directory")
+    report.add_argument("dir", help="a study directory or a run directory")
     part = sub.add_parser(
         "partition", help="partition a task across clients; write partition.json and plots"
     )
@@ -207,11 +213,39 @@ def cmd_run(args: argparse.Namespace) -> None:
     print(f"run directory: {out}")
 
 
+def cmd_study(args: argparse.Namespace) -> None:
+    """Run (or continue) every run of a study, then write its report."""
+    from fedpet.study.runner import run_study
+    from fedpet.study.spec import load_study
+
+    if bool(args.config) == bool(args.preset):
+        raise FedpetError("give a study file (--config study.yaml) or --preset NAME, not both")
+    study = load_study(args.config, args.preset)
+    name = args.preset or Path(args.config).stem
+    out = Path(args.out) if args.out else Path("studies") / name
+    written = run_study(study, out)
+    print(f"wrote {', '.join(written)} in {out}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    """Re-render tables and plots from a study's or a run's saved files; train nothing."""
+    from fedpet.study.runner import report
+
+    out = Path(args.dir)
+    print(f"wrote {', '.join(report(out))} in {out}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fedpet`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
-        {"run": cmd_run, "partition": cmd_partition}[args.command](args)
+        commands = {
+            "run": cmd_run,
+            "partition": cmd_partition,
+            "study": cmd_study,
+            "report": cmd_report,
+        }
+        commands[args.command](args)
     except FedpetError as exc:
         print(one_line(f"fedpet {args.command}: error: {exc}"), file=sys.stderr)
         return 2

@@ -15,7 +15,7 @@ from fedpet.data.batching import Encoded, encode
 from fedpet.data.partition import PartitionSpec, partition
 from fedpet.data.splits import Split, Task, stratified_subsample
 from fedpet.data.tasks import load_task
-from fedpet.model import TextClassifier, build_model, head_parameter_names
+from fedpet.model import Backbones, TextClassifier, build_model, head_parameter_names
 from fedpet.seeding import derive_seed
 from fedpet.state import TrainableState, load_, trainable_parameters
 
@@ -119,10 +119,10 @@ def load_data(cfg: Config) -> tuple[Task, list[np.ndarray]]:
     return task, clients
 
 
-def prepare(cfg: Config) -> Experiment:
+def prepare(cfg: Config, backbones: Backbones | None = None) -> Experiment:
     """Load the data (:func:`load_data`), build the model, tokenize every split once."""
     task, clients = load_data(cfg)
-    model, tokenizer = build_model(cfg, task.num_labels)
+    model, tokenizer = build_model(cfg, task.num_labels, backbones)
     n = cfg.data.max_length
     return Experiment(
         cfg=cfg,

@@ -8,6 +8,7 @@ from typing import Any
 from fedpet.config import Config, build_config, load_yaml
 from fedpet.data.describe import describe_partition, plot_partition
 from fedpet.experiment import Experiment, prepare
+from fedpet.model import Backbones
 from fedpet.progress import RoundProgress
 from fedpet.rundir import (
     Checkpoint,
@@ -22,10 +23,12 @@ from fedpet.runtime.recorder import Recorder
 from fedpet.runtime.simulation import run_simulation
 
 
-def start_run(cfg: Config, out: Path, overwrite: bool = False) -> dict[str, Any]:
+def start_run(
+    cfg: Config, out: Path, overwrite: bool = False, backbones: Backbones | None = None
+) -> dict[str, Any]:
     """Check ``out``, load everything once, write the run directory, train; the summary."""
     check_out_dir(out, overwrite)
-    exp = prepare(cfg)
+    exp = prepare(cfg, backbones)
     run = RunDir(out)
     run.create(overwrite)
     run.write_config(cfg)
@@ -41,12 +44,12 @@ def run_config(out: Path) -> Config:
     return build_config(load_yaml(out / "config.yaml"))
 
 
-def resume_run(out: Path) -> dict[str, Any]:
+def resume_run(out: Path, backbones: Backbones | None = None) -> dict[str, Any]:
     """Continue the run in ``out`` after its last checkpointed round; the summary."""
     cfg = run_config(out)
     checkpoint = load_checkpoint(out)
     keep_metrics(out, checkpoint.round)
-    return train(prepare(cfg), out, resume=checkpoint)
+    return train(prepare(cfg, backbones), out, resume=checkpoint)
 
 
 def total_rounds(cfg: Config) -> int:

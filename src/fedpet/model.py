@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -9,7 +10,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from fedpet.config import DEFAULT_MODEL, Config
 from fedpet.errors import FedpetError
@@ -142,6 +149,25 @@ def load_encoder_config(name: str, dropout: float | None) -> tuple[str, Any]:
     return path, config
 
 
+class Backbones:
+    """Pretrained encoders kept in memory across the runs of one process (a study).
+
+    Keyed by (model path, dropout); only the latest is kept, and each run gets a copy, so the
+    methods' in-place changes never reach the cached one.
+    """
+
+    def __init__(self) -> None:
+        self.loaded: dict[tuple[str, float | None], PreTrainedModel] = {}
+
+    def get(self, path: str, config: Any, dropout: float | None) -> PreTrainedModel:
+        """A fresh copy of the pretrained encoder at ``path`` (loaded on first use)."""
+        key = (path, dropout)
+        if key not in self.loaded:
+            self.loaded.clear()
+            self.loaded[key] = AutoModel.from_pretrained(path, config=config)
+        return copy.deepcopy(self.loaded[key])
+
+
 def check_max_length(cfg: Config, config: Any, tokenizer: PreTrainedTokenizerBase) -> None:
     """Refuse a ``data.max_length`` beyond the model's position embeddings.
 
@@ -161,15 +187,21 @@ def check_max_length(cfg: Config, config: Any, tokenizer: PreTrainedTokenizerBas
         raise FedpetError(f"data.max_length = {cfg.data.max_length} is not allowed: {what}")
 
 
-def build_model(cfg: Config, num_labels: int) -> tuple[TextClassifier, PreTrainedTokenizerBase]:
+def build_model(
+    cfg: Config, num_labels: int, backbones: Backbones | None = None
+) -> tuple[TextClassifier, PreTrainedTokenizerBase]:
     """Load the encoder once, attach the configured method, add a seeded head.
 
-    The method's and the head's initial values derive from ``cfg.seed``.
+    The method's and the head's initial values derive from ``cfg.seed``. With
+    ``backbones``, a pretrained encoder already in memory is copied instead of loaded.
     """
     path, config = load_encoder_config(cfg.model, cfg.train.dropout)
     tokenizer = AutoTokenizer.from_pretrained(path)
     check_max_length(cfg, config, tokenizer)
-    encoder = AutoModel.from_pretrained(path, config=config)
+    if backbones is None:
+        encoder = AutoModel.from_pretrained(path, config=config)
+    else:
+        encoder = backbones.get(path, config, cfg.train.dropout)
     if getattr(encoder, "pooler", None) is not None:
         encoder.pooler = None  # our head pools; the unused pooler would only be sent
     encoder.requires_grad_(False)

@@ -1,0 +1,1 @@
+"""Packaged study files (``fedpet study --preset NAME``)."""

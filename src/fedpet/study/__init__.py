@@ -1,0 +1,1 @@
+"""Studies: a grid of ordinary runs, executed in one process, summarized in tables and plots."""

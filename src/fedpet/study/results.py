@@ -1,0 +1,96 @@
+"""The figures of a study's runs: one row per run, and their means over seeds.
+
+Pure functions over pandas frames; the report renders what they return.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from fedpet.study.spec import SHORT_NAMES, PlannedRun
+
+FIGURES = (
+    "test_metric",
+    "test_accuracy",
+    "test_macro_f1",
+    "best_val_metric",
+    "best_round",
+    "rounds_completed",
+    "bytes_up_total",
+    "bytes_down_total",
+    "trainable_params",
+    "train_seconds",
+    "wall_seconds",
+    "peak_rss_mb",
+)
+BASELINE = "full"  # relative figures are against federated full fine-tuning (FedFT)
+
+
+def short(field: str) -> str:
+    """The column name of a dotted config field (its last part, or a fixed short name)."""
+    return SHORT_NAMES.get(field, field.rsplit(".", 1)[-1])
+
+
+def run_row(run: PlannedRun, run_dir: Path) -> dict[str, Any]:
+    """One row of ``results.csv``: the run's grid values, setting and figures (if finished)."""
+    cfg = run.config
+    row: dict[str, Any] = {
+        "run": run.name,
+        "task": cfg.data.task,
+        "method": cfg.method.name,
+        "setting": "centralized" if cfg.centralized else f"alpha={cfg.data.alpha:g}",
+        "alpha": None if cfg.centralized else cfg.data.alpha,
+        "seed": cfg.seed,
+    }
+    row.update({short(k): v for k, v in run.varied.items() if short(k) not in row})
+    summary_file = run_dir / "summary.json"
+    if not summary_file.exists():
+        row["status"] = "partial" if (run_dir / "checkpoint" / "state.json").exists() else "pending"
+        return row
+    summary = json.loads(summary_file.read_text(encoding="utf-8"))
+    row["status"] = "done"
+    row["metric_name"] = summary["metric_name"]
+    row.update({k: summary[k] for k in FIGURES})
+    total_mb = (summary["bytes_up_total"] + summary["bytes_down_total"]) / 1e6
+    row["mb_total"] = total_mb
+    row["mb_per_round"] = total_mb / max(1, summary["rounds_completed"])
+    return row
+
+
+def group_keys(results: pd.DataFrame) -> list[str]:
+    """What distinguishes a table cell: task, setting, method and any other grid field.
+
+    Seeds are what a cell averages over.
+    """
+    fixed = ["run", "seed", "status", "alpha", "metric_name", "mb_total", "mb_per_round"]
+    fixed += list(FIGURES)
+    return [c for c in results.columns if c not in fixed]
+
+
+def mean_std(results: pd.DataFrame, value: str = "test_metric") -> pd.DataFrame:
+    """Mean, sample standard deviation (0 for one seed) and count of ``value`` per cell."""
+    done = results[results["status"] == "done"]
+    keys = group_keys(results)
+    grouped = done.groupby(keys, dropna=False, sort=False)[value]
+    table = grouped.agg(mean="mean", std="std", n="count").reset_index()
+    table["std"] = table["std"].fillna(0.0)
+    return table
+
+
+def relative_to_baseline(table: pd.DataFrame) -> pd.Series:
+    """Each cell's mean in % of the FedFT cell that differs from it only in the method.
+
+    NaN where the study has no such FedFT cell.
+    """
+    keys = [c for c in table.columns if c not in ("method", "mean", "std", "n")]
+    base = table[table["method"] == BASELINE][[*keys, "mean"]].rename(columns={"mean": "base"})
+    merged = (
+        table.merge(base, on=keys, how="left")
+        if keys
+        else table.assign(base=float(base["base"].iloc[0]) if len(base) else float("nan"))
+    )
+    return 100.0 * merged["mean"] / merged["base"]

@@ -1,0 +1,173 @@
+"""Studies: planning a grid, aggregating results by hand, running, resuming, re-rendering."""
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fedpet.cli import main
+from fedpet.errors import FedpetError
+from fedpet.study.results import mean_std, relative_to_baseline
+from fedpet.study.spec import load_study, parse_study, plan
+
+
+def test_plan_expands_the_grid_applies_rules_and_adds_centralized_baselines() -> None:
+    study = parse_study(
+        {
+            "base": {"federation": {"clients": 4, "rounds": 2}},
+            "grid": {"method.name": ["full", "lora"], "data.alpha": [0.1, 1.0], "seed": [0, 1]},
+            "rules": [{"when": {"method.name": "full"}, "set": {"train.lr": 5e-5}}],
+            "centralized": {"train.epochs": 3},
+        },
+        "test",
+    )
+    runs = plan(study)
+    federated = [r for r in runs if not r.config.centralized]
+    centralized = [r for r in runs if r.config.centralized]
+    assert len(federated) == 8 and len(centralized) == 4  # alpha does not apply centrally
+    assert federated[0].name == "method=full,alpha=0.1,seed=0"
+    assert centralized[0].name == "centralized,method=full,seed=0"
+    assert {r.config.train.lr for r in runs if r.config.method.name == "full"} == {5e-5}
+    assert {r.config.train.lr for r in runs if r.config.method.name == "lora"} == {2e-3}
+    assert all(r.config.train.epochs == 3 for r in centralized)
+    assert {
+        (r.config.data.alpha, r.config.seed) for r in federated if r.varied["method.name"] == "lora"
+    } == {(0.1, 0), (0.1, 1), (1.0, 0), (1.0, 1)}
+
+
+@pytest.mark.parametrize(
+    "data,needle",
+    [
+        (
+            {"grid": {"method.name": ["lora", "nope"]}},
+            "study run method=nope: method.name = 'nope'",
+        ),
+        ({"grid": {"seed": 3}}, "grid must map dotted fields to non-empty lists"),
+        ({"gird": {}}, "unknown key 'gird'"),
+        ({"rules": [{"when": {}}]}, "each rule is"),
+    ],
+)
+def test_bad_studies_are_one_clear_error(data: dict, needle: str) -> None:
+    with pytest.raises(FedpetError, match=None) as info:
+        plan(parse_study(data, "s"))
+    assert needle in str(info.value)
+
+
+def test_presets_plan_without_errors() -> None:
+    sizes = {
+        name: len(plan(load_study(preset=name))) for name in ("quick", "cpu", "fedpetuning-glue")
+    }
+    assert sizes == {
+        "quick": 15,
+        "cpu": 7 * 3 * 3 * 3 + 7 * 3 * 3,
+        "fedpetuning-glue": 6 * 5 * 3 * 5,
+    }
+
+
+def _rows() -> pd.DataFrame:
+    rows = []
+    values = {
+        ("full", "alpha=1"): [0.80, 0.90],
+        ("lora", "alpha=1"): [0.70, 0.80],
+        ("full", "alpha=0.1"): [0.60, 0.60],
+        ("lora", "alpha=0.1"): [0.30, 0.60],
+        ("lora", "centralized"): [0.95, 0.85],
+    }
+    for (method, setting), metrics in values.items():
+        for seed, metric in enumerate(metrics):
+            rows.append(
+                {
+                    "run": f"{method}-{setting}-{seed}",
+                    "task": "t",
+                    "method": method,
+                    "setting": setting,
+                    "alpha": None,
+                    "seed": seed,
+                    "status": "done",
+                    "test_metric": metric,
+                }
+            )
+    rows.append({**rows[0], "run": "pending", "status": "pending", "test_metric": float("nan")})
+    return pd.DataFrame(rows)
+
+
+def test_mean_std_and_relative_to_fedft_by_hand() -> None:
+    table = mean_std(_rows())
+    table["rel"] = relative_to_baseline(table)
+    cell = {(r.method, r.setting): r for r in table.itertuples()}
+    # mean, sample std (ddof 1) over the two seeds; the pending run is left out
+    assert cell["full", "alpha=1"].mean == pytest.approx(0.85)
+    assert cell["full", "alpha=1"].std == pytest.approx(math.sqrt(2 * 0.05**2))  # 0.0707
+    assert cell["full", "alpha=1"].n == 2
+    assert cell["lora", "alpha=0.1"].mean == pytest.approx(0.45)
+    assert cell["lora", "alpha=0.1"].std == pytest.approx(0.2121320)
+    assert cell["full", "alpha=0.1"].std == 0.0
+    # relative to FedFT in the same setting: 0.75 / 0.85 and 0.45 / 0.60
+    assert cell["lora", "alpha=1"].rel == pytest.approx(100 * 0.75 / 0.85)
+    assert cell["lora", "alpha=0.1"].rel == pytest.approx(75.0)
+    assert cell["full", "alpha=1"].rel == pytest.approx(100.0)
+    assert math.isnan(cell["lora", "centralized"].rel)  # no centralized FedFT in this study
+
+
+def test_a_study_runs_resumes_and_reports_identically(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = tmp_path / "mini.yaml"
+    spec.write_text(
+        json.dumps(
+            {
+                "base": {
+                    "model": str(tiny_model_dir),
+                    "data": {"max_train_samples": 48, "max_eval_samples": 32, "max_length": 32},
+                    "federation": {"clients": 4, "clients_per_round": 2, "rounds": 2},
+                },
+                "grid": {"method.name": ["full", "lora"], "data.alpha": [0.5, 5.0], "seed": [0, 1]},
+                "centralized": {},
+            }
+        )
+    )
+    out = tmp_path / "study"
+    assert main(["study", "--config", str(spec), "--out", str(out)]) == 0
+    results = pd.read_csv(out / "results.csv")
+    assert len(results) == 12 and set(results["status"]) == {"done"}
+    summary = json.loads(
+        (out / "runs" / "method=lora,alpha=0.5,seed=1" / "summary.json").read_text()
+    )
+    row = results[results["run"] == "method=lora,alpha=0.5,seed=1"].iloc[0]
+    assert row["test_metric"] == summary["test_metric"]
+    assert (
+        row["bytes_up_total"]
+        == summary["bytes_up_total"]
+        == 2 * 2 * 4 * summary["trainable_params"]
+    )
+    report = (out / "report.md").read_text()
+    assert "| setting | full | lora |" in report and "| centralized |" in report
+    for png in ("acc_vs_bytes.png", "acc_vs_alpha.png", "convergence.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+    # interrupted: one run lost its summary after its last checkpoint, another never started
+    (out / "runs" / "method=full,alpha=5.0,seed=0" / "summary.json").unlink()
+    shutil.rmtree(out / "runs" / "centralized,method=lora,seed=1")
+    capsys.readouterr()
+    assert main(["study", "--config", str(spec), "--out", str(out)]) == 0
+    log = capsys.readouterr().out
+    assert log.count("finished earlier, skipped") == 10
+    assert "method=full,alpha=5.0,seed=0: resuming" in log
+    assert "centralized,method=lora,seed=1: starting" in log
+
+    before = (out / "report.md").read_text(), (out / "results.csv").read_text()
+    (out / "report.md").unlink()
+    assert main(["report", str(out)]) == 0
+    assert ((out / "report.md").read_text(), (out / "results.csv").read_text()) == before
+
+
+def test_a_different_study_in_the_same_directory_is_refused(tmp_path: Path, capsys) -> None:
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first.write_text("grid: {seed: [0]}\nbase: {data: {task: nope}}\n")
+    assert main(["study", "--config", str(first), "--out", str(tmp_path / "s")]) == 2
+    assert "study run seed=0: data.task = 'nope'" in capsys.readouterr().err
+    assert main(["report", str(tmp_path)]) == 2
+    assert "neither a study" in capsys.readouterr().err
