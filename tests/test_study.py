@@ -144,7 +144,8 @@ def test_a_study_runs_resumes_and_reports_identically(
         == 2 * 2 * 4 * summary["trainable_params"]
     )
     report = (out / "report.md").read_text()
-    assert "| setting | full | lora |" in report and "| centralized |" in report
+    assert report.count("| setting | full | lora |") == 1  # one table: settings x methods
+    assert "| alpha=0.5 |" in report and "| centralized |" in report
     for png in ("acc_vs_bytes.png", "acc_vs_alpha.png", "convergence.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 
@@ -165,9 +166,23 @@ def test_a_study_runs_resumes_and_reports_identically(
 
 
 def test_a_different_study_in_the_same_directory_is_refused(tmp_path: Path, capsys) -> None:
-    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
-    first.write_text("grid: {seed: [0]}\nbase: {data: {task: nope}}\n")
-    assert main(["study", "--config", str(first), "--out", str(tmp_path / "s")]) == 2
+    from fedpet.study.runner import claim
+
+    out = tmp_path / "s"
+    claim(out, parse_study({"grid": {"seed": [0]}}, "a"))
+    other = tmp_path / "b.yaml"
+    other.write_text("grid: {seed: [1]}\n")
+    assert main(["study", "--config", str(other), "--out", str(out)]) == 2
+    assert "holds a different study" in capsys.readouterr().err
+    assert not (out / "runs").exists()
+
+
+def test_bad_study_input_is_one_line(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("grid: {seed: [0]}\nbase: {data: {task: nope}}\n")
+    assert main(["study", "--config", str(bad), "--out", str(tmp_path / "s")]) == 2
     assert "study run seed=0: data.task = 'nope'" in capsys.readouterr().err
+    assert main(["study", "--preset", "fast"]) == 2
+    assert "--preset 'fast': choose one of quick, cpu, fedpetuning-glue" in capsys.readouterr().err
     assert main(["report", str(tmp_path)]) == 2
     assert "neither a study" in capsys.readouterr().err

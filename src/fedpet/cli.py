@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="train on the union of the clients' data instead",
     )
+    run.add_argument("--tracker", help="also log the run to mlflow or tensorboard")
     run.add_argument(
         "--dry-run",
         action="store_true",
@@ -137,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--config", help="study file: base config, grid, rules, centralized")
     study.add_argument("--preset", help="a packaged study: quick, cpu, fedpetuning-glue")
     study.add_argument("--out", help="study directory (default studies/<preset or file name>)")
+    study.add_argument("--tracker", help="also log each run to mlflow or tensorboard")
     report = sub.add_parser("report", help="re-render the report of a study or run directory")
     report.add_argument("dir", help="a study directory or a run directory")
     part = sub.add_parser(
@@ -190,7 +192,10 @@ def cmd_run(args: argparse.Namespace) -> None:
     from fedpet.launch import resume_run, run_config, start_run, total_rounds
     from fedpet.progress import print_summary
     from fedpet.rundir import default_run_dir, load_checkpoint
+    from fedpet.tracking import check_tracker, log_run
 
+    if args.tracker:
+        check_tracker(args.tracker)
     if args.resume:
         if args.config or _overrides(args) or args.overwrite:
             raise FedpetError(
@@ -211,19 +216,24 @@ def cmd_run(args: argparse.Namespace) -> None:
         summary = start_run(cfg, out, args.overwrite)
     print_summary(summary)
     print(f"run directory: {out}")
+    if args.tracker:
+        log_run(args.tracker, out, experiment=f"fedpet-{summary['task']}")
 
 
 def cmd_study(args: argparse.Namespace) -> None:
     """Run (or continue) every run of a study, then write its report."""
     from fedpet.study.runner import run_study
     from fedpet.study.spec import load_study
+    from fedpet.tracking import check_tracker
 
     if bool(args.config) == bool(args.preset):
         raise FedpetError("give a study file (--config study.yaml) or --preset NAME, not both")
+    if args.tracker:
+        check_tracker(args.tracker)
     study = load_study(args.config, args.preset)
     name = args.preset or Path(args.config).stem
     out = Path(args.out) if args.out else Path("studies") / name
-    written = run_study(study, out)
+    written = run_study(study, out, tracker=args.tracker, experiment=f"fedpet-study-{name}")
     print(f"wrote {', '.join(written)} in {out}")
 
 

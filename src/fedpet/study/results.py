@@ -46,7 +46,9 @@ def run_row(run: PlannedRun, run_dir: Path) -> dict[str, Any]:
         "alpha": None if cfg.centralized else cfg.data.alpha,
         "seed": cfg.seed,
     }
-    row.update({short(k): v for k, v in run.varied.items() if short(k) not in row})
+    row.update(
+        {short(k): v for k, v in run.varied.items() if short(k) not in (*row, "centralized")}
+    )
     summary_file = run_dir / "summary.json"
     if not summary_file.exists():
         row["status"] = "partial" if (run_dir / "checkpoint" / "state.json").exists() else "pending"

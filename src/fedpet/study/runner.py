@@ -12,6 +12,7 @@ from fedpet.model import Backbones
 from fedpet.rundir import atomic_write, storage_errors
 from fedpet.study.report import Entry, write_report
 from fedpet.study.spec import PlannedRun, Study, parse_study, plan
+from fedpet.tracking import log_run
 
 STUDY_FILE = "study.yaml"
 
@@ -37,12 +38,15 @@ def entries(out: Path, runs: list[PlannedRun]) -> list[Entry]:
     return [(run, out / "runs" / run.name) for run in runs]
 
 
-def run_study(study: Study, out: Path) -> list[str]:
+def run_study(
+    study: Study, out: Path, tracker: str | None = None, experiment: str = "fedpet-study"
+) -> list[str]:
     """Run every planned run not finished yet; rewrite the report after each; its files.
 
     A finished run (its ``summary.json`` exists) is skipped; an interrupted one continues
     from its checkpoint; one stopped before its first checkpoint starts again. The
-    pretrained backbone is loaded once and copied for each run that uses it.
+    pretrained backbone is loaded once and copied for each run that uses it. With a
+    ``tracker``, each run is logged to it under ``experiment`` when it finishes.
     """
     runs = plan(study)
     claim(out, study)
@@ -64,6 +68,8 @@ def run_study(study: Study, out: Path) -> list[str]:
             f"{head}: test {summary['metric_name']} {summary['test_metric']:.4f}, "
             f"{mb:,.1f} MB, {summary['wall_seconds']:.0f} s"
         )
+        if tracker:
+            log_run(tracker, run_dir, experiment)
         write_report(out, planned)
     return write_report(out, planned)
 
