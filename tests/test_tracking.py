@@ -83,7 +83,7 @@ def test_a_tracker_that_is_not_installed_is_one_line(
     err = capsys.readouterr().err.strip()
     assert err == (
         "fedpet study: error: --tracker mlflow needs the mlflow package: "
-        ".venv/bin/pip install mlflow"
+        ".venv/bin/pip install -e '.[tracking]'"
     )
 
 

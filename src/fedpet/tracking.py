@@ -1,6 +1,6 @@
 """Optional experiment tracking: a finished run's config, per-round metrics and files.
 
-``--tracker mlflow`` logs to MLflow (its tracking URI, ``./mlruns`` by default);
+``--tracker mlflow`` logs to MLflow (``MLFLOW_TRACKING_URI``, e.g. ``sqlite:///mlflow.db``);
 ``--tracker tensorboard`` writes event files to ``<run dir>/tensorboard``. Each run is
 logged from its run directory when it finishes, so tracking never slows a round.
 """
@@ -27,7 +27,7 @@ def check_tracker(name: str) -> None:
     if importlib.util.find_spec(PACKAGES[name]) is None:
         raise FedpetError(
             f"--tracker {name} needs the {PACKAGES[name]} package: "
-            f".venv/bin/pip install {PACKAGES[name]}"
+            ".venv/bin/pip install -e '.[tracking]'"
         )
 
 
