@@ -186,3 +186,12 @@ def test_bad_study_input_is_one_line(tmp_path: Path, capsys) -> None:
     assert "--preset 'fast': choose one of quick, cpu, fedpetuning-glue" in capsys.readouterr().err
     assert main(["report", str(tmp_path)]) == 2
     assert "neither a study" in capsys.readouterr().err
+
+
+def test_set_overrides_the_base_of_a_preset(tmp_path: Path, capsys) -> None:
+    # a bad override is caught for every run before anything is written
+    out = tmp_path / "s"
+    argv = ["study", "--preset", "quick", "--out", str(out), "--set", "federation.rounds=0"]
+    assert main(argv) == 2
+    assert "study run method=full,alpha=0.1: federation.rounds = 0" in capsys.readouterr().err
+    assert not out.exists()

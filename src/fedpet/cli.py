@@ -139,6 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--preset", help="a packaged study: quick, cpu, fedpetuning-glue")
     study.add_argument("--out", help="study directory (default studies/<preset or file name>)")
     study.add_argument("--tracker", help="also log each run to mlflow or tensorboard")
+    study.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a field of the study's base config, e.g. --set data.data_dir=/data/glue",
+    )
     report = sub.add_parser("report", help="re-render the report of a study or run directory")
     report.add_argument("dir", help="a study directory or a run directory")
     part = sub.add_parser(
@@ -222,6 +229,9 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def cmd_study(args: argparse.Namespace) -> None:
     """Run (or continue) every run of a study, then write its report."""
+    import dataclasses
+
+    from fedpet.config import parse_override, with_overrides
     from fedpet.study.runner import run_study
     from fedpet.study.spec import load_study
     from fedpet.tracking import check_tracker
@@ -231,6 +241,9 @@ def cmd_study(args: argparse.Namespace) -> None:
     if args.tracker:
         check_tracker(args.tracker)
     study = load_study(args.config, args.preset)
+    if args.set:
+        base = with_overrides(study.base, [parse_override(item) for item in args.set])
+        study = dataclasses.replace(study, base=base)
     name = args.preset or Path(args.config).stem
     out = Path(args.out) if args.out else Path("studies") / name
     written = run_study(study, out, tracker=args.tracker, experiment=f"fedpet-study-{name}")

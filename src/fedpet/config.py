@@ -197,9 +197,7 @@ def build_config(
     base: Mapping[str, Any] | None = None, overrides: Iterable[tuple[str, Any]] = ()
 ) -> Config:
     """Make a validated :class:`Config` from a nested mapping and dotted overrides."""
-    tree: dict[str, Any] = _nested_copy(base or {})
-    for key, value in overrides:
-        _set_dotted(tree, key, value)
+    tree = with_overrides(base or {}, overrides)
     cfg: Config = _from_mapping(Config, tree, prefix="")
     fed = cfg.federation
     if (
@@ -211,6 +209,14 @@ def build_config(
         cfg = dataclasses.replace(cfg, federation=federation)
     validate(cfg)
     return cfg
+
+
+def with_overrides(base: Mapping[str, Any], overrides: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """A nested copy of ``base`` with each dotted ``section.field`` override set in it."""
+    tree: dict[str, Any] = _nested_copy(base)
+    for key, value in overrides:
+        _set_dotted(tree, key, value)
+    return tree
 
 
 def _nested_copy(data: Mapping[str, Any]) -> dict[str, Any]:
