@@ -4,7 +4,7 @@ from torch import nn
 
 from fedpet.client import make_optimizer
 from fedpet.config import TrainConfig
-from fedpet.runtime.simulation import sample_cohort
+from fedpet.runtime.rounds import sample_cohort
 
 
 def params() -> dict[str, nn.Parameter]:

@@ -12,7 +12,7 @@ from fedpet.cli import main
 from fedpet.config import build_config, load_yaml
 from fedpet.experiment import prepare
 from fedpet.runtime.faults import attack, plan_faults
-from fedpet.runtime.simulation import sample_cohort
+from fedpet.runtime.rounds import sample_cohort
 from fedpet.seeding import derive_seed
 from fedpet.state import add, extract, subtract
 

@@ -1,0 +1,114 @@
+"""The two halves of a round that every runtime shares: a client's reply, the server's intake.
+
+The simulation runtime calls them in one process; the Flower runtime calls
+:func:`client_reply` inside its ClientApp and :class:`Intake` inside its Strategy adapter,
+so training, encoding, validation and aggregation are written once.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fedpet.algorithms import Aggregate, Algorithm, ClientHook
+from fedpet.codecs import Codec
+from fedpet.experiment import Experiment
+from fedpet.runtime.recorder import RoundRecord
+from fedpet.seeding import derive_seed
+from fedpet.state import Schema, TrainableState, subtract
+from fedpet.validation import receive_update
+
+
+def sample_cohort(
+    seed: int, round_: int, num_clients: int, per_round: int, attempt: int = 0
+) -> np.ndarray:
+    """Uniform sample without replacement of the round's clients, seeded by (seed, round).
+
+    A retried round (``attempt`` > 0) draws a fresh cohort from (seed, round, attempt).
+    """
+    keys = (round_,) if attempt == 0 else (round_, attempt)
+    rng = np.random.default_rng(derive_seed(seed, "sampling", *keys))
+    return np.sort(rng.choice(num_clients, size=per_round, replace=False))
+
+
+@dataclass(frozen=True)
+class ClientReply:
+    """What a client sends back: its encoded update and how much it trained on."""
+
+    payload: bytes
+    num_examples: int
+    loss: float
+
+
+def local_update(
+    exp: Experiment,
+    algorithm: Algorithm,
+    received: TrainableState,
+    round_: int,
+    client: int,
+    hook: ClientHook | None = None,
+) -> tuple[TrainableState, int, float]:
+    """Train ``client`` from the received global state; its update, examples and mean loss.
+
+    ``hook`` replaces the algorithm's client hook (the simulation wraps it to inject faults).
+    """
+    seed = derive_seed(exp.cfg.seed, "train", round_, client)
+    trained = exp.train_client(client, received, hook or algorithm.client_hook(received), seed)
+    return subtract(trained.state, received), trained.num_examples, trained.loss
+
+
+@dataclass
+class Intake:
+    """The server's side of one round attempt: checks, aggregates and counts what arrives."""
+
+    clients: list[int]
+    aggregate: Aggregate
+    layout: Schema
+    max_norm: float | None
+    attempt: int = 0
+    bytes_down: int = 0
+    bytes_up: int = 0
+    examples: int = 0
+    trained: int = 0
+    loss_sum: float = 0.0
+    failed: list[dict[str, object]] = field(default_factory=list)
+    late: list[dict[str, object]] = field(default_factory=list)
+    rejected: list[dict[str, object]] = field(default_factory=list)
+
+    def receive(self, client: int, reply: ClientReply, codec: Codec, local_epochs: int) -> None:
+        """Count the reply's bytes and examples; aggregate it if it passes validation."""
+        self.bytes_up += len(reply.payload)
+        self.examples += reply.num_examples * local_epochs
+        self.trained += reply.num_examples
+        self.loss_sum += reply.loss * reply.num_examples
+        update, problem = receive_update(codec, reply.payload, self.layout, self.max_norm)
+        if update is None:
+            self.lose("rejected", client, str(problem))
+            return
+        self.aggregate.add(update, float(reply.num_examples))
+
+    def lose(self, kind: str, client: int, reason: str) -> None:
+        """Record a client whose update is lost: ``failed``, ``late`` or ``rejected``."""
+        getattr(self, kind).append({"client": client, "attempt": self.attempt, "reason": reason})
+
+
+def round_record(round_: int, attempts: list[Intake], skipped: bool, start: float) -> RoundRecord:
+    """The recorder's view of a round from its attempts (the last one's cohort counts)."""
+    trained = sum(a.trained for a in attempts)
+    return RoundRecord(
+        round=round_,
+        train_loss=sum(a.loss_sum for a in attempts) / trained if trained else None,
+        examples=sum(a.examples for a in attempts),
+        bytes_up=sum(a.bytes_up for a in attempts),
+        bytes_down=sum(a.bytes_down for a in attempts),
+        train_seconds=time.perf_counter() - start,
+        clients=attempts[-1].clients,
+        aggregated=attempts[-1].aggregate.num_clients,
+        attempts=len(attempts),
+        skipped=skipped,
+        failed=[x for a in attempts for x in a.failed],
+        late=[x for a in attempts for x in a.late],
+        rejected=[x for a in attempts for x in a.rejected],
+    )
