@@ -68,6 +68,10 @@ RUN_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
         "faults.straggler_rate",
         {"type": float, "help": "inject: chance a sampled client is 10x slower (0)"},
     ),
+    "--runtime": (
+        "runtime",
+        {"help": "simulation (default, in process) or flower-sim (Flower's Ray engine)"},
+    ),
     "--seed": ("seed", {"type": int, "help": "seed of every random choice (0)"}),
     "--epochs": ("train.epochs", {"type": int, "help": "epochs of --centralized training (1)"}),
     "--out": ("out", {"help": "run directory (default runs/<task>-<method>-<time>)"}),

@@ -137,6 +137,7 @@ class Config:
     pooling: str = "auto"
     normalize_embeddings: bool = False
     centralized: bool = False
+    runtime: str = "simulation"
     out: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
@@ -321,6 +322,13 @@ def validate(cfg: Config) -> None:
     _choice("codec.up", cfg.codec.up, CODECS)
     _choice("codec.down", cfg.codec.down, CODECS)
     _choice("pooling", cfg.pooling, ("auto", "mean", "cls"))
+    _choice("runtime", cfg.runtime, ("simulation", "flower-sim"))
+    _check(
+        not (cfg.centralized and cfg.runtime != "simulation"),
+        "runtime",
+        cfg.runtime,
+        "simulation with --centralized (it trains in this process)",
+    )
     _choice("train.optimizer", t.optimizer, ("adamw", "sgd"))
     _choice("train.schedule", t.schedule, ("constant", "linear"))
     _choice("method.adapter", m.adapter, ("houlsby", "pfeiffer"))

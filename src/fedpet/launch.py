@@ -65,6 +65,10 @@ def train(exp: Experiment, out: Path, resume: Checkpoint | None = None) -> dict[
         recorder = Recorder(exp, RunDir(out), on_round=bar.update)
         if cfg.centralized:
             run_centralized(exp, recorder, resume=resume)
+        elif cfg.runtime == "flower-sim":
+            from fedpet.runtime.flower import run_flower_simulation  # imports Flower and Ray
+
+            run_flower_simulation(exp, recorder, resume=resume)
         else:
             run_simulation(exp, recorder, resume=resume)
     return recorder.finish()

@@ -1,0 +1,254 @@
+"""The Flower runtime: a ClientApp and a ServerApp over the same pieces as the simulation.
+
+The ClientApp trains with :func:`fedpet.runtime.rounds.local_update` on a backbone loaded
+once per process; the ServerApp drives :class:`FedpetStrategy`, a Flower ``Strategy``
+adapter around fedpet's algorithm, codecs, validation (:class:`~fedpet.runtime.rounds.Intake`)
+and recorder. Payloads travel as one uint8 array in an ``ArrayRecord``: the exact bytes the
+codec produced, so byte counts equal the simulation's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import numpy as np
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
+
+from fedpet.algorithms import Aggregate, get_algorithm
+from fedpet.codecs import get_codec
+from fedpet.config import Config, to_dict
+from fedpet.experiment import Experiment, prepare
+from fedpet.rundir import Checkpoint
+from fedpet.runtime.recorder import Recorder
+from fedpet.runtime.rounds import ClientReply, Intake, local_update, round_record, sample_cohort
+from fedpet.state import TrainableState, extract, load_, schema
+
+PAYLOAD = "payload"
+_EXPERIMENTS: dict[str, Experiment] = {}  # per process: the backbone and data, loaded once
+
+
+def to_record(payload: bytes) -> ArrayRecord:
+    """A codec payload as an ArrayRecord of one uint8 array."""
+    return ArrayRecord({PAYLOAD: Array(np.frombuffer(payload, dtype=np.uint8))})
+
+
+def from_record(record: ArrayRecord) -> bytes:
+    """The codec payload inside an ArrayRecord made by :func:`to_record`."""
+    return bytes(record[PAYLOAD].numpy().tobytes())
+
+
+def number(value: object) -> float:
+    """A scalar read from a Config/MetricRecord (typed there as any record value)."""
+    if not isinstance(value, int | float):
+        raise TypeError(f"expected a number in the record, got {type(value).__name__}")
+    return float(value)
+
+
+def cached_experiment(cfg: Config) -> Experiment:
+    """The experiment for ``cfg`` in this process, prepared on first use."""
+    key = repr(to_dict(cfg))
+    if key not in _EXPERIMENTS:
+        _EXPERIMENTS.clear()
+        _EXPERIMENTS[key] = prepare(cfg)
+    return _EXPERIMENTS[key]
+
+
+def make_client_app(cfg: Config) -> ClientApp:
+    """A ClientApp that trains the client (partition) each train message names."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        exp = cached_experiment(cfg)
+        config = msg.content.config_records["config"]
+        round_, client = int(number(config["round"])), int(number(config["client"]))
+        payload = from_record(msg.content.array_records["arrays"])
+        received = get_codec(cfg.codec.down).decode(payload, schema(extract(exp.params)))
+        algorithm = get_algorithm(cfg.algorithm)
+        update, examples, loss = local_update(exp, algorithm, received, round_, client)
+        metrics = MetricRecord({"num-examples": examples, "loss": loss})
+        reply = to_record(get_codec(cfg.codec.up).encode(update))
+        content = RecordDict({"arrays": reply, "metrics": metrics})
+        return Message(content=content, reply_to=msg)
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        partition = int(context.node_config.get("partition-id", -1))
+        content = RecordDict({"metrics": MetricRecord({"partition-id": partition})})
+        return Message(content=content, reply_to=msg)
+
+    return app
+
+
+class FedpetStrategy(Strategy):
+    """Flower's strategy interface over fedpet's round: sampling, intake, algorithm, recorder.
+
+    Each SuperNode holds one client (its ``partition-id``); the cohort is sampled exactly as
+    in the simulation runtime and routed to the nodes holding those clients. A node that
+    does not answer, or answers with an error, is a failed client of the round.
+    """
+
+    def __init__(
+        self, exp: Experiment, recorder: Recorder, resume: Checkpoint | None = None
+    ) -> None:
+        cfg = exp.cfg
+        self.exp, self.recorder, self.cfg = exp, recorder, cfg
+        self.algorithm = get_algorithm(cfg.algorithm)
+        self.up, self.down = get_codec(cfg.codec.up), get_codec(cfg.codec.down)
+        self.global_state: TrainableState = extract(exp.params)
+        self.server_state = self.algorithm.init_server_state(self.global_state)
+        self.offset = 0
+        if resume is not None:
+            self.global_state = resume.tensors["global"]
+            self.server_state = resume.tensors.get("server", self.server_state)
+            load_(exp.params, self.global_state)
+            recorder.restore(resume)
+            self.offset = resume.round
+        self.layout = schema(self.global_state)
+        self.nodes: dict[int, int] = {}
+        self.sent: dict[int, int] = {}
+        self.intake: Intake | None = None
+        self.started = 0.0
+
+    def discover(self, grid: Grid) -> dict[int, int]:
+        """Ask every node which client it holds: client -> node id."""
+        ask = [
+            Message(content=RecordDict(), dst_node_id=node, message_type="query")
+            for node in grid.get_node_ids()
+        ]
+        nodes = {}
+        for reply in grid.send_and_receive(ask, timeout=120):
+            if not reply.has_error():
+                partition = number(reply.content.metric_records["metrics"]["partition-id"])
+                nodes[int(partition)] = reply.metadata.src_node_id
+        return nodes
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Sample the round's cohort and send each node holding one of its clients the state."""
+        if not self.nodes:
+            self.nodes = self.discover(grid)
+        round_ = server_round + self.offset
+        fed = self.cfg.federation
+        self.started = time.perf_counter()
+        cohort = sample_cohort(self.cfg.seed, round_, len(self.exp.clients), fed.clients_per_round)
+        payload = self.down.encode(self.global_state)
+        self.intake = Intake(
+            cohort.tolist(),
+            Aggregate(self.global_state, keep_updates=self.algorithm.keeps_updates),
+            self.layout,
+            fed.max_update_norm,
+        )
+        self.sent = {}
+        messages = []
+        for k in self.intake.clients:
+            if k not in self.nodes:
+                self.intake.lose("failed", k, "no node holds this client")
+                continue
+            content = RecordDict(
+                {
+                    "arrays": to_record(payload),
+                    "config": ConfigRecord({"round": round_, "client": k}),
+                }
+            )
+            messages.append(
+                Message(content=content, dst_node_id=self.nodes[k], message_type="train")
+            )
+            self.sent[self.nodes[k]] = k
+            self.intake.bytes_down += len(payload)
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Check and aggregate the replies, update the global state, evaluate and checkpoint."""
+        intake = self.intake
+        assert intake is not None, "configure_train runs first"
+        answered = set()
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            k = self.sent.get(node)
+            if k is None:
+                continue
+            answered.add(node)
+            if reply.has_error():
+                intake.lose("failed", k, f"error from node {node}: {reply.error.reason}")
+                continue
+            metrics = reply.content.metric_records["metrics"]
+            payload = from_record(reply.content.array_records["arrays"])
+            examples, loss = int(number(metrics["num-examples"])), number(metrics["loss"])
+            client_reply = ClientReply(payload, examples, loss)
+            intake.receive(k, client_reply, self.up, self.cfg.train.local_epochs)
+        for node, k in self.sent.items():
+            if node not in answered:
+                self.nodes.pop(k, None)
+                intake.lose("failed", k, f"node {node} did not answer")
+        skipped = intake.aggregate.num_clients < self.cfg.federation.min_clients_per_round
+        if not skipped:
+            self.global_state, self.server_state = self.algorithm.server_update(
+                self.global_state, self.server_state, intake.aggregate
+            )
+        load_(self.exp.params, self.global_state)
+        round_ = server_round + self.offset
+        record = round_record(round_, [intake], skipped, self.started)
+        self.recorder.end_round(record, self.global_state, {"server": self.server_state})
+        return to_record(self.down.encode(self.global_state)), MetricRecord(
+            {"aggregated": intake.aggregate.num_clients}
+        )
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """No client-side evaluation: the server evaluates the global state on validation."""
+        return []
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Nothing to aggregate (see :meth:`configure_evaluate`)."""
+        return None
+
+    def summary(self) -> None:
+        """Flower logs this when the strategy starts."""
+
+
+def make_server_app(
+    exp: Experiment, recorder: Recorder, resume: Checkpoint | None = None
+) -> ServerApp:
+    """A ServerApp running the remaining rounds of ``exp`` through :class:`FedpetStrategy`."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        strategy = FedpetStrategy(exp, recorder, resume)
+        rounds = exp.cfg.federation.rounds - strategy.offset
+        strategy.start(grid, ArrayRecord(), num_rounds=rounds, timeout=3600)
+
+    return app
+
+
+def run_flower_simulation(
+    exp: Experiment, recorder: Recorder, resume: Checkpoint | None = None
+) -> None:
+    """Run the experiment on Flower's simulation engine (Ray), one virtual node per client."""
+    from flwr.simulation import run_simulation
+
+    run_simulation(
+        server_app=make_server_app(exp, recorder, resume),
+        client_app=make_client_app(exp.cfg),
+        num_supernodes=len(exp.clients),
+        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
+    )
