@@ -89,6 +89,7 @@ class FederationConfig:
     clients_per_round: int = 10
     rounds: int = 16
     max_update_norm: float | None = None
+    round_timeout: float = 600.0
     round_deadline: float | None = None
     min_clients_per_round: int = 1
     short_round: str = "skip"
@@ -382,6 +383,7 @@ def validate(cfg: Config) -> None:
 def _validate_faults(cfg: Config) -> None:
     """Fault injection and the server's answer to it (deadline, minimum cohort, retries)."""
     f, x = cfg.federation, cfg.faults
+    _check(f.round_timeout > 0, "federation.round_timeout", f.round_timeout, "seconds > 0")
     deadline = f.round_deadline
     _check(deadline is None or deadline > 0, "federation.round_deadline", deadline, "> 0 or null")
     _check(

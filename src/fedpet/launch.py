@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,20 @@ from fedpet.runtime.centralized import run_centralized
 from fedpet.runtime.recorder import Recorder
 from fedpet.runtime.simulation import run_simulation
 
+Runner = Callable[[Experiment, Recorder], None]
+
 
 def start_run(
-    cfg: Config, out: Path, overwrite: bool = False, backbones: Backbones | None = None
+    cfg: Config,
+    out: Path,
+    overwrite: bool = False,
+    backbones: Backbones | None = None,
+    runner: Runner | None = None,
 ) -> dict[str, Any]:
-    """Check ``out``, load everything once, write the run directory, train; the summary."""
+    """Check ``out``, load everything once, write the run directory, train; the summary.
+
+    ``runner`` replaces the configured runtime (a Flower ServerApp passes its grid's).
+    """
     check_out_dir(out, overwrite)
     exp = prepare(cfg, backbones)
     run = RunDir(out)
@@ -36,7 +46,7 @@ def start_run(
     run.write_json("partition.json", report)
     with storage_errors(out):
         plot_partition(report, out)
-    return train(exp, out)
+    return train(exp, out, runner=runner)
 
 
 def run_config(out: Path) -> Config:
@@ -57,13 +67,17 @@ def total_rounds(cfg: Config) -> int:
     return cfg.train.epochs if cfg.centralized else cfg.federation.rounds
 
 
-def train(exp: Experiment, out: Path, resume: Checkpoint | None = None) -> dict[str, Any]:
+def train(
+    exp: Experiment, out: Path, resume: Checkpoint | None = None, runner: Runner | None = None
+) -> dict[str, Any]:
     """Run every round (or epoch) under a progress bar; write and return the summary."""
     cfg = exp.cfg
     unit = "epoch" if cfg.centralized else "round"
     with RoundProgress(total_rounds(cfg), exp.task.metric, unit) as bar:
         recorder = Recorder(exp, RunDir(out), on_round=bar.update)
-        if cfg.centralized:
+        if runner is not None:
+            runner(exp, recorder)
+        elif cfg.centralized:
             run_centralized(exp, recorder, resume=resume)
         elif cfg.runtime == "flower-sim":
             from fedpet.runtime.flower import run_flower_simulation  # imports Flower and Ray

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
+import yaml
 from flwr.app import (
     Array,
     ArrayRecord,
@@ -28,7 +30,8 @@ from flwr.serverapp.strategy import Strategy
 
 from fedpet.algorithms import Aggregate, get_algorithm
 from fedpet.codecs import get_codec
-from fedpet.config import Config, to_dict
+from fedpet.config import Config, build_config, resolve, to_dict
+from fedpet.errors import FedpetError
 from fedpet.experiment import Experiment, prepare
 from fedpet.rundir import Checkpoint
 from fedpet.runtime.recorder import Recorder
@@ -65,30 +68,36 @@ def cached_experiment(cfg: Config) -> Experiment:
     return _EXPERIMENTS[key]
 
 
+def train_reply(cfg: Config, msg: Message) -> Message:
+    """Train the client (partition) a train message names; reply with its encoded update."""
+    exp = cached_experiment(cfg)
+    config = msg.content.config_records["config"]
+    round_, client = int(number(config["round"])), int(number(config["client"]))
+    payload = from_record(msg.content.array_records["arrays"])
+    received = get_codec(cfg.codec.down).decode(payload, schema(extract(exp.params)))
+    algorithm = get_algorithm(cfg.algorithm)
+    update, examples, loss = local_update(exp, algorithm, received, round_, client)
+    metrics = MetricRecord({"num-examples": examples, "loss": loss})
+    reply = to_record(get_codec(cfg.codec.up).encode(update))
+    return Message(content=RecordDict({"arrays": reply, "metrics": metrics}), reply_to=msg)
+
+
+def query_reply(msg: Message, context: Context) -> Message:
+    """Tell the server which client this node holds (its ``partition-id``)."""
+    partition = int(context.node_config.get("partition-id", -1))
+    content = RecordDict({"metrics": MetricRecord({"partition-id": partition})})
+    return Message(content=content, reply_to=msg)
+
+
 def make_client_app(cfg: Config) -> ClientApp:
-    """A ClientApp that trains the client (partition) each train message names."""
+    """A ClientApp for ``cfg`` (Flower's simulation engine, where the config is in hand)."""
     app = ClientApp()
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        exp = cached_experiment(cfg)
-        config = msg.content.config_records["config"]
-        round_, client = int(number(config["round"])), int(number(config["client"]))
-        payload = from_record(msg.content.array_records["arrays"])
-        received = get_codec(cfg.codec.down).decode(payload, schema(extract(exp.params)))
-        algorithm = get_algorithm(cfg.algorithm)
-        update, examples, loss = local_update(exp, algorithm, received, round_, client)
-        metrics = MetricRecord({"num-examples": examples, "loss": loss})
-        reply = to_record(get_codec(cfg.codec.up).encode(update))
-        content = RecordDict({"arrays": reply, "metrics": metrics})
-        return Message(content=content, reply_to=msg)
+        return train_reply(cfg, msg)
 
-    @app.query()
-    def query(msg: Message, context: Context) -> Message:
-        partition = int(context.node_config.get("partition-id", -1))
-        content = RecordDict({"metrics": MetricRecord({"partition-id": partition})})
-        return Message(content=content, reply_to=msg)
-
+    app.query()(query_reply)
     return app
 
 
@@ -225,17 +234,25 @@ class FedpetStrategy(Strategy):
         """Flower logs this when the strategy starts."""
 
 
+def run_strategy(
+    exp: Experiment, recorder: Recorder, grid: Grid, resume: Checkpoint | None = None
+) -> None:
+    """Run the remaining rounds of ``exp`` on ``grid`` through :class:`FedpetStrategy`."""
+    strategy = FedpetStrategy(exp, recorder, resume)
+    rounds = exp.cfg.federation.rounds - strategy.offset
+    timeout = exp.cfg.federation.round_timeout
+    strategy.start(grid, ArrayRecord(), num_rounds=rounds, timeout=timeout)
+
+
 def make_server_app(
     exp: Experiment, recorder: Recorder, resume: Checkpoint | None = None
 ) -> ServerApp:
-    """A ServerApp running the remaining rounds of ``exp`` through :class:`FedpetStrategy`."""
+    """A ServerApp running ``exp`` (Flower's simulation engine, in this process)."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        strategy = FedpetStrategy(exp, recorder, resume)
-        rounds = exp.cfg.federation.rounds - strategy.offset
-        strategy.start(grid, ArrayRecord(), num_rounds=rounds, timeout=3600)
+        run_strategy(exp, recorder, grid, resume)
 
     return app
 
@@ -252,3 +269,36 @@ def run_flower_simulation(
         num_supernodes=len(exp.clients),
         backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
     )
+
+
+def config_from_run_config(run_config: dict[str, bool | float | int | str]) -> Config:
+    """The fedpet config a Flower run carries: YAML text under the run-config key ``fedpet``."""
+    text = str(run_config.get("fedpet", ""))
+    data = yaml.safe_load(text) if text.strip() else {}
+    if not isinstance(data, dict):
+        raise FedpetError("run config 'fedpet' must hold a fedpet config as YAML text")
+    return resolve(build_config(data))
+
+
+client_app = ClientApp()
+"""The ClientApp of ``flwr run`` deployments (``[tool.flwr.app.components]``)."""
+
+
+@client_app.train()
+def _deployed_train(msg: Message, context: Context) -> Message:
+    return train_reply(config_from_run_config(context.run_config), msg)
+
+
+client_app.query()(query_reply)
+
+server_app = ServerApp()
+"""The ServerApp of ``flwr run`` deployments: it writes the run directory ``out``."""
+
+
+@server_app.main()
+def _deployed_server(grid: Grid, context: Context) -> None:
+    from fedpet.launch import start_run
+
+    cfg = config_from_run_config(context.run_config)
+    out = Path(str(context.run_config.get("out", "runs/flower")))
+    start_run(cfg, out, overwrite=True, runner=lambda exp, rec: run_strategy(exp, rec, grid))

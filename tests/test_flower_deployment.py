@@ -1,0 +1,234 @@
+"""A real Flower deployment on 127.0.0.1: a SuperLink, two SuperNodes, TLS, ``flwr run``.
+
+Starts every process itself, ends every one of them (and what they spawned) by pid.
+"""
+
+import contextlib
+import datetime
+import ipaddress
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from safetensors.torch import load_file
+
+from fedpet.cli import main
+
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _key_and_name(common_name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Name]:
+    return ec.generate_private_key(ec.SECP256R1()), x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    )
+
+
+def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1 signed by it."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, ca_name = _key_and_name("fedpet test CA")
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key, name = _key_and_name("127.0.0.1")
+    server = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    paths = folder / "ca.crt", folder / "server.pem", folder / "server.key"
+    paths[0].write_bytes(ca.public_bytes(pem))
+    paths[1].write_bytes(server.public_bytes(pem))
+    paths[2].write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return paths
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Deployment:
+    """The processes of one test deployment; :meth:`close` ends all of them."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.env = {
+            **os.environ,
+            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+            "HF_HUB_OFFLINE": "1",
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "FLWR_HOME": str(folder / "flwr-home"),
+        }
+        self.procs: list[subprocess.Popen] = []
+        self.nodes: list[subprocess.Popen] = []
+
+    def start(self, *cmd: str, log: str) -> subprocess.Popen:
+        out = (self.folder / log).open("w")
+        proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        return proc
+
+    def close(self) -> None:
+        family = []
+        for proc in self.procs:
+            try:
+                family += [
+                    proc.pid,
+                    *(c.pid for c in psutil.Process(proc.pid).children(recursive=True)),
+                ]
+            except psutil.Error:
+                family.append(proc.pid)
+        for pid in family:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for proc in self.procs:
+            proc.wait(timeout=30)
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Iterator[Deployment]:
+    """A SuperLink with TLS and two SuperNodes holding clients 0 and 1."""
+    dep = Deployment(tmp_path)
+    ca, cert, key = make_certificates(tmp_path)
+    port = free_port()
+    (tmp_path / "flwr-home").mkdir()
+    (tmp_path / "flwr-home" / "config.toml").write_text(
+        f'[superlink]\ndefault = "test"\n\n[superlink.test]\naddress = "127.0.0.1:{port}"\n'
+        f'root-certificates = "{ca}"\n'
+    )
+    try:
+        dep.start(
+            str(BIN / "flower-superlink"),
+            "--port",
+            str(port),
+            "--ssl-ca-certfile",
+            str(ca),
+            "--ssl-certfile",
+            str(cert),
+            "--ssl-keyfile",
+            str(key),
+            log="superlink.log",
+        )
+        time.sleep(3)
+        for i in range(2):
+            node = dep.start(
+                str(BIN / "flower-supernode"),
+                "--superlink",
+                f"127.0.0.1:{port}",
+                "--root-certificates",
+                str(ca),
+                "--port",
+                str(free_port()),
+                "--node-config",
+                f"partition-id={i} num-partitions=2",
+                log=f"supernode{i}.log",
+            )
+            dep.nodes.append(node)
+        time.sleep(3)
+        yield dep
+    finally:
+        dep.close()
+
+
+def run_config(folder: Path, model: Path, rounds: int, timeout: float) -> Path:
+    path = folder / "run.toml"
+    path.write_text(
+        f'out = "{folder / "flower-run"}"\nfedpet = """\nmodel: {model}\nseed: 3\n'
+        "data: {max_train_samples: 64, max_eval_samples: 32}\n"
+        f"federation: {{clients: 2, clients_per_round: 2, rounds: {rounds}, "
+        f"round_timeout: {timeout}}}\n" + '"""\n'
+    )
+    return path
+
+
+def flwr_run(dep: Deployment, config: Path) -> subprocess.Popen:
+    return dep.start(
+        str(BIN / "flwr"),
+        "run",
+        str(REPO),
+        "test",
+        "--run-config",
+        str(config),
+        "--stream",
+        log="flwr-run.log",
+    )
+
+
+def test_tls_deployment_equals_the_simulation(
+    deployment: Deployment, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    config = run_config(tmp_path, tiny_model_dir, rounds=2, timeout=120)
+    run = flwr_run(deployment, config)
+    assert run.wait(timeout=300) == 0, (tmp_path / "flwr-run.log").read_text()[-2000:]
+    out = tmp_path / "flower-run"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds_completed"] == 2 and summary["clients_failed"] == 0
+    local = tmp_path / "local"
+    assert main(["run", "--config", str(out / "config.yaml"), "--out", str(local)]) == 0
+    a = load_file(out / "checkpoint" / "global.safetensors")
+    b = load_file(local / "checkpoint" / "global.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (
+        summary["bytes_up_total"]
+        == json.loads((local / "summary.json").read_text())["bytes_up_total"]
+    )
+
+
+def test_a_supernode_killed_mid_run_is_a_recorded_failure(
+    deployment: Deployment, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    config = run_config(tmp_path, tiny_model_dir, rounds=4, timeout=20)
+    run = flwr_run(deployment, config)
+    metrics = tmp_path / "flower-run" / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not (metrics.exists() and metrics.read_text().strip()):
+        time.sleep(0.2)
+    victim = deployment.nodes[1]
+    for child in psutil.Process(victim.pid).children(recursive=True):
+        child.kill()
+    victim.kill()
+    assert run.wait(timeout=300) == 0, (tmp_path / "flwr-run.log").read_text()[-2000:]
+    summary = json.loads((tmp_path / "flower-run" / "summary.json").read_text())
+    rows = [json.loads(x) for x in metrics.read_text().splitlines()]
+    assert summary["rounds_completed"] == 4
+    assert summary["clients_failed"] >= 1
+    assert all(r["aggregated"] >= 1 for r in rows)  # the remaining node carried every round
+    assert any(x["client"] == 1 for r in rows for x in r["failed"])
