@@ -63,3 +63,21 @@ def test_flower_simulation_equals_the_in_process_runtime(
 def test_flower_sim_refuses_centralized(capsys) -> None:
     assert main(["run", "--dry-run", "--runtime", "flower-sim", "--centralized"]) == 2
     assert "runtime = 'flower-sim' is not allowed" in capsys.readouterr().err
+
+
+def test_malformed_replies_are_refused() -> None:
+    import pytest
+    from flwr.app import Message, MetricRecord, RecordDict
+
+    from fedpet.runtime.flower import parse_reply, to_record
+
+    def reply(metrics: dict) -> Message:
+        content = RecordDict({"arrays": to_record(b"\0" * 8), "metrics": MetricRecord(metrics)})
+        return Message(content=content, dst_node_id=1, message_type="train")
+
+    good = parse_reply(reply({"num-examples": 12, "loss": 0.5}))
+    assert (good.payload, good.num_examples, good.loss) == (b"\0" * 8, 12, 0.5)
+    with pytest.raises(ValueError, match="num-examples 0 is not a positive integer"):
+        parse_reply(reply({"num-examples": 0, "loss": 0.5}))
+    with pytest.raises(KeyError):
+        parse_reply(reply({"loss": 0.5}))

@@ -36,7 +36,7 @@ from fedpet.experiment import Experiment, prepare
 from fedpet.rundir import Checkpoint
 from fedpet.runtime.recorder import Recorder
 from fedpet.runtime.rounds import ClientReply, Intake, local_update, round_record, sample_cohort
-from fedpet.state import TrainableState, extract, load_, schema
+from fedpet.state import Schema, TrainableState, extract, load_, schema
 
 PAYLOAD = "payload"
 _EXPERIMENTS: dict[str, Experiment] = {}  # per process: the backbone and data, loaded once
@@ -54,9 +54,23 @@ def from_record(record: ArrayRecord) -> bytes:
 
 def number(value: object) -> float:
     """A scalar read from a Config/MetricRecord (typed there as any record value)."""
-    if not isinstance(value, int | float):
+    if not isinstance(value, int | float) or isinstance(value, bool):
         raise TypeError(f"expected a number in the record, got {type(value).__name__}")
     return float(value)
+
+
+def parse_reply(reply: Message) -> ClientReply:
+    """A client's train reply as a :class:`ClientReply`; ValueError or KeyError if malformed.
+
+    The example count is the client's claim: it weights FedAvg (the robust algorithms
+    ignore it), so it must be a positive integer.
+    """
+    metrics = reply.content.metric_records["metrics"]
+    payload = from_record(reply.content.array_records["arrays"])
+    examples, loss = number(metrics["num-examples"]), number(metrics["loss"])
+    if examples < 1 or not examples.is_integer():
+        raise ValueError(f"num-examples {examples:g} is not a positive integer")
+    return ClientReply(payload, int(examples), loss)
 
 
 def cached_experiment(cfg: Config) -> Experiment:
@@ -74,7 +88,8 @@ def train_reply(cfg: Config, msg: Message) -> Message:
     config = msg.content.config_records["config"]
     round_, client = int(number(config["round"])), int(number(config["client"]))
     payload = from_record(msg.content.array_records["arrays"])
-    received = get_codec(cfg.codec.down).decode(payload, schema(extract(exp.params)))
+    layout: Schema = tuple((name, tuple(p.shape)) for name, p in exp.params.items())
+    received = get_codec(cfg.codec.down).decode(payload, layout)
     algorithm = get_algorithm(cfg.algorithm)
     update, examples, loss = local_update(exp, algorithm, received, round_, client)
     metrics = MetricRecord({"num-examples": examples, "loss": loss})
@@ -187,19 +202,20 @@ class FedpetStrategy(Strategy):
         intake = self.intake
         assert intake is not None, "configure_train runs first"
         answered = set()
-        for reply in replies:
+        # in cohort order, as the simulation adds them: float sums depend on the order
+        known = [r for r in replies if r.metadata.src_node_id in self.sent]
+        for reply in sorted(known, key=lambda r: self.sent[r.metadata.src_node_id]):
             node = reply.metadata.src_node_id
-            k = self.sent.get(node)
-            if k is None:
-                continue
+            k = self.sent[node]
             answered.add(node)
             if reply.has_error():
                 intake.lose("failed", k, f"error from node {node}: {reply.error.reason}")
                 continue
-            metrics = reply.content.metric_records["metrics"]
-            payload = from_record(reply.content.array_records["arrays"])
-            examples, loss = int(number(metrics["num-examples"])), number(metrics["loss"])
-            client_reply = ClientReply(payload, examples, loss)
+            try:
+                client_reply = parse_reply(reply)
+            except (KeyError, TypeError, ValueError) as exc:
+                intake.lose("rejected", k, f"malformed reply: {exc}")
+                continue
             intake.receive(k, client_reply, self.up, self.cfg.train.local_epochs)
         for node, k in self.sent.items():
             if node not in answered:
