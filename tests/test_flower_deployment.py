@@ -168,9 +168,12 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
         dep.close()
 
 
-def run_config(folder: Path, model: Path, rounds: int, timeout: float) -> Path:
-    path = folder / "run.toml"
+def run_config(
+    folder: Path, model: Path, rounds: int, timeout: float, resume: bool = False
+) -> Path:
+    path = folder / ("resume.toml" if resume else "run.toml")
     path.write_text(
+        f"resume = {str(resume).lower()}\n"
         f'out = "{folder / "flower-run"}"\nfedpet = """\nmodel: {model}\nseed: 3\n'
         "data: {max_train_samples: 64, max_eval_samples: 32}\n"
         f"federation: {{clients: 2, clients_per_round: 2, rounds: {rounds}, "
@@ -179,17 +182,20 @@ def run_config(folder: Path, model: Path, rounds: int, timeout: float) -> Path:
     return path
 
 
-def flwr_run(dep: Deployment, config: Path) -> subprocess.Popen:
+def flwr_run(dep: Deployment, config: Path, log: str = "flwr-run.log") -> subprocess.Popen:
+    flwr = str(BIN / "flwr")
     return dep.start(
-        str(BIN / "flwr"),
-        "run",
-        str(REPO),
-        "test",
-        "--run-config",
-        str(config),
-        "--stream",
-        log="flwr-run.log",
+        flwr, "run", str(REPO), "test", "--run-config", str(config), "--stream", log=log
     )
+
+
+def wait_for_rounds(metrics: Path, rounds: int, seconds: float = 240) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= rounds:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{rounds} rounds were not logged within {seconds} s")
 
 
 def test_tls_deployment_equals_the_simulation(
@@ -218,9 +224,7 @@ def test_a_supernode_killed_mid_run_is_a_recorded_failure(
     config = run_config(tmp_path, tiny_model_dir, rounds=4, timeout=20)
     run = flwr_run(deployment, config)
     metrics = tmp_path / "flower-run" / "metrics.jsonl"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and not (metrics.exists() and metrics.read_text().strip()):
-        time.sleep(0.2)
+    wait_for_rounds(metrics, 1)
     victim = deployment.nodes[1]
     for child in psutil.Process(victim.pid).children(recursive=True):
         child.kill()
@@ -232,3 +236,27 @@ def test_a_supernode_killed_mid_run_is_a_recorded_failure(
     assert summary["clients_failed"] >= 1
     assert all(r["aggregated"] >= 1 for r in rows)  # the remaining node carried every round
     assert any(x["client"] == 1 for r in rows for x in r["failed"])
+
+
+def test_a_killed_serverapp_resumes_to_the_uninterrupted_result(
+    deployment: Deployment, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    run = flwr_run(deployment, run_config(tmp_path, tiny_model_dir, rounds=4, timeout=60))
+    out = tmp_path / "flower-run"
+    wait_for_rounds(out / "metrics.jsonl", 2)
+    superlink = psutil.Process(deployment.procs[0].pid)
+    [server] = [p for p in superlink.children(recursive=True) if "flwr-serverapp" in p.name()]
+    server.kill()
+    run.wait(timeout=120)
+    assert not (out / "summary.json").exists()
+    resumed = flwr_run(
+        deployment, run_config(tmp_path, tiny_model_dir, 4, 60, resume=True), log="resume.log"
+    )
+    assert resumed.wait(timeout=300) == 0, (tmp_path / "resume.log").read_text()[-2000:]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2, 3, 4]
+    local = tmp_path / "local"
+    assert main(["run", "--config", str(out / "config.yaml"), "--out", str(local)]) == 0
+    a = load_file(out / "checkpoint" / "global.safetensors")
+    b = load_file(local / "checkpoint" / "global.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

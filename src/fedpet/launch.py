@@ -23,7 +23,7 @@ from fedpet.runtime.centralized import run_centralized
 from fedpet.runtime.recorder import Recorder
 from fedpet.runtime.simulation import run_simulation
 
-Runner = Callable[[Experiment, Recorder], None]
+Runner = Callable[[Experiment, Recorder, Checkpoint | None], None]
 
 
 def start_run(
@@ -54,12 +54,14 @@ def run_config(out: Path) -> Config:
     return build_config(load_yaml(out / "config.yaml"))
 
 
-def resume_run(out: Path, backbones: Backbones | None = None) -> dict[str, Any]:
+def resume_run(
+    out: Path, backbones: Backbones | None = None, runner: Runner | None = None
+) -> dict[str, Any]:
     """Continue the run in ``out`` after its last checkpointed round; the summary."""
     cfg = run_config(out)
     checkpoint = load_checkpoint(out)
     keep_metrics(out, checkpoint.round)
-    return train(prepare(cfg, backbones), out, resume=checkpoint)
+    return train(prepare(cfg, backbones), out, resume=checkpoint, runner=runner)
 
 
 def total_rounds(cfg: Config) -> int:
@@ -76,7 +78,7 @@ def train(
     with RoundProgress(total_rounds(cfg), exp.task.metric, unit) as bar:
         recorder = Recorder(exp, RunDir(out), on_round=bar.update)
         if runner is not None:
-            runner(exp, recorder)
+            runner(exp, recorder, resume)
         elif cfg.centralized:
             run_centralized(exp, recorder, resume=resume)
         elif cfg.runtime == "flower-sim":

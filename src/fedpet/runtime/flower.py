@@ -308,13 +308,23 @@ def _deployed_train(msg: Message, context: Context) -> Message:
 client_app.query()(query_reply)
 
 server_app = ServerApp()
-"""The ServerApp of ``flwr run`` deployments: it writes the run directory ``out``."""
+"""The ServerApp of ``flwr run`` deployments: it writes the run directory ``out``.
+
+With the run-config value ``resume = true`` and a checkpoint in ``out``, it continues that
+run (with the config saved there) after its last complete round.
+"""
 
 
 @server_app.main()
 def _deployed_server(grid: Grid, context: Context) -> None:
-    from fedpet.launch import start_run
+    from fedpet.launch import resume_run, start_run
 
-    cfg = config_from_run_config(context.run_config)
     out = Path(str(context.run_config.get("out", "runs/flower")))
-    start_run(cfg, out, overwrite=True, runner=lambda exp, rec: run_strategy(exp, rec, grid))
+
+    def runner(exp: Experiment, recorder: Recorder, resume: Checkpoint | None) -> None:
+        run_strategy(exp, recorder, grid, resume)
+
+    if context.run_config.get("resume") and (out / "checkpoint" / "state.json").exists():
+        resume_run(out, runner=runner)
+    else:
+        start_run(config_from_run_config(context.run_config), out, overwrite=True, runner=runner)
