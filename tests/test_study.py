@@ -195,3 +195,33 @@ def test_set_overrides_the_base_of_a_preset(tmp_path: Path, capsys) -> None:
     assert main(argv) == 2
     assert "study run method=full,alpha=0.1: federation.rounds = 0" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_report_of_a_single_run(tiny_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    argv = [
+        "run",
+        "--model",
+        str(tiny_model_dir),
+        "--out",
+        str(out),
+        "--max-train-samples",
+        "48",
+        "--clients",
+        "4",
+        "--clients-per-round",
+        "2",
+        "--rounds",
+        "2",
+        "--partition",
+        "iid",
+        "--set",
+        "data.max_eval_samples=32",
+    ]
+    assert main(argv) == 0
+    assert main(["report", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    assert report.startswith("# Run report")
+    assert f"| iid | {100 * summary['test_metric']:.2f} ± 0.00 |" in report
+    assert (out / "convergence.png").read_bytes()[:4] == b"\x89PNG"

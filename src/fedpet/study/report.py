@@ -11,7 +11,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from fedpet.rundir import atomic_write
-from fedpet.study.results import mean_std, relative_to_baseline, run_row
+from fedpet.study.results import data_setting, mean_std, relative_to_baseline, run_row
 from fedpet.study.spec import PlannedRun
 
 PLOTS = {
@@ -44,7 +44,7 @@ def _pct(x: float) -> str:
 def render_markdown(results: pd.DataFrame, plots: list[str]) -> str:
     """The report: per task a table of settings x methods, then communication, then plots."""
     done = results[results["status"] == "done"]
-    lines = ["# Study report", ""]
+    lines = ["# Study report" if len(results) > 1 else "# Run report", ""]
     counts = results["status"].value_counts().to_dict()
     lines.append(
         f"{len(results)} runs planned: {counts.get('done', 0)} done, "
@@ -188,7 +188,7 @@ def _curves(runs: list[Entry], done: pd.DataFrame) -> dict[tuple[str, str], dict
                 "mb": pd.Series([r["bytes_up"] + r["bytes_down"] for r in rows]).cumsum() / 1e6,
             }
         )
-        key = (cfg.data.task, f"alpha={cfg.data.alpha:g}")
+        key = (cfg.data.task, data_setting(cfg))
         curves.setdefault(key, {}).setdefault(cfg.method.name, []).append(frame)
     return {
         key: {m: pd.concat(fs).groupby("round").mean() for m, fs in methods.items()}

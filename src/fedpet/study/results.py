@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from fedpet.config import Config
 from fedpet.study.spec import SHORT_NAMES, PlannedRun
 
 FIGURES = (
@@ -35,6 +36,18 @@ def short(field: str) -> str:
     return SHORT_NAMES.get(field, field.rsplit(".", 1)[-1])
 
 
+ALPHA_PARTITIONS = ("dirichlet", "dirichlet-classwise", "quantity")
+
+
+def data_setting(cfg: Config) -> str:
+    """How a run's data is spread: ``centralized``, ``alpha=x`` or the partition's name."""
+    if cfg.centralized:
+        return "centralized"
+    if cfg.data.partition in ALPHA_PARTITIONS:
+        return f"alpha={cfg.data.alpha:g}"
+    return cfg.data.partition
+
+
 def run_row(run: PlannedRun, run_dir: Path) -> dict[str, Any]:
     """One row of ``results.csv``: the run's grid values, setting and figures (if finished)."""
     cfg = run.config
@@ -42,7 +55,7 @@ def run_row(run: PlannedRun, run_dir: Path) -> dict[str, Any]:
         "run": run.name,
         "task": cfg.data.task,
         "method": cfg.method.name,
-        "setting": "centralized" if cfg.centralized else f"alpha={cfg.data.alpha:g}",
+        "setting": data_setting(cfg),
         "alpha": None if cfg.centralized else cfg.data.alpha,
         "seed": cfg.seed,
     }
