@@ -81,3 +81,27 @@ def test_malformed_replies_are_refused() -> None:
         parse_reply(reply({"num-examples": 0, "loss": 0.5}))
     with pytest.raises(KeyError):
         parse_reply(reply({"loss": 0.5}))
+
+
+def test_flower_sim_resumes_after_its_last_checkpoint(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import yaml
+
+    flower, local = tmp_path / "flower", tmp_path / "local"
+    base = _argv(tiny_model_dir, flower, "--runtime", "flower-sim")
+    assert main(base) == 0  # rounds 1-2; then it is as if the run had stopped there
+    config = yaml.safe_load((flower / "config.yaml").read_text())
+    config["federation"]["rounds"] = 4
+    (flower / "config.yaml").write_text(yaml.safe_dump(config))
+    (flower / "summary.json").unlink()
+    assert main(["run", "--resume", str(flower)]) == 0  # rounds 3-4 on Flower again
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(_argv(tiny_model_dir, local, "--rounds", "4")) == 0
+    finally:
+        torch.set_num_threads(threads)
+    a = load_file(flower / "checkpoint" / "global.safetensors")
+    b = load_file(local / "checkpoint" / "global.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["round"] for r in _metrics(flower)] == [1, 2, 3, 4]
+    assert _metrics(flower) == _metrics(local)
