@@ -142,33 +142,46 @@ class FedpetStrategy(Strategy):
             self.offset = resume.round
         self.layout = schema(self.global_state)
         self.nodes: dict[int, int] = {}
+        self.unresponsive: set[int] = set()
         self.sent: dict[int, int] = {}
         self.intake: Intake | None = None
         self.started = 0.0
 
-    def discover(self, grid: Grid) -> dict[int, int]:
-        """Ask every node which client it holds: client -> node id."""
-        ask = [
-            Message(content=RecordDict(), dst_node_id=node, message_type="query")
-            for node in grid.get_node_ids()
-        ]
-        nodes = {}
-        for reply in grid.send_and_receive(ask, timeout=120):
-            if not reply.has_error():
-                partition = number(reply.content.metric_records["metrics"]["partition-id"])
-                nodes[int(partition)] = reply.metadata.src_node_id
-        return nodes
+    def discover(self, grid: Grid, patience: float = 60.0) -> None:
+        """Ask the nodes not mapped yet which client they hold (client -> node id).
+
+        Nodes still starting answer with an error at first: they are asked again each
+        second for up to ``patience`` seconds. A node that stopped answering during training
+        is not asked again.
+        """
+        deadline = time.monotonic() + patience
+        while True:
+            mapped = set(self.nodes.values()) | self.unresponsive
+            ask = [
+                Message(content=RecordDict(), dst_node_id=node, message_type="query")
+                for node in grid.get_node_ids()
+                if node not in mapped
+            ]
+            if not ask:
+                return
+            for reply in grid.send_and_receive(ask, timeout=patience):
+                if not reply.has_error():
+                    partition = number(reply.content.metric_records["metrics"]["partition-id"])
+                    self.nodes[int(partition)] = reply.metadata.src_node_id
+            if len(self.nodes) >= len(self.exp.clients) or time.monotonic() > deadline:
+                return
+            time.sleep(1.0)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Sample the round's cohort and send each node holding one of its clients the state."""
-        if not self.nodes:
-            self.nodes = self.discover(grid)
         round_ = server_round + self.offset
         fed = self.cfg.federation
         self.started = time.perf_counter()
         cohort = sample_cohort(self.cfg.seed, round_, len(self.exp.clients), fed.clients_per_round)
+        if any(k not in self.nodes for k in cohort.tolist()):
+            self.discover(grid)
         payload = self.down.encode(self.global_state)
         self.intake = Intake(
             cohort.tolist(),
@@ -220,6 +233,7 @@ class FedpetStrategy(Strategy):
         for node, k in self.sent.items():
             if node not in answered:
                 self.nodes.pop(k, None)
+                self.unresponsive.add(node)
                 intake.lose("failed", k, f"node {node} did not answer")
         skipped = intake.aggregate.num_clients < self.cfg.federation.min_clients_per_round
         if not skipped:
