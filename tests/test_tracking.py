@@ -52,6 +52,7 @@ def test_mlflow_gets_params_metrics_and_files(
     import mlflow
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)  # MLflow puts artifacts in ./mlruns: keep them out of the repo
     out = tmp_path / "run"
     _run(tiny_model_dir, out, "mlflow")
     client = mlflow.MlflowClient()
