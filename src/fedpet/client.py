@@ -105,6 +105,7 @@ class LocalTraining:
         self.train, self.hook = train, hook
         torch.manual_seed(seed)
         self.rng = np.random.default_rng(seed)
+        self.epochs = epochs
         self.steps = epochs * math.ceil(len(indices) / train.batch_size)
         self.optimizer, self.scheduler = make_optimizer(params, head_names, train, self.steps)
         self.optimizer.zero_grad(set_to_none=True)  # a crashed client may have left gradients
@@ -125,6 +126,13 @@ class LocalTraining:
         )
         self.epoch += 1
         return loss
+
+    def run(self) -> TrainResult:
+        """Train the remaining epochs; the trained state, examples and mean task loss."""
+        done = self.epoch
+        loss = sum(self.run_epoch() for _ in range(done, self.epochs))
+        mean = loss / ((self.epochs - done) * len(self.indices))
+        return TrainResult(extract(self.params), len(self.indices), mean, self.steps)
 
     def snapshot(self) -> tuple[TrainableState, dict[str, Any]]:
         """Tensors (optimizer state, torch RNG) and JSON data (the rest) to restore from."""
@@ -157,23 +165,6 @@ class LocalTraining:
         self.rng.bit_generator.state = meta["rng_numpy"]
         torch.set_rng_state(tensors["rng.torch"])
         self.epoch = int(meta["epoch"])
-
-
-def local_train(
-    model: nn.Module,
-    params: dict[str, nn.Parameter],
-    head_names: set[str],
-    data: Encoded,
-    indices: np.ndarray,
-    train: TrainConfig,
-    hook: ClientHook,
-    seed: int,
-    epochs: int,
-) -> TrainResult:
-    """Train the shared model from its current state on ``indices`` for ``epochs`` epochs."""
-    session = LocalTraining(model, params, head_names, data, indices, train, hook, seed, epochs)
-    loss = sum(session.run_epoch() for _ in range(epochs))
-    return TrainResult(extract(params), len(indices), loss / (epochs * len(indices)), session.steps)
 
 
 @torch.inference_mode()

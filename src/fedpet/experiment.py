@@ -9,7 +9,7 @@ import numpy as np
 from torch import nn
 
 from fedpet.algorithms.base import ClientHook
-from fedpet.client import TrainResult, local_train
+from fedpet.client import LocalTraining, TrainResult
 from fedpet.config import Config
 from fedpet.data.batching import Encoded, encode
 from fedpet.data.partition import PartitionSpec, partition
@@ -57,7 +57,7 @@ class Experiment:
     ) -> TrainResult:
         """Switch the shared model to ``start`` (in place) and train ``client`` on its data."""
         load_(self.params, start)
-        return local_train(
+        return LocalTraining(
             self.model,
             self.params,
             self.head_names,
@@ -67,7 +67,7 @@ class Experiment:
             hook,
             seed,
             self.cfg.train.local_epochs,
-        )
+        ).run()
 
 
 def subsample(task: Task, cfg: Config) -> Task:
