@@ -35,8 +35,15 @@ from fedpet.errors import FedpetError
 from fedpet.experiment import Experiment, prepare
 from fedpet.rundir import Checkpoint
 from fedpet.runtime.recorder import Recorder
-from fedpet.runtime.rounds import ClientReply, Intake, local_update, round_record, sample_cohort
-from fedpet.state import Schema, TrainableState, extract, load_, schema
+from fedpet.runtime.rounds import (
+    ClientReply,
+    Intake,
+    local_update,
+    round_record,
+    sample_cohort,
+    starting_state,
+)
+from fedpet.state import Schema, load_, schema
 
 PAYLOAD = "payload"
 _EXPERIMENTS: dict[str, Experiment] = {}  # per process: the backbone and data, loaded once
@@ -131,15 +138,9 @@ class FedpetStrategy(Strategy):
         self.exp, self.recorder, self.cfg = exp, recorder, cfg
         self.algorithm = get_algorithm(cfg.algorithm)
         self.up, self.down = get_codec(cfg.codec.up), get_codec(cfg.codec.down)
-        self.global_state: TrainableState = extract(exp.params)
-        self.server_state = self.algorithm.init_server_state(self.global_state)
-        self.offset = 0
-        if resume is not None:
-            self.global_state = resume.tensors["global"]
-            self.server_state = resume.tensors.get("server", self.server_state)
-            load_(exp.params, self.global_state)
-            recorder.restore(resume)
-            self.offset = resume.round
+        self.global_state, self.server_state, self.offset = starting_state(
+            exp, self.algorithm, recorder, resume
+        )
         self.layout = schema(self.global_state)
         self.nodes: dict[int, int] = {}
         self.unresponsive: set[int] = set()

@@ -15,9 +15,10 @@ import numpy as np
 from fedpet.algorithms import Aggregate, Algorithm, ClientHook
 from fedpet.codecs import Codec
 from fedpet.experiment import Experiment
-from fedpet.runtime.recorder import RoundRecord
+from fedpet.rundir import Checkpoint
+from fedpet.runtime.recorder import Recorder, RoundRecord
 from fedpet.seeding import derive_seed
-from fedpet.state import Schema, TrainableState, subtract
+from fedpet.state import Schema, TrainableState, extract, load_, subtract
 from fedpet.validation import receive_update
 
 
@@ -31,6 +32,25 @@ def sample_cohort(
     keys = (round_,) if attempt == 0 else (round_, attempt)
     rng = np.random.default_rng(derive_seed(seed, "sampling", *keys))
     return np.sort(rng.choice(num_clients, size=per_round, replace=False))
+
+
+def starting_state(
+    exp: Experiment, algorithm: Algorithm, recorder: Recorder, resume: Checkpoint | None
+) -> tuple[TrainableState, TrainableState, int]:
+    """Global state, server state and rounds done when the server starts.
+
+    Fresh: the model's initial trainable state and the algorithm's initial server state.
+    With ``resume``: the checkpoint's states (loaded into the model) and round, with the
+    recorder restored to it.
+    """
+    if resume is None:
+        global_state = extract(exp.params)
+        return global_state, algorithm.init_server_state(global_state), 0
+    global_state = resume.tensors["global"]
+    server_state = resume.tensors.get("server") or algorithm.init_server_state(global_state)
+    load_(exp.params, global_state)
+    recorder.restore(resume)
+    return global_state, server_state, resume.round
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,9 @@ from fedpet.runtime.rounds import (
     local_update,
     round_record,
     sample_cohort,
+    starting_state,
 )
-from fedpet.state import Schema, TrainableState, extract, load_, schema
+from fedpet.state import Schema, TrainableState, load_, schema
 
 
 def run_attempt(
@@ -83,18 +84,10 @@ def run_simulation(exp: Experiment, recorder: Recorder, resume: Checkpoint | Non
     fed = cfg.federation
     algorithm = get_algorithm(cfg.algorithm)
     codecs = (get_codec(cfg.codec.up), get_codec(cfg.codec.down))
-    global_state = extract(exp.params)
-    server_state = algorithm.init_server_state(global_state)
-    first = 1
-    if resume is not None:
-        global_state = resume.tensors["global"]
-        server_state = resume.tensors.get("server", server_state)
-        load_(exp.params, global_state)
-        recorder.restore(resume)
-        first = resume.round + 1
+    global_state, server_state, done = starting_state(exp, algorithm, recorder, resume)
     layout = schema(global_state)
     tries = 1 + (fed.max_retries if fed.short_round == "retry" else 0)
-    for rnd in range(first, fed.rounds + 1):
+    for rnd in range(done + 1, fed.rounds + 1):
         start = time.perf_counter()
         attempts: list[Intake] = []
         while len(attempts) < tries:
