@@ -89,3 +89,22 @@ def test_default_clients_per_round_caps_at_the_number_of_clients() -> None:
     assert build_config({}, [("federation.clients", 40)]).federation.clients_per_round == 10
     with pytest.raises(FedpetError, match=r"federation\.clients_per_round = 5"):
         build_config({}, [("federation.clients", 4), ("federation.clients_per_round", 5)])
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ([], "runtime = 'simulation' is not allowed: with secagg.enabled, a Flower runtime"),
+        ([("algorithm.name", "median")], "algorithm.name = 'median' is not allowed"),
+        ([("federation.max_update_norm", 1.0)], "federation.max_update_norm = 1.0 is not"),
+        ([("federation.clients_per_round", 1)], "at least 2 with secagg.enabled"),
+        ([("secagg.shares", 0)], "secagg.shares = 0.0 is not allowed"),
+    ],
+)
+def test_secure_aggregation_refuses_what_needs_single_updates(overrides, message) -> None:
+    base = [("secagg.enabled", True)]
+    if overrides:
+        base.append(("runtime", "flower-sim"))
+    with pytest.raises(FedpetError, match=message):
+        build_config({}, base + overrides)
+    build_config({}, [*base, ("runtime", "flower-sim")])  # fedavg on Flower is allowed

@@ -105,3 +105,30 @@ def test_flower_sim_resumes_after_its_last_checkpoint(tiny_model_dir: Path, tmp_
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [r["round"] for r in _metrics(flower)] == [1, 2, 3, 4]
     assert _metrics(flower) == _metrics(local)
+
+
+def test_secure_aggregation_matches_fedavg_within_its_quantization(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    secure, plain = tmp_path / "secure", tmp_path / "plain"
+    flags = ("--rounds", "1", "--runtime", "flower-sim")
+    assert main(_argv(tiny_model_dir, secure, *flags, "--secure-aggregation")) == 0
+    assert main(_argv(tiny_model_dir, plain, *flags)) == 0
+    a = load_file(secure / "checkpoint" / "global.safetensors")
+    b = load_file(plain / "checkpoint" / "global.safetensors")
+    # each client's update, scaled by n_k / max n, is clipped to +-8 and stochastically
+    # rounded to 2**22 levels: the unmasked mean is off by < 2 clients x 16 / 2**22
+    diff = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert 0 < diff < 2 * 16 / 2**22
+    [row], [plain_row] = _metrics(secure), _metrics(plain)
+    assert row["aggregated"] == 2 and row["clients"] == plain_row["clients"]
+    assert row["train_loss"] == plain_row["train_loss"]  # same local training
+    # the upload is masked int64 vectors plus the key exchange, more than 2x the fp32 payload
+    assert row["bytes_up"] > 2 * plain_row["bytes_up"]
+
+
+def test_a_deployment_config_runs_only_under_flwr_run(capsys) -> None:
+    assert main(["run", "--dry-run", "--runtime", "flower"]) == 0
+    assert main(["run", "--runtime", "flower", "--out", "/nonexistent/x"]) == 2
+    err = capsys.readouterr().err
+    assert "runtime = 'flower' is a Flower deployment: start or resume it" in err

@@ -169,17 +169,30 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
 
 
 def run_config(
-    folder: Path, model: Path, rounds: int, timeout: float, resume: bool = False
+    folder: Path,
+    model: Path,
+    rounds: int,
+    timeout: float,
+    resume: bool = False,
+    secure: bool = False,
 ) -> Path:
     path = folder / ("resume.toml" if resume else "run.toml")
     path.write_text(
         f"resume = {str(resume).lower()}\n"
         f'out = "{folder / "flower-run"}"\nfedpet = """\nmodel: {model}\nseed: 3\n'
         "data: {max_train_samples: 64, max_eval_samples: 32}\n"
+        f"secagg: {{enabled: {str(secure).lower()}}}\n"
         f"federation: {{clients: 2, clients_per_round: 2, rounds: {rounds}, "
         f"round_timeout: {timeout}}}\n" + '"""\n'
     )
     return path
+
+
+def in_process(out: Path, local: Path) -> dict[str, torch.Tensor]:
+    """Rerun a deployment's config with the in-process runtime; its final global state."""
+    argv = ["run", "--config", str(out / "config.yaml"), "--out", str(local)]
+    assert main([*argv, "--runtime", "simulation", "--set", "secagg.enabled=false"]) == 0
+    return load_file(local / "checkpoint" / "global.safetensors")
 
 
 def flwr_run(dep: Deployment, config: Path, log: str = "flwr-run.log") -> subprocess.Popen:
@@ -207,15 +220,31 @@ def test_tls_deployment_equals_the_simulation(
     out = tmp_path / "flower-run"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rounds_completed"] == 2 and summary["clients_failed"] == 0
-    local = tmp_path / "local"
-    assert main(["run", "--config", str(out / "config.yaml"), "--out", str(local)]) == 0
     a = load_file(out / "checkpoint" / "global.safetensors")
-    b = load_file(local / "checkpoint" / "global.safetensors")
+    b = in_process(out, tmp_path / "local")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert (
-        summary["bytes_up_total"]
-        == json.loads((local / "summary.json").read_text())["bytes_up_total"]
-    )
+    local_summary = json.loads((tmp_path / "local" / "summary.json").read_text())
+    assert summary["bytes_up_total"] == local_summary["bytes_up_total"]
+
+
+def test_secure_aggregation_over_tls_matches_fedavg_within_quantization(
+    deployment: Deployment, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    config = run_config(tmp_path, tiny_model_dir, rounds=1, timeout=120, secure=True)
+    run = flwr_run(deployment, config)
+    assert run.wait(timeout=300) == 0, (tmp_path / "flwr-run.log").read_text()[-2000:]
+    out = tmp_path / "flower-run"
+    [row] = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert row["aggregated"] == 2 and row["failed"] == row["rejected"] == []
+    a = load_file(out / "checkpoint" / "global.safetensors")
+    b = in_process(out, tmp_path / "local")
+    # each client's value is scaled by n_k / max n, clipped to +-8 and stochastically
+    # rounded to 2**22 levels: the unmasked mean is off by < 2 clients x 16 / 2**22
+    bound = 2 * 16 / 2**22
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < bound
+    assert not all(torch.equal(a[k], b[k]) for k in a)  # the quantized path really ran
+    trainable = json.loads((out / "summary.json").read_text())["trainable_params"]
+    assert row["bytes_up"] > 2 * 8 * trainable  # int64 masked vectors plus key exchange
 
 
 def test_a_supernode_killed_mid_run_is_a_recorded_failure(
@@ -255,8 +284,6 @@ def test_a_killed_serverapp_resumes_to_the_uninterrupted_result(
     assert resumed.wait(timeout=300) == 0, (tmp_path / "resume.log").read_text()[-2000:]
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2, 3, 4]
-    local = tmp_path / "local"
-    assert main(["run", "--config", str(out / "config.yaml"), "--out", str(local)]) == 0
     a = load_file(out / "checkpoint" / "global.safetensors")
-    b = load_file(local / "checkpoint" / "global.safetensors")
+    b = in_process(out, tmp_path / "local")
     assert all(torch.equal(a[k], b[k]) for k in a)

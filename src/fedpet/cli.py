@@ -72,6 +72,10 @@ RUN_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
         "runtime",
         {"help": "simulation (default, in process) or flower-sim (Flower's Ray engine)"},
     ),
+    "--secure-aggregation": (
+        "secagg.enabled",
+        {"action": "store_true", "help": "Flower's SecAgg+: the server sees only the sum"},
+    ),
     "--seed": ("seed", {"type": int, "help": "seed of every random choice (0)"}),
     "--epochs": ("train.epochs", {"type": int, "help": "epochs of --centralized training (1)"}),
     "--out": ("out", {"help": "run directory (default runs/<task>-<method>-<time>)"}),

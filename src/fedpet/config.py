@@ -24,6 +24,10 @@ from fedpet.errors import FedpetError
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
 
+RUNTIMES = ("simulation", "flower-sim", "flower")
+"""In process; Flower's simulation engine; a Flower deployment, started with ``flwr run``."""
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Which task, how it is tokenized, subsampled and partitioned across clients."""
@@ -130,6 +134,22 @@ class CodecConfig:
 
 
 @dataclass(frozen=True)
+class SecAggConfig:
+    """Secure aggregation with Flower's SecAgg+: the server learns only the cohort's sum.
+
+    Each client scales its update by its example count, clips every value to
+    ``[-clipping_range, clipping_range]`` and quantizes it to 2**22 levels before masking.
+    ``shares`` is the fraction of the cohort each client shares its mask secrets with, and
+    ``threshold`` the fraction of those shares needed to unmask a client that dropped out.
+    """
+
+    enabled: bool = False
+    clipping_range: float = 8.0
+    shares: float = 1.0
+    threshold: float = 0.5
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole run; ``config.yaml`` in a run directory is this, resolved."""
 
@@ -147,6 +167,7 @@ class Config:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
@@ -323,7 +344,7 @@ def validate(cfg: Config) -> None:
     _choice("codec.up", cfg.codec.up, CODECS)
     _choice("codec.down", cfg.codec.down, CODECS)
     _choice("pooling", cfg.pooling, ("auto", "mean", "cls"))
-    _choice("runtime", cfg.runtime, ("simulation", "flower-sim"))
+    _choice("runtime", cfg.runtime, RUNTIMES)
     _check(
         not (cfg.centralized and cfg.runtime != "simulation"),
         "runtime",
@@ -378,6 +399,32 @@ def validate(cfg: Config) -> None:
     trim = cfg.algorithm.trim_fraction
     _check(0 <= trim < 0.5, "algorithm.trim_fraction", trim, "a number in [0, 0.5)")
     _validate_faults(cfg)
+    _validate_secagg(cfg)
+
+
+def _validate_secagg(cfg: Config) -> None:
+    """Secure aggregation's options, and what it rules out: the server never sees an update."""
+    from fedpet.algorithms import get_algorithm
+
+    s = cfg.secagg
+    _check(s.clipping_range > 0, "secagg.clipping_range", s.clipping_range, "a number > 0")
+    _check(0 < s.shares <= 1, "secagg.shares", s.shares, "a fraction of the cohort in (0, 1]")
+    _check(0 < s.threshold <= 1, "secagg.threshold", s.threshold, "a fraction in (0, 1]")
+    if not s.enabled:
+        return
+    flower = "a Flower runtime: --runtime flower-sim, or a deployment through flwr run"
+    _check(cfg.runtime != "simulation", "runtime", cfg.runtime, f"with secagg.enabled, {flower}")
+    _check(
+        not get_algorithm(cfg.algorithm).keeps_updates,
+        "algorithm.name",
+        cfg.algorithm.name,
+        "with secagg.enabled, an algorithm that needs only the weighted sum (fedavg)",
+    )
+    mun = cfg.federation.max_update_norm
+    _check(mun is None, "federation.max_update_norm", mun, "null with secagg.enabled")
+    _check(cfg.codec.up == "fp32", "codec.up", cfg.codec.up, "fp32 with secagg.enabled")
+    cpr = cfg.federation.clients_per_round
+    _check(cpr >= 2, "federation.clients_per_round", cpr, "at least 2 with secagg.enabled")
 
 
 def _validate_faults(cfg: Config) -> None:

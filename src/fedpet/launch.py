@@ -8,6 +8,7 @@ from typing import Any
 
 from fedpet.config import Config, build_config, load_yaml
 from fedpet.data.describe import describe_partition, plot_partition
+from fedpet.errors import FedpetError
 from fedpet.experiment import Experiment, prepare
 from fedpet.model import Backbones
 from fedpet.progress import RoundProgress
@@ -37,6 +38,7 @@ def start_run(
 
     ``runner`` replaces the configured runtime (a Flower ServerApp passes its grid's).
     """
+    check_runner(cfg, runner)
     check_out_dir(out, overwrite)
     exp = prepare(cfg, backbones)
     run = RunDir(out)
@@ -49,6 +51,15 @@ def start_run(
     return train(exp, out, runner=runner)
 
 
+def check_runner(cfg: Config, runner: Runner | None) -> None:
+    """A deployment (``runtime: flower``) runs only in the ServerApp ``flwr run`` starts."""
+    if cfg.runtime == "flower" and runner is None:
+        raise FedpetError(
+            "runtime = 'flower' is a Flower deployment: start or resume it with flwr run "
+            "(README, Across machines), or use --runtime simulation or flower-sim"
+        )
+
+
 def run_config(out: Path) -> Config:
     """The config a run directory was started with."""
     return build_config(load_yaml(out / "config.yaml"))
@@ -59,6 +70,7 @@ def resume_run(
 ) -> dict[str, Any]:
     """Continue the run in ``out`` after its last checkpointed round; the summary."""
     cfg = run_config(out)
+    check_runner(cfg, runner)
     checkpoint = load_checkpoint(out)
     keep_metrics(out, checkpoint.round)
     return train(prepare(cfg, backbones), out, resume=checkpoint, runner=runner)

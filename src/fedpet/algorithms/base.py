@@ -57,6 +57,13 @@ class Aggregate:
         if self.keep_updates:
             self.updates.append(delta)
 
+    def add_mean(self, mean: TrainableState, total_weight: float, num_clients: int) -> None:
+        """Fold in the weighted mean of several updates, all that secure aggregation reveals."""
+        for name, acc in self.weighted_sum.items():
+            acc.add_(mean[name], alpha=total_weight)
+        self.total_weight += total_weight
+        self.num_clients += num_clients
+
     def stacked(self) -> dict[str, torch.Tensor]:
         """Per tensor name, the kept updates stacked along a new first (client) dimension."""
         if not self.updates:

@@ -43,7 +43,14 @@ from fedpet.runtime.rounds import (
     sample_cohort,
     starting_state,
 )
-from fedpet.state import Schema, load_, schema
+from fedpet.runtime.secagg import (
+    is_secure,
+    masked_reply,
+    read_instructions,
+    secure_mod,
+    secure_round,
+)
+from fedpet.state import Schema, TrainableState, load_, schema
 
 PAYLOAD = "payload"
 _EXPERIMENTS: dict[str, Experiment] = {}  # per process: the backbone and data, loaded once
@@ -89,16 +96,28 @@ def cached_experiment(cfg: Config) -> Experiment:
     return _EXPERIMENTS[key]
 
 
-def train_reply(cfg: Config, msg: Message) -> Message:
-    """Train the client (partition) a train message names; reply with its encoded update."""
+def client_update(
+    cfg: Config, payload: bytes, round_: int, client: int
+) -> tuple[TrainableState, int, float]:
+    """Train ``client`` from the received global-state payload: its update, examples, loss."""
     exp = cached_experiment(cfg)
+    layout: Schema = tuple((name, tuple(p.shape)) for name, p in exp.params.items())
+    received = get_codec(cfg.codec.down).decode(payload, layout)
+    return local_update(exp, get_algorithm(cfg.algorithm), received, round_, client)
+
+
+def train_reply(cfg: Config, msg: Message) -> Message:
+    """Train the client (partition) a train message names; reply with its encoded update.
+
+    In a secure round the reply goes through Flower's SecAgg+ mod, which masks it.
+    """
+    if is_secure(msg):
+        payload, round_, client = read_instructions(msg)
+        return masked_reply(msg, *client_update(cfg, payload, round_, client))
     config = msg.content.config_records["config"]
     round_, client = int(number(config["round"])), int(number(config["client"]))
     payload = from_record(msg.content.array_records["arrays"])
-    layout: Schema = tuple((name, tuple(p.shape)) for name, p in exp.params.items())
-    received = get_codec(cfg.codec.down).decode(payload, layout)
-    algorithm = get_algorithm(cfg.algorithm)
-    update, examples, loss = local_update(exp, algorithm, received, round_, client)
+    update, examples, loss = client_update(cfg, payload, round_, client)
     metrics = MetricRecord({"num-examples": examples, "loss": loss})
     reply = to_record(get_codec(cfg.codec.up).encode(update))
     return Message(content=RecordDict({"arrays": reply, "metrics": metrics}), reply_to=msg)
@@ -113,7 +132,7 @@ def query_reply(msg: Message, context: Context) -> Message:
 
 def make_client_app(cfg: Config) -> ClientApp:
     """A ClientApp for ``cfg`` (Flower's simulation engine, where the config is in hand)."""
-    app = ClientApp()
+    app = ClientApp(mods=[secure_mod])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
@@ -184,30 +203,80 @@ class FedpetStrategy(Strategy):
         if any(k not in self.nodes for k in cohort.tolist()):
             self.discover(grid)
         payload = self.down.encode(self.global_state)
-        self.intake = Intake(
+        intake = Intake(
             cohort.tolist(),
             Aggregate(self.global_state, keep_updates=self.algorithm.keeps_updates),
             self.layout,
             fed.max_update_norm,
         )
-        self.sent = {}
-        messages = []
-        for k in self.intake.clients:
-            if k not in self.nodes:
-                self.intake.lose("failed", k, "no node holds this client")
-                continue
-            content = RecordDict(
-                {
-                    "arrays": to_record(payload),
-                    "config": ConfigRecord({"round": round_, "client": k}),
-                }
+        self.intake, self.sent = intake, {}
+        targets: dict[int, int] = {}  # node -> client
+        for k in intake.clients:
+            if k in self.nodes:
+                targets[self.nodes[k]] = k
+            else:
+                intake.lose("failed", k, "no node holds this client")
+        if self.cfg.secagg.enabled:
+            self.secure_round(grid, round_, payload, targets)
+            return []
+        self.sent = targets
+        intake.bytes_down += len(payload) * len(targets)
+        return [
+            Message(
+                content=RecordDict(
+                    {
+                        "arrays": to_record(payload),
+                        "config": ConfigRecord({"round": round_, "client": k}),
+                    }
+                ),
+                dst_node_id=node,
+                message_type="train",
             )
-            messages.append(
-                Message(content=content, dst_node_id=self.nodes[k], message_type="train")
-            )
-            self.sent[self.nodes[k]] = k
-            self.intake.bytes_down += len(payload)
-        return messages
+            for node, k in targets.items()
+        ]
+
+    def secure_round(
+        self, grid: Grid, round_: int, payload: bytes, targets: dict[int, int]
+    ) -> None:
+        """Run the round's exchange through SecAgg+ and take in the unmasked mean.
+
+        SecAgg+ needs four exchanges, so they happen here and the round's own send
+        carries nothing. Bytes count every message of the protocol.
+        """
+        intake = self.intake
+        assert intake is not None, "configure_train sets the intake"
+        max_weight = max((len(self.exp.clients[k]) for k in targets.values()), default=1)
+        outcome = secure_round(
+            grid,
+            self.cfg.secagg,
+            targets,
+            payload,
+            round_,
+            self.layout,
+            float(max_weight),
+            self.cfg.federation.round_timeout,
+        )
+        intake.bytes_up += outcome.bytes_up
+        intake.bytes_down += outcome.bytes_down
+        summed, weight = [], 0.0
+        for node, k in targets.items():
+            if node in outcome.replies:
+                examples, loss = outcome.replies[node]
+                intake.count(examples, loss, self.cfg.train.local_epochs)
+                summed.append(k)
+                weight += examples
+            elif node in outcome.silent:
+                self.forget(node)
+                intake.lose("failed", k, f"node {node} did not answer")
+            else:
+                intake.lose("failed", k, f"node {node} dropped out of secure aggregation")
+        if summed:
+            intake.receive_mean(summed, outcome.mean, weight)
+
+    def forget(self, node: int) -> None:
+        """Stop routing clients to a node that did not answer."""
+        self.nodes = {k: n for k, n in self.nodes.items() if n != node}
+        self.unresponsive.add(node)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -233,8 +302,7 @@ class FedpetStrategy(Strategy):
             intake.receive(k, client_reply, self.up, self.cfg.train.local_epochs)
         for node, k in self.sent.items():
             if node not in answered:
-                self.nodes.pop(k, None)
-                self.unresponsive.add(node)
+                self.forget(node)
                 intake.lose("failed", k, f"node {node} did not answer")
         skipped = intake.aggregate.num_clients < self.cfg.federation.min_clients_per_round
         if not skipped:
@@ -303,15 +371,18 @@ def run_flower_simulation(
 
 
 def config_from_run_config(run_config: dict[str, bool | float | int | str]) -> Config:
-    """The fedpet config a Flower run carries: YAML text under the run-config key ``fedpet``."""
+    """The fedpet config a Flower run carries: YAML text under the run-config key ``fedpet``.
+
+    Its runtime is ``flower`` whatever the text says: this run is a deployment.
+    """
     text = str(run_config.get("fedpet", ""))
     data = yaml.safe_load(text) if text.strip() else {}
     if not isinstance(data, dict):
         raise FedpetError("run config 'fedpet' must hold a fedpet config as YAML text")
-    return resolve(build_config(data))
+    return resolve(build_config({**data, "runtime": "flower"}))
 
 
-client_app = ClientApp()
+client_app = ClientApp(mods=[secure_mod])
 """The ClientApp of ``flwr run`` deployments (``[tool.flwr.app.components]``)."""
 
 

@@ -19,7 +19,7 @@ from fedpet.rundir import Checkpoint
 from fedpet.runtime.recorder import Recorder, RoundRecord
 from fedpet.seeding import derive_seed
 from fedpet.state import Schema, TrainableState, extract, load_, subtract
-from fedpet.validation import receive_update
+from fedpet.validation import receive_update, update_problem
 
 
 def sample_cohort(
@@ -100,14 +100,31 @@ class Intake:
     def receive(self, client: int, reply: ClientReply, codec: Codec, local_epochs: int) -> None:
         """Count the reply's bytes and examples; aggregate it if it passes validation."""
         self.bytes_up += len(reply.payload)
-        self.examples += reply.num_examples * local_epochs
-        self.trained += reply.num_examples
-        self.loss_sum += reply.loss * reply.num_examples
+        self.count(reply.num_examples, reply.loss, local_epochs)
         update, problem = receive_update(codec, reply.payload, self.layout, self.max_norm)
         if update is None:
             self.lose("rejected", client, str(problem))
             return
         self.aggregate.add(update, float(reply.num_examples))
+
+    def count(self, num_examples: int, loss: float, local_epochs: int) -> None:
+        """Count a client's training: its examples (per epoch) and its mean loss."""
+        self.examples += num_examples * local_epochs
+        self.trained += num_examples
+        self.loss_sum += loss * num_examples
+
+    def receive_mean(self, clients: list[int], mean: TrainableState | None, weight: float) -> None:
+        """Aggregate the weighted mean update of ``clients`` (secure aggregation's output).
+
+        Only the mean can be checked; if it is missing or fails the checks, every update in
+        it is rejected.
+        """
+        problem = "unmasking failed" if mean is None else update_problem(mean, self.layout, None)
+        if mean is None or problem is not None:
+            for k in clients:
+                self.lose("rejected", k, f"secure aggregate: {problem}")
+            return
+        self.aggregate.add_mean(mean, weight, len(clients))
 
     def lose(self, kind: str, client: int, reason: str) -> None:
         """Record a client whose update is lost: ``failed``, ``late`` or ``rejected``."""

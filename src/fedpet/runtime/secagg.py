@@ -1,0 +1,216 @@
+"""Secure aggregation on Flower: one fedpet round through Flower's SecAgg+ protocol.
+
+The server learns only the cohort's example-weighted mean update, never one client's:
+each client masks its quantized update with pairwise and private masks that cancel in the
+sum (Bell et al., 2020). Flower implements the protocol (``SecAggPlusWorkflow`` on the
+server, ``secaggplus_mod`` on the client) for its legacy fit messages; this module feeds
+them fedpet's payloads and turns the unmasked mean back into a trainable state.
+
+What it costs: updates are clipped to ``secagg.clipping_range`` and quantized (2**22
+levels), each client uploads 8-byte integers instead of 4-byte floats plus its key
+exchange, and the server cannot check a single update (no norm bound, no robust statistic).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.client.mod import secaggplus_mod
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common import (
+    Code,
+    FitIns,
+    FitRes,
+    Parameters,
+    Scalar,
+    Status,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.common.serde import recorddict_to_proto
+from flwr.compat.common import recorddict_compat as compat
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.compat.grid_client_proxy import GridClientProxy
+from flwr.server.compat.legacy_context import LegacyContext
+from flwr.server.strategy import Strategy as LegacyStrategy
+from flwr.server.workflow import SecAggPlusWorkflow
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
+from flwr.server.workflow.constant import Key as WorkflowKey
+from flwr.serverapp import Grid
+
+from fedpet.config import SecAggConfig
+from fedpet.state import Schema, TrainableState
+
+FITINS = "fitins.parameters"
+
+
+def secure_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Flower's SecAgg+ client mod, applied to the messages of a secure round only."""
+    if RECORD_KEY_CONFIGS in msg.content.config_records:
+        return secaggplus_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+def is_secure(msg: Message) -> bool:
+    """Whether a train message belongs to a secure round (it carries legacy fit instructions)."""
+    return FITINS in msg.content.array_records
+
+
+def read_instructions(msg: Message) -> tuple[bytes, int, int]:
+    """The global-state payload, round and client of a secure round's train message."""
+    ins = compat.recorddict_to_fitins(msg.content, keep_input=True)
+    return ins.parameters.tensors[0], int(ins.config["round"]), int(ins.config["client"])
+
+
+def masked_reply(msg: Message, update: TrainableState, examples: int, loss: float) -> Message:
+    """The client's update in the form the SecAgg+ mod masks (it replaces the values)."""
+    arrays = [t.detach().to(torch.float32).numpy() for t in update.values()]
+    res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), examples, {"loss": loss})
+    return Message(content=compat.fitres_to_recorddict(res, keep_input=False), reply_to=msg)
+
+
+def content_bytes(content: RecordDict) -> int:
+    """Bytes of a message's content as Flower serializes it."""
+    return int(recorddict_to_proto(content).ByteSize())
+
+
+class CountingGrid:
+    """A grid that counts the bytes each way and the nodes that never answered."""
+
+    def __init__(self, grid: Grid) -> None:
+        self.grid = grid
+        self.bytes_down = 0
+        self.bytes_up = 0
+        self.silent: set[int] = set()
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> list[Message]:
+        """Send, wait for the replies, and count both."""
+        sent = list(messages)
+        self.bytes_down += sum(content_bytes(m.content) for m in sent)
+        replies = list(self.grid.send_and_receive(sent, timeout=timeout))
+        self.bytes_up += sum(content_bytes(r.content) for r in replies if not r.has_error())
+        answered = {r.metadata.src_node_id for r in replies}
+        self.silent |= {m.metadata.dst_node_id for m in sent} - answered
+        return replies
+
+
+class _Cohort(LegacyStrategy):
+    """The legacy strategy SecAggPlusWorkflow drives: a fixed cohort and a sink for the sum."""
+
+    def __init__(self, instructions: list[tuple[ClientProxy, FitIns]]) -> None:
+        self.instructions = instructions
+        self.results: list[tuple[ClientProxy, FitRes]] = []
+
+    def initialize_parameters(self, client_manager: Any) -> None:
+        """The state comes from fedpet, not from the strategy."""
+
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: Any
+    ) -> list[tuple[ClientProxy, FitIns]]:
+        """The cohort fedpet sampled, each with its instructions."""
+        return self.instructions
+
+    def aggregate_fit(
+        self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: Any
+    ) -> tuple[None, dict[str, Any]]:
+        """Keep the results: each carries the unmasked mean and its client's count and loss."""
+        self.results = list(results)
+        return None, {}
+
+    def configure_evaluate(
+        self, server_round: int, parameters: Parameters, client_manager: Any
+    ) -> list[Any]:
+        """No client-side evaluation."""
+        return []
+
+    def aggregate_evaluate(
+        self, server_round: int, results: Any, failures: Any
+    ) -> tuple[None, dict[str, Any]]:
+        """Nothing to aggregate."""
+        return None, {}
+
+    def evaluate(self, server_round: int, parameters: Parameters) -> None:
+        """The fedpet recorder evaluates."""
+
+
+@dataclass
+class SecureOutcome:
+    """What a secure round reveals to the server, and what it cost."""
+
+    mean: TrainableState | None
+    """The example-weighted mean update of the clients in ``replies``; None if unmasking failed."""
+    replies: dict[int, tuple[int, float]] = field(default_factory=dict)
+    """Node id -> (examples, mean loss) of each client whose masked update is in the sum."""
+    silent: set[int] = field(default_factory=set)
+    bytes_up: int = 0
+    bytes_down: int = 0
+
+
+def secure_round(
+    grid: Grid,
+    options: SecAggConfig,
+    targets: dict[int, int],
+    payload: bytes,
+    round_: int,
+    layout: Schema,
+    max_weight: float,
+    timeout: float,
+) -> SecureOutcome:
+    """Train the ``targets`` (node id -> client) from ``payload`` and unmask their mean.
+
+    ``max_weight`` bounds a client's example count (it scales the quantization).
+    """
+    counting = CountingGrid(grid)
+    instructions: list[tuple[ClientProxy, FitIns]] = []
+    for node, client in targets.items():
+        config: dict[str, Scalar] = {"round": round_, "client": client}
+        ins = FitIns(Parameters([payload], tensor_type="fedpet"), config)
+        instructions.append((GridClientProxy(node, grid, run_id=0), ins))
+    cohort = _Cohort(instructions)
+    context = LegacyContext(Context(0, 0, {}, RecordDict(), {}), strategy=cohort)
+    context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord(
+        {WorkflowKey.CURRENT_ROUND: round_}
+    )
+    context.state.array_records[MAIN_PARAMS_RECORD] = ArrayRecord()
+    workflow = SecAggPlusWorkflow(
+        num_shares=options.shares,
+        reconstruction_threshold=options.threshold,
+        max_weight=max_weight,
+        clipping_range=options.clipping_range,
+        timeout=timeout,
+    )
+    workflow(cast(Grid, counting), context)
+    outcome = SecureOutcome(
+        mean=_unmasked_mean(cohort.results, layout),
+        silent=counting.silent,
+        bytes_up=counting.bytes_up,
+        bytes_down=counting.bytes_down,
+    )
+    for proxy, res in cohort.results:
+        loss = res.metrics.get("loss", float("nan"))
+        outcome.replies[int(proxy.node_id)] = (res.num_examples, float(cast(float, loss)))
+    return outcome
+
+
+def _unmasked_mean(
+    results: list[tuple[ClientProxy, FitRes]], layout: Schema
+) -> TrainableState | None:
+    """The mean every result carries after unmasking, shaped by ``layout``; None if absent."""
+    if not results:
+        return None
+    arrays = parameters_to_ndarrays(results[0][1].parameters)
+    sizes = [int(np.prod(shape)) for _, shape in layout]
+    if [a.size for a in arrays] != sizes:
+        return None
+    return {
+        name: torch.from_numpy(np.asarray(a, dtype=np.float32).reshape(shape))
+        for (name, shape), a in zip(layout, arrays, strict=True)
+    }
