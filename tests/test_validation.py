@@ -122,3 +122,25 @@ def test_a_pickle_posing_as_a_checkpoint_is_refused_unexecuted(tmp_path: Path) -
     assert not marker.exists()
     pickle.loads((folder / "global.safetensors").read_bytes())  # the payload is live
     assert marker.exists()
+
+
+def test_a_secure_aggregate_is_checked_as_one_update() -> None:
+    from fedpet.algorithms import Aggregate
+    from fedpet.runtime.rounds import Intake
+
+    like = {"w": torch.zeros(2, 3), "b": torch.zeros(3)}
+    mean = {"w": torch.full((2, 3), 0.5), "b": torch.ones(3)}
+
+    def intake() -> Intake:
+        return Intake([4, 7, 9], Aggregate(like), schema(like), max_norm=None)
+
+    good = intake()
+    good.receive_mean([4, 7], mean, weight=30.0)
+    assert good.aggregate.num_clients == 2 and good.aggregate.total_weight == 30.0
+    assert all(torch.equal(good.aggregate.mean()[k], mean[k]) for k in mean)
+    for bad, reason in [(None, "unmasking failed"), ({**mean, "b": mean["b"] / 0}, "Inf")]:
+        lost = intake()
+        lost.receive_mean([4, 7], bad, weight=30.0)
+        assert lost.aggregate.num_clients == 0
+        assert [x["client"] for x in lost.rejected] == [4, 7]
+        assert all(reason in str(x["reason"]) for x in lost.rejected)
