@@ -108,3 +108,17 @@ def test_secure_aggregation_refuses_what_needs_single_updates(overrides, message
     with pytest.raises(FedpetError, match=message):
         build_config({}, base + overrides)
     build_config({}, [*base, ("runtime", "flower-sim")])  # fedavg on Flower is allowed
+
+
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("federation.short_round", "retry", "short_round = 'retry' is not allowed: skip on"),
+        ("federation.round_deadline", 5, "round_deadline = 5.0 is not allowed: null on"),
+        ("faults.client_failure_rate", 0.3, "runtime = 'flower-sim' is not allowed: simulation"),
+    ],
+)
+def test_simulated_faults_and_retries_are_refused_on_flower(key, value, message) -> None:
+    with pytest.raises(FedpetError, match=message):
+        build_config({}, [("runtime", "flower-sim"), (key, value)])
+    build_config({}, [(key, value)])  # the in-process simulation has them

@@ -455,6 +455,16 @@ def _validate_faults(cfg: Config) -> None:
     )
     _choice("faults.attack", x.attack, ("nan", "norm"))
     _check(x.attack_norm > 0, "faults.attack_norm", x.attack_norm, "a number > 0")
+    if cfg.runtime == "simulation":
+        return
+    # on Flower, nodes fail on their own and run on real time
+    flower = f"on runtime {cfg.runtime!r}"
+    _check(f.short_round == "skip", "federation.short_round", f.short_round, f"skip {flower}")
+    _check(
+        deadline is None, "federation.round_deadline", deadline, f"null {flower}: use round_timeout"
+    )
+    injected = x.client_failure_rate or x.straggler_rate or x.malicious_clients
+    _check(not injected, "runtime", cfg.runtime, "simulation when faults.* injects faults")
 
 
 def resolve(cfg: Config) -> Config:
