@@ -109,3 +109,92 @@ def test_robust_aggregators_need_kept_updates() -> None:
         get_algorithm(AlgorithmConfig(name="median")).server_update(
             {"w": torch.zeros(1)}, {}, _aggregate([[1.0]], keep=False)
         )
+
+
+def _two_rounds(name: str, **options: float) -> list[torch.Tensor]:
+    """The global ``w`` after each of two rounds whose mean updates are d1 then d2."""
+    algo = get_algorithm(AlgorithmConfig(name=name, **options))
+    theta = {"w": torch.tensor([1.0, -2.0])}
+    server = algo.init_server_state(theta)
+    out = []
+    for d in ([0.5, -0.25], [-0.1, 0.3]):
+        agg = Aggregate(theta)
+        agg.add({"w": torch.tensor(d)}, 3.0)
+        theta, server = algo.server_update(theta, server, agg)
+        out.append(theta["w"])
+    return out
+
+
+def test_fedavgm_without_momentum_is_fedavg_and_with_it_matches_hand() -> None:
+    fedavg = _two_rounds("fedavg")
+    plain = _two_rounds("fedavgm", momentum=0.0, server_lr=1.0)
+    assert all(torch.equal(a, b) for a, b in zip(plain, fedavg, strict=True))
+    # momentum 0.9, lr 1: v1 = d1, w1 = w0 + d1; v2 = 0.9 d1 + d2, w2 = w1 + v2
+    w1, w2 = _two_rounds("fedavgm")
+    assert torch.allclose(w1, torch.tensor([1.5, -2.25]))
+    assert torch.allclose(w2, torch.tensor([1.5 + 0.45 - 0.1, -2.25 - 0.225 + 0.3]))
+
+
+@pytest.mark.parametrize("name", ["fedadam", "fedyogi", "fedadagrad"])
+def test_adaptive_server_step_matches_hand(name: str) -> None:
+    beta1, beta2, tau, lr = 0.9, 0.99, 1e-3, 1e-2
+    d = torch.tensor([0.5, -0.25])
+    m = (1 - beta1) * d
+    v0 = torch.full((2,), tau**2)
+    v = {
+        "fedadam": beta2 * v0 + (1 - beta2) * d**2,
+        "fedyogi": v0 - (1 - beta2) * d**2 * torch.sign(v0 - d**2),
+        "fedadagrad": v0 + d**2,
+    }[name]
+    expected = torch.tensor([1.0, -2.0]) + lr * m / (v.sqrt() + tau)
+    w1, _ = _two_rounds(name)
+    assert torch.allclose(w1, expected, atol=1e-7)
+    # the defaults: the paper's server lr 1e-2, beta1 0.9, beta2 0.99, tau 1e-3
+    assert get_algorithm(AlgorithmConfig(name=name)).server_lr == lr
+
+
+def test_adaptive_state_is_server_state() -> None:
+    algo = get_algorithm(AlgorithmConfig(name="fedadam"))
+    theta = {"w": torch.zeros(2)}
+    state = algo.init_server_state(theta)
+    assert sorted(state) == ["m.w", "v.w"] and torch.equal(state["v.w"], torch.full((2,), 1e-6))
+
+
+def test_proximal_term_adds_mu_times_drift_to_the_gradient() -> None:
+    from fedpet.algorithms.fedprox import ProximalTerm
+
+    start = {"w": torch.tensor([1.0, 2.0])}
+    w = torch.nn.Parameter(torch.tensor([1.5, 1.0]))
+    task = (w * torch.tensor([3.0, 4.0])).sum()
+    ProximalTerm(start, mu=0.1).loss(task, {"w": w}).backward()
+    assert w.grad is not None
+    assert torch.allclose(w.grad, torch.tensor([3.0 + 0.1 * 0.5, 4.0 + 0.1 * -1.0]))
+
+
+def test_lora_error_matches_the_formula_and_vanishes_with_a_shared_a() -> None:
+    from fedpet.runtime.lora_error import LoraError
+
+    gen = torch.Generator().manual_seed(1)
+    a_name, b_name = "m.lora_A.weight", "m.lora_B.weight"
+    received = {a_name: torch.randn(2, 5, generator=gen), b_name: torch.randn(4, 2, generator=gen)}
+    clients = [({k: torch.randn(t.shape, generator=gen) for k, t in received.items()}, w)
+               for w in (1.0, 3.0)]  # fmt: skip
+    tracker = LoraError(received, frozen={})
+    for delta, w in clients:
+        tracker.add(delta, w)
+    p = [w / 4.0 for _, w in clients]
+    a_k = [received[a_name] + d[a_name] for d, _ in clients]
+    b_k = [received[b_name] + d[b_name] for d, _ in clients]
+    exact = sum(pk * b @ a for pk, a, b in zip(p, a_k, b_k, strict=True))
+    averaged = sum(pk * b for pk, b in zip(p, b_k, strict=True)) @ sum(
+        pk * a for pk, a in zip(p, a_k, strict=True)
+    )
+    expected = float(torch.linalg.matrix_norm(exact - averaged) / torch.linalg.matrix_norm(exact))
+    error = tracker.error()
+    assert error is not None and error > 0.1 and abs(error - expected) < 1e-6
+    # FFA-LoRA: A frozen (not in the state) and shared, so averaging B averages B A exactly
+    shared = LoraError({b_name: received[b_name]}, frozen={a_name: received[a_name]})
+    for delta, w in clients:
+        shared.add({b_name: delta[b_name]}, w)
+    frozen_error = shared.error()
+    assert frozen_error is not None and frozen_error < 1e-6

@@ -19,7 +19,8 @@ TIMING = {"train_seconds", "eval_seconds"}
 
 
 # a plain run; one with crashing clients, retried rounds and a robust aggregator; and
-# centralized training with a decaying learning rate (optimizer and RNG states resumed)
+# centralized training with a decaying learning rate (optimizer and RNG states resumed);
+# stateful server algorithms
 SETUPS = {
     "fedavg": [],
     "faults": [
@@ -33,6 +34,9 @@ SETUPS = {
         "algorithm.name=trimmed-mean",
     ],
     "centralized": ["--centralized", "--epochs", "10", "--set", "train.schedule=linear"],
+    # server state (first and second moments, momentum) checkpointed with the round
+    "fedadam": ["--algorithm", "fedadam"],
+    "fedavgm-fedrs": ["--algorithm", "fedavgm", "--set", "algorithm.fedrs=0.5"],
 }
 
 

@@ -225,3 +225,6 @@ def test_report_of_a_single_run(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert report.startswith("# Run report")
     assert f"| iid | {100 * summary['test_metric']:.2f} ± 0.00 |" in report
     assert (out / "convergence.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "lora_error.png").read_bytes()[:4] == b"\x89PNG"  # a LoRA run logs it
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["lora_aggregation_error"] >= 0 for r in rows)

@@ -47,7 +47,10 @@ RUN_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
         "data.train_fraction",
         {"type": float, "help": "stratified share of train (all)"},
     ),
-    "--algorithm": ("algorithm.name", {"help": "fedavg (default), median, trimmed-mean"}),
+    "--algorithm": (
+        "algorithm.name",
+        {"help": "fedavg (default), fedprox, fedavgm, fedadam, fedyogi, fedadagrad, ffa-lora, ..."},
+    ),
     "--max-update-norm": (
         "federation.max_update_norm",
         {"type": float, "help": "reject client updates with a larger L2 norm (no bound)"},

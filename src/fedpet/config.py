@@ -118,11 +118,24 @@ class FaultConfig:
 
 @dataclass(frozen=True)
 class AlgorithmConfig:
-    """The FL algorithm (client hooks + server update) and its options."""
+    """The FL algorithm (client hooks + server update) and its options.
+
+    ``server_lr`` null means the algorithm's own default (1, or 1e-2 for the adaptive
+    server optimizers); ``mu`` is FedProx's proximal weight, ``momentum`` FedAvgM's,
+    ``beta1``/``beta2``/``tau`` those of FedAdam, FedYogi and FedAdagrad. ``fedrs``, with any
+    algorithm, scales the logits of the classes a client does not hold by that factor in its
+    local training (FedRS's restricted softmax); null leaves them alone.
+    """
 
     name: str = "fedavg"
-    server_lr: float = 1.0
+    server_lr: float | None = None
     trim_fraction: float = 0.2
+    mu: float = 0.01
+    momentum: float = 0.9
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-3
+    fedrs: float | None = None
 
 
 @dataclass(frozen=True)
@@ -395,11 +408,26 @@ def validate(cfg: Config) -> None:
     )
     nvt = m.num_virtual_tokens
     _check(nvt >= 1, "method.num_virtual_tokens", nvt, "an integer >= 1")
-    _check(cfg.algorithm.server_lr > 0, "algorithm.server_lr", cfg.algorithm.server_lr, "> 0")
+    _validate_algorithm(cfg)
     trim = cfg.algorithm.trim_fraction
     _check(0 <= trim < 0.5, "algorithm.trim_fraction", trim, "a number in [0, 0.5)")
     _validate_faults(cfg)
     _validate_secagg(cfg)
+
+
+def _validate_algorithm(cfg: Config) -> None:
+    """The algorithm's options, and the method and optimizer it needs."""
+    a = cfg.algorithm
+    slr = a.server_lr
+    _check(slr is None or slr > 0, "algorithm.server_lr", slr, "a number > 0, or null")
+    _check(a.mu >= 0, "algorithm.mu", a.mu, "a number >= 0")
+    for key in ("momentum", "beta1", "beta2"):
+        _check(0 <= getattr(a, key) < 1, f"algorithm.{key}", getattr(a, key), "a number in [0, 1)")
+    _check(a.tau > 0, "algorithm.tau", a.tau, "a number > 0")
+    _check(a.fedrs is None or 0 <= a.fedrs <= 1, "algorithm.fedrs", a.fedrs, "in [0, 1] or null")
+    if a.name == "ffa-lora":
+        m = cfg.method.name
+        _check(m == "lora", "method.name", m, "lora with algorithm ffa-lora (it freezes LoRA's A)")
 
 
 def _validate_secagg(cfg: Config) -> None:

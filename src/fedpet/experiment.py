@@ -6,8 +6,10 @@ import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from torch import nn
 
+from fedpet.algorithms import get_algorithm
 from fedpet.algorithms.base import ClientHook
 from fedpet.client import LocalTraining, TrainResult
 from fedpet.config import Config
@@ -57,17 +59,28 @@ class Experiment:
     ) -> TrainResult:
         """Switch the shared model to ``start`` (in place) and train ``client`` on its data."""
         load_(self.params, start)
+        indices = self.clients[client]
         return LocalTraining(
             self.model,
             self.params,
             self.head_names,
             self.train,
-            self.clients[client],
+            indices,
             self.cfg.train,
             hook,
             seed,
             self.cfg.train.local_epochs,
+            self.restricted_softmax(indices),
         ).run()
+
+    def restricted_softmax(self, indices: np.ndarray) -> torch.Tensor | None:
+        """FedRS's logit factors for a client: 1 for its classes, ``algorithm.fedrs`` else."""
+        alpha = self.cfg.algorithm.fedrs
+        if alpha is None:
+            return None
+        scale = torch.full((self.task.num_labels,), alpha)
+        scale[np.unique(self.train.labels[indices])] = 1.0
+        return scale
 
 
 def subsample(task: Task, cfg: Config) -> Task:
@@ -123,6 +136,13 @@ def prepare(cfg: Config, backbones: Backbones | None = None) -> Experiment:
     """Load the data (:func:`load_data`), build the model, tokenize every split once."""
     task, clients = load_data(cfg)
     model, tokenizer = build_model(cfg, task.num_labels, backbones)
+    algorithm = get_algorithm(cfg.algorithm)
+    params = {}
+    for name, param in trainable_parameters(model).items():
+        if algorithm.trainable(name):
+            params[name] = param
+        else:  # frozen by the algorithm (FFA-LoRA's A): neither trained nor sent
+            param.requires_grad_(False)
     n = cfg.data.max_length
     return Experiment(
         cfg=cfg,
@@ -132,6 +152,6 @@ def prepare(cfg: Config, backbones: Backbones | None = None) -> Experiment:
         test=encode(tokenizer, task.test, n),
         clients=clients,
         model=model,
-        params=trainable_parameters(model),
+        params=params,
         head_names=head_parameter_names(model),
     )

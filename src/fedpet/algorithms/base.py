@@ -88,6 +88,10 @@ class Algorithm(Protocol):
     name: str
     keeps_updates: bool
 
+    def trainable(self, name: str) -> bool:
+        """Whether the algorithm trains and sends this parameter of the method's set."""
+        ...
+
     def client_hook(self, global_state: TrainableState) -> ClientHook:
         """The hook for a client starting from ``global_state``."""
         ...
@@ -109,8 +113,20 @@ class PlainAlgorithm:
     Subclasses give ``name``, ``keeps_updates`` and ``server_update``.
     """
 
+    default_server_lr = 1.0
+
     def __init__(self, options: AlgorithmConfig) -> None:
         self.options = options
+
+    @property
+    def server_lr(self) -> float:
+        """The configured server learning rate, or the algorithm's default."""
+        lr = self.options.server_lr
+        return self.default_server_lr if lr is None else lr
+
+    def trainable(self, name: str) -> bool:
+        """Every parameter the method trains."""
+        return True
 
     def client_hook(self, global_state: TrainableState) -> ClientHook:
         """No change to local training."""

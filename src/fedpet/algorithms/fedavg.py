@@ -16,4 +16,4 @@ class FedAvg(PlainAlgorithm):
         self, global_state: TrainableState, server_state: TrainableState, aggregate: Aggregate
     ) -> tuple[TrainableState, TrainableState]:
         """Theta + server_lr * sum_k n_k delta_k / sum_k n_k."""
-        return add(global_state, aggregate.mean(), self.options.server_lr), server_state
+        return add(global_state, aggregate.mean(), self.server_lr), server_state

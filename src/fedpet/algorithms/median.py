@@ -34,4 +34,4 @@ class Median(PlainAlgorithm):
     ) -> tuple[TrainableState, TrainableState]:
         """Theta + server_lr * median_k delta_k, per coordinate."""
         update = coordinate_median(aggregate)
-        return add(global_state, update, self.options.server_lr), server_state
+        return add(global_state, update, self.server_lr), server_state

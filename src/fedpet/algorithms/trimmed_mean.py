@@ -39,4 +39,4 @@ class TrimmedMean(PlainAlgorithm):
     ) -> tuple[TrainableState, TrainableState]:
         """Theta + server_lr * trimmed_mean_k delta_k, per coordinate."""
         update = trimmed_mean(aggregate, self.options.trim_fraction)
-        return add(global_state, update, self.options.server_lr), server_state
+        return add(global_state, update, self.server_lr), server_state

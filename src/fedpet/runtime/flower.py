@@ -39,6 +39,7 @@ from fedpet.runtime.rounds import (
     ClientReply,
     Intake,
     local_update,
+    lora_error,
     round_record,
     sample_cohort,
     starting_state,
@@ -208,6 +209,7 @@ class FedpetStrategy(Strategy):
             Aggregate(self.global_state, keep_updates=self.algorithm.keeps_updates),
             self.layout,
             fed.max_update_norm,
+            lora=None if self.cfg.secagg.enabled else lora_error(self.exp, self.global_state),
         )
         self.intake, self.sent = intake, {}
         targets: dict[int, int] = {}  # node -> client

@@ -54,6 +54,7 @@ class RoundRecord:
     failed: list[dict[str, object]] = field(default_factory=list)
     late: list[dict[str, object]] = field(default_factory=list)
     rejected: list[dict[str, object]] = field(default_factory=list)
+    lora_error: float | None = None
 
 
 def peak_rss_mb() -> float:
@@ -145,6 +146,11 @@ class Recorder:
                 "rejected": record.rejected,
                 "train_seconds": record.train_seconds,
                 "eval_seconds": eval_seconds,
+                **(
+                    {}
+                    if record.lora_error is None
+                    else {"lora_aggregation_error": record.lora_error}
+                ),
             }
         )
         tensors = {"global": global_state, "best": self.best_state}

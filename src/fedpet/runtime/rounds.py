@@ -16,6 +16,7 @@ from fedpet.algorithms import Aggregate, Algorithm, ClientHook
 from fedpet.codecs import Codec
 from fedpet.experiment import Experiment
 from fedpet.rundir import Checkpoint
+from fedpet.runtime.lora_error import LoraError
 from fedpet.runtime.recorder import Recorder, RoundRecord
 from fedpet.seeding import derive_seed
 from fedpet.state import Schema, TrainableState, extract, load_, subtract
@@ -88,6 +89,7 @@ class Intake:
     layout: Schema
     max_norm: float | None
     attempt: int = 0
+    lora: LoraError | None = None
     bytes_down: int = 0
     bytes_up: int = 0
     examples: int = 0
@@ -106,6 +108,8 @@ class Intake:
             self.lose("rejected", client, str(problem))
             return
         self.aggregate.add(update, float(reply.num_examples))
+        if self.lora is not None:
+            self.lora.add(update, float(reply.num_examples))
 
     def count(self, num_examples: int, loss: float, local_epochs: int) -> None:
         """Count a client's training: its examples (per epoch) and its mean loss."""
@@ -148,4 +152,17 @@ def round_record(round_: int, attempts: list[Intake], skipped: bool, start: floa
         failed=[x for a in attempts for x in a.failed],
         late=[x for a in attempts for x in a.late],
         rejected=[x for a in attempts for x in a.rejected],
+        lora_error=attempts[-1].lora.error() if attempts[-1].lora is not None else None,
     )
+
+
+def lora_error(exp: Experiment, received: TrainableState) -> LoraError | None:
+    """The aggregation-error accumulator of a LoRA run's round; None for other methods."""
+    if exp.cfg.method.name != "lora":
+        return None
+    frozen = {
+        n: p.detach()
+        for n, p in exp.model.named_parameters()
+        if "lora_A" in n and n not in received
+    }
+    return LoraError(received, frozen)

@@ -21,6 +21,7 @@ from fedpet.runtime.rounds import (
     ClientReply,
     Intake,
     local_update,
+    lora_error,
     round_record,
     sample_cohort,
     starting_state,
@@ -50,6 +51,7 @@ def run_attempt(
         layout,
         fed.max_update_norm,
         attempt=attempt,
+        lora=lora_error(exp, received),
         bytes_down=len(payload) * len(cohort),
     )
     for k in intake.clients:

@@ -19,6 +19,8 @@ PLOTS = {
     "acc_vs_alpha.png": "test metric against the Dirichlet alpha",
     "convergence.png": "validation metric against round and against cumulative MB",
     "data_scale.png": "test metric against the amount of training data",
+    "lora_error.png": "LoRA aggregation error per round: how far averaging B and A separately "
+    "is from averaging the products B A (log scale)",
 }
 SCALE_FIELDS = ("train_fraction", "max_train_samples")
 
@@ -140,6 +142,9 @@ def _plots(study_dir: Path, done: pd.DataFrame, runs: list[Entry]) -> list[str]:
         if curves:
             _convergence(study_dir / "convergence.png", curves)
             written.append("convergence.png")
+        if any(f["lora_error"].notna().any() for m in curves.values() for f in m.values()):
+            _lora_error(study_dir / "lora_error.png", curves)
+            written.append("lora_error.png")
     for field in SCALE_FIELDS:
         if field in done.columns and done[field].nunique() > 1:
             _by_task(study_dir / "data_scale.png", tasks, done, field, field, log=False)
@@ -171,7 +176,10 @@ def _by_task(
 
 
 def _curves(runs: list[Entry], done: pd.DataFrame) -> dict[tuple[str, str], dict[str, Any]]:
-    """Per (task, setting) and method, the seed-mean validation metric per round and MB."""
+    """Per (task, setting) and method, seed means per round: validation metric, MB, LoRA error.
+
+    Runs with an algorithm other than FedAvg are their own line, ``method + algorithm``.
+    """
     names = set(done["run"])
     curves: dict[tuple[str, str], dict[str, Any]] = {}
     for run, run_dir in runs:
@@ -186,10 +194,13 @@ def _curves(runs: list[Entry], done: pd.DataFrame) -> dict[tuple[str, str], dict
                 "round": [r["round"] for r in rows],
                 "val": [r[metric] for r in rows],
                 "mb": pd.Series([r["bytes_up"] + r["bytes_down"] for r in rows]).cumsum() / 1e6,
+                "lora_error": [r.get("lora_aggregation_error", float("nan")) for r in rows],
             }
         )
         key = (cfg.data.task, data_setting(cfg))
-        curves.setdefault(key, {}).setdefault(cfg.method.name, []).append(frame)
+        algorithm = cfg.algorithm.name
+        label = cfg.method.name + ("" if algorithm == "fedavg" else f" + {algorithm}")
+        curves.setdefault(key, {}).setdefault(label, []).append(frame)
     return {
         key: {m: pd.concat(fs).groupby("round").mean() for m, fs in methods.items()}
         for key, methods in curves.items()
@@ -211,5 +222,23 @@ def _convergence(path: Path, curves: dict[tuple[str, str], dict[str, Any]]) -> N
             ax.set_ylabel("validation metric")
             ax.grid(alpha=0.3)
         ax_round.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+
+
+def _lora_error(path: Path, curves: dict[tuple[str, str], dict[str, Any]]) -> None:
+    fig = Figure(figsize=(5, 3.2 * len(curves)))
+    axes = fig.subplots(len(curves), 1, squeeze=False)
+    for (ax,), ((task, setting), methods) in zip(axes, curves.items(), strict=True):
+        for label, frame in methods.items():
+            if frame["lora_error"].notna().any():
+                # an exact aggregation (FFA-LoRA) is 0 up to rounding: floor it for the log axis
+                ax.plot(frame.index, frame["lora_error"].clip(lower=1e-12), marker=".", label=label)
+        ax.set_title(f"{task}, {setting}")
+        ax.set_xlabel("round")
+        ax.set_ylabel("relative error of averaged B A")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))

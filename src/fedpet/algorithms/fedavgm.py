@@ -1,0 +1,24 @@
+"""FedAvgM (Hsu et al., 2019): FedAvg with server momentum on the mean update."""
+
+from __future__ import annotations
+
+from fedpet.algorithms.base import Aggregate, PlainAlgorithm
+from fedpet.state import TrainableState, add, zeros_like
+
+
+class FedAvgM(PlainAlgorithm):
+    """``v = momentum * v + mean update``; ``theta += server_lr * v``."""
+
+    name = "fedavgm"
+    keeps_updates = False
+
+    def init_server_state(self, global_state: TrainableState) -> TrainableState:
+        """The momentum buffer, zero."""
+        return zeros_like(global_state)
+
+    def server_update(
+        self, global_state: TrainableState, server_state: TrainableState, aggregate: Aggregate
+    ) -> tuple[TrainableState, TrainableState]:
+        """One momentum step on the weighted mean update."""
+        velocity = add(aggregate.mean(), server_state, self.options.momentum)
+        return add(global_state, velocity, self.server_lr), velocity

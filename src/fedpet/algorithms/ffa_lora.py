@@ -1,0 +1,20 @@
+"""FFA-LoRA (Sun et al., 2024): LoRA's A frozen at its shared initialisation.
+
+Every client keeps the same A (the seeded initialisation), so averaging the B matrices
+averages the products exactly: ``sum_k p_k B_k A = (sum_k p_k B_k) A``. Only B and the
+head are trained and sent: half of LoRA's bytes.
+"""
+
+from __future__ import annotations
+
+from fedpet.algorithms.fedavg import FedAvg
+
+
+class FfaLora(FedAvg):
+    """FedAvg over the trainable state without LoRA's A matrices."""
+
+    name = "ffa-lora"
+
+    def trainable(self, name: str) -> bool:
+        """Everything but ``lora_A``."""
+        return "lora_A" not in name

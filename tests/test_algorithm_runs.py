@@ -1,0 +1,65 @@
+"""Algorithms in real runs on the tiny model: what they train, send and log."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from fedpet.cli import main
+
+
+def _run(model: Path, out: Path, *extra: str) -> list[dict]:
+    argv = ["run", "--model", str(model), "--out", str(out), "--max-train-samples", "64"]
+    argv += ["--clients", "4", "--clients-per-round", "2", "--rounds", "2", "--batch-size", "4"]
+    assert main([*argv, "--set", "data.max_eval_samples=32", "--seed", "5", *extra]) == 0
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _state(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(out / "checkpoint" / "global.safetensors")
+
+
+def test_fedprox_with_mu_zero_is_fedavg(tiny_model_dir: Path, tmp_path: Path) -> None:
+    _run(tiny_model_dir, tmp_path / "avg")
+    _run(tiny_model_dir, tmp_path / "prox0", "--algorithm", "fedprox", "--set", "algorithm.mu=0")
+    _run(tiny_model_dir, tmp_path / "prox", "--algorithm", "fedprox", "--set", "algorithm.mu=1")
+    avg, prox0, prox = (_state(tmp_path / d) for d in ("avg", "prox0", "prox"))
+    assert all(torch.equal(avg[k], prox0[k]) for k in avg)
+    assert not all(torch.equal(avg[k], prox[k]) for k in avg)  # the term acts when mu > 0
+
+
+def test_ffa_lora_freezes_a_sends_half_and_aggregates_exactly(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    lora = _run(tiny_model_dir, tmp_path / "lora")
+    ffa = _run(tiny_model_dir, tmp_path / "ffa", "--algorithm", "ffa-lora")
+    state = _state(tmp_path / "ffa")
+    assert state and not any("lora_A" in k for k in state)
+    b_and_head = sum(t.numel() for t in state.values())
+    a_params = sum(t.numel() for k, t in _state(tmp_path / "lora").items() if "lora_A" in k)
+    assert all(r["bytes_up"] == 2 * 4 * b_and_head for r in ffa)
+    assert all(
+        r["bytes_up"] - f["bytes_up"] == 2 * 4 * a_params for r, f in zip(lora, ffa, strict=True)
+    )
+    assert all(r["lora_aggregation_error"] < 1e-6 for r in ffa)
+    assert lora[-1]["lora_aggregation_error"] > 1e-4  # separate averaging of B and A errs
+
+
+def test_fedrs_scales_the_logits_of_classes_a_client_lacks(tiny_config) -> None:
+    from fedpet.experiment import prepare
+
+    exp = prepare(tiny_config(**{"algorithm.fedrs": 0.25}))
+    only_negative = np.flatnonzero(exp.train.labels == 0)[:5]
+    scale = exp.restricted_softmax(only_negative)
+    assert scale is not None and torch.equal(scale, torch.tensor([1.0, 0.25]))
+    both = exp.restricted_softmax(np.arange(len(exp.train)))
+    assert both is not None and torch.equal(both, torch.ones(2))
+    assert prepare(tiny_config()).restricted_softmax(only_negative) is None
+
+
+def test_ffa_lora_needs_lora(capsys) -> None:
+    assert main(["run", "--dry-run", "--algorithm", "ffa-lora", "--method", "bitfit"]) == 2
+    err = capsys.readouterr().err
+    assert "method.name = 'bitfit' is not allowed: lora with algorithm ffa-lora" in err
