@@ -250,7 +250,9 @@ def test_secure_aggregation_over_tls_matches_fedavg_within_quantization(
 def test_a_supernode_killed_mid_run_is_a_recorded_failure(
     deployment: Deployment, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    config = run_config(tmp_path, tiny_model_dir, rounds=4, timeout=20)
+    # the timeout must cover a node's first round (it loads the experiment): 20 s did not
+    # on a loaded 2-core machine, and both nodes were dropped as unresponsive
+    config = run_config(tmp_path, tiny_model_dir, rounds=4, timeout=60)
     run = flwr_run(deployment, config)
     metrics = tmp_path / "flower-run" / "metrics.jsonl"
     wait_for_rounds(metrics, 1)

@@ -142,8 +142,13 @@ def _plots(study_dir: Path, done: pd.DataFrame, runs: list[Entry]) -> list[str]:
         if curves:
             _convergence(study_dir / "convergence.png", curves)
             written.append("convergence.png")
-        if any(f["lora_error"].notna().any() for m in curves.values() for f in m.values()):
-            _lora_error(study_dir / "lora_error.png", curves)
+        lora = {
+            key: {label: f for label, f in methods.items() if f["lora_error"].notna().any()}
+            for key, methods in curves.items()
+        }
+        lora = {key: methods for key, methods in lora.items() if methods}
+        if lora:
+            _lora_error(study_dir / "lora_error.png", lora)
             written.append("lora_error.png")
     for field in SCALE_FIELDS:
         if field in done.columns and done[field].nunique() > 1:
@@ -231,9 +236,8 @@ def _lora_error(path: Path, curves: dict[tuple[str, str], dict[str, Any]]) -> No
     axes = fig.subplots(len(curves), 1, squeeze=False)
     for (ax,), ((task, setting), methods) in zip(axes, curves.items(), strict=True):
         for label, frame in methods.items():
-            if frame["lora_error"].notna().any():
-                # an exact aggregation (FFA-LoRA) is 0 up to rounding: floor it for the log axis
-                ax.plot(frame.index, frame["lora_error"].clip(lower=1e-12), marker=".", label=label)
+            # an exact aggregation (FFA-LoRA) is 0 up to rounding: floored for the log axis
+            ax.plot(frame.index, frame["lora_error"].clip(lower=1e-12), marker=".", label=label)
         ax.set_title(f"{task}, {setting}")
         ax.set_xlabel("round")
         ax.set_ylabel("relative error of averaged B A")
