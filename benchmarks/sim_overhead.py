@@ -4,10 +4,12 @@
     federated LoRA round against centralized LoRA training on the same examples.
     Target: federated / centralized >= 0.95.
 (b) Peak RSS of a LoRA run with 10 clients against one with 1,000 clients, both sampling 10
-    clients of 10 examples per round. Target: difference < 100 MB.
+    clients of 10 examples per round, with ``--algorithm`` (SCAFFOLD keeps a control per
+    client on disk: memory must stay flat too). Target: difference < 100 MB.
 
 Each run is a separate ``fedpet run`` process; figures come from its summary.json.
-Usage: python benchmarks/sim_overhead.py [--repeats 3] [--rounds 3]
+Usage: python benchmarks/sim_overhead.py [--repeats 3] [--rounds 3] [--parts ab]
+       [--algorithm fedavg]
 """
 
 from __future__ import annotations
@@ -33,14 +35,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--parts", default="ab", help="which measurements: a, b or ab")
+    parser.add_argument("--algorithm", default="fedavg", help="the algorithm of part (b)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="fedpet-bench-"))
     small_eval = ["--set", "data.max_eval_samples=64", "--dropout", "0"]
 
-    # (a) the same 320 examples: 10 clients x 32, all sampled, 1 local epoch; or 1 epoch central
+    if "a" in args.parts:
+        throughput(tmp, args.repeats, small_eval)
+    if "b" in args.parts:
+        flat_memory(tmp, args.rounds, args.algorithm, small_eval)
+
+
+def throughput(tmp: Path, repeats: int, small_eval: list[str]) -> None:
+    """(a) the same 320 examples: 10 clients x 32, all sampled, 1 local epoch; or 1 epoch."""
     same = ["--method", "lora", "--max-train-samples", "320", "--batch-size", "16", *small_eval]
     fed_rates, cen_rates = [], []
-    for i in range(args.repeats):
+    for i in range(repeats):
         fed = fedpet_run(
             tmp / f"fed{i}",
             *same,
@@ -57,7 +68,7 @@ def main() -> None:
         fed_rates.append(fed["train_examples_seen"] / fed["train_seconds"])
         cen_rates.append(cen["train_examples_seen"] / cen["train_seconds"])
     fed_rate, cen_rate = statistics.median(fed_rates), statistics.median(cen_rates)
-    print(f"(a) training throughput, LoRA r8, 320 examples, batch 16 (median of {args.repeats})")
+    print(f"(a) training throughput, LoRA r8, 320 examples, batch 16 (median of {repeats})")
     print(f"    federated   (10 clients x 32, all per round): {fed_rate:7.1f} examples/s")
     print(f"    centralized (1 epoch)                        : {cen_rate:7.1f} examples/s")
     print(
@@ -65,7 +76,10 @@ def main() -> None:
         "   (target >= 0.95)"
     )
 
-    # (b) 10 vs 1,000 clients, 10 sampled per round, 10 examples per client
+
+def flat_memory(tmp: Path, rounds: int, algorithm: str, small_eval: list[str]) -> None:
+    """(b) 10 vs 1,000 clients, 10 sampled per round, 10 examples per client."""
+    sgd = ["--optimizer", "sgd"] if algorithm == "scaffold" else []
     rss = {}
     for clients in (10, 1000):
         summary = fedpet_run(
@@ -79,13 +93,18 @@ def main() -> None:
             "--max-train-samples",
             str(10 * clients),
             "--rounds",
-            str(args.rounds),
+            str(rounds),
             "--partition",
             "dirichlet",
+            "--algorithm",
+            algorithm,
+            *sgd,
             *small_eval,
         )
         rss[clients] = summary["peak_rss_mb"]
-    print(f"(b) peak RSS, LoRA r8, 10 clients x 10 examples per round, {args.rounds} rounds")
+    print(
+        f"(b) peak RSS, LoRA r8, {algorithm}, 10 clients x 10 examples per round, {rounds} rounds"
+    )
     print(f"    10 clients   : {rss[10]:7.1f} MB")
     print(f"    1,000 clients: {rss[1000]:7.1f} MB")
     print(f"    difference   : {rss[1000] - rss[10]:7.1f} MB   (target < 100 MB)")

@@ -5,15 +5,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from helpers import run_argv
 from safetensors.torch import load_file
 
 from fedpet.cli import main
 
 
 def _run(model: Path, out: Path, *extra: str) -> list[dict]:
-    argv = ["run", "--model", str(model), "--out", str(out), "--max-train-samples", "64"]
-    argv += ["--clients", "4", "--clients-per-round", "2", "--rounds", "2", "--batch-size", "4"]
-    assert main([*argv, "--set", "data.max_eval_samples=32", "--seed", "5", *extra]) == 0
+    assert main(run_argv(model, out, "--batch-size", "4", "--seed", "5", *extra)) == 0
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
 
 
@@ -63,3 +62,34 @@ def test_ffa_lora_needs_lora(capsys) -> None:
     assert main(["run", "--dry-run", "--algorithm", "ffa-lora", "--method", "bitfit"]) == 2
     err = capsys.readouterr().err
     assert "method.name = 'bitfit' is not allowed: lora with algorithm ffa-lora" in err
+
+
+def test_scaffold_sends_controls_both_ways_and_keeps_client_states_on_disk(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from fedpet.runtime.client_states import ClientStates
+
+    out = tmp_path / "scaffold"
+    rows = _run(
+        tiny_model_dir, out, "--algorithm", "scaffold", "--optimizer", "sgd", "--rounds", "3"
+    )
+    trainable = json.loads((out / "summary.json").read_text())["trainable_params"]
+    # the model update and the control update up; the global state and c down
+    assert all(r["bytes_up"] == r["bytes_down"] == 2 * 2 * 4 * trainable for r in rows)
+    sampled = {k for r in rows for k in r["clients"]}
+    files = sorted(p.name for p in (out / "clients").iterdir())
+    assert {int(f.split("-r")[0]) for f in files} == sampled
+    # at most two versions per client: the newest and the one before the last checkpoint
+    assert all(sum(f.startswith(f"{k}-r") for f in files) <= 2 for k in sampled)
+    server = load_file(out / "checkpoint" / "server.safetensors")
+    assert sum(t.numel() for t in server.values()) == trainable  # c: one value per parameter
+    assert any(float(t.abs().sum()) > 0 for t in server.values())
+    # versions newer than the checkpoint a run resumes from are dropped
+    ClientStates(out, committed=1)
+    assert all(int(p.name.split("-r")[1].split(".")[0]) <= 1 for p in (out / "clients").iterdir())
+
+
+def test_scaffold_needs_plain_sgd(capsys) -> None:
+    assert main(["run", "--dry-run", "--algorithm", "scaffold"]) == 2
+    err = capsys.readouterr().err
+    assert "train.optimizer = 'adamw' is not allowed: sgd with algorithm scaffold" in err

@@ -198,3 +198,52 @@ def test_lora_error_matches_the_formula_and_vanishes_with_a_shared_a() -> None:
         shared.add({b_name: delta[b_name]}, w)
     frozen_error = shared.error()
     assert frozen_error is not None and frozen_error < 1e-6
+
+
+def test_scaffold_control_variates_follow_option_ii() -> None:
+    from fedpet.algorithms.scaffold import CONTROL
+
+    algo = get_algorithm(AlgorithmConfig(name="scaffold"))
+    x, y = torch.tensor([1.0, -1.0]), torch.tensor([0.8, -0.5])
+    c, c_k = torch.tensor([0.1, 0.2]), torch.tensor([-0.3, 0.05])
+    received = {"w": x, CONTROL + "w": c}
+    steps, lr, n = 4, 0.05, 8
+    update, kept = algo.client_update(received, {"w": y}, {CONTROL + "w": c_k}, steps, {"w": lr}, n)
+    c_new = c_k - c + (x - y) / (steps * lr)  # the paper's option II
+    assert torch.allclose(kept[CONTROL + "w"], c_new)
+    assert torch.allclose(update["w"], y - x)
+    assert torch.allclose(update[CONTROL + "w"], (c_new - c_k) / n)
+    # a client sampled for the first time starts from c_k = 0
+    _, first = algo.client_update(received, {"w": y}, {}, steps, {"w": lr}, n)
+    assert torch.allclose(first[CONTROL + "w"], -c + (x - y) / (steps * lr))
+
+
+def test_scaffold_server_averages_controls_over_all_clients() -> None:
+    from fedpet.algorithms.scaffold import CONTROL
+
+    algo = get_algorithm(AlgorithmConfig(name="scaffold"))
+    theta = {"w": torch.tensor([1.0, 2.0])}
+    server = algo.init_server_state(theta)
+    assert torch.equal(server[CONTROL + "w"], torch.zeros(2))
+    server = {CONTROL + "w": torch.tensor([0.5, 0.5])}
+    agg = Aggregate(algo.download(theta, server), population=10)
+    clients = [(torch.tensor([0.2, 0.0]), torch.tensor([1.0, -2.0]), 2),
+               (torch.tensor([0.0, 0.4]), torch.tensor([3.0, 4.0]), 6)]  # fmt: skip
+    for delta_y, delta_c, n in clients:
+        agg.add({"w": delta_y, CONTROL + "w": delta_c / n}, float(n))
+    new, new_server = algo.server_update(theta, server, agg)
+    # x += weighted mean of y - x; c += (sum of c_k+ - c_k) / N with N = 10 clients in all
+    assert torch.allclose(new["w"], torch.tensor([1.0 + 0.2 * 2 / 8, 2.0 + 0.4 * 6 / 8]))
+    assert torch.allclose(new_server[CONTROL + "w"], torch.tensor([0.5 + 0.4, 0.5 + 0.2]))
+
+
+def test_drift_correction_adds_c_minus_c_k_to_the_gradient() -> None:
+    from fedpet.algorithms.scaffold import CONTROL
+
+    algo = get_algorithm(AlgorithmConfig(name="scaffold"))
+    w = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    received = {"w": w.detach().clone(), CONTROL + "w": torch.tensor([0.5, -1.0])}
+    hook = algo.client_hook(received, {CONTROL + "w": torch.tensor([0.25, 0.25])})
+    hook.loss((w**2).sum(), {"w": w}).backward()
+    assert w.grad is not None
+    assert torch.allclose(w.grad, torch.tensor([2.0 + 0.25, 4.0 - 1.25]))

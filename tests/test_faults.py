@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_argv
 from safetensors.torch import load_file
 
 from fedpet.algorithms import Aggregate, PlainTraining
@@ -18,29 +19,8 @@ from fedpet.state import add, extract, subtract
 
 
 def run(model: Path, out: Path, *extra: str) -> tuple[dict, list[dict]]:
-    argv = [
-        "run",
-        "--model",
-        str(model),
-        "--out",
-        str(out),
-        "--max-train-samples",
-        "100",
-        "--max-length",
-        "32",
-        "--clients",
-        "10",
-        "--clients-per-round",
-        "5",
-        "--rounds",
-        "3",
-        "--batch-size",
-        "8",
-        "--set",
-        "data.max_eval_samples=32",
-        *extra,
-    ]
-    assert main(argv) == 0
+    flags = ("--max-length", "32", "--batch-size", "8", *extra)
+    assert main(run_argv(model, out, *flags, samples=100, clients=10, per_round=5, rounds=3)) == 0
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     return json.loads((out / "summary.json").read_text()), rows
 

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import torch
+from helpers import run_argv
 from safetensors.torch import load_file
 
 from fedpet.cli import main
@@ -12,26 +13,7 @@ TIMING = {"train_seconds", "eval_seconds"}
 
 
 def _argv(model: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "run",
-        "--model",
-        str(model),
-        "--out",
-        str(out),
-        "--max-train-samples",
-        "64",
-        "--clients",
-        "4",
-        "--clients-per-round",
-        "2",
-        "--rounds",
-        "2",
-        "--set",
-        "data.max_eval_samples=32",
-        "--seed",
-        "3",
-        *extra,
-    ]
+    return run_argv(model, out, "--seed", "3", *extra)
 
 
 def _metrics(out: Path) -> list[dict]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_argv
 from safetensors.torch import load_file
 
 from fedpet.cli import main
@@ -37,34 +38,15 @@ SETUPS = {
     # server state (first and second moments, momentum) checkpointed with the round
     "fedadam": ["--algorithm", "fedadam"],
     "fedavgm-fedrs": ["--algorithm", "fedavgm", "--set", "algorithm.fedrs=0.5"],
+    # and per-client controls on disk, read back as of the checkpoint
+    "scaffold": ["--algorithm", "scaffold", "--optimizer", "sgd"],
 }
 
 
 def args(model: Path, out: Path, extra: list[str]) -> list[str]:
-    return [
-        "run",
-        "--model",
-        str(model),
-        "--out",
-        str(out),
-        "--max-train-samples",
-        "160",
-        "--max-length",
-        "32",
-        "--clients",
-        "8",
-        "--clients-per-round",
-        "3",
-        "--rounds",
-        "10",
-        "--batch-size",
-        "8",
-        "--set",
-        "data.max_eval_samples=64",
-        "--seed",
-        "11",
-        *extra,
-    ]
+    flags = ("--max-length", "32", "--batch-size", "8", "--seed", "11", *extra)
+    sizes = {"samples": 160, "clients": 8, "per_round": 3, "rounds": 10, "eval_samples": 64}
+    return run_argv(model, out, *flags, **sizes)
 
 
 def metrics(out: Path) -> list[dict]:

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import yaml
+from helpers import run_argv
 from safetensors.torch import load_file
 
 from fedpet.cli import main
@@ -34,28 +35,9 @@ REQUIRED = {
 
 
 def tiny_args(model: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "run",
-        "--model",
-        str(model),
-        "--out",
-        str(out),
-        "--max-train-samples",
-        "96",
-        "--max-length",
-        "32",
-        "--clients",
-        "6",
-        "--clients-per-round",
-        "3",
-        "--rounds",
-        "3",
-        "--batch-size",
-        "8",
-        "--set",
-        "data.max_eval_samples=64",
-        *extra,
-    ]
+    flags = ("--max-length", "32", "--batch-size", "8", *extra)
+    sizes = {"samples": 96, "clients": 6, "per_round": 3, "rounds": 3, "eval_samples": 64}
+    return run_argv(model, out, *flags, **sizes)
 
 
 def lines(path: Path) -> list[dict]:

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import run_argv
 
 from fedpet import rundir
 from fedpet.cli import main
@@ -12,23 +13,7 @@ from fedpet.rundir import load_checkpoint
 
 
 def argv(model: Path, out: Path) -> list[str]:
-    return [
-        "run",
-        "--model",
-        str(model),
-        "--out",
-        str(out),
-        "--max-train-samples",
-        "64",
-        "--clients",
-        "4",
-        "--clients-per-round",
-        "2",
-        "--rounds",
-        "3",
-        "--set",
-        "data.max_eval_samples=32",
-    ]
+    return run_argv(model, out, rounds=3)
 
 
 def test_disk_full_mid_run_keeps_the_last_checkpoint(

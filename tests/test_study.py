@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import run_argv
 
 from fedpet.cli import main
 from fedpet.errors import FedpetError
@@ -199,26 +200,7 @@ def test_set_overrides_the_base_of_a_preset(tmp_path: Path, capsys) -> None:
 
 def test_report_of_a_single_run(tiny_model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    argv = [
-        "run",
-        "--model",
-        str(tiny_model_dir),
-        "--out",
-        str(out),
-        "--max-train-samples",
-        "48",
-        "--clients",
-        "4",
-        "--clients-per-round",
-        "2",
-        "--rounds",
-        "2",
-        "--partition",
-        "iid",
-        "--set",
-        "data.max_eval_samples=32",
-    ]
-    assert main(argv) == 0
+    assert main(run_argv(tiny_model_dir, out, "--partition", "iid", samples=48)) == 0
     assert main(["report", str(out)]) == 0
     report = (out / "report.md").read_text()
     summary = json.loads((out / "summary.json").read_text())

@@ -4,32 +4,14 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import run_argv
 
 from fedpet.cli import main
 from fedpet.tracking import flatten
 
 
 def _run(model: Path, out: Path, tracker: str) -> None:
-    argv = [
-        "run",
-        "--model",
-        str(model),
-        "--out",
-        str(out),
-        "--max-train-samples",
-        "48",
-        "--clients",
-        "4",
-        "--clients-per-round",
-        "2",
-        "--rounds",
-        "3",
-        "--set",
-        "data.max_eval_samples=32",
-        "--tracker",
-        tracker,
-    ]
-    assert main(argv) == 0
+    assert main(run_argv(model, out, "--tracker", tracker, samples=48, rounds=3)) == 0
 
 
 def test_tensorboard_gets_every_round(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_argv
 from safetensors.torch import load_file
 
 from fedpet.cli import main
@@ -46,26 +47,7 @@ def test_rejected_updates_leave_the_global_state_untouched(
     from fedpet.state import extract
 
     out = tmp_path / "rejected"
-    args = [
-        "run",
-        "--model",
-        str(tiny_model_dir),
-        "--max-train-samples",
-        "64",
-        "--clients",
-        "4",
-        "--clients-per-round",
-        "2",
-        "--rounds",
-        "2",
-        "--set",
-        "data.max_eval_samples=32",
-        "--set",
-        "federation.max_update_norm=1e-9",
-        "--out",
-        str(out),
-    ]
-    assert main(args) == 0
+    assert main(run_argv(tiny_model_dir, out, "--set", "federation.max_update_norm=1e-9")) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["updates_rejected"] == 4
     assert summary["bytes_up_total"] == 2 * 2 * 4 * summary["trainable_params"]

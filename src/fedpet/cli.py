@@ -49,7 +49,7 @@ RUN_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     "--algorithm": (
         "algorithm.name",
-        {"help": "fedavg (default), fedprox, fedavgm, fedadam, fedyogi, fedadagrad, ffa-lora, ..."},
+        {"help": "fedavg (default), fedprox, scaffold, fedavgm, fedadam, fedyogi, ffa-lora, ..."},
     ),
     "--max-update-norm": (
         "federation.max_update_norm",

@@ -425,6 +425,12 @@ def _validate_algorithm(cfg: Config) -> None:
         _check(0 <= getattr(a, key) < 1, f"algorithm.{key}", getattr(a, key), "a number in [0, 1)")
     _check(a.tau > 0, "algorithm.tau", a.tau, "a number > 0")
     _check(a.fedrs is None or 0 <= a.fedrs <= 1, "algorithm.fedrs", a.fedrs, "in [0, 1] or null")
+    if a.name == "scaffold":  # option II assumes K plain SGD steps at one rate
+        t = cfg.train
+        _check(t.optimizer == "sgd", "train.optimizer", t.optimizer, "sgd with algorithm scaffold")
+        _check(t.schedule == "constant", "train.schedule", t.schedule, "constant with scaffold")
+        rt = cfg.runtime
+        _check(rt == "simulation", "runtime", rt, "simulation with scaffold (client state on disk)")
     if a.name == "ffa-lora":
         m = cfg.method.name
         _check(m == "lora", "method.name", m, "lora with algorithm ffa-lora (it freezes LoRA's A)")

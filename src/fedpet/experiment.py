@@ -54,6 +54,13 @@ class Experiment:
         """Number of scalars in the whole model."""
         return sum(p.numel() for p in self.model.parameters())
 
+    @property
+    def learning_rates(self) -> dict[str, float]:
+        """Each trainable tensor's learning rate: the head's, or the method's."""
+        train = self.cfg.train
+        assert train.lr is not None, "resolve the config first"
+        return {n: train.head_lr if n in self.head_names else train.lr for n in self.params}
+
     def train_client(
         self, client: int, start: TrainableState, hook: ClientHook, seed: int
     ) -> TrainResult:

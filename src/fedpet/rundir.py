@@ -31,6 +31,7 @@ RUN_FILES = (
     PARTITION_HEATMAP,
     PARTITION_HISTOGRAM,
     "checkpoint",
+    "clients",
 )
 
 

@@ -11,6 +11,7 @@ from fedpet.algorithms.fedprox import FedProx
 from fedpet.algorithms.fedyogi import FedYogi
 from fedpet.algorithms.ffa_lora import FfaLora
 from fedpet.algorithms.median import Median
+from fedpet.algorithms.scaffold import Scaffold
 from fedpet.algorithms.trimmed_mean import TrimmedMean
 from fedpet.config import AlgorithmConfig
 
@@ -22,6 +23,7 @@ ALGORITHMS: dict[str, Callable[[AlgorithmConfig], Algorithm]] = {
     "fedyogi": FedYogi,
     "fedadagrad": FedAdagrad,
     "ffa-lora": FfaLora,
+    "scaffold": Scaffold,
     "median": Median,
     "trimmed-mean": TrimmedMean,
 }

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fedpet.config import AlgorithmConfig
-from fedpet.state import TrainableState, zeros_like
+from fedpet.state import TrainableState, subtract, zeros_like
 
 
 class ClientHook(Protocol):
@@ -39,9 +39,15 @@ class Aggregate:
         A state with the names and shapes of the updates.
     keep_updates
         Also keep each update, in order, in :attr:`updates`.
+
+    population
+        Clients in the federation, sampled or not (SCAFFOLD averages its control over them).
     """
 
-    def __init__(self, like: TrainableState, keep_updates: bool = False) -> None:
+    def __init__(
+        self, like: TrainableState, keep_updates: bool = False, population: int = 0
+    ) -> None:
+        self.population = population
         self.weighted_sum = zeros_like(like)
         self.total_weight = 0.0
         self.num_clients = 0
@@ -82,18 +88,46 @@ class Algorithm(Protocol):
 
     ``server_update`` is pure: ``(global_state, server_state, aggregate) ->
     (global_state, server_state)``, with no hidden state on the object. ``keeps_updates``
-    asks the runtime for an :class:`Aggregate` that keeps every update.
+    asks the runtime for an :class:`Aggregate` that keeps every update; ``stateful_clients``
+    for each client's own state, kept between the rounds it is sampled in.
+
+    A round: the server sends ``download(global, server)``; the client trains the model part
+    with ``client_hook(received, client_state)`` and sends the first half of
+    ``client_update(...)``, keeping the second as its new state; the server aggregates the
+    updates (names and shapes of the download) and calls ``server_update``.
     """
 
     name: str
     keeps_updates: bool
+    stateful_clients: bool
+
+    def download(
+        self, global_state: TrainableState, server_state: TrainableState
+    ) -> TrainableState:
+        """What the server sends each sampled client."""
+        ...
+
+    def client_update(
+        self,
+        received: TrainableState,
+        trained: TrainableState,
+        client_state: TrainableState,
+        steps: int,
+        lrs: dict[str, float],
+        num_examples: int,
+    ) -> tuple[TrainableState, TrainableState]:
+        """The update to send and the client's new state, after ``steps`` local steps.
+
+        ``lrs`` is each trainable tensor's learning rate; ``num_examples`` the client's.
+        """
+        ...
 
     def trainable(self, name: str) -> bool:
         """Whether the algorithm trains and sends this parameter of the method's set."""
         ...
 
-    def client_hook(self, global_state: TrainableState) -> ClientHook:
-        """The hook for a client starting from ``global_state``."""
+    def client_hook(self, received: TrainableState, client_state: TrainableState) -> ClientHook:
+        """The hook for a client that received ``received`` and holds ``client_state``."""
         ...
 
     def init_server_state(self, global_state: TrainableState) -> TrainableState:
@@ -114,6 +148,7 @@ class PlainAlgorithm:
     """
 
     default_server_lr = 1.0
+    stateful_clients = False
 
     def __init__(self, options: AlgorithmConfig) -> None:
         self.options = options
@@ -128,9 +163,27 @@ class PlainAlgorithm:
         """Every parameter the method trains."""
         return True
 
-    def client_hook(self, global_state: TrainableState) -> ClientHook:
+    def download(
+        self, global_state: TrainableState, server_state: TrainableState
+    ) -> TrainableState:
+        """The global state."""
+        return global_state
+
+    def client_hook(self, received: TrainableState, client_state: TrainableState) -> ClientHook:
         """No change to local training."""
         return PlainTraining()
+
+    def client_update(
+        self,
+        received: TrainableState,
+        trained: TrainableState,
+        client_state: TrainableState,
+        steps: int,
+        lrs: dict[str, float],
+        num_examples: int,
+    ) -> tuple[TrainableState, TrainableState]:
+        """The trained state minus the received one; no client state."""
+        return subtract(trained, received), {}
 
     def init_server_state(self, global_state: TrainableState) -> TrainableState:
         """No server state."""

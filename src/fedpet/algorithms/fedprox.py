@@ -27,6 +27,6 @@ class FedProx(FedAvg):
 
     name = "fedprox"
 
-    def client_hook(self, global_state: TrainableState) -> ClientHook:
+    def client_hook(self, received: TrainableState, client_state: TrainableState) -> ClientHook:
         """The proximal term around the state the client received."""
-        return ProximalTerm(global_state, self.options.mu)
+        return ProximalTerm(received, self.options.mu)

@@ -104,7 +104,10 @@ def client_update(
     exp = cached_experiment(cfg)
     layout: Schema = tuple((name, tuple(p.shape)) for name, p in exp.params.items())
     received = get_codec(cfg.codec.down).decode(payload, layout)
-    return local_update(exp, get_algorithm(cfg.algorithm), received, round_, client)
+    update, examples, loss, _ = local_update(
+        exp, get_algorithm(cfg.algorithm), received, round_, client
+    )
+    return update, examples, loss
 
 
 def train_reply(cfg: Config, msg: Message) -> Message:
@@ -206,7 +209,11 @@ class FedpetStrategy(Strategy):
         payload = self.down.encode(self.global_state)
         intake = Intake(
             cohort.tolist(),
-            Aggregate(self.global_state, keep_updates=self.algorithm.keeps_updates),
+            Aggregate(
+                self.global_state,
+                keep_updates=self.algorithm.keeps_updates,
+                population=len(self.exp.clients),
+            ),
             self.layout,
             fed.max_update_norm,
             lora=None if self.cfg.secagg.enabled else lora_error(self.exp, self.global_state),

@@ -19,7 +19,7 @@ from fedpet.rundir import Checkpoint
 from fedpet.runtime.lora_error import LoraError
 from fedpet.runtime.recorder import Recorder, RoundRecord
 from fedpet.seeding import derive_seed
-from fedpet.state import Schema, TrainableState, extract, load_, subtract
+from fedpet.state import Schema, TrainableState, extract, load_
 from fedpet.validation import receive_update, update_problem
 
 
@@ -70,14 +70,21 @@ def local_update(
     round_: int,
     client: int,
     hook: ClientHook | None = None,
-) -> tuple[TrainableState, int, float]:
-    """Train ``client`` from the received global state; its update, examples and mean loss.
+    client_state: TrainableState | None = None,
+) -> tuple[TrainableState, int, float, TrainableState]:
+    """Train ``client`` from what it received; its update, examples, mean loss and new state.
 
-    ``hook`` replaces the algorithm's client hook (the simulation wraps it to inject faults).
+    ``hook`` replaces the algorithm's client hook (the simulation wraps it to inject faults);
+    ``client_state`` is the client's own algorithm state, if the algorithm keeps one.
     """
+    own = client_state or {}
     seed = derive_seed(exp.cfg.seed, "train", round_, client)
-    trained = exp.train_client(client, received, hook or algorithm.client_hook(received), seed)
-    return subtract(trained.state, received), trained.num_examples, trained.loss
+    start = {name: received[name] for name in exp.params}
+    trained = exp.train_client(client, start, hook or algorithm.client_hook(received, own), seed)
+    update, new_state = algorithm.client_update(
+        received, trained.state, own, trained.steps, exp.learning_rates, trained.num_examples
+    )
+    return update, trained.num_examples, trained.loss, new_state
 
 
 @dataclass
@@ -160,9 +167,8 @@ def lora_error(exp: Experiment, received: TrainableState) -> LoraError | None:
     """The aggregation-error accumulator of a LoRA run's round; None for other methods."""
     if exp.cfg.method.name != "lora":
         return None
+    model = {n: received[n] for n in exp.params}
     frozen = {
-        n: p.detach()
-        for n, p in exp.model.named_parameters()
-        if "lora_A" in n and n not in received
+        n: p.detach() for n, p in exp.model.named_parameters() if "lora_A" in n and n not in model
     }
-    return LoraError(received, frozen)
+    return LoraError(model, frozen)

@@ -15,6 +15,7 @@ from fedpet.algorithms import Aggregate, Algorithm, get_algorithm
 from fedpet.codecs import Codec, get_codec
 from fedpet.experiment import Experiment
 from fedpet.rundir import Checkpoint
+from fedpet.runtime.client_states import ClientStates
 from fedpet.runtime.faults import ClientFailure, FailingHook, attack, local_steps, plan_faults
 from fedpet.runtime.recorder import Recorder
 from fedpet.runtime.rounds import (
@@ -33,21 +34,25 @@ def run_attempt(
     exp: Experiment,
     algorithm: Algorithm,
     codecs: tuple[Codec, Codec],
-    global_state: TrainableState,
+    sent: TrainableState,
     layout: Schema,
     round_: int,
     attempt: int,
+    states: ClientStates | None,
 ) -> Intake:
-    """Send the global state to a sampled cohort, train each client, gather valid updates."""
+    """Send ``sent`` to a sampled cohort, train each client, gather valid updates.
+
+    ``states`` holds the clients' own states, for algorithms that keep them.
+    """
     cfg = exp.cfg
     up, down = codecs
     fed, train = cfg.federation, cfg.train
     cohort = sample_cohort(cfg.seed, round_, len(exp.clients), fed.clients_per_round, attempt)
-    payload = down.encode(global_state)
+    payload = down.encode(sent)
     received = down.decode(payload, layout)
     intake = Intake(
         cohort.tolist(),
-        Aggregate(global_state, keep_updates=algorithm.keeps_updates),
+        Aggregate(sent, keep_updates=algorithm.keeps_updates, population=len(exp.clients)),
         layout,
         fed.max_update_norm,
         attempt=attempt,
@@ -61,14 +66,19 @@ def run_attempt(
             reason = f"needs {faults.seconds:g} s, round_deadline is {fed.round_deadline:g} s"
             intake.lose("late", k, reason)
             continue
-        hook = algorithm.client_hook(received)
+        own = states.load(k) if states is not None else {}
+        hook = algorithm.client_hook(received, own)
         if faults.fail_at_step is not None:
             hook = FailingHook(hook, faults.fail_at_step)
         try:
-            update, examples, loss = local_update(exp, algorithm, received, round_, k, hook)
+            update, examples, loss, new_state = local_update(
+                exp, algorithm, received, round_, k, hook, own
+            )
         except ClientFailure as exc:
             intake.lose("failed", k, str(exc))
             continue
+        if states is not None:
+            states.save(k, round_, new_state)
         if faults.malicious:
             update = attack(update, cfg.faults.attack, cfg.faults.attack_norm)
         intake.receive(k, ClientReply(up.encode(update), examples, loss), up, train.local_epochs)
@@ -87,14 +97,24 @@ def run_simulation(exp: Experiment, recorder: Recorder, resume: Checkpoint | Non
     algorithm = get_algorithm(cfg.algorithm)
     codecs = (get_codec(cfg.codec.up), get_codec(cfg.codec.down))
     global_state, server_state, done = starting_state(exp, algorithm, recorder, resume)
-    layout = schema(global_state)
+    layout = schema(algorithm.download(global_state, server_state))
+    states = ClientStates(recorder.run.path, done) if algorithm.stateful_clients else None
     tries = 1 + (fed.max_retries if fed.short_round == "retry" else 0)
     for rnd in range(done + 1, fed.rounds + 1):
         start = time.perf_counter()
         attempts: list[Intake] = []
         while len(attempts) < tries:
             attempts.append(
-                run_attempt(exp, algorithm, codecs, global_state, layout, rnd, len(attempts))
+                run_attempt(
+                    exp,
+                    algorithm,
+                    codecs,
+                    algorithm.download(global_state, server_state),
+                    layout,
+                    rnd,
+                    len(attempts),
+                    states,
+                )
             )
             if attempts[-1].aggregate.num_clients >= fed.min_clients_per_round:
                 break

@@ -1,0 +1,34 @@
+"""Helpers shared by the test modules (pytest puts this folder on ``sys.path``)."""
+
+from pathlib import Path
+
+
+def run_argv(
+    model: Path,
+    out: Path,
+    *extra: str,
+    samples: int = 64,
+    clients: int = 4,
+    per_round: int = 2,
+    rounds: int = 2,
+    eval_samples: int = 32,
+) -> list[str]:
+    """``fedpet run`` arguments for a small federated run; flags in ``extra`` come last."""
+    return [
+        "run",
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        "--max-train-samples",
+        str(samples),
+        "--clients",
+        str(clients),
+        "--clients-per-round",
+        str(per_round),
+        "--rounds",
+        str(rounds),
+        "--set",
+        f"data.max_eval_samples={eval_samples}",
+        *extra,
+    ]
