@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from fedpet.algorithms.base import Aggregate, ClientHook, PlainAlgorithm
-from fedpet.state import TrainableState, add, zeros_like
+from fedpet.state import TrainableState, add
 
 CONTROL = "scaffold.c."
 
@@ -25,6 +25,11 @@ CONTROL = "scaffold.c."
 def model_part(state: TrainableState) -> TrainableState:
     """The tensors of ``state`` that are model parameters (not controls)."""
     return {n: t for n, t in state.items() if not n.startswith(CONTROL)}
+
+
+def own_control(model: TrainableState, client_state: TrainableState) -> TrainableState:
+    """The client's control ``c_k``: its saved state, or zero before its first round."""
+    return client_state or {CONTROL + n: torch.zeros_like(t) for n, t in model.items()}
 
 
 class DriftCorrection:
@@ -59,7 +64,7 @@ class Scaffold(PlainAlgorithm):
     def client_hook(self, received: TrainableState, client_state: TrainableState) -> ClientHook:
         """The drift correction ``c - c_k``."""
         model = model_part(received)
-        own = client_state or {CONTROL + n: torch.zeros_like(t) for n, t in model.items()}
+        own = own_control(model, client_state)
         return DriftCorrection({n: received[CONTROL + n] - own[CONTROL + n] for n in model})
 
     def client_update(
@@ -73,7 +78,7 @@ class Scaffold(PlainAlgorithm):
     ) -> tuple[TrainableState, TrainableState]:
         """``(y - x, (c_k+ - c_k) / n_k)`` to send and ``c_k+`` to keep."""
         model = model_part(received)
-        own = client_state or zeros_like({CONTROL + n: t for n, t in model.items()})
+        own = own_control(model, client_state)
         update: TrainableState = {}
         new_state: TrainableState = {}
         for n, x in model.items():
