@@ -409,8 +409,6 @@ def validate(cfg: Config) -> None:
     nvt = m.num_virtual_tokens
     _check(nvt >= 1, "method.num_virtual_tokens", nvt, "an integer >= 1")
     _validate_algorithm(cfg)
-    trim = cfg.algorithm.trim_fraction
-    _check(0 <= trim < 0.5, "algorithm.trim_fraction", trim, "a number in [0, 0.5)")
     _validate_faults(cfg)
     _validate_secagg(cfg)
 
@@ -420,6 +418,8 @@ def _validate_algorithm(cfg: Config) -> None:
     a = cfg.algorithm
     slr = a.server_lr
     _check(slr is None or slr > 0, "algorithm.server_lr", slr, "a number > 0, or null")
+    trim = a.trim_fraction
+    _check(0 <= trim < 0.5, "algorithm.trim_fraction", trim, "a number in [0, 0.5)")
     _check(a.mu >= 0, "algorithm.mu", a.mu, "a number >= 0")
     for key in ("momentum", "beta1", "beta2"):
         _check(0 <= getattr(a, key) < 1, f"algorithm.{key}", getattr(a, key), "a number in [0, 1)")

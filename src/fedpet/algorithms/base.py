@@ -54,21 +54,20 @@ class Aggregate:
         self.keep_updates = keep_updates
         self.updates: list[TrainableState] = []
 
-    def add(self, delta: TrainableState, weight: float) -> None:
-        """Fold in one client's update with its weight (its number of local examples)."""
+    def add(self, delta: TrainableState, weight: float, clients: int = 1) -> None:
+        """Fold in one client's update with its weight (its number of local examples).
+
+        With ``clients`` > 1, ``delta`` is the weighted mean of that many updates and
+        ``weight`` their total weight: all that secure aggregation reveals.
+        """
+        if clients > 1 and self.keep_updates:
+            raise ValueError("a mean of several updates cannot be kept as one update")
         for name, acc in self.weighted_sum.items():
             acc.add_(delta[name], alpha=weight)
         self.total_weight += weight
-        self.num_clients += 1
+        self.num_clients += clients
         if self.keep_updates:
             self.updates.append(delta)
-
-    def add_mean(self, mean: TrainableState, total_weight: float, num_clients: int) -> None:
-        """Fold in the weighted mean of several updates, all that secure aggregation reveals."""
-        for name, acc in self.weighted_sum.items():
-            acc.add_(mean[name], alpha=total_weight)
-        self.total_weight += total_weight
-        self.num_clients += num_clients
 
     def stacked(self) -> dict[str, torch.Tensor]:
         """Per tensor name, the kept updates stacked along a new first (client) dimension."""

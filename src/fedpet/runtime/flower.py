@@ -28,7 +28,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
-from fedpet.algorithms import Aggregate, get_algorithm
+from fedpet.algorithms import get_algorithm
 from fedpet.codecs import get_codec
 from fedpet.config import Config, build_config, resolve, to_dict
 from fedpet.errors import FedpetError
@@ -39,7 +39,6 @@ from fedpet.runtime.rounds import (
     ClientReply,
     Intake,
     local_update,
-    lora_error,
     round_record,
     sample_cohort,
     starting_state,
@@ -207,16 +206,13 @@ class FedpetStrategy(Strategy):
         if any(k not in self.nodes for k in cohort.tolist()):
             self.discover(grid)
         payload = self.down.encode(self.global_state)
-        intake = Intake(
+        intake = Intake.open(
+            self.exp,
+            self.algorithm,
             cohort.tolist(),
-            Aggregate(
-                self.global_state,
-                keep_updates=self.algorithm.keeps_updates,
-                population=len(self.exp.clients),
-            ),
+            self.global_state,
             self.layout,
-            fed.max_update_norm,
-            lora=None if self.cfg.secagg.enabled else lora_error(self.exp, self.global_state),
+            track_lora=not self.cfg.secagg.enabled,
         )
         self.intake, self.sent = intake, {}
         targets: dict[int, int] = {}  # node -> client

@@ -48,10 +48,10 @@ class LoraError:
 
     def error(self) -> float | None:
         """Mean relative error over the modules; None before any update or LoRA module."""
+        if self.weight <= 0:
+            return None
         ratios = []
         for a, b in self.pairs:
-            if self.weight <= 0:
-                break
             exact = self.products[b] / self.weight
             norm = float(torch.linalg.matrix_norm(exact))
             if norm > 0:

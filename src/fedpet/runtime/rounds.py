@@ -106,6 +106,32 @@ class Intake:
     late: list[dict[str, object]] = field(default_factory=list)
     rejected: list[dict[str, object]] = field(default_factory=list)
 
+    @classmethod
+    def open(
+        cls,
+        exp: Experiment,
+        algorithm: Algorithm,
+        clients: list[int],
+        received: TrainableState,
+        layout: Schema,
+        attempt: int = 0,
+        track_lora: bool = True,
+    ) -> Intake:
+        """A round attempt's intake for the clients that start from ``received``.
+
+        Its aggregate keeps the updates if the algorithm needs them and knows the number of
+        clients; a LoRA run also tracks the aggregation error, unless ``track_lora`` is off
+        (secure aggregation shows no single update).
+        """
+        return cls(
+            clients,
+            Aggregate(received, keep_updates=algorithm.keeps_updates, population=len(exp.clients)),
+            layout,
+            exp.cfg.federation.max_update_norm,
+            attempt=attempt,
+            lora=lora_error(exp, received) if track_lora else None,
+        )
+
     def receive(self, client: int, reply: ClientReply, codec: Codec, local_epochs: int) -> None:
         """Count the reply's bytes and examples; aggregate it if it passes validation."""
         self.bytes_up += len(reply.payload)
@@ -135,7 +161,7 @@ class Intake:
             for k in clients:
                 self.lose("rejected", k, f"secure aggregate: {problem}")
             return
-        self.aggregate.add_mean(mean, weight, len(clients))
+        self.aggregate.add(mean, weight, clients=len(clients))
 
     def lose(self, kind: str, client: int, reason: str) -> None:
         """Record a client whose update is lost: ``failed``, ``late`` or ``rejected``."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from fedpet.algorithms import Aggregate, Algorithm, get_algorithm
+from fedpet.algorithms import Algorithm, get_algorithm
 from fedpet.codecs import Codec, get_codec
 from fedpet.experiment import Experiment
 from fedpet.rundir import Checkpoint
@@ -22,7 +22,6 @@ from fedpet.runtime.rounds import (
     ClientReply,
     Intake,
     local_update,
-    lora_error,
     round_record,
     sample_cohort,
     starting_state,
@@ -50,15 +49,8 @@ def run_attempt(
     cohort = sample_cohort(cfg.seed, round_, len(exp.clients), fed.clients_per_round, attempt)
     payload = down.encode(sent)
     received = down.decode(payload, layout)
-    intake = Intake(
-        cohort.tolist(),
-        Aggregate(sent, keep_updates=algorithm.keeps_updates, population=len(exp.clients)),
-        layout,
-        fed.max_update_norm,
-        attempt=attempt,
-        lora=lora_error(exp, received),
-        bytes_down=len(payload) * len(cohort),
-    )
+    intake = Intake.open(exp, algorithm, cohort.tolist(), received, layout, attempt)
+    intake.bytes_down = len(payload) * len(cohort)
     for k in intake.clients:
         steps = local_steps(len(exp.clients[k]), train.batch_size, train.local_epochs)
         faults = plan_faults(cfg, round_, attempt, k, steps)
