@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from helpers import run_argv
 from safetensors.torch import load_file
@@ -93,3 +94,65 @@ def test_scaffold_needs_plain_sgd(capsys) -> None:
     assert main(["run", "--dry-run", "--algorithm", "scaffold"]) == 2
     err = capsys.readouterr().err
     assert "train.optimizer = 'adamw' is not allowed: sgd with algorithm scaffold" in err
+
+
+@pytest.mark.parametrize("name", ["hetlora", "flexlora"])
+def test_heterogeneous_ranks_cut_what_each_client_trains_and_sends(
+    tiny_model_dir: Path, tmp_path: Path, name: str
+) -> None:
+    from fedpet.runtime.rounds import sample_cohort
+
+    out = tmp_path / name
+    rows = _run(tiny_model_dir, out, "--algorithm", name, "--set", "algorithm.ranks=[2,8]")
+    partition = json.loads((out / "partition.json").read_text())
+    assert [c["lora_rank"] for c in partition["clients"]] == [2, 8, 2, 8]
+    state = _state(out)
+    lora = [t for k, t in state.items() if "lora_A" in k]
+    assert lora and all(t.shape[0] == 8 for t in lora)  # the global state keeps the full rank
+    per_rank = sum(t.shape[1] for t in lora) + sum(
+        t.shape[0] for k, t in state.items() if "lora_B" in k
+    )  # scalars per unit of rank
+    head = sum(t.numel() for k, t in state.items() if "lora_" not in k)
+    for r, row in enumerate(rows, start=1):
+        cohort = sample_cohort(5, r, 4, 2).tolist()
+        assert row["clients"] == cohort and row["aggregated"] == 2 and not row["rejected"]
+        expected = sum(4 * (head + (2 if k % 2 == 0 else 8) * per_rank) for k in cohort)
+        assert row["bytes_down"] == row["bytes_up"] == expected
+        assert row["lora_aggregation_error"] is not None
+    if name == "flexlora":  # the SVD factors: A's rows orthonormal
+        assert all(torch.allclose(t @ t.T, torch.eye(8), atol=1e-4) for t in lora)
+
+
+def test_a_client_trains_only_its_rank(tiny_config) -> None:
+    from fedpet.algorithms import get_algorithm
+    from fedpet.experiment import prepare
+    from fedpet.runtime.rounds import local_update
+    from fedpet.state import extract
+
+    exp = prepare(tiny_config(**{"algorithm.name": "hetlora", "algorithm.ranks": [3]}))
+    algorithm = get_algorithm(exp.cfg.algorithm)
+    received = algorithm.client_view(extract(exp.params), 0)
+    update, *_ = local_update(exp, algorithm, received, 1, 0)
+    assert update.keys() == received.keys()
+    assert all(update[k].shape == t.shape for k, t in received.items())
+    assert any(t.shape[0] == 3 for k, t in update.items() if "lora_A" in k)
+    assert all(float(t.abs().sum()) > 0 for t in update.values())
+    # the shared model's rows above rank 3 started and stayed zero: zero gradients there
+    assert all(float(p.detach()[3:].abs().sum()) == 0 for k, p in exp.params.items() if "lora_A" in k)
+    assert all(float(p.detach()[:, 3:].abs().sum()) == 0 for k, p in exp.params.items() if "lora_B" in k)
+
+
+RANK_ERRORS = [
+    (["--algorithm", "fedavg", "--set", "algorithm.ranks=[2]"],
+     "algorithm.ranks = [2] is not allowed: empty unless algorithm is hetlora or flexlora"),
+    (["--algorithm", "hetlora", "--set", "algorithm.ranks=[4,16]"],
+     "algorithm.ranks = [4, 16] is not allowed: ranks from 1 to method.r = 8"),
+    (["--algorithm", "flexlora", "--method", "adapter"],
+     "method.name = 'adapter' is not allowed: lora with algorithm flexlora"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "message"), RANK_ERRORS)
+def test_heterogeneous_ranks_are_checked(args: list[str], message: str, capsys) -> None:
+    assert main(["run", "--dry-run", *args]) == 2
+    assert message in capsys.readouterr().err

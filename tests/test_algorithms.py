@@ -3,6 +3,7 @@ import torch
 
 from fedpet.algorithms import Aggregate, get_algorithm
 from fedpet.config import AlgorithmConfig
+from fedpet.state import add
 
 
 def test_fedavg_weights_updates_by_example_count() -> None:
@@ -11,7 +12,7 @@ def test_fedavg_weights_updates_by_example_count() -> None:
         ({"w": torch.tensor([1.0, 0.0]), "b": torch.tensor([3.0])}, 10),
         ({"w": torch.tensor([0.0, 4.0]), "b": torch.tensor([-1.0])}, 30),
     ]
-    agg = Aggregate(theta)
+    agg = Aggregate()
     for delta, n in updates:
         agg.add(delta, float(n))
     algo = get_algorithm(AlgorithmConfig())
@@ -27,7 +28,7 @@ def test_fedavg_weights_updates_by_example_count() -> None:
 
 def test_server_lr_scales_the_mean_update() -> None:
     theta = {"w": torch.zeros(3)}
-    agg = Aggregate(theta)
+    agg = Aggregate()
     agg.add({"w": torch.ones(3)}, 2.0)
     new, _ = get_algorithm(AlgorithmConfig(server_lr=0.5)).server_update(theta, {}, agg)
     assert torch.equal(new["w"], torch.full((3,), 0.5))
@@ -35,7 +36,7 @@ def test_server_lr_scales_the_mean_update() -> None:
 
 def test_server_update_is_pure() -> None:
     theta = {"w": torch.zeros(2)}
-    agg = Aggregate(theta)
+    agg = Aggregate()
     agg.add({"w": torch.ones(2)}, 1.0)
     get_algorithm(AlgorithmConfig()).server_update(theta, {}, agg)
     assert torch.equal(theta["w"], torch.zeros(2))
@@ -43,11 +44,11 @@ def test_server_update_is_pure() -> None:
 
 def test_empty_aggregate_is_an_error() -> None:
     with pytest.raises(ValueError, match="no client update"):
-        Aggregate({"w": torch.zeros(1)}).mean()
+        Aggregate().mean()
 
 
 def _aggregate(values: list[list[float]], keep: bool = True) -> Aggregate:
-    agg = Aggregate({"w": torch.zeros(len(values[0]))}, keep_updates=keep)
+    agg = Aggregate(keep_updates=keep)
     for row, n in zip(values, range(1, len(values) + 1), strict=True):
         agg.add({"w": torch.tensor(row)}, float(n))
     return agg
@@ -118,7 +119,7 @@ def _two_rounds(name: str, **options: float) -> list[torch.Tensor]:
     server = algo.init_server_state(theta)
     out = []
     for d in ([0.5, -0.25], [-0.1, 0.3]):
-        agg = Aggregate(theta)
+        agg = Aggregate()
         agg.add({"w": torch.tensor(d)}, 3.0)
         theta, server = algo.server_update(theta, server, agg)
         out.append(theta["w"])
@@ -181,7 +182,7 @@ def test_lora_error_matches_the_formula_and_vanishes_with_a_shared_a() -> None:
                for w in (1.0, 3.0)]  # fmt: skip
     tracker = LoraError(received, frozen={})
     for delta, w in clients:
-        tracker.add(delta, w)
+        tracker.add(add(received, delta), w)
     p = [w / 4.0 for _, w in clients]
     a_k = [received[a_name] + d[a_name] for d, _ in clients]
     b_k = [received[b_name] + d[b_name] for d, _ in clients]
@@ -195,7 +196,7 @@ def test_lora_error_matches_the_formula_and_vanishes_with_a_shared_a() -> None:
     # FFA-LoRA: A frozen (not in the state) and shared, so averaging B averages B A exactly
     shared = LoraError({b_name: received[b_name]}, frozen={a_name: received[a_name]})
     for delta, w in clients:
-        shared.add({b_name: delta[b_name]}, w)
+        shared.add({b_name: received[b_name] + delta[b_name]}, w)
     frozen_error = shared.error()
     assert frozen_error is not None and frozen_error < 1e-6
 
@@ -226,7 +227,7 @@ def test_scaffold_server_averages_controls_over_all_clients() -> None:
     server = algo.init_server_state(theta)
     assert torch.equal(server[CONTROL + "w"], torch.zeros(2))
     server = {CONTROL + "w": torch.tensor([0.5, 0.5])}
-    agg = Aggregate(algo.download(theta, server), population=10)
+    agg = Aggregate(population=10)
     clients = [(torch.tensor([0.2, 0.0]), torch.tensor([1.0, -2.0]), 2),
                (torch.tensor([0.0, 0.4]), torch.tensor([3.0, 4.0]), 6)]  # fmt: skip
     for delta_y, delta_c, n in clients:
@@ -247,3 +248,75 @@ def test_drift_correction_adds_c_minus_c_k_to_the_gradient() -> None:
     hook.loss((w**2).sum(), {"w": w}).backward()
     assert w.grad is not None
     assert torch.allclose(w.grad, torch.tensor([2.0 + 0.25, 4.0 - 1.25]))
+
+
+def _lora_state(gen: torch.Generator, r: int = 4) -> dict[str, torch.Tensor]:
+    return {
+        "head.weight": torch.randn(2, 6, generator=gen),
+        "m.lora_A.weight": torch.randn(r, 6, generator=gen),
+        "m.lora_B.weight": torch.randn(5, r, generator=gen),
+    }
+
+
+def _ranked_round(name: str, ranks: tuple[int, ...], weights: list[float]):
+    """One round of ``name`` by hand: the global, the clients' trained views, the new global."""
+    gen = torch.Generator().manual_seed(3)
+    algo = get_algorithm(AlgorithmConfig(name=name, ranks=ranks))
+    theta = _lora_state(gen)
+    agg, trained = Aggregate(), []
+    for k, w in enumerate(weights):
+        view = algo.client_view(theta, k)
+        update = {n: torch.randn(t.shape, generator=gen) for n, t in view.items()}
+        trained.append(add(view, update))
+        agg.add(algo.server_view(theta, update, k), w)
+    new, _ = algo.server_update(theta, {}, agg)
+    return algo, theta, trained, new
+
+
+def test_ranked_clients_hold_their_cut_of_the_global_state() -> None:
+    algo = get_algorithm(AlgorithmConfig(name="hetlora", ranks=(1, 3)))
+    theta = _lora_state(torch.Generator().manual_seed(0))
+    views = [algo.client_view(theta, k) for k in range(3)]
+    shapes = [(v["m.lora_A.weight"].shape, v["m.lora_B.weight"].shape) for v in views]
+    assert shapes == [((1, 6), (5, 1)), ((3, 6), (5, 3)), ((1, 6), (5, 1))]  # ranks in turn
+    assert torch.equal(views[1]["m.lora_A.weight"], theta["m.lora_A.weight"][:3])
+    assert torch.equal(views[1]["m.lora_B.weight"], theta["m.lora_B.weight"][:, :3])
+    assert all(torch.equal(v["head.weight"], theta["head.weight"]) for v in views)
+
+
+def test_hetlora_averages_zero_padded_updates() -> None:
+    _algo, theta, trained, new = _ranked_round("hetlora", (2, 4), [1.0, 3.0])
+    a, b = "m.lora_A.weight", "m.lora_B.weight"
+    delta_a = [trained[k][a] - theta[a][: 2 * (k + 1)] for k in range(2)]
+    by_hand = theta[a].clone()
+    by_hand[:2] += (1.0 * delta_a[0] + 3.0 * delta_a[1][:2]) / 4
+    by_hand[2:] += 3.0 * delta_a[1][2:] / 4  # the rank-2 client adds zeros there
+    assert torch.allclose(new[a], by_hand, atol=1e-6)
+    assert new[b].shape == theta[b].shape and new.keys() == theta.keys()
+
+
+def test_flexlora_with_equal_ranks_gives_the_best_rank_r_mean_product() -> None:
+    _algo, _theta, trained, new = _ranked_round("flexlora", (), [1.0, 3.0])
+    a, b = "m.lora_A.weight", "m.lora_B.weight"
+    mean = (1.0 * trained[0][b] @ trained[0][a] + 3.0 * trained[1][b] @ trained[1][a]) / 4
+    u, s, vh = torch.linalg.svd(mean.double())
+    best = (u[:, :4] * s[:4]) @ vh[:4]
+    assert torch.allclose((new[b] @ new[a]).double(), best, atol=1e-5)
+    head = (1.0 * trained[0]["head.weight"] + 3.0 * trained[1]["head.weight"]) / 4
+    assert torch.allclose(new["head.weight"], head, atol=1e-6)
+    # A's rows are orthonormal, B's columns carry the singular values in decreasing order
+    assert torch.allclose(new[a] @ new[a].T, torch.eye(4), atol=1e-5)
+    norms = torch.linalg.vector_norm(new[b], dim=0)
+    assert torch.allclose(norms, s[:4].float(), atol=1e-5) and bool((norms[:-1] >= norms[1:]).all())
+
+
+def test_flexlora_gives_a_small_client_the_best_approximation_at_its_rank() -> None:
+    algo, _theta, trained, new = _ranked_round("flexlora", (1, 4), [2.0, 2.0])
+    a, b = "m.lora_A.weight", "m.lora_B.weight"
+    assert trained[0][a].shape == (1, 6)
+    mean = (trained[0][b] @ trained[0][a] + trained[1][b] @ trained[1][a]) / 2
+    u, s, vh = torch.linalg.svd(mean.double())
+    small = algo.client_view(new, 0)
+    assert torch.allclose(
+        (small[b] @ small[a]).double(), s[0] * torch.outer(u[:, 0], vh[0]), atol=1e-5
+    )

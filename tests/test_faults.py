@@ -133,7 +133,7 @@ def test_a_malicious_client_leaves_the_global_state_untouched(
     # the global state is FedAvg over the honest clients alone, recomputed here
     exp = prepare(build_config(load_yaml(out / "config.yaml")))
     start = extract(exp.params)
-    agg = Aggregate(start)
+    agg = Aggregate()
     for k in cohort:
         if k != bad:
             trained = exp.train_client(k, start, PlainTraining(), derive_seed(5, "train", 1, k))

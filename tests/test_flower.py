@@ -25,13 +25,15 @@ def test_flower_simulation_equals_the_in_process_runtime(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     flower, local = tmp_path / "flower", tmp_path / "local"
-    assert main(_argv(tiny_model_dir, flower, "--runtime", "flower-sim")) == 0
+    # FlexLoRA with two ranks: per-client downloads, layouts and server views on both sides
+    ranked = ("--algorithm", "flexlora", "--set", "algorithm.ranks=[2,8]")
+    assert main(_argv(tiny_model_dir, flower, "--runtime", "flower-sim", *ranked)) == 0
     # Ray runs each ClientApp with one thread; so does the reference run, so that every
     # float sum reduces in the same order and the states are bitwise equal
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert main(_argv(tiny_model_dir, local)) == 0
+        assert main(_argv(tiny_model_dir, local, *ranked)) == 0
     finally:
         torch.set_num_threads(threads)
     a = load_file(flower / "checkpoint" / "global.safetensors")
@@ -39,7 +41,8 @@ def test_flower_simulation_equals_the_in_process_runtime(
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert _metrics(flower) == _metrics(local)
     summary = json.loads((flower / "summary.json").read_text())
-    assert summary["bytes_up_total"] == 2 * 2 * 4 * summary["trainable_params"]
+    full_rank = 2 * 2 * 4 * summary["trainable_params"]  # 2 rounds, 2 clients, fp32
+    assert 0 < summary["bytes_up_total"] < full_rank  # rank-2 clients send less
 
 
 def test_flower_sim_refuses_centralized(capsys) -> None:

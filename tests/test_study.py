@@ -59,11 +59,13 @@ def test_bad_studies_are_one_clear_error(data: dict, needle: str) -> None:
 
 def test_presets_plan_without_errors() -> None:
     sizes = {
-        name: len(plan(load_study(preset=name))) for name in ("quick", "cpu", "fedpetuning-glue")
+        name: len(plan(load_study(preset=name)))
+        for name in ("quick", "cpu", "algorithms", "fedpetuning-glue")
     }
     assert sizes == {
         "quick": 15,
         "cpu": 7 * 3 * 3 * 3 + 7 * 3 * 3,
+        "algorithms": 2 * 2 * 10 * 3,
         "fedpetuning-glue": 6 * 5 * 3 * 5,
     }
 
@@ -184,7 +186,7 @@ def test_bad_study_input_is_one_line(tmp_path: Path, capsys) -> None:
     assert main(["study", "--config", str(bad), "--out", str(tmp_path / "s")]) == 2
     assert "study run seed=0: data.task = 'nope'" in capsys.readouterr().err
     assert main(["study", "--preset", "fast"]) == 2
-    assert "--preset 'fast': choose one of quick, cpu, fedpetuning-glue" in capsys.readouterr().err
+    assert "--preset 'fast': choose one of quick, cpu, algorithms, fedpetuning-glue" in capsys.readouterr().err
     assert main(["report", str(tmp_path)]) == 2
     assert "neither a study" in capsys.readouterr().err
 

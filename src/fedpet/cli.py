@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     study = sub.add_parser("study", help="run a grid of runs; write results.csv and report.md")
     study.add_argument("--config", help="study file: base config, grid, rules, centralized")
-    study.add_argument("--preset", help="a packaged study: quick, cpu, fedpetuning-glue")
+    study.add_argument("--preset", help="a packaged study: quick, cpu, algorithms, fedpetuning-glue")
     study.add_argument("--out", help="study directory (default studies/<preset or file name>)")
     study.add_argument("--tracker", help="also log each run to mlflow or tensorboard")
     study.add_argument(

@@ -124,7 +124,10 @@ class AlgorithmConfig:
     server optimizers); ``mu`` is FedProx's proximal weight, ``momentum`` FedAvgM's,
     ``beta1``/``beta2``/``tau`` those of FedAdam, FedYogi and FedAdagrad. ``fedrs``, with any
     algorithm, scales the logits of the classes a client does not hold by that factor in its
-    local training (FedRS's restricted softmax); null leaves them alone.
+    local training (FedRS's restricted softmax); null leaves them alone. ``ranks``, for
+    ``hetlora`` and ``flexlora``, are LoRA ranks assigned to the clients in turn (client ``k``
+    trains rank ``ranks[k % len(ranks)]``, at most ``method.r``, the global rank); empty
+    gives every client ``method.r``.
     """
 
     name: str = "fedavg"
@@ -136,6 +139,7 @@ class AlgorithmConfig:
     beta2: float = 0.99
     tau: float = 1e-3
     fedrs: float | None = None
+    ranks: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -431,9 +435,22 @@ def _validate_algorithm(cfg: Config) -> None:
         _check(t.schedule == "constant", "train.schedule", t.schedule, "constant with scaffold")
         rt = cfg.runtime
         _check(rt == "simulation", "runtime", rt, "simulation with scaffold (client state on disk)")
-    if a.name == "ffa-lora":
-        m = cfg.method.name
-        _check(m == "lora", "method.name", m, "lora with algorithm ffa-lora (it freezes LoRA's A)")
+    m = cfg.method.name
+    if a.name in ("ffa-lora", "hetlora", "flexlora"):
+        _check(m == "lora", "method.name", m, f"lora with algorithm {a.name}")
+    if a.ranks:
+        _check(
+            a.name in ("hetlora", "flexlora"),
+            "algorithm.ranks",
+            list(a.ranks),
+            "empty unless algorithm is hetlora or flexlora",
+        )
+        _check(
+            all(1 <= r <= cfg.method.r for r in a.ranks),
+            "algorithm.ranks",
+            list(a.ranks),
+            f"ranks from 1 to method.r = {cfg.method.r} (the global rank)",
+        )
 
 
 def _validate_secagg(cfg: Config) -> None:
@@ -449,10 +466,11 @@ def _validate_secagg(cfg: Config) -> None:
     flower = "a Flower runtime: --runtime flower-sim, or a deployment through flwr run"
     _check(cfg.runtime != "simulation", "runtime", cfg.runtime, f"with secagg.enabled, {flower}")
     _check(
-        not get_algorithm(cfg.algorithm).keeps_updates,
+        not get_algorithm(cfg.algorithm).keeps_updates
+        and cfg.algorithm.name not in ("hetlora", "flexlora"),
         "algorithm.name",
         cfg.algorithm.name,
-        "with secagg.enabled, an algorithm that needs only the weighted sum (fedavg)",
+        "with secagg.enabled, an algorithm that sums the updates as sent (fedavg)",
     )
     mun = cfg.federation.max_update_norm
     _check(mun is None, "federation.max_update_norm", mun, "null with secagg.enabled")

@@ -7,6 +7,8 @@ map (:func:`load_`), so optimizers built over the parameters stay valid.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 
@@ -53,3 +55,17 @@ def add(a: TrainableState, b: TrainableState, scale: float = 1.0) -> TrainableSt
 def zeros_like(state: TrainableState) -> TrainableState:
     """A state of zeros with the same names and shapes."""
     return {name: torch.zeros_like(t) for name, t in state.items()}
+
+
+def pad(state: TrainableState, like: Mapping[str, torch.Tensor]) -> TrainableState:
+    """``state`` zero-padded at the end of each dimension to the shapes of ``like``."""
+    out = {}
+    for name, t in state.items():
+        target = like[name].shape
+        if t.shape == target:
+            out[name] = t
+        else:
+            full = t.new_zeros(target)
+            full[tuple(slice(0, n) for n in t.shape)] = t
+            out[name] = full
+    return out

@@ -10,6 +10,8 @@ from fedpet.algorithms.fedavgm import FedAvgM
 from fedpet.algorithms.fedprox import FedProx
 from fedpet.algorithms.fedyogi import FedYogi
 from fedpet.algorithms.ffa_lora import FfaLora
+from fedpet.algorithms.flexlora import FlexLora
+from fedpet.algorithms.hetlora import HetLora
 from fedpet.algorithms.median import Median
 from fedpet.algorithms.scaffold import Scaffold
 from fedpet.algorithms.trimmed_mean import TrimmedMean
@@ -23,6 +25,8 @@ ALGORITHMS: dict[str, Callable[[AlgorithmConfig], Algorithm]] = {
     "fedyogi": FedYogi,
     "fedadagrad": FedAdagrad,
     "ffa-lora": FfaLora,
+    "hetlora": HetLora,
+    "flexlora": FlexLora,
     "scaffold": Scaffold,
     "median": Median,
     "trimmed-mean": TrimmedMean,

@@ -33,22 +33,19 @@ class Aggregate:
     Robust statistics (a median) need every update; only then, with ``keep_updates``, are
     they kept, at the cost of one trainable state per client in memory.
 
+    The sum takes the names and shapes of the first update added.
+
     Parameters
     ----------
-    like
-        A state with the names and shapes of the updates.
     keep_updates
         Also keep each update, in order, in :attr:`updates`.
-
     population
         Clients in the federation, sampled or not (SCAFFOLD averages its control over them).
     """
 
-    def __init__(
-        self, like: TrainableState, keep_updates: bool = False, population: int = 0
-    ) -> None:
+    def __init__(self, keep_updates: bool = False, population: int = 0) -> None:
         self.population = population
-        self.weighted_sum = zeros_like(like)
+        self.weighted_sum: TrainableState = {}
         self.total_weight = 0.0
         self.num_clients = 0
         self.keep_updates = keep_updates
@@ -62,6 +59,8 @@ class Aggregate:
         """
         if clients > 1 and self.keep_updates:
             raise ValueError("a mean of several updates cannot be kept as one update")
+        if not self.weighted_sum:
+            self.weighted_sum = zeros_like(delta)
         for name, acc in self.weighted_sum.items():
             acc.add_(delta[name], alpha=weight)
         self.total_weight += weight
@@ -90,10 +89,10 @@ class Algorithm(Protocol):
     asks the runtime for an :class:`Aggregate` that keeps every update; ``stateful_clients``
     for each client's own state, kept between the rounds it is sampled in.
 
-    A round: the server sends ``download(global, server)``; the client trains the model part
-    with ``client_hook(received, client_state)`` and sends the first half of
-    ``client_update(...)``, keeping the second as its new state; the server aggregates the
-    updates (names and shapes of the download) and calls ``server_update``.
+    A round: the server sends client ``k`` ``client_view(download(global, server), k)``; the
+    client trains the model part with ``client_hook(received, client_state)`` and sends the
+    first half of ``client_update(...)``, keeping the second as its new state; the server
+    aggregates ``server_view(download, update, k)`` and calls ``server_update``.
     """
 
     name: str
@@ -104,6 +103,16 @@ class Algorithm(Protocol):
         self, global_state: TrainableState, server_state: TrainableState
     ) -> TrainableState:
         """What the server sends each sampled client."""
+        ...
+
+    def client_view(self, state: TrainableState, client: int) -> TrainableState:
+        """The part of a state with the download's names and shapes that ``client`` holds."""
+        ...
+
+    def server_view(
+        self, download: TrainableState, update: TrainableState, client: int
+    ) -> TrainableState:
+        """A client's checked update (of its view's shapes) as the server aggregates it."""
         ...
 
     def client_update(
@@ -167,6 +176,16 @@ class PlainAlgorithm:
     ) -> TrainableState:
         """The global state."""
         return global_state
+
+    def client_view(self, state: TrainableState, client: int) -> TrainableState:
+        """All of it: every client holds the whole state."""
+        return state
+
+    def server_view(
+        self, download: TrainableState, update: TrainableState, client: int
+    ) -> TrainableState:
+        """The update itself."""
+        return update
 
     def client_hook(self, received: TrainableState, client_state: TrainableState) -> ClientHook:
         """No change to local training."""

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from fedpet.algorithms.ranks import client_rank
 from fedpet.config import Config
 from fedpet.data.partition import label_counts, label_skew
 from fedpet.data.splits import Task
@@ -14,9 +15,19 @@ from fedpet.rundir import PARTITION_HEATMAP, PARTITION_HISTOGRAM, atomic_write
 
 
 def describe_partition(task: Task, clients: list[np.ndarray], cfg: Config) -> dict[str, Any]:
-    """Split rule and sizes, scheme, label skew, and per client its size and label counts."""
+    """Split rule and sizes, scheme, label skew, and per client its size and label counts.
+
+    With heterogeneous LoRA ranks (``algorithm.ranks``), each client's rank too.
+    """
     counts = label_counts(task.train.labels, clients, task.num_labels)
     d = cfg.data
+    ranks = cfg.algorithm.ranks
+    per_client = [
+        {"id": k, "size": int(c.sum()), "label_counts": c.tolist()} for k, c in enumerate(counts)
+    ]
+    if ranks:
+        for k, entry in enumerate(per_client):
+            entry["lora_rank"] = client_rank(ranks, k)
     return {
         "task": task.name,
         "split": {
@@ -30,10 +41,7 @@ def describe_partition(task: Task, clients: list[np.ndarray], cfg: Config) -> di
         "alpha": d.alpha,
         "labels": list(task.label_names),
         "label_skew": label_skew(counts),
-        "clients": [
-            {"id": k, "size": int(c.sum()), "label_counts": c.tolist()}
-            for k, c in enumerate(counts)
-        ],
+        "clients": per_client,
     }
 
 

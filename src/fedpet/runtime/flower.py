@@ -37,6 +37,7 @@ from fedpet.rundir import Checkpoint
 from fedpet.runtime.recorder import Recorder
 from fedpet.runtime.rounds import (
     ClientReply,
+    Downloads,
     Intake,
     local_update,
     round_record,
@@ -50,7 +51,7 @@ from fedpet.runtime.secagg import (
     secure_mod,
     secure_round,
 )
-from fedpet.state import Schema, TrainableState, load_, schema
+from fedpet.state import TrainableState, load_, schema
 
 PAYLOAD = "payload"
 _EXPERIMENTS: dict[str, Experiment] = {}  # per process: the backbone and data, loaded once
@@ -101,11 +102,10 @@ def client_update(
 ) -> tuple[TrainableState, int, float]:
     """Train ``client`` from the received global-state payload: its update, examples, loss."""
     exp = cached_experiment(cfg)
-    layout: Schema = tuple((name, tuple(p.shape)) for name, p in exp.params.items())
+    algorithm = get_algorithm(cfg.algorithm)
+    layout = schema(algorithm.client_view({n: p.detach() for n, p in exp.params.items()}, client))
     received = get_codec(cfg.codec.down).decode(payload, layout)
-    update, examples, loss, _ = local_update(
-        exp, get_algorithm(cfg.algorithm), received, round_, client
-    )
+    update, examples, loss, _ = local_update(exp, algorithm, received, round_, client)
     return update, examples, loss
 
 
@@ -205,13 +205,11 @@ class FedpetStrategy(Strategy):
         cohort = sample_cohort(self.cfg.seed, round_, len(self.exp.clients), fed.clients_per_round)
         if any(k not in self.nodes for k in cohort.tolist()):
             self.discover(grid)
-        payload = self.down.encode(self.global_state)
         intake = Intake.open(
             self.exp,
             self.algorithm,
             cohort.tolist(),
             self.global_state,
-            self.layout,
             track_lora=not self.cfg.secagg.enabled,
         )
         self.intake, self.sent = intake, {}
@@ -222,23 +220,22 @@ class FedpetStrategy(Strategy):
             else:
                 intake.lose("failed", k, "no node holds this client")
         if self.cfg.secagg.enabled:
-            self.secure_round(grid, round_, payload, targets)
+            self.secure_round(grid, round_, self.down.encode(self.global_state), targets)
             return []
         self.sent = targets
-        intake.bytes_down += len(payload) * len(targets)
-        return [
-            Message(
-                content=RecordDict(
-                    {
-                        "arrays": to_record(payload),
-                        "config": ConfigRecord({"round": round_, "client": k}),
-                    }
-                ),
-                dst_node_id=node,
-                message_type="train",
+        downloads = Downloads(self.algorithm, self.down, self.global_state)
+        messages = []
+        for node, k in targets.items():
+            payload, _ = downloads.payload(k)
+            intake.bytes_down += len(payload)
+            content = RecordDict(
+                {
+                    "arrays": to_record(payload),
+                    "config": ConfigRecord({"round": round_, "client": k}),
+                }
             )
-            for node, k in targets.items()
-        ]
+            messages.append(Message(content=content, dst_node_id=node, message_type="train"))
+        return messages
 
     def secure_round(
         self, grid: Grid, round_: int, payload: bytes, targets: dict[int, int]

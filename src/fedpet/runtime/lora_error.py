@@ -8,6 +8,8 @@ round holds one product per module, not one per client.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
 from fedpet.state import TrainableState
@@ -18,29 +20,27 @@ class LoraError:
 
     Parameters
     ----------
-    received
-        The global state the clients started from (their updates are deltas to it).
+    names
+        The trainable tensors' names; each ``lora_B`` pairs with its ``lora_A``.
     frozen
         LoRA A matrices that are not in the trainable state (FFA-LoRA): every client has them.
     """
 
-    def __init__(self, received: TrainableState, frozen: TrainableState) -> None:
-        self.received, self.frozen = received, frozen
-        self.pairs = [(b.replace("lora_B", "lora_A"), b) for b in received if "lora_B" in b]
+    def __init__(self, names: Iterable[str], frozen: TrainableState) -> None:
+        self.frozen = frozen
+        self.pairs = [(b.replace("lora_B", "lora_A"), b) for b in names if "lora_B" in b]
         self.products = {b: torch.zeros(()) for _, b in self.pairs}
         self.sum_a = {a: torch.zeros(()) for a, _ in self.pairs}
         self.sum_b = {b: torch.zeros(()) for _, b in self.pairs}
         self.weight = 0.0
 
-    def _factor(self, name: str, delta: TrainableState) -> torch.Tensor:
-        if name in self.received:
-            return self.received[name].double() + delta[name].double()
-        return self.frozen[name].double()
+    def _factor(self, name: str, trained: TrainableState) -> torch.Tensor:
+        return (trained[name] if name in trained else self.frozen[name]).double()
 
-    def add(self, delta: TrainableState, weight: float) -> None:
-        """Fold in one client's update with its FedAvg weight."""
+    def add(self, trained: TrainableState, weight: float) -> None:
+        """Fold in one client's trained state (received plus update) with its FedAvg weight."""
         for a, b in self.pairs:
-            lora_a, lora_b = self._factor(a, delta), self._factor(b, delta)
+            lora_a, lora_b = self._factor(a, trained), self._factor(b, trained)
             self.products[b] = self.products[b] + weight * (lora_b @ lora_a)
             self.sum_a[a] = self.sum_a[a] + weight * lora_a
             self.sum_b[b] = self.sum_b[b] + weight * lora_b

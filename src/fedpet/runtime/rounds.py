@@ -19,7 +19,7 @@ from fedpet.rundir import Checkpoint
 from fedpet.runtime.lora_error import LoraError
 from fedpet.runtime.recorder import Recorder, RoundRecord
 from fedpet.seeding import derive_seed
-from fedpet.state import Schema, TrainableState, extract, load_
+from fedpet.state import Schema, TrainableState, add, extract, load_, pad, schema
 from fedpet.validation import receive_update, update_problem
 
 
@@ -54,6 +54,27 @@ def starting_state(
     return global_state, server_state, resume.round
 
 
+@dataclass
+class Downloads:
+    """Each client's encoded view of what the server sends (``Algorithm.client_view``).
+
+    Clients with the same view (all of them, unless LoRA ranks differ) share one encoding.
+    """
+
+    algorithm: Algorithm
+    codec: Codec
+    sent: TrainableState
+    encoded: dict[Schema, bytes] = field(default_factory=dict)
+
+    def payload(self, client: int) -> tuple[bytes, Schema]:
+        """The client's payload and the layout it decodes to."""
+        view = self.algorithm.client_view(self.sent, client)
+        layout = schema(view)
+        if layout not in self.encoded:
+            self.encoded[layout] = self.codec.encode(view)
+        return self.encoded[layout], layout
+
+
 @dataclass(frozen=True)
 class ClientReply:
     """What a client sends back: its encoded update and how much it trained on."""
@@ -74,26 +95,33 @@ def local_update(
 ) -> tuple[TrainableState, int, float, TrainableState]:
     """Train ``client`` from what it received; its update, examples, mean loss and new state.
 
-    ``hook`` replaces the algorithm's client hook (the simulation wraps it to inject faults);
-    ``client_state`` is the client's own algorithm state, if the algorithm keeps one.
+    ``received`` is the client's view of the download; parts of the model outside it (ranks
+    above the client's LoRA rank) start and stay zero. ``hook`` replaces the algorithm's
+    client hook (the simulation wraps it to inject faults); ``client_state`` is the client's
+    own algorithm state, if the algorithm keeps one.
     """
     own = client_state or {}
     seed = derive_seed(exp.cfg.seed, "train", round_, client)
-    start = {name: received[name] for name in exp.params}
+    start = pad({name: received[name] for name in exp.params}, exp.params)
     trained = exp.train_client(client, start, hook or algorithm.client_hook(received, own), seed)
+    mine = algorithm.client_view(trained.state, client)
     update, new_state = algorithm.client_update(
-        received, trained.state, own, trained.steps, exp.learning_rates, trained.num_examples
+        received, mine, own, trained.steps, exp.learning_rates, trained.num_examples
     )
     return update, trained.num_examples, trained.loss, new_state
 
 
 @dataclass
 class Intake:
-    """The server's side of one round attempt: checks, aggregates and counts what arrives."""
+    """The server's side of one round attempt: checks, aggregates and counts what arrives.
+
+    ``received`` is what the server sent, before each client's view of it was cut.
+    """
 
     clients: list[int]
+    algorithm: Algorithm
+    received: TrainableState
     aggregate: Aggregate
-    layout: Schema
     max_norm: float | None
     attempt: int = 0
     lora: LoraError | None = None
@@ -113,7 +141,6 @@ class Intake:
         algorithm: Algorithm,
         clients: list[int],
         received: TrainableState,
-        layout: Schema,
         attempt: int = 0,
         track_lora: bool = True,
     ) -> Intake:
@@ -125,24 +152,27 @@ class Intake:
         """
         return cls(
             clients,
-            Aggregate(received, keep_updates=algorithm.keeps_updates, population=len(exp.clients)),
-            layout,
+            algorithm,
+            received,
+            Aggregate(keep_updates=algorithm.keeps_updates, population=len(exp.clients)),
             exp.cfg.federation.max_update_norm,
             attempt=attempt,
-            lora=lora_error(exp, received) if track_lora else None,
+            lora=lora_error(exp) if track_lora else None,
         )
 
     def receive(self, client: int, reply: ClientReply, codec: Codec, local_epochs: int) -> None:
         """Count the reply's bytes and examples; aggregate it if it passes validation."""
         self.bytes_up += len(reply.payload)
         self.count(reply.num_examples, reply.loss, local_epochs)
-        update, problem = receive_update(codec, reply.payload, self.layout, self.max_norm)
+        view = self.algorithm.client_view(self.received, client)
+        update, problem = receive_update(codec, reply.payload, schema(view), self.max_norm)
         if update is None:
             self.lose("rejected", client, str(problem))
             return
-        self.aggregate.add(update, float(reply.num_examples))
+        weight = float(reply.num_examples)
+        self.aggregate.add(self.algorithm.server_view(self.received, update, client), weight)
         if self.lora is not None:
-            self.lora.add(update, float(reply.num_examples))
+            self.lora.add(pad(add(view, update), self.received), weight)
 
     def count(self, num_examples: int, loss: float, local_epochs: int) -> None:
         """Count a client's training: its examples (per epoch) and its mean loss."""
@@ -156,7 +186,8 @@ class Intake:
         Only the mean can be checked; if it is missing or fails the checks, every update in
         it is rejected.
         """
-        problem = "unmasking failed" if mean is None else update_problem(mean, self.layout, None)
+        layout = schema(self.received)
+        problem = "unmasking failed" if mean is None else update_problem(mean, layout, None)
         if mean is None or problem is not None:
             for k in clients:
                 self.lose("rejected", k, f"secure aggregate: {problem}")
@@ -189,12 +220,10 @@ def round_record(round_: int, attempts: list[Intake], skipped: bool, start: floa
     )
 
 
-def lora_error(exp: Experiment, received: TrainableState) -> LoraError | None:
+def lora_error(exp: Experiment) -> LoraError | None:
     """The aggregation-error accumulator of a LoRA run's round; None for other methods."""
     if exp.cfg.method.name != "lora":
         return None
-    model = {n: received[n] for n in exp.params}
-    frozen = {
-        n: p.detach() for n, p in exp.model.named_parameters() if "lora_A" in n and n not in model
-    }
-    return LoraError(model, frozen)
+    params = exp.model.named_parameters()
+    frozen = {n: p.detach() for n, p in params if "lora_A" in n and n not in exp.params}
+    return LoraError(list(exp.params), frozen)

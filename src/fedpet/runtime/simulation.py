@@ -20,13 +20,14 @@ from fedpet.runtime.faults import ClientFailure, FailingHook, attack, local_step
 from fedpet.runtime.recorder import Recorder
 from fedpet.runtime.rounds import (
     ClientReply,
+    Downloads,
     Intake,
     local_update,
     round_record,
     sample_cohort,
     starting_state,
 )
-from fedpet.state import Schema, TrainableState, load_, schema
+from fedpet.state import TrainableState, load_
 
 
 def run_attempt(
@@ -34,12 +35,11 @@ def run_attempt(
     algorithm: Algorithm,
     codecs: tuple[Codec, Codec],
     sent: TrainableState,
-    layout: Schema,
     round_: int,
     attempt: int,
     states: ClientStates | None,
 ) -> Intake:
-    """Send ``sent`` to a sampled cohort, train each client, gather valid updates.
+    """Send each client of a sampled cohort its view of ``sent``, train it, gather updates.
 
     ``states`` holds the clients' own states, for algorithms that keep them.
     """
@@ -47,11 +47,11 @@ def run_attempt(
     up, down = codecs
     fed, train = cfg.federation, cfg.train
     cohort = sample_cohort(cfg.seed, round_, len(exp.clients), fed.clients_per_round, attempt)
-    payload = down.encode(sent)
-    received = down.decode(payload, layout)
-    intake = Intake.open(exp, algorithm, cohort.tolist(), received, layout, attempt)
-    intake.bytes_down = len(payload) * len(cohort)
+    intake = Intake.open(exp, algorithm, cohort.tolist(), sent, attempt)
+    downloads = Downloads(algorithm, down, sent)
     for k in intake.clients:
+        payload, layout = downloads.payload(k)
+        intake.bytes_down += len(payload)
         steps = local_steps(len(exp.clients[k]), train.batch_size, train.local_epochs)
         faults = plan_faults(cfg, round_, attempt, k, steps)
         if fed.round_deadline is not None and faults.seconds > fed.round_deadline:
@@ -59,12 +59,13 @@ def run_attempt(
             intake.lose("late", k, reason)
             continue
         own = states.load(k) if states is not None else {}
-        hook = algorithm.client_hook(received, own)
+        mine = down.decode(payload, layout)
+        hook = algorithm.client_hook(mine, own)
         if faults.fail_at_step is not None:
             hook = FailingHook(hook, faults.fail_at_step)
         try:
             update, examples, loss, new_state = local_update(
-                exp, algorithm, received, round_, k, hook, own
+                exp, algorithm, mine, round_, k, hook, own
             )
         except ClientFailure as exc:
             intake.lose("failed", k, str(exc))
@@ -89,7 +90,6 @@ def run_simulation(exp: Experiment, recorder: Recorder, resume: Checkpoint | Non
     algorithm = get_algorithm(cfg.algorithm)
     codecs = (get_codec(cfg.codec.up), get_codec(cfg.codec.down))
     global_state, server_state, done = starting_state(exp, algorithm, recorder, resume)
-    layout = schema(algorithm.download(global_state, server_state))
     states = ClientStates(recorder.run.path, done) if algorithm.stateful_clients else None
     tries = 1 + (fed.max_retries if fed.short_round == "retry" else 0)
     for rnd in range(done + 1, fed.rounds + 1):
@@ -102,7 +102,6 @@ def run_simulation(exp: Experiment, recorder: Recorder, resume: Checkpoint | Non
                     algorithm,
                     codecs,
                     algorithm.download(global_state, server_state),
-                    layout,
                     rnd,
                     len(attempts),
                     states,

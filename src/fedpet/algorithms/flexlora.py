@@ -1,0 +1,71 @@
+"""FlexLoRA (Bai et al., 2024): average the clients' LoRA products, then SVD back to rank.
+
+Client ``k`` of rank ``r_k`` trains the first ``r_k`` rows of each A and columns of each B,
+as in HetLoRA, but the server averages the full products: it aggregates
+``B_k A_k - B A`` (the change of the module's weight update ``B A``) with the FedAvg
+weights, adds ``server_lr`` times the mean to ``B A``, and factors the result by a truncated
+SVD, ``B = U_r S_r`` and ``A = V_r^T``, at the full rank ``r``. Singular values come in
+decreasing order, so a client's cut of the new state is the best approximation of the
+averaged product at its own rank. Other tensors (the head) are averaged as FedAvg does.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fedpet.algorithms.base import Aggregate, PlainAlgorithm
+from fedpet.algorithms.ranks import RankedClients
+from fedpet.state import TrainableState
+
+
+def product_name(lora_b: str) -> str:
+    """The aggregate's name for the product ``B A`` of the module of ``lora_b``."""
+    return lora_b.replace("lora_B", "lora_BA")
+
+
+def factor_name(lora_b: str) -> str:
+    """The A matrix paired with ``lora_b``."""
+    return lora_b.replace("lora_B", "lora_A")
+
+
+def best_rank(product: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(U_r S_r, V_r^T)``: the best rank-``rank`` factors of ``product`` (Eckart-Young)."""
+    u, s, vh = torch.linalg.svd(product.double(), full_matrices=False)
+    return (u[:, :rank] * s[:rank]).to(product.dtype), vh[:rank].to(product.dtype)
+
+
+class FlexLora(RankedClients, PlainAlgorithm):
+    """Product averaging and truncated SVD for clients with heterogeneous LoRA ranks."""
+
+    name = "flexlora"
+    keeps_updates = False
+
+    def server_view(
+        self, download: TrainableState, update: TrainableState, client: int
+    ) -> TrainableState:
+        """Per LoRA module, ``B_k A_k - B A``; other tensors' updates as they are."""
+        view = self.client_view(download, client)
+        out = {}
+        for name, delta in update.items():
+            if "lora_B" in name:
+                a = factor_name(name)
+                mine = (view[name] + delta) @ (view[a] + update[a])
+                out[product_name(name)] = mine - download[name] @ download[a]
+            elif "lora_A" not in name:
+                out[name] = delta
+        return out
+
+    def server_update(
+        self, global_state: TrainableState, server_state: TrainableState, aggregate: Aggregate
+    ) -> tuple[TrainableState, TrainableState]:
+        """``B A + server_lr * mean`` factored at the full rank; the rest as FedAvg."""
+        mean = aggregate.mean()
+        new: TrainableState = {}
+        for name, t in global_state.items():
+            if "lora_B" in name:
+                a = factor_name(name)
+                product = t @ global_state[a] + self.server_lr * mean[product_name(name)]
+                new[name], new[a] = best_rank(product, t.shape[1])
+            elif "lora_A" not in name:
+                new[name] = t + self.server_lr * mean[name]
+        return {name: new[name] for name in global_state}, server_state
