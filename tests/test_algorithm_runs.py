@@ -138,8 +138,12 @@ def test_a_client_trains_only_its_rank(tiny_config) -> None:
     assert any(t.shape[0] == 3 for k, t in update.items() if "lora_A" in k)
     assert all(float(t.abs().sum()) > 0 for t in update.values())
     # the shared model's rows above rank 3 started and stayed zero: zero gradients there
-    assert all(float(p.detach()[3:].abs().sum()) == 0 for k, p in exp.params.items() if "lora_A" in k)
-    assert all(float(p.detach()[:, 3:].abs().sum()) == 0 for k, p in exp.params.items() if "lora_B" in k)
+    assert all(
+        float(p.detach()[3:].abs().sum()) == 0 for k, p in exp.params.items() if "lora_A" in k
+    )
+    assert all(
+        float(p.detach()[:, 3:].abs().sum()) == 0 for k, p in exp.params.items() if "lora_B" in k
+    )
 
 
 RANK_ERRORS = [
@@ -156,3 +160,45 @@ RANK_ERRORS = [
 def test_heterogeneous_ranks_are_checked(args: list[str], message: str, capsys) -> None:
     assert main(["run", "--dry-run", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_codecs_count_their_payloads_and_keep_residuals_per_client(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file as load
+
+    from fedpet.codecs import get_codec
+    from fedpet.state import schema
+
+    out = tmp_path / "topk"
+    rows = _run(tiny_model_dir, out, "--codec-up", "topk:0.1+int8", "--codec-down", "fp16")
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["codec_up"], summary["codec_down"]) == ("topk:0.1+int8", "fp16")
+    state = _state(out)
+    layout = schema(state)
+    up = len(get_codec("topk:0.1+int8").encode(state))  # the size depends on shapes alone
+    trainable = sum(t.numel() for t in state.values())
+    assert up < trainable  # under one byte per trainable value
+    assert all(r["bytes_up"] == 2 * up and r["bytes_down"] == 2 * 2 * trainable for r in rows)
+    # error feedback (on by default with top-k): each sampled client's residual, on disk
+    sampled = {k for r in rows for k in r["clients"]}
+    files = {int(p.name.split("-r")[0]): p for p in sorted((out / "clients").iterdir())}
+    assert set(files) == sampled
+    residual = load(files[min(sampled)])
+    assert {n.removeprefix("residual.") for n in residual} == {n for n, _ in layout}
+    assert any(float(t.abs().sum()) > 0 for t in residual.values())
+
+
+CODEC_ERRORS = [
+    (["--codec-up", "int7"], "codec.up = 'int7' is not allowed: fp32, fp16, bf16, int8"),
+    (["--codec-down", "topk:1.5"], "codec.down = 'topk:1.5' is not allowed: fp32, fp16"),
+    (["--codec-up", "topk:0.1", "--runtime", "flower-sim"],
+     "runtime = 'flower-sim' is not allowed: simulation with error feedback"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "message"), CODEC_ERRORS)
+def test_bad_codecs_are_refused_in_one_line(args: list[str], message: str, capsys) -> None:
+    assert main(["run", "--dry-run", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1

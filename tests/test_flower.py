@@ -25,8 +25,10 @@ def test_flower_simulation_equals_the_in_process_runtime(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     flower, local = tmp_path / "flower", tmp_path / "local"
-    # FlexLoRA with two ranks: per-client downloads, layouts and server views on both sides
+    # FlexLoRA with two ranks: per-client downloads, layouts and server views on both sides;
+    # lossy codecs with random rounding, seeded alike on both sides
     ranked = ("--algorithm", "flexlora", "--set", "algorithm.ranks=[2,8]")
+    ranked += ("--codec-up", "int8:row:sr", "--codec-down", "bf16")
     assert main(_argv(tiny_model_dir, flower, "--runtime", "flower-sim", *ranked)) == 0
     # Ray runs each ClientApp with one thread; so does the reference run, so that every
     # float sum reduces in the same order and the states are bitwise equal

@@ -38,8 +38,18 @@ SETUPS = {
     # server state (first and second moments, momentum) checkpointed with the round
     "fedadam": ["--algorithm", "fedadam"],
     "fedavgm-fedrs": ["--algorithm", "fedavgm", "--set", "algorithm.fedrs=0.5"],
-    # and per-client controls on disk, read back as of the checkpoint
-    "scaffold": ["--algorithm", "scaffold", "--optimizer", "sgd"],
+    # and per-client state on disk, read back as of the checkpoint: SCAFFOLD's controls and
+    # the error-feedback residuals of top-k uploads (stochastic rounding, fp16 downloads)
+    "scaffold-topk-ef": [
+        "--algorithm",
+        "scaffold",
+        "--optimizer",
+        "sgd",
+        "--codec-up",
+        "topk:0.1+int8:sr",
+        "--codec-down",
+        "fp16",
+    ],
 }
 
 

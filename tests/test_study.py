@@ -186,7 +186,10 @@ def test_bad_study_input_is_one_line(tmp_path: Path, capsys) -> None:
     assert main(["study", "--config", str(bad), "--out", str(tmp_path / "s")]) == 2
     assert "study run seed=0: data.task = 'nope'" in capsys.readouterr().err
     assert main(["study", "--preset", "fast"]) == 2
-    assert "--preset 'fast': choose one of quick, cpu, algorithms, fedpetuning-glue" in capsys.readouterr().err
+    assert (
+        "--preset 'fast': choose one of quick, cpu, algorithms, fedpetuning-glue"
+        in capsys.readouterr().err
+    )
     assert main(["report", str(tmp_path)]) == 2
     assert "neither a study" in capsys.readouterr().err
 

@@ -75,6 +75,11 @@ RUN_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
         "runtime",
         {"help": "simulation (default, in process) or flower-sim (Flower's Ray engine)"},
     ),
+    "--codec-up": (
+        "codec.up",
+        {"help": "upload codec: fp32, fp16, bf16, int8[:row][:sr], topk:F[+int8] (fp32)"},
+    ),
+    "--codec-down": ("codec.down", {"help": "download codec, as --codec-up (fp32)"}),
     "--secure-aggregation": (
         "secagg.enabled",
         {"action": "store_true", "help": "Flower's SecAgg+: the server sees only the sum"},
@@ -147,7 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     study = sub.add_parser("study", help="run a grid of runs; write results.csv and report.md")
     study.add_argument("--config", help="study file: base config, grid, rules, centralized")
-    study.add_argument("--preset", help="a packaged study: quick, cpu, algorithms, fedpetuning-glue")
+    study.add_argument(
+        "--preset", help="a packaged study: quick, cpu, algorithms, fedpetuning-glue"
+    )
     study.add_argument("--out", help="study directory (default studies/<preset or file name>)")
     study.add_argument("--tracker", help="also log each run to mlflow or tensorboard")
     study.add_argument(

@@ -144,10 +144,22 @@ class AlgorithmConfig:
 
 @dataclass(frozen=True)
 class CodecConfig:
-    """How updates are encoded on the wire, per direction."""
+    """How states and updates are encoded on the wire, per direction (``fedpet.codecs``).
+
+    ``error_feedback``: each client adds what its previous uploads lost to the next one (its
+    residual kept on disk); null turns it on for top-k uploads only.
+    """
 
     up: str = "fp32"
     down: str = "fp32"
+    error_feedback: bool | None = None
+
+    @property
+    def feedback(self) -> bool:
+        """Whether uploads use error feedback."""
+        if self.error_feedback is None:
+            return self.up.startswith("topk:")
+        return self.error_feedback
 
 
 @dataclass(frozen=True)
@@ -346,7 +358,7 @@ def _choice(key: str, value: str, choices: Iterable[str]) -> None:
 def validate(cfg: Config) -> None:
     """Check every field against what is allowed; raise FedpetError naming the first bad one."""
     from fedpet.algorithms import ALGORITHMS
-    from fedpet.codecs import CODECS
+    from fedpet.codecs import SPEC_HELP, get_codec
     from fedpet.data.partition import PARTITIONERS
     from fedpet.data.tasks import check_task
     from fedpet.methods import METHODS
@@ -358,8 +370,15 @@ def validate(cfg: Config) -> None:
     _choice("data.partition", d.partition, PARTITIONERS)
     _choice("method.name", m.name, METHODS)
     _choice("algorithm.name", cfg.algorithm.name, ALGORITHMS)
-    _choice("codec.up", cfg.codec.up, CODECS)
-    _choice("codec.down", cfg.codec.down, CODECS)
+    for key in ("up", "down"):
+        spec = getattr(cfg.codec, key)
+        try:
+            get_codec(spec)
+        except ValueError:
+            _check(False, f"codec.{key}", spec, SPEC_HELP)
+    rt = cfg.runtime
+    if cfg.codec.feedback:
+        _check(rt == "simulation", "runtime", rt, "simulation with error feedback (on disk)")
     _choice("pooling", cfg.pooling, ("auto", "mean", "cls"))
     _choice("runtime", cfg.runtime, RUNTIMES)
     _check(

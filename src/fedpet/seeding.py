@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
-STREAMS = {"partition": 1, "sampling": 2, "train": 3, "subsample": 4, "faults": 5}
+STREAMS = {
+    "partition": 1,
+    "sampling": 2,
+    "train": 3,
+    "subsample": 4,
+    "faults": 5,
+    "codec-up": 6,
+    "codec-down": 7,
+}
 
 
 def derive_seed(seed: int, stream: str, *keys: int) -> int:

@@ -43,6 +43,7 @@ from fedpet.runtime.rounds import (
     round_record,
     sample_cohort,
     starting_state,
+    upload,
 )
 from fedpet.runtime.secagg import (
     is_secure,
@@ -51,6 +52,7 @@ from fedpet.runtime.secagg import (
     secure_mod,
     secure_round,
 )
+from fedpet.seeding import derive_seed
 from fedpet.state import TrainableState, load_, schema
 
 PAYLOAD = "payload"
@@ -122,7 +124,8 @@ def train_reply(cfg: Config, msg: Message) -> Message:
     payload = from_record(msg.content.array_records["arrays"])
     update, examples, loss = client_update(cfg, payload, round_, client)
     metrics = MetricRecord({"num-examples": examples, "loss": loss})
-    reply = to_record(get_codec(cfg.codec.up).encode(update))
+    sent, _ = upload(cached_experiment(cfg), get_codec(cfg.codec.up), update, round_, client, {})
+    reply = to_record(sent)
     return Message(content=RecordDict({"arrays": reply, "metrics": metrics}), reply_to=msg)
 
 
@@ -223,7 +226,8 @@ class FedpetStrategy(Strategy):
             self.secure_round(grid, round_, self.down.encode(self.global_state), targets)
             return []
         self.sent = targets
-        downloads = Downloads(self.algorithm, self.down, self.global_state)
+        seed = derive_seed(self.cfg.seed, "codec-down", round_, 0)
+        downloads = Downloads(self.algorithm, self.down, self.global_state, seed)
         messages = []
         for node, k in targets.items():
             payload, _ = downloads.payload(k)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedpet.algorithms import Aggregate, Algorithm, ClientHook
-from fedpet.codecs import Codec
+from fedpet.codecs import Codec, send_with_feedback
 from fedpet.experiment import Experiment
 from fedpet.rundir import Checkpoint
 from fedpet.runtime.lora_error import LoraError
@@ -58,12 +58,14 @@ def starting_state(
 class Downloads:
     """Each client's encoded view of what the server sends (``Algorithm.client_view``).
 
-    Clients with the same view (all of them, unless LoRA ranks differ) share one encoding.
+    Clients with the same view (all of them, unless LoRA ranks differ) share one encoding;
+    ``seed`` drives the codec's random rounding.
     """
 
     algorithm: Algorithm
     codec: Codec
     sent: TrainableState
+    seed: int
     encoded: dict[Schema, bytes] = field(default_factory=dict)
 
     def payload(self, client: int) -> tuple[bytes, Schema]:
@@ -71,8 +73,23 @@ class Downloads:
         view = self.algorithm.client_view(self.sent, client)
         layout = schema(view)
         if layout not in self.encoded:
-            self.encoded[layout] = self.codec.encode(view)
+            self.encoded[layout] = self.codec.encode(view, self.seed)
         return self.encoded[layout], layout
+
+
+def upload(
+    exp: Experiment,
+    codec: Codec,
+    update: TrainableState,
+    round_: int,
+    client: int,
+    residual: TrainableState,
+) -> tuple[bytes, TrainableState]:
+    """A client's encoded update and its new error-feedback residual (empty without it)."""
+    seed = derive_seed(exp.cfg.seed, "codec-up", round_, client)
+    if not exp.cfg.codec.feedback:
+        return codec.encode(update, seed), {}
+    return send_with_feedback(codec, update, residual, schema(update), seed)
 
 
 @dataclass(frozen=True)

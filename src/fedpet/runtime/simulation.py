@@ -26,8 +26,19 @@ from fedpet.runtime.rounds import (
     round_record,
     sample_cohort,
     starting_state,
+    upload,
 )
+from fedpet.seeding import derive_seed
 from fedpet.state import TrainableState, load_
+
+RESIDUAL = "residual."  # client-state names of the error-feedback residual
+
+
+def split_state(saved: TrainableState) -> tuple[TrainableState, TrainableState]:
+    """A client's saved state as its algorithm state and its error-feedback residual."""
+    own = {n: t for n, t in saved.items() if not n.startswith(RESIDUAL)}
+    residual = {n.removeprefix(RESIDUAL): t for n, t in saved.items() if n.startswith(RESIDUAL)}
+    return own, residual
 
 
 def run_attempt(
@@ -48,7 +59,8 @@ def run_attempt(
     fed, train = cfg.federation, cfg.train
     cohort = sample_cohort(cfg.seed, round_, len(exp.clients), fed.clients_per_round, attempt)
     intake = Intake.open(exp, algorithm, cohort.tolist(), sent, attempt)
-    downloads = Downloads(algorithm, down, sent)
+    seed = derive_seed(cfg.seed, "codec-down", round_, attempt)
+    downloads = Downloads(algorithm, down, sent, seed)
     for k in intake.clients:
         payload, layout = downloads.payload(k)
         intake.bytes_down += len(payload)
@@ -58,7 +70,7 @@ def run_attempt(
             reason = f"needs {faults.seconds:g} s, round_deadline is {fed.round_deadline:g} s"
             intake.lose("late", k, reason)
             continue
-        own = states.load(k) if states is not None else {}
+        own, residual = split_state(states.load(k) if states is not None else {})
         mine = down.decode(payload, layout)
         hook = algorithm.client_hook(mine, own)
         if faults.fail_at_step is not None:
@@ -70,11 +82,12 @@ def run_attempt(
         except ClientFailure as exc:
             intake.lose("failed", k, str(exc))
             continue
-        if states is not None:
-            states.save(k, round_, new_state)
         if faults.malicious:
             update = attack(update, cfg.faults.attack, cfg.faults.attack_norm)
-        intake.receive(k, ClientReply(up.encode(update), examples, loss), up, train.local_epochs)
+        sent_update, residual = upload(exp, up, update, round_, k, residual)
+        if states is not None:
+            states.save(k, round_, {**new_state, **{RESIDUAL + n: t for n, t in residual.items()}})
+        intake.receive(k, ClientReply(sent_update, examples, loss), up, train.local_epochs)
     return intake
 
 
@@ -90,7 +103,8 @@ def run_simulation(exp: Experiment, recorder: Recorder, resume: Checkpoint | Non
     algorithm = get_algorithm(cfg.algorithm)
     codecs = (get_codec(cfg.codec.up), get_codec(cfg.codec.down))
     global_state, server_state, done = starting_state(exp, algorithm, recorder, resume)
-    states = ClientStates(recorder.run.path, done) if algorithm.stateful_clients else None
+    keep = algorithm.stateful_clients or cfg.codec.feedback
+    states = ClientStates(recorder.run.path, done) if keep else None
     tries = 1 + (fed.max_retries if fed.short_round == "retry" else 0)
     for rnd in range(done + 1, fed.rounds + 1):
         start = time.perf_counter()

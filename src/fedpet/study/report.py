@@ -129,6 +129,7 @@ def _plots(study_dir: Path, done: pd.DataFrame, runs: list[Entry]) -> list[str]:
     tasks = list(dict.fromkeys(done["task"]))
     federated = done[done["setting"] != "centralized"]
     if not federated.empty:
+        federated = federated.assign(method=_series(federated))
         _by_task(
             study_dir / "acc_vs_bytes.png", tasks, federated, "mb_total", "total MB (log)", log=True
         )
@@ -156,6 +157,17 @@ def _plots(study_dir: Path, done: pd.DataFrame, runs: list[Entry]) -> list[str]:
             written.append("data_scale.png")
             break
     return written
+
+
+def _series(rows: pd.DataFrame) -> pd.Series:
+    """Each run's line in the plots: its method, and algorithm and codecs where they vary."""
+    label = rows["method"].astype(str)
+    if "algorithm" in rows and rows["algorithm"].nunique() > 1:
+        label = label + " + " + rows["algorithm"].astype(str)
+    for key in ("codec_up", "codec_down"):
+        if rows[key].nunique() > 1:
+            label = label + f" {key.removeprefix('codec_')}=" + rows[key].astype(str)
+    return label
 
 
 def _by_task(

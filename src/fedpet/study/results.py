@@ -27,6 +27,8 @@ FIGURES = (
     "train_seconds",
     "wall_seconds",
     "peak_rss_mb",
+    "codec_up",
+    "codec_down",
 )
 BASELINE = "full"  # relative figures are against federated full fine-tuning (FedFT)
 
