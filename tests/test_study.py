@@ -115,6 +115,23 @@ def test_mean_std_and_relative_to_fedft_by_hand() -> None:
     assert math.isnan(cell["lora", "centralized"].rel)  # no centralized FedFT in this study
 
 
+def test_plot_lines_split_by_algorithm_and_codec_only_where_they_vary() -> None:
+    from fedpet.study.report import series_labels
+
+    rows = pd.DataFrame(
+        {
+            "method": ["lora", "lora", "lora", "full"],
+            "algorithm": ["fedavg"] * 4,
+            "codec_up": ["fp32", "int8", "topk:0.1+int8", "fp32"],
+            "codec_down": ["fp32"] * 4,
+        }
+    )
+    labels = ["lora up=fp32", "lora up=int8", "lora up=topk:0.1+int8", "full up=fp32"]
+    assert series_labels(rows).tolist() == labels
+    rows["algorithm"] = ["fedavg", "fedprox", "fedavg", "fedavg"]
+    assert series_labels(rows)[1] == "lora + fedprox up=int8"
+
+
 def test_a_study_runs_resumes_and_reports_identically(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

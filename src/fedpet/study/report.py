@@ -129,7 +129,7 @@ def _plots(study_dir: Path, done: pd.DataFrame, runs: list[Entry]) -> list[str]:
     tasks = list(dict.fromkeys(done["task"]))
     federated = done[done["setting"] != "centralized"]
     if not federated.empty:
-        federated = federated.assign(method=_series(federated))
+        federated = federated.assign(method=series_labels(federated))
         _by_task(
             study_dir / "acc_vs_bytes.png", tasks, federated, "mb_total", "total MB (log)", log=True
         )
@@ -159,7 +159,7 @@ def _plots(study_dir: Path, done: pd.DataFrame, runs: list[Entry]) -> list[str]:
     return written
 
 
-def _series(rows: pd.DataFrame) -> pd.Series:
+def series_labels(rows: pd.DataFrame) -> pd.Series:
     """Each run's line in the plots: its method, and algorithm and codecs where they vary."""
     label = rows["method"].astype(str)
     if "algorithm" in rows and rows["algorithm"].nunique() > 1:
