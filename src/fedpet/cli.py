@@ -80,6 +80,16 @@ RUN_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
         {"help": "upload codec: fp32, fp16, bf16, int8[:row][:sr], topk:F[+int8] (fp32)"},
     ),
     "--codec-down": ("codec.down", {"help": "download codec, as --codec-up (fp32)"}),
+    "--dp": (
+        "privacy.enabled",
+        {"action": "store_true", "help": "client-level differential privacy (DP-FedAvg)"},
+    ),
+    "--dp-noise": ("privacy.noise_multiplier", {"type": float, "help": "DP noise multiplier z"}),
+    "--dp-clip": ("privacy.clip", {"type": float, "help": "DP L2 clip of each update (1.0)"}),
+    "--dp-target-epsilon": (
+        "privacy.target_epsilon",
+        {"type": float, "help": "calibrate z to spend this epsilon over the planned rounds"},
+    ),
     "--secure-aggregation": (
         "secagg.enabled",
         {"action": "store_true", "help": "Flower's SecAgg+: the server sees only the sum"},

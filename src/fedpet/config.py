@@ -163,6 +163,29 @@ class CodecConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    """Client-level differential privacy (DP-FedAvg; ``fedpet.privacy``).
+
+    Each update is clipped to L2 norm ``clip`` and weighted 1; Gaussian noise of std
+    ``noise_multiplier * clip`` goes on the sum, added by the server (``noise: central``) or
+    split across the clients (``distributed``). Cohorts are drawn by ``sampling``:
+    ``poisson`` (each client with probability clients_per_round / clients) or ``fixed``
+    (that many, without replacement). ``accountant`` (``rdp`` or ``pld``) reports epsilon at
+    ``delta`` every round; a ``target_epsilon`` sets the noise multiplier, before the run, to
+    the smallest that spends exactly that over the planned rounds (replacing any given).
+    """
+
+    enabled: bool = False
+    clip: float = 1.0
+    noise_multiplier: float | None = None
+    target_epsilon: float | None = None
+    delta: float = 1e-5
+    noise: str = "central"
+    sampling: str = "poisson"
+    accountant: str = "rdp"
+
+
+@dataclass(frozen=True)
 class SecAggConfig:
     """Secure aggregation with Flower's SecAgg+: the server learns only the cohort's sum.
 
@@ -197,6 +220,7 @@ class Config:
     codec: CodecConfig = field(default_factory=CodecConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
@@ -434,6 +458,55 @@ def validate(cfg: Config) -> None:
     _validate_algorithm(cfg)
     _validate_faults(cfg)
     _validate_secagg(cfg)
+    _validate_privacy(cfg)
+
+
+def _validate_privacy(cfg: Config) -> None:
+    """DP's options, and what would void its guarantee."""
+    p = cfg.privacy
+    _choice("privacy.noise", p.noise, ("central", "distributed"))
+    _choice("privacy.sampling", p.sampling, ("poisson", "fixed"))
+    _choice("privacy.accountant", p.accountant, ("rdp", "pld"))
+    _check(p.clip > 0, "privacy.clip", p.clip, "an L2 norm bound > 0")
+    _check(0 < p.delta < 1, "privacy.delta", p.delta, "a number in (0, 1)")
+    z, target = p.noise_multiplier, p.target_epsilon
+    _check(z is None or z >= 0, "privacy.noise_multiplier", z, "a number >= 0, or null")
+    _check(target is None or target > 0, "privacy.target_epsilon", target, "> 0, or null")
+    if not p.enabled:
+        return
+    _check(
+        z is not None or target is not None,
+        "privacy.noise_multiplier",
+        z,
+        "a number >= 0, or set privacy.target_epsilon to calibrate it",
+    )
+    why = "with privacy.enabled"
+    _check(not cfg.centralized, "centralized", True, f"false {why} (client-level DP)")
+    _check(cfg.runtime == "simulation", "runtime", cfg.runtime, f"simulation {why}")
+    _check(
+        p.sampling == "poisson" or p.accountant == "rdp",
+        "privacy.accountant",
+        p.accountant,
+        "rdp with privacy.sampling fixed (the PLD accountant takes Poisson sampling only)",
+    )
+    a = cfg.algorithm.name
+    plain = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "ffa-lora")
+    _check(a in plain, "algorithm.name", a, f"one of {', '.join(plain)} {why}")
+    f = cfg.federation
+    mun = f.max_update_norm
+    _check(mun is None, "federation.max_update_norm", mun, f"null {why} (clipping bounds updates)")
+    _check(
+        f.short_round == "skip",
+        "federation.short_round",
+        f.short_round,
+        f"skip {why} (a retry draws another cohort the accountant does not count)",
+    )
+    _check(
+        not cfg.codec.feedback,
+        "codec.error_feedback",
+        cfg.codec.feedback,
+        f"false {why} (a residual carries past updates past the clip)",
+    )
 
 
 def _validate_algorithm(cfg: Config) -> None:
@@ -539,10 +612,21 @@ def _validate_faults(cfg: Config) -> None:
 
 
 def resolve(cfg: Config) -> Config:
-    """Fill the method's default learning rate where the config leaves it unset."""
+    """Fill in what the config leaves to fedpet.
+
+    The method's default learning rate, and DP's noise multiplier for a target epsilon
+    (calibrated for the planned rounds).
+    """
     from fedpet.methods import METHODS
 
-    if cfg.train.lr is not None:
-        return cfg
-    train = dataclasses.replace(cfg.train, lr=METHODS[cfg.method.name].default_lr)
-    return dataclasses.replace(cfg, train=train)
+    if cfg.train.lr is None:
+        train = dataclasses.replace(cfg.train, lr=METHODS[cfg.method.name].default_lr)
+        cfg = dataclasses.replace(cfg, train=train)
+    p, f = cfg.privacy, cfg.federation
+    if p.enabled and p.target_epsilon is not None:
+        from fedpet.privacy.accountant import calibrate
+
+        z = calibrate(p, f.clients, f.clients_per_round, f.rounds)
+        privacy = dataclasses.replace(p, noise_multiplier=z)
+        cfg = dataclasses.replace(cfg, privacy=privacy)
+    return cfg

@@ -12,6 +12,7 @@ STREAMS = {
     "faults": 5,
     "codec-up": 6,
     "codec-down": 7,
+    "dp-noise": 8,
 }
 
 

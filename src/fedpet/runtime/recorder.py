@@ -151,6 +151,7 @@ class Recorder:
                     if record.lora_error is None
                     else {"lora_aggregation_error": record.lora_error}
                 ),
+                **({"epsilon": self.epsilon(record.round)} if cfg.privacy.enabled else {}),
             }
         )
         tensors = {"global": global_state, "best": self.best_state}
@@ -168,6 +169,16 @@ class Recorder:
         )
         self.on_round(record.round, val[self.metric], self.best_round, self.best_val)
         return val
+
+    def epsilon(self, rounds: int) -> float:
+        """DP's epsilon (at ``privacy.delta``) spent by ``rounds`` rounds."""
+        from fedpet.privacy.accountant import epsilon
+
+        cfg = self.exp.cfg
+        z = cfg.privacy.noise_multiplier
+        assert z is not None, "the config is resolved"
+        fed = cfg.federation
+        return epsilon(cfg.privacy, len(self.exp.clients), fed.clients_per_round, z, rounds)
 
     def finish(self) -> dict[str, Any]:
         """Test the best round's state; write and return ``summary.json``."""
@@ -209,5 +220,12 @@ class Recorder:
             "wall_seconds": time.perf_counter() - self.started,
             "peak_rss_mb": peak_rss_mb(),
         }
+        if cfg.privacy.enabled:
+            summary.update(
+                epsilon=self.epsilon(t.rounds),
+                delta=cfg.privacy.delta,
+                noise_multiplier=cfg.privacy.noise_multiplier,
+                clip=cfg.privacy.clip,
+            )
         self.run.write_json("summary.json", summary)
         return summary

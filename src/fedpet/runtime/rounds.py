@@ -7,6 +7,7 @@ so training, encoding, validation and aggregation are written once.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -14,7 +15,9 @@ import numpy as np
 
 from fedpet.algorithms import Aggregate, Algorithm, ClientHook
 from fedpet.codecs import Codec, send_with_feedback
+from fedpet.config import Config, PrivacyConfig
 from fedpet.experiment import Experiment
+from fedpet.privacy.dp import clip, gaussian_noise
 from fedpet.rundir import Checkpoint
 from fedpet.runtime.lora_error import LoraError
 from fedpet.runtime.recorder import Recorder, RoundRecord
@@ -24,14 +27,23 @@ from fedpet.validation import receive_update, update_problem
 
 
 def sample_cohort(
-    seed: int, round_: int, num_clients: int, per_round: int, attempt: int = 0
+    seed: int,
+    round_: int,
+    num_clients: int,
+    per_round: int,
+    attempt: int = 0,
+    poisson: bool = False,
 ) -> np.ndarray:
-    """Uniform sample without replacement of the round's clients, seeded by (seed, round).
+    """The round's clients, seeded by (seed, round).
 
-    A retried round (``attempt`` > 0) draws a fresh cohort from (seed, round, attempt).
+    ``per_round`` of them uniformly without replacement, or with ``poisson`` each client
+    independently with probability ``per_round / num_clients``. A retried round
+    (``attempt`` > 0) draws a fresh cohort from (seed, round, attempt).
     """
     keys = (round_,) if attempt == 0 else (round_, attempt)
     rng = np.random.default_rng(derive_seed(seed, "sampling", *keys))
+    if poisson:
+        return np.flatnonzero(rng.random(num_clients) < per_round / num_clients)
     return np.sort(rng.choice(num_clients, size=per_round, replace=False))
 
 
@@ -85,8 +97,18 @@ def upload(
     client: int,
     residual: TrainableState,
 ) -> tuple[bytes, TrainableState]:
-    """A client's encoded update and its new error-feedback residual (empty without it)."""
+    """A client's encoded update and its new error-feedback residual (empty without it).
+
+    Under DP the update is clipped first, and with distributed noise the client adds its
+    share of the noise.
+    """
     seed = derive_seed(exp.cfg.seed, "codec-up", round_, client)
+    dp = exp.cfg.privacy
+    if dp.enabled:
+        update = clip(update, dp.clip)
+        if dp.noise == "distributed":
+            noise_seed = derive_seed(exp.cfg.seed, "dp-noise", round_, client)
+            update = add(update, gaussian_noise(update, client_noise_std(exp.cfg), noise_seed))
     if not exp.cfg.codec.feedback:
         return codec.encode(update, seed), {}
     return send_with_feedback(codec, update, residual, schema(update), seed)
@@ -142,6 +164,7 @@ class Intake:
     max_norm: float | None
     attempt: int = 0
     lora: LoraError | None = None
+    dp: PrivacyConfig | None = None
     bytes_down: int = 0
     bytes_up: int = 0
     examples: int = 0
@@ -175,6 +198,7 @@ class Intake:
             exp.cfg.federation.max_update_norm,
             attempt=attempt,
             lora=lora_error(exp) if track_lora else None,
+            dp=exp.cfg.privacy if exp.cfg.privacy.enabled else None,
         )
 
     def receive(self, client: int, reply: ClientReply, codec: Codec, local_epochs: int) -> None:
@@ -187,6 +211,9 @@ class Intake:
             self.lose("rejected", client, str(problem))
             return
         weight = float(reply.num_examples)
+        if self.dp is not None:  # fixed weights; a trusted server enforces the clip itself
+            weight = 1.0
+            update = clip(update, self.dp.clip) if self.dp.noise == "central" else update
         self.aggregate.add(self.algorithm.server_view(self.received, update, client), weight)
         if self.lora is not None:
             self.lora.add(pad(add(view, update), self.received), weight)
@@ -214,6 +241,29 @@ class Intake:
     def lose(self, kind: str, client: int, reason: str) -> None:
         """Record a client whose update is lost: ``failed``, ``late`` or ``rejected``."""
         getattr(self, kind).append({"client": client, "attempt": self.attempt, "reason": reason})
+
+
+def client_noise_std(cfg: Config) -> float:
+    """Each client's share of DP's distributed noise: the sum's std over sqrt(cohort size)."""
+    z = cfg.privacy.noise_multiplier or 0.0
+    return z * cfg.privacy.clip / math.sqrt(cfg.federation.clients_per_round)
+
+
+def release(cfg: Config, aggregate: Aggregate, round_: int) -> None:
+    """DP's server step on a round's sum: central noise, and the fixed denominator.
+
+    The mean divides by the expected cohort size whatever the number aggregated, so one
+    client's influence on it is bounded by the clip over that size.
+    """
+    dp = cfg.privacy
+    if dp.noise == "central" and aggregate.weighted_sum:
+        std = (dp.noise_multiplier or 0.0) * dp.clip
+        noise = gaussian_noise(
+            aggregate.weighted_sum, std, derive_seed(cfg.seed, "dp-noise", round_)
+        )
+        for name, acc in aggregate.weighted_sum.items():
+            acc.add_(noise[name])
+    aggregate.total_weight = float(cfg.federation.clients_per_round)
 
 
 def round_record(round_: int, attempts: list[Intake], skipped: bool, start: float) -> RoundRecord:

@@ -23,6 +23,7 @@ from fedpet.runtime.rounds import (
     Downloads,
     Intake,
     local_update,
+    release,
     round_record,
     sample_cohort,
     starting_state,
@@ -57,7 +58,10 @@ def run_attempt(
     cfg = exp.cfg
     up, down = codecs
     fed, train = cfg.federation, cfg.train
-    cohort = sample_cohort(cfg.seed, round_, len(exp.clients), fed.clients_per_round, attempt)
+    poisson = cfg.privacy.enabled and cfg.privacy.sampling == "poisson"
+    cohort = sample_cohort(
+        cfg.seed, round_, len(exp.clients), fed.clients_per_round, attempt, poisson
+    )
     intake = Intake.open(exp, algorithm, cohort.tolist(), sent, attempt)
     seed = derive_seed(cfg.seed, "codec-down", round_, attempt)
     downloads = Downloads(algorithm, down, sent, seed)
@@ -125,6 +129,8 @@ def run_simulation(exp: Experiment, recorder: Recorder, resume: Checkpoint | Non
                 break
         final = attempts[-1]
         skipped = final.aggregate.num_clients < fed.min_clients_per_round
+        if cfg.privacy.enabled and not skipped:
+            release(cfg, final.aggregate, rnd)
         if not skipped:
             global_state, server_state = algorithm.server_update(
                 global_state, server_state, final.aggregate

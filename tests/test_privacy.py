@@ -1,0 +1,111 @@
+"""Client-level DP: the accountant's epsilon, clipping, noise, and DP in a real run."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import run_argv
+from safetensors.torch import load_file
+
+from fedpet.cli import main
+from fedpet.config import PrivacyConfig
+from fedpet.privacy.accountant import calibrate, epsilon
+from fedpet.privacy.dp import clip, gaussian_noise, l2_norm
+
+
+@pytest.mark.parametrize(("accountant", "expected"), [("rdp", 7.90), ("pld", 7.05)])
+def test_epsilon_matches_dp_accounting_for_the_reference_setting(
+    accountant: str, expected: float
+) -> None:
+    # 100 clients, q = 0.1 Poisson, z = 1, 100 rounds, delta = 1e-5
+    privacy = PrivacyConfig(enabled=True, accountant=accountant)
+    assert epsilon(privacy, 100, 10, 1.0, 100) == pytest.approx(expected, abs=0.005)
+    assert epsilon(privacy, 100, 10, 1.0, 0) == 0.0
+    assert epsilon(privacy, 100, 10, 1.0, 50) < epsilon(privacy, 100, 10, 1.0, 100)
+
+
+def test_a_target_epsilon_calibrates_the_smallest_noise_that_meets_it() -> None:
+    privacy = PrivacyConfig(enabled=True, target_epsilon=4.0)
+    z = calibrate(privacy, 100, 10, 50)
+    assert epsilon(privacy, 100, 10, z, 50) <= 4.0 + 1e-3
+    assert epsilon(privacy, 100, 10, z * 0.98, 50) > 4.0
+
+
+def test_clipping_bounds_the_norm_and_keeps_the_direction() -> None:
+    update = {"a": torch.tensor([3.0, 0.0]), "b": torch.tensor([4.0])}  # norm 5
+    clipped = clip(update, 1.0)
+    assert l2_norm(clipped) == pytest.approx(1.0)
+    assert torch.allclose(clipped["a"], torch.tensor([0.6, 0.0]))
+    assert clip(update, 10.0) is update  # shorter than the bound: untouched
+
+
+def test_noise_has_the_stated_std_and_is_seeded() -> None:
+    like = {"w": torch.zeros(200, 100), "b": torch.zeros(5000)}
+    noise = gaussian_noise(like, 0.3, seed=4)
+    values = torch.cat([t.flatten() for t in noise.values()])
+    # 25,000 draws: the sample std is within 2% of 0.3 (about 4.5 standard errors)
+    assert abs(float(values.std()) - 0.3) < 0.006 and abs(float(values.mean())) < 0.01
+    assert torch.equal(gaussian_noise(like, 0.3, seed=4)["w"], noise["w"])
+
+
+def _dp_run(model: Path, out: Path, *flags: str) -> tuple[list[dict], dict]:
+    argv = run_argv(
+        model, out, "--seed", "2", "--clients", "8", "--clients-per-round", "4", "--dp", *flags
+    )
+    assert main(argv) == 0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return rows, json.loads((out / "summary.json").read_text())
+
+
+def test_dp_bounds_each_client_and_adds_noise_of_the_stated_std(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from fedpet.experiment import prepare
+    from fedpet.launch import run_config
+    from fedpet.state import extract
+
+    # no noise, a tiny clip: every round moves the state by at most aggregated x C / 4
+    rows, summary = _dp_run(
+        tiny_model_dir, tmp_path / "clip", "--dp-noise", "0", "--dp-clip", "1e-3"
+    )
+    start = extract(prepare(run_config(tmp_path / "clip")).params)
+    final = load_file(tmp_path / "clip" / "checkpoint" / "global.safetensors")
+    moved = l2_norm({k: final[k] - start[k] for k in final})
+    assert 0 < moved <= sum(r["aggregated"] for r in rows) * 1e-3 / 4 + 1e-7
+    assert all(r["epsilon"] == math.inf for r in rows)  # no noise: no guarantee
+    # noise, a clip that makes the updates negligible: each released round adds noise of
+    # std z C / 4 (a Poisson cohort can be empty: that round is skipped, nothing released)
+    rows, summary = _dp_run(
+        tiny_model_dir, tmp_path / "noise", "--dp-noise", "2", "--dp-clip", "1e-6", "--rounds", "3"
+    )
+    released = sum(not r["skipped"] for r in rows)
+    assert released >= 1
+    final = load_file(tmp_path / "noise" / "checkpoint" / "global.safetensors")
+    change = torch.cat([(final[k] - start[k]).flatten() for k in final])
+    std = 2 * 1e-6 / 4 * math.sqrt(released)
+    assert change.numel() > 2000 and abs(float(change.std()) - std) < 0.06 * std
+    assert summary["noise_multiplier"] == 2.0 and summary["epsilon"] == rows[-1]["epsilon"] > 0
+
+
+Z = ["--dp", "--dp-noise", "1"]
+DP_ERRORS = [
+    (["--dp"], "privacy.noise_multiplier = None is not allowed: a number >= 0, or set"),
+    ([*Z, "--algorithm", "median"], "algorithm.name = 'median' is not allowed: one of fedavg"),
+    ([*Z, "--codec-up", "topk:0.1"],
+     "codec.error_feedback = True is not allowed: false with privacy.enabled"),
+    ([*Z, "--set", "federation.max_update_norm=5"],
+     "federation.max_update_norm = 5.0 is not allowed: null with privacy.enabled"),
+    ([*Z, "--set", "privacy.sampling=fixed", "--set", "privacy.accountant=pld"],
+     "privacy.accountant = 'pld' is not allowed: rdp with privacy.sampling fixed"),
+    ([*Z, "--runtime", "flower-sim"],
+     "runtime = 'flower-sim' is not allowed: simulation with privacy.enabled"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "message"), DP_ERRORS)
+def test_choices_that_void_the_guarantee_are_refused(args: list[str], message: str, capsys) -> None:
+    assert main(["run", "--dry-run", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
