@@ -89,6 +89,25 @@ def test_dp_bounds_each_client_and_adds_noise_of_the_stated_std(
     assert summary["noise_multiplier"] == 2.0 and summary["epsilon"] == rows[-1]["epsilon"] > 0
 
 
+def test_distributed_noise_adds_up_to_the_stated_std(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from fedpet.experiment import prepare
+    from fedpet.launch import run_config
+    from fedpet.state import extract
+
+    out = tmp_path / "distributed"
+    fixed = ["--set", "privacy.sampling=fixed", "--set", "privacy.noise=distributed"]
+    rows, _ = _dp_run(
+        tiny_model_dir, out, "--dp-noise", "2", "--dp-clip", "1e-6", "--rounds", "1", *fixed
+    )
+    assert rows[0]["aggregated"] == 4  # a fixed cohort of 4 clients
+    start = extract(prepare(run_config(out)).params)
+    final = load_file(out / "checkpoint" / "global.safetensors")
+    change = torch.cat([(final[k] - start[k]).flatten() for k in final])
+    # four shares of std z C / 2, summed and divided by 4: std z C / 4, as central noise
+    std = 2 * 1e-6 / 4
+    assert abs(float(change.std()) - std) < 0.06 * std
+
+
 Z = ["--dp", "--dp-noise", "1"]
 DP_ERRORS = [
     (["--dp"], "privacy.noise_multiplier = None is not allowed: a number >= 0, or set"),
@@ -99,6 +118,8 @@ DP_ERRORS = [
      "federation.max_update_norm = 5.0 is not allowed: null with privacy.enabled"),
     ([*Z, "--set", "privacy.sampling=fixed", "--set", "privacy.accountant=pld"],
      "privacy.accountant = 'pld' is not allowed: rdp with privacy.sampling fixed"),
+    ([*Z, "--set", "privacy.noise=distributed"],
+     "privacy.noise = 'distributed' is not allowed: central with Poisson sampling"),
     ([*Z, "--runtime", "flower-sim"],
      "runtime = 'flower-sim' is not allowed: simulation with privacy.enabled"),
 ]  # fmt: skip

@@ -489,6 +489,13 @@ def _validate_privacy(cfg: Config) -> None:
         p.accountant,
         "rdp with privacy.sampling fixed (the PLD accountant takes Poisson sampling only)",
     )
+    _check(
+        p.noise == "central" or p.sampling == "fixed",
+        "privacy.noise",
+        p.noise,
+        "central with Poisson sampling (a smaller cohort would add less noise than accounted); "
+        "distributed needs privacy.sampling fixed",
+    )
     a = cfg.algorithm.name
     plain = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "ffa-lora")
     _check(a in plain, "algorithm.name", a, f"one of {', '.join(plain)} {why}")
