@@ -1,5 +1,6 @@
 """Client-level DP: the accountant's epsilon, clipping, noise, and DP in a real run."""
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -108,6 +109,26 @@ def test_distributed_noise_adds_up_to_the_stated_std(tiny_model_dir: Path, tmp_p
     assert abs(float(change.std()) - std) < 0.06 * std
 
 
+def test_adaptive_clipping_follows_the_noised_quantile(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from fedpet.privacy.dp import next_clip, update_noise_multiplier
+
+    assert update_noise_multiplier(1.0, 1.0) == pytest.approx((1 - 0.25) ** -0.5)
+    assert update_noise_multiplier(1.0, None) == 1.0
+    assert next_clip(2.0, 0.9, 0.5, 0.2) == pytest.approx(2.0 * math.exp(-0.08))
+    # a clip far above every update: all the aggregated ones are within it, so the clip
+    # moves by exp(-0.2 (aggregated / 4 - 0.5)) up to the count's noise (std 4 / 20 = 0.2,
+    # i.e. 0.05 of the fraction)
+    flags = ["--dp-noise", "0.1", "--dp-clip", "1000", "--set", "privacy.target_quantile=0.5"]
+    rows, _ = _dp_run(tiny_model_dir, tmp_path / "adaptive", *flags, "--rounds", "4")
+    clips = [r["dp_clip"] for r in rows]
+    assert clips[0] == 1000.0 and len(set(clips)) > 1
+    for r, (a, b) in zip(rows, itertools.pairwise(clips), strict=False):
+        within = 0.5 - math.log(b / a) / 0.2
+        assert a == b if r["skipped"] else abs(within - r["aggregated"] / 4) < 0.2
+
+
 Z = ["--dp", "--dp-noise", "1"]
 DP_ERRORS = [
     (["--dp"], "privacy.noise_multiplier = None is not allowed: a number >= 0, or set"),
@@ -120,6 +141,8 @@ DP_ERRORS = [
      "privacy.accountant = 'pld' is not allowed: rdp with privacy.sampling fixed"),
     ([*Z, "--set", "privacy.noise=distributed"],
      "privacy.noise = 'distributed' is not allowed: central with Poisson sampling"),
+    ([*Z, "--set", "privacy.target_quantile=0.5"],
+     "privacy.noise_multiplier = 1.0 is not allowed: below 2 x count_noise = 1 "),
     ([*Z, "--runtime", "flower-sim"],
      "runtime = 'flower-sim' is not allowed: simulation with privacy.enabled"),
 ]  # fmt: skip

@@ -35,8 +35,17 @@ SETUPS = {
         "algorithm.name=trimmed-mean",
     ],
     "centralized": ["--centralized", "--epochs", "10", "--set", "train.schedule=linear"],
-    # server state (first and second moments, momentum) checkpointed with the round
-    "fedadam": ["--algorithm", "fedadam"],
+    # server state (first and second moments, momentum; DP's adaptive clip) checkpointed
+    # with the round
+    "fedadam-dp": [
+        "--algorithm",
+        "fedadam",
+        "--dp",
+        "--dp-noise",
+        "0.1",
+        "--set",
+        "privacy.target_quantile=0.5",
+    ],
     "fedavgm-fedrs": ["--algorithm", "fedavgm", "--set", "algorithm.fedrs=0.5"],
     # and per-client state on disk, read back as of the checkpoint: SCAFFOLD's controls and
     # the error-feedback residuals of top-k uploads (stochastic rounding, fp16 downloads)

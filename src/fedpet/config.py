@@ -173,10 +173,19 @@ class PrivacyConfig:
     (that many, without replacement). ``accountant`` (``rdp`` or ``pld``) reports epsilon at
     ``delta`` every round; a ``target_epsilon`` sets the noise multiplier, before the run, to
     the smallest that spends exactly that over the planned rounds (replacing any given).
+
+    With ``target_quantile`` the clip adapts (Andrew et al., 2021): each round it moves by
+    ``exp(-clip_lr * (b - target_quantile))``, ``b`` the noised fraction of the cohort whose
+    update was within it (count noise std ``count_noise``, default clients_per_round / 20).
+    Part of the privacy budget pays for the count: the updates' noise multiplier is
+    ``(z^-2 - (2 count_noise)^-2)^-1/2``, and epsilon is that of ``z``.
     """
 
     enabled: bool = False
     clip: float = 1.0
+    target_quantile: float | None = None
+    clip_lr: float = 0.2
+    count_noise: float | None = None
     noise_multiplier: float | None = None
     target_epsilon: float | None = None
     delta: float = 1e-5
@@ -496,6 +505,20 @@ def _validate_privacy(cfg: Config) -> None:
         "central with Poisson sampling (a smaller cohort would add less noise than accounted); "
         "distributed needs privacy.sampling fixed",
     )
+    q = p.target_quantile
+    if q is not None:
+        _check(0 < q < 1, "privacy.target_quantile", q, "a fraction in (0, 1), or null")
+        _check(p.clip_lr > 0, "privacy.clip_lr", p.clip_lr, "a number > 0")
+        _check(p.noise == "central", "privacy.noise", p.noise, "central with adaptive clipping")
+        sigma = count_noise(cfg)
+        _check(sigma > 0, "privacy.count_noise", p.count_noise, "a number > 0, or null")
+        _check(
+            z is None or z < 2 * sigma,
+            "privacy.noise_multiplier",
+            z,
+            f"below 2 x count_noise = {2 * sigma:g} with adaptive clipping (the count "
+            "takes that share of the budget); raise privacy.count_noise",
+        )
     a = cfg.algorithm.name
     plain = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "ffa-lora")
     _check(a in plain, "algorithm.name", a, f"one of {', '.join(plain)} {why}")
@@ -550,6 +573,12 @@ def _validate_algorithm(cfg: Config) -> None:
             list(a.ranks),
             f"ranks from 1 to method.r = {cfg.method.r} (the global rank)",
         )
+
+
+def count_noise(cfg: Config) -> float:
+    """Std of the noise on adaptive clipping's count: ``privacy.count_noise`` or m / 20."""
+    p = cfg.privacy
+    return p.count_noise if p.count_noise is not None else cfg.federation.clients_per_round / 20
 
 
 def _validate_secagg(cfg: Config) -> None:
@@ -636,4 +665,10 @@ def resolve(cfg: Config) -> Config:
         z = calibrate(p, f.clients, f.clients_per_round, f.rounds)
         privacy = dataclasses.replace(p, noise_multiplier=z)
         cfg = dataclasses.replace(cfg, privacy=privacy)
+        if p.target_quantile is not None and z >= 2 * count_noise(cfg):
+            raise FedpetError(
+                f"privacy.target_epsilon = {p.target_epsilon} is not allowed with adaptive "
+                f"clipping: it needs noise multiplier {z:.3g}, at least 2 x count_noise = "
+                f"{2 * count_noise(cfg):g}; raise privacy.count_noise or the target"
+            )
     return cfg

@@ -13,6 +13,7 @@ STREAMS = {
     "codec-up": 6,
     "codec-down": 7,
     "dp-noise": 8,
+    "dp-count": 9,
 }
 
 

@@ -33,3 +33,22 @@ def gaussian_noise(like: TrainableState, std: float, seed: int) -> TrainableStat
     """Independent N(0, std^2) values in the names and shapes of ``like``, seeded."""
     gen = torch.Generator().manual_seed(seed)
     return {n: torch.randn(t.shape, generator=gen) * std for n, t in like.items()}
+
+
+def update_noise_multiplier(z: float, count_noise: float | None) -> float:
+    """The updates' share of the noise multiplier ``z``.
+
+    Adaptive clipping's count (sensitivity 1/2, noise std ``count_noise``) takes the rest:
+    ``(z^-2 - (2 count_noise)^-2)^-1/2``. Without a count, ``z`` itself.
+    """
+    if count_noise is None or z == 0:
+        return z
+    return float((z**-2 - (2 * count_noise) ** -2) ** -0.5)
+
+
+def next_clip(clip_bound: float, within: float, quantile: float, lr: float) -> float:
+    """Adaptive clipping's geometric step: ``clip * exp(-lr * (within - quantile))``.
+
+    ``within`` is the (noised) fraction of the cohort whose update norm was at most the clip.
+    """
+    return clip_bound * math.exp(-lr * (within - quantile))

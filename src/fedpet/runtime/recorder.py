@@ -55,6 +55,7 @@ class RoundRecord:
     late: list[dict[str, object]] = field(default_factory=list)
     rejected: list[dict[str, object]] = field(default_factory=list)
     lora_error: float | None = None
+    dp_clip: float | None = None
 
 
 def peak_rss_mb() -> float:
@@ -151,7 +152,11 @@ class Recorder:
                     if record.lora_error is None
                     else {"lora_aggregation_error": record.lora_error}
                 ),
-                **({"epsilon": self.epsilon(record.round)} if cfg.privacy.enabled else {}),
+                **(
+                    {"epsilon": self.epsilon(record.round), "dp_clip": record.dp_clip}
+                    if cfg.privacy.enabled
+                    else {}
+                ),
             }
         )
         tensors = {"global": global_state, "best": self.best_state}

@@ -15,9 +15,9 @@ import numpy as np
 
 from fedpet.algorithms import Aggregate, Algorithm, ClientHook
 from fedpet.codecs import Codec, send_with_feedback
-from fedpet.config import Config, PrivacyConfig
+from fedpet.config import Config, PrivacyConfig, count_noise
 from fedpet.experiment import Experiment
-from fedpet.privacy.dp import clip, gaussian_noise
+from fedpet.privacy.dp import clip, gaussian_noise, l2_norm, next_clip, update_noise_multiplier
 from fedpet.rundir import Checkpoint
 from fedpet.runtime.lora_error import LoraError
 from fedpet.runtime.recorder import Recorder, RoundRecord
@@ -99,16 +99,15 @@ def upload(
 ) -> tuple[bytes, TrainableState]:
     """A client's encoded update and its new error-feedback residual (empty without it).
 
-    Under DP the update is clipped first, and with distributed noise the client adds its
-    share of the noise.
+    Under DP with distributed noise, the client clips its update and adds its share of the
+    noise (with central noise, the server clips).
     """
     seed = derive_seed(exp.cfg.seed, "codec-up", round_, client)
     dp = exp.cfg.privacy
-    if dp.enabled:
-        update = clip(update, dp.clip)
-        if dp.noise == "distributed":
-            noise_seed = derive_seed(exp.cfg.seed, "dp-noise", round_, client)
-            update = add(update, gaussian_noise(update, client_noise_std(exp.cfg), noise_seed))
+    if dp.enabled and dp.noise == "distributed":
+        noise_seed = derive_seed(exp.cfg.seed, "dp-noise", round_, client)
+        noise = gaussian_noise(update, client_noise_std(exp.cfg), noise_seed)
+        update = add(clip(update, dp.clip), noise)
     if not exp.cfg.codec.feedback:
         return codec.encode(update, seed), {}
     return send_with_feedback(codec, update, residual, schema(update), seed)
@@ -165,6 +164,8 @@ class Intake:
     attempt: int = 0
     lora: LoraError | None = None
     dp: PrivacyConfig | None = None
+    clip: float = 0.0
+    within_clip: int = 0
     bytes_down: int = 0
     bytes_up: int = 0
     examples: int = 0
@@ -183,12 +184,14 @@ class Intake:
         received: TrainableState,
         attempt: int = 0,
         track_lora: bool = True,
+        clip: float | None = None,
     ) -> Intake:
         """A round attempt's intake for the clients that start from ``received``.
 
         Its aggregate keeps the updates if the algorithm needs them and knows the number of
         clients; a LoRA run also tracks the aggregation error, unless ``track_lora`` is off
-        (secure aggregation shows no single update).
+        (secure aggregation shows no single update). ``clip`` is DP's current clip, if it
+        adapts.
         """
         return cls(
             clients,
@@ -199,6 +202,7 @@ class Intake:
             attempt=attempt,
             lora=lora_error(exp) if track_lora else None,
             dp=exp.cfg.privacy if exp.cfg.privacy.enabled else None,
+            clip=exp.cfg.privacy.clip if clip is None else clip,
         )
 
     def receive(self, client: int, reply: ClientReply, codec: Codec, local_epochs: int) -> None:
@@ -211,9 +215,11 @@ class Intake:
             self.lose("rejected", client, str(problem))
             return
         weight = float(reply.num_examples)
-        if self.dp is not None:  # fixed weights; a trusted server enforces the clip itself
+        if self.dp is not None:  # fixed weights; with central noise the server clips
             weight = 1.0
-            update = clip(update, self.dp.clip) if self.dp.noise == "central" else update
+            if self.dp.noise == "central":
+                self.within_clip += l2_norm(update) <= self.clip
+                update = clip(update, self.clip)
         self.aggregate.add(self.algorithm.server_view(self.received, update, client), weight)
         if self.lora is not None:
             self.lora.add(pad(add(view, update), self.received), weight)
@@ -249,21 +255,31 @@ def client_noise_std(cfg: Config) -> float:
     return z * cfg.privacy.clip / math.sqrt(cfg.federation.clients_per_round)
 
 
-def release(cfg: Config, aggregate: Aggregate, round_: int) -> None:
-    """DP's server step on a round's sum: central noise, and the fixed denominator.
+def release(cfg: Config, intake: Intake, round_: int) -> float:
+    """DP's server step on a round's sum; the clip of the next round.
 
-    The mean divides by the expected cohort size whatever the number aggregated, so one
-    client's influence on it is bounded by the clip over that size.
+    Central noise goes on the sum, and the mean divides by the expected cohort size whatever
+    the number aggregated, so one client moves it by at most the clip over that size. With
+    adaptive clipping, the noised count of updates within the clip moves the clip.
     """
-    dp = cfg.privacy
+    dp, m = cfg.privacy, cfg.federation.clients_per_round
+    z = dp.noise_multiplier or 0.0
+    aggregate = intake.aggregate
+    adaptive = dp.target_quantile is not None
+    sigma = count_noise(cfg) if adaptive else None
     if dp.noise == "central" and aggregate.weighted_sum:
-        std = (dp.noise_multiplier or 0.0) * dp.clip
+        std = update_noise_multiplier(z, sigma) * intake.clip
         noise = gaussian_noise(
             aggregate.weighted_sum, std, derive_seed(cfg.seed, "dp-noise", round_)
         )
         for name, acc in aggregate.weighted_sum.items():
             acc.add_(noise[name])
-    aggregate.total_weight = float(cfg.federation.clients_per_round)
+    aggregate.total_weight = float(m)
+    if dp.target_quantile is None or sigma is None:
+        return intake.clip
+    gen = np.random.default_rng(derive_seed(cfg.seed, "dp-count", round_))
+    within = (intake.within_clip + gen.normal(0.0, sigma)) / m
+    return next_clip(intake.clip, within, dp.target_quantile, dp.clip_lr)
 
 
 def round_record(round_: int, attempts: list[Intake], skipped: bool, start: float) -> RoundRecord:

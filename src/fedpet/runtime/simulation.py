@@ -50,10 +50,12 @@ def run_attempt(
     round_: int,
     attempt: int,
     states: ClientStates | None,
+    clip: float | None = None,
 ) -> Intake:
     """Send each client of a sampled cohort its view of ``sent``, train it, gather updates.
 
-    ``states`` holds the clients' own states, for algorithms that keep them.
+    ``states`` holds the clients' own states, for algorithms that keep them; ``clip`` is
+    DP's clip this round, if it adapts.
     """
     cfg = exp.cfg
     up, down = codecs
@@ -62,7 +64,7 @@ def run_attempt(
     cohort = sample_cohort(
         cfg.seed, round_, len(exp.clients), fed.clients_per_round, attempt, poisson
     )
-    intake = Intake.open(exp, algorithm, cohort.tolist(), sent, attempt)
+    intake = Intake.open(exp, algorithm, cohort.tolist(), sent, attempt, clip=clip)
     seed = derive_seed(cfg.seed, "codec-down", round_, attempt)
     downloads = Downloads(algorithm, down, sent, seed)
     for k in intake.clients:
@@ -110,6 +112,7 @@ def run_simulation(exp: Experiment, recorder: Recorder, resume: Checkpoint | Non
     keep = algorithm.stateful_clients or cfg.codec.feedback
     states = ClientStates(recorder.run.path, done) if keep else None
     tries = 1 + (fed.max_retries if fed.short_round == "retry" else 0)
+    clip = float(resume.state.get("dp_clip", cfg.privacy.clip)) if resume else cfg.privacy.clip
     for rnd in range(done + 1, fed.rounds + 1):
         start = time.perf_counter()
         attempts: list[Intake] = []
@@ -123,18 +126,24 @@ def run_simulation(exp: Experiment, recorder: Recorder, resume: Checkpoint | Non
                     rnd,
                     len(attempts),
                     states,
+                    clip,
                 )
             )
             if attempts[-1].aggregate.num_clients >= fed.min_clients_per_round:
                 break
         final = attempts[-1]
         skipped = final.aggregate.num_clients < fed.min_clients_per_round
+        next_clip = clip
         if cfg.privacy.enabled and not skipped:
-            release(cfg, final.aggregate, rnd)
+            next_clip = release(cfg, final, rnd)
         if not skipped:
             global_state, server_state = algorithm.server_update(
                 global_state, server_state, final.aggregate
             )
         load_(exp.params, global_state)
         record = round_record(rnd, attempts, skipped, start)
-        recorder.end_round(record, global_state, {"server": server_state})
+        if cfg.privacy.enabled:
+            record.dp_clip = clip
+        meta = {"dp_clip": next_clip} if cfg.privacy.enabled else None
+        recorder.end_round(record, global_state, {"server": server_state}, meta)
+        clip = next_clip
