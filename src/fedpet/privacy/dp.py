@@ -1,18 +1,23 @@
-"""DP-FedAvg's two operations (McMahan et al., 2018): clip an update, add Gaussian noise.
+"""DP-FedAvg (McMahan et al., 2018): clip each update, add Gaussian noise to their sum.
 
 Every client's update is clipped to L2 norm ``C`` (``privacy.clip``); the server sums the
 clipped updates with weight 1 each and divides by the expected cohort size, so one client
 moves the sum by at most ``C``. Noise of std ``z C`` on the sum makes the round a Gaussian
 mechanism: added once by the server (central), or by each client with std
 ``z C / sqrt(expected cohort)`` (distributed, so that a secure sum carries the whole noise).
+With adaptive clipping (Andrew et al., 2021) the clip follows a quantile of the norms.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
+from fedpet.algorithms.base import Aggregate
+from fedpet.config import Config, count_noise
+from fedpet.seeding import derive_seed
 from fedpet.state import TrainableState
 
 
@@ -52,3 +57,37 @@ def next_clip(clip_bound: float, within: float, quantile: float, lr: float) -> f
     ``within`` is the (noised) fraction of the cohort whose update norm was at most the clip.
     """
     return clip_bound * math.exp(-lr * (within - quantile))
+
+
+def client_noise_std(cfg: Config) -> float:
+    """Each client's share of DP's distributed noise: the sum's std over sqrt(cohort size)."""
+    z = cfg.privacy.noise_multiplier or 0.0
+    return z * cfg.privacy.clip / math.sqrt(cfg.federation.clients_per_round)
+
+
+def release(
+    cfg: Config, aggregate: Aggregate, clip_bound: float, within_clip: int, round_: int
+) -> float:
+    """DP's server step on a round's sum (clipped at ``clip_bound``); the next round's clip.
+
+    Central noise goes on the sum, and the mean divides by the expected cohort size whatever
+    the number aggregated, so one client moves it by at most the clip over that size. With
+    adaptive clipping, the noised count of updates within the clip (``within_clip``) moves
+    the clip.
+    """
+    dp, m = cfg.privacy, cfg.federation.clients_per_round
+    z = dp.noise_multiplier or 0.0
+    sigma = count_noise(cfg) if dp.target_quantile is not None else None
+    if dp.noise == "central" and aggregate.weighted_sum:
+        std = update_noise_multiplier(z, sigma) * clip_bound
+        noise = gaussian_noise(
+            aggregate.weighted_sum, std, derive_seed(cfg.seed, "dp-noise", round_)
+        )
+        for name, acc in aggregate.weighted_sum.items():
+            acc.add_(noise[name])
+    aggregate.total_weight = float(m)
+    if dp.target_quantile is None or sigma is None:
+        return clip_bound
+    gen = np.random.default_rng(derive_seed(cfg.seed, "dp-count", round_))
+    within = (within_clip + gen.normal(0.0, sigma)) / m
+    return next_clip(clip_bound, within, dp.target_quantile, dp.clip_lr)

@@ -7,7 +7,6 @@ so training, encoding, validation and aggregation are written once.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -15,9 +14,9 @@ import numpy as np
 
 from fedpet.algorithms import Aggregate, Algorithm, ClientHook
 from fedpet.codecs import Codec, send_with_feedback
-from fedpet.config import Config, PrivacyConfig, count_noise
+from fedpet.config import PrivacyConfig
 from fedpet.experiment import Experiment
-from fedpet.privacy.dp import clip, gaussian_noise, l2_norm, next_clip, update_noise_multiplier
+from fedpet.privacy.dp import client_noise_std, clip, gaussian_noise, l2_norm
 from fedpet.rundir import Checkpoint
 from fedpet.runtime.lora_error import LoraError
 from fedpet.runtime.recorder import Recorder, RoundRecord
@@ -247,39 +246,6 @@ class Intake:
     def lose(self, kind: str, client: int, reason: str) -> None:
         """Record a client whose update is lost: ``failed``, ``late`` or ``rejected``."""
         getattr(self, kind).append({"client": client, "attempt": self.attempt, "reason": reason})
-
-
-def client_noise_std(cfg: Config) -> float:
-    """Each client's share of DP's distributed noise: the sum's std over sqrt(cohort size)."""
-    z = cfg.privacy.noise_multiplier or 0.0
-    return z * cfg.privacy.clip / math.sqrt(cfg.federation.clients_per_round)
-
-
-def release(cfg: Config, intake: Intake, round_: int) -> float:
-    """DP's server step on a round's sum; the clip of the next round.
-
-    Central noise goes on the sum, and the mean divides by the expected cohort size whatever
-    the number aggregated, so one client moves it by at most the clip over that size. With
-    adaptive clipping, the noised count of updates within the clip moves the clip.
-    """
-    dp, m = cfg.privacy, cfg.federation.clients_per_round
-    z = dp.noise_multiplier or 0.0
-    aggregate = intake.aggregate
-    adaptive = dp.target_quantile is not None
-    sigma = count_noise(cfg) if adaptive else None
-    if dp.noise == "central" and aggregate.weighted_sum:
-        std = update_noise_multiplier(z, sigma) * intake.clip
-        noise = gaussian_noise(
-            aggregate.weighted_sum, std, derive_seed(cfg.seed, "dp-noise", round_)
-        )
-        for name, acc in aggregate.weighted_sum.items():
-            acc.add_(noise[name])
-    aggregate.total_weight = float(m)
-    if dp.target_quantile is None or sigma is None:
-        return intake.clip
-    gen = np.random.default_rng(derive_seed(cfg.seed, "dp-count", round_))
-    within = (intake.within_clip + gen.normal(0.0, sigma)) / m
-    return next_clip(intake.clip, within, dp.target_quantile, dp.clip_lr)
 
 
 def round_record(round_: int, attempts: list[Intake], skipped: bool, start: float) -> RoundRecord:

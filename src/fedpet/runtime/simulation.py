@@ -14,6 +14,7 @@ import time
 from fedpet.algorithms import Algorithm, get_algorithm
 from fedpet.codecs import Codec, get_codec
 from fedpet.experiment import Experiment
+from fedpet.privacy.dp import release
 from fedpet.rundir import Checkpoint
 from fedpet.runtime.client_states import ClientStates
 from fedpet.runtime.faults import ClientFailure, FailingHook, attack, local_steps, plan_faults
@@ -23,7 +24,6 @@ from fedpet.runtime.rounds import (
     Downloads,
     Intake,
     local_update,
-    release,
     round_record,
     sample_cohort,
     starting_state,
@@ -135,7 +135,7 @@ def run_simulation(exp: Experiment, recorder: Recorder, resume: Checkpoint | Non
         skipped = final.aggregate.num_clients < fed.min_clients_per_round
         next_clip = clip
         if cfg.privacy.enabled and not skipped:
-            next_clip = release(cfg, final, rnd)
+            next_clip = release(cfg, final.aggregate, clip, final.within_clip, rnd)
         if not skipped:
             global_state, server_state = algorithm.server_update(
                 global_state, server_state, final.aggregate
