@@ -1,8 +1,8 @@
 """How few bytes LoRA can send before accuracy drops: upload/download codecs side by side.
 
 LoRA on rotten_tomatoes at alpha 1 (ten clients, five per round) with fp32, fp16, int8
-(per row), top-k 10% + int8 and top-k 1% + int8 uploads (error feedback on for top-k;
-downloads in the same precision, int8 per row for top-k), and one round of full
+(a scale per tensor), top-k 10% + int8 and top-k 1% + int8 uploads (error feedback on for
+top-k; downloads in the same precision, int8 for top-k), and one round of full
 fine-tuning in fp32 for the bytes it sends. Prints test accuracy, MB up and down, and
 LoRA's bytes per client upload as a share of full fine-tuning's. Resumable, like a study.
 Usage: python benchmarks/codecs.py [--out studies/codecs] [--train-samples 400]
@@ -24,9 +24,9 @@ from fedpet.study.spec import Study, plan
 PAIRS = {  # upload codec -> download codec
     "fp32": "fp32",
     "fp16": "fp16",
-    "int8:row": "int8:row",
-    "topk:0.1+int8": "int8:row",
-    "topk:0.01+int8": "int8:row",
+    "int8": "int8",
+    "topk:0.1+int8": "int8",
+    "topk:0.01+int8": "int8",
 }
 
 
