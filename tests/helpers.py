@@ -32,3 +32,13 @@ def run_argv(
         f"data.max_eval_samples={eval_samples}",
         *extra,
     ]
+
+
+def refusal(args: list[str], capsys) -> str:
+    """``fedpet run --dry-run ARGS`` exits with status 2; its error, checked to be one line."""
+    from fedpet.cli import main
+
+    assert main(["run", "--dry-run", *args]) == 2
+    err: str = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    return err
