@@ -409,11 +409,11 @@ def validate(cfg: Config) -> None:
             get_codec(spec)
         except ValueError:
             _check(False, f"codec.{key}", spec, SPEC_HELP)
+    _choice("pooling", cfg.pooling, ("auto", "mean", "cls"))
+    _choice("runtime", cfg.runtime, RUNTIMES)
     rt = cfg.runtime
     if cfg.codec.feedback:
         _check(rt == "simulation", "runtime", rt, "simulation with error feedback (on disk)")
-    _choice("pooling", cfg.pooling, ("auto", "mean", "cls"))
-    _choice("runtime", cfg.runtime, RUNTIMES)
     _check(
         not (cfg.centralized and cfg.runtime != "simulation"),
         "runtime",
