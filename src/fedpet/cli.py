@@ -120,6 +120,22 @@ PARTITION_FLAGS = (
 )
 
 
+ATTACK_FLAGS = (
+    "--task",
+    "--data-dir",
+    "--model",
+    "--method",
+    "--max-train-samples",
+    "--clients-per-round",
+    "--codec-up",
+    "--dp",
+    "--dp-noise",
+    "--dp-clip",
+    "--seed",
+    "--out",
+)
+
+
 def _add_config_flags(parser: argparse.ArgumentParser, flags: Sequence[str]) -> None:
     parser.add_argument("--config", help="YAML config file (e.g. a run's config.yaml)")
     for flag in flags:
@@ -163,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     study = sub.add_parser("study", help="run a grid of runs; write results.csv and report.md")
     study.add_argument("--config", help="study file: base config, grid, rules, centralized")
     study.add_argument(
-        "--preset", help="a packaged study: quick, cpu, algorithms, fedpetuning-glue"
+        "--preset", help="a packaged study: quick, cpu, algorithms, privacy, fedpetuning-glue"
     )
     study.add_argument("--out", help="study directory (default studies/<preset or file name>)")
     study.add_argument("--tracker", help="also log each run to mlflow or tensorboard")
@@ -176,6 +192,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report = sub.add_parser("report", help="re-render the report of a study or run directory")
     report.add_argument("dir", help="a study directory or a run directory")
+    attack = sub.add_parser(
+        "attack",
+        help="invert one client's update (gradient inversion); token precision/recall/F1",
+    )
+    _add_config_flags(attack, ATTACK_FLAGS)
+    attack.add_argument(
+        "--run", help="start from this run's last global state (default: initialisation)"
+    )
+    attack.add_argument("--examples", type=int, default=20, help="examples attacked (20)")
+    attack.add_argument("--batch", type=int, default=1, help="examples per update (1)")
+    attack.add_argument("--steps", type=int, default=300, help="gradient-matching steps (300)")
+    attack.add_argument(
+        "--attack-lr", type=float, default=0.01, help="gradient matching's Adam lr (0.01)"
+    )
+    attack.add_argument(
+        "--max-tokens", type=int, default=32, help="attack examples of at most N tokens (32)"
+    )
     part = sub.add_parser(
         "partition", help="partition a task across clients; write partition.json and plots"
     )
@@ -278,6 +311,44 @@ def cmd_study(args: argparse.Namespace) -> None:
     print(f"wrote {', '.join(written)} in {out}")
 
 
+def cmd_attack(args: argparse.Namespace) -> None:
+    """Attack the updates of the configured (or a run's) method; write attack.json."""
+    from fedpet.config import build_config, load_yaml, resolve, to_dict
+    from fedpet.launch import run_config
+    from fedpet.privacy.attack import AttackSpec, attack
+    from fedpet.privacy.report import ATTACK_FILE, write_leakage
+    from fedpet.rundir import RunDir, check_out_dir, load_checkpoint, storage_errors
+
+    run = Path(args.run) if args.run else None
+    if run is not None and args.config:
+        raise FedpetError("--run attacks a run with its own config.yaml; give no --config")
+    if run is not None:
+        base = to_dict(run_config(run))
+    else:
+        base = load_yaml(args.config) if args.config else {}
+    # the update as it travels carries DP noise only when the clients add it
+    wire = [("privacy.noise", "distributed"), ("privacy.sampling", "fixed")]
+    cfg = resolve(build_config(base, wire + _overrides(args)))
+    spec = AttackSpec(args.examples, args.batch, args.steps, args.attack_lr, args.max_tokens)
+    spec.check()
+    state = f"round{load_checkpoint(run).round}" if run is not None else "init"
+    default = Path("attacks") / f"{cfg.data.task}-{cfg.method.name}-{state}-{cfg.codec.up}"
+    out = Path(args.out) if args.out else default
+    check_out_dir(out, args.overwrite)
+    result = attack(cfg, spec, run)
+    with storage_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
+    RunDir(out).write_json(ATTACK_FILE, result)
+    written = [ATTACK_FILE, *write_leakage(out)]
+    print(
+        f"{cfg.method.name} at {state}, codec {cfg.codec.up}, "
+        f"DP {'on' if cfg.privacy.enabled else 'off'}: token F1 {result['f1']:.3f} "
+        f"(precision {result['precision']:.3f}, recall {result['recall']:.3f}) over "
+        f"{spec.examples} examples in batches of {spec.batch}, {result['seconds']:.0f} s"
+    )
+    print(f"wrote {', '.join(written)} in {out}")
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     """Re-render tables and plots from a study's or a run's saved files; train nothing."""
     from fedpet.study.runner import report
@@ -295,6 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "partition": cmd_partition,
             "study": cmd_study,
             "report": cmd_report,
+            "attack": cmd_attack,
         }
         commands[args.command](args)
     except FedpetError as exc:

@@ -139,10 +139,15 @@ def load_data(cfg: Config) -> tuple[Task, list[np.ndarray]]:
     return task, clients
 
 
-def prepare(cfg: Config, backbones: Backbones | None = None) -> Experiment:
-    """Load the data (:func:`load_data`), build the model, tokenize every split once."""
+def prepare(
+    cfg: Config, backbones: Backbones | None = None, attention: str | None = None
+) -> Experiment:
+    """Load the data (:func:`load_data`), build the model, tokenize every split once.
+
+    ``attention`` is passed to :func:`~fedpet.model.build_model`.
+    """
     task, clients = load_data(cfg)
-    model, tokenizer = build_model(cfg, task.num_labels, backbones)
+    model, tokenizer = build_model(cfg, task.num_labels, backbones, attention)
     algorithm = get_algorithm(cfg.algorithm)
     params = {}
     for name, param in trainable_parameters(model).items():

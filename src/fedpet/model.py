@@ -77,6 +77,12 @@ class TextClassifier(nn.Module):
         logits: torch.Tensor = self.head(self.dropout(pooled))
         return logits
 
+    def word_embeddings(self) -> nn.Embedding:
+        """The encoder's word-embedding module, whatever wrapper the method put around it."""
+        module = self.encoder.get_input_embeddings()  # type: ignore[operator]
+        assert isinstance(module, nn.Embedding)
+        return module
+
     def embed(
         self,
         input_ids: torch.Tensor,
@@ -188,17 +194,24 @@ def check_max_length(cfg: Config, config: Any, tokenizer: PreTrainedTokenizerBas
 
 
 def build_model(
-    cfg: Config, num_labels: int, backbones: Backbones | None = None
+    cfg: Config,
+    num_labels: int,
+    backbones: Backbones | None = None,
+    attention: str | None = None,
 ) -> tuple[TextClassifier, PreTrainedTokenizerBase]:
     """Load the encoder once, attach the configured method, add a seeded head.
 
     The method's and the head's initial values derive from ``cfg.seed``. With
     ``backbones``, a pretrained encoder already in memory is copied instead of loaded.
+    ``attention`` picks transformers' attention implementation (``"eager"`` can be
+    differentiated twice, as gradient-matching attacks need); None keeps the default.
     """
     path, config = load_encoder_config(cfg.model, cfg.train.dropout)
     tokenizer = AutoTokenizer.from_pretrained(path)
     check_max_length(cfg, config, tokenizer)
-    if backbones is None:
+    if attention is not None:
+        encoder = AutoModel.from_pretrained(path, config=config, attn_implementation=attention)
+    elif backbones is None:
         encoder = AutoModel.from_pretrained(path, config=config)
     else:
         encoder = backbones.get(path, config, cfg.train.dropout)

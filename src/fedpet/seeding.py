@@ -14,6 +14,7 @@ STREAMS = {
     "codec-down": 7,
     "dp-noise": 8,
     "dp-count": 9,
+    "attack": 10,
 }
 
 

@@ -9,6 +9,7 @@ import yaml
 from fedpet.errors import FedpetError
 from fedpet.launch import resume_run, run_config, start_run
 from fedpet.model import Backbones
+from fedpet.privacy.report import write_leakage
 from fedpet.rundir import atomic_write, storage_errors
 from fedpet.study.report import Entry, write_report
 from fedpet.study.spec import PlannedRun, Study, parse_study, plan
@@ -75,13 +76,20 @@ def run_study(
 
 
 def report(path: Path) -> list[str]:
-    """Re-render the report of a study directory, or of a single run directory."""
+    """Re-render the report of a study directory or of a run directory, and the leakage table.
+
+    The leakage table (``leakage.md``) gathers the ``fedpet attack`` results under ``path``.
+    """
+    written = write_leakage(path)
     if (path / STUDY_FILE).exists():
         study = parse_study(yaml.safe_load((path / STUDY_FILE).read_text()), str(path))
-        return write_report(path, entries(path, plan(study)))
+        return write_report(path, entries(path, plan(study))) + written
     if (path / "summary.json").exists():
         run = PlannedRun(path.name, {}, run_config(path))
-        return write_report(path, [(run, path)])
+        return write_report(path, [(run, path)]) + written
+    if written:
+        return written
     raise FedpetError(
-        f"{path}: neither a study (no {STUDY_FILE}) nor a finished run (no summary.json)"
+        f"{path}: neither a study (no {STUDY_FILE}), a finished run (no summary.json) "
+        "nor a folder of attack results (no attack.json)"
     )
