@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from helpers import run_argv
 from safetensors.torch import load_file
@@ -21,30 +22,42 @@ def _metrics(out: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
 
 
+# FlexLoRA with two ranks: per-client downloads, layouts and server views on both sides;
+# lossy codecs with random rounding, seeded alike on both sides
+RANKED = ("--algorithm", "flexlora", "--set", "algorithm.ranks=[2,8]")
+RANKED += ("--codec-up", "int8:row:sr", "--codec-down", "bf16")
+# DP with central noise, Poisson cohorts and an adaptive clip: sampling, clipping, noise and
+# the clip's update all happen on the server side of either runtime
+CENTRAL_DP = ("--dp", "--dp-noise", "0.5", "--dp-clip", "0.05")
+CENTRAL_DP += ("--set", "privacy.target_quantile=0.5")
+
+
+@pytest.mark.parametrize("flags", [RANKED, CENTRAL_DP], ids=["flexlora-codecs", "central-dp"])
 def test_flower_simulation_equals_the_in_process_runtime(
-    tiny_model_dir: Path, tmp_path: Path
+    tiny_model_dir: Path, tmp_path: Path, flags: tuple[str, ...]
 ) -> None:
     flower, local = tmp_path / "flower", tmp_path / "local"
-    # FlexLoRA with two ranks: per-client downloads, layouts and server views on both sides;
-    # lossy codecs with random rounding, seeded alike on both sides
-    ranked = ("--algorithm", "flexlora", "--set", "algorithm.ranks=[2,8]")
-    ranked += ("--codec-up", "int8:row:sr", "--codec-down", "bf16")
-    assert main(_argv(tiny_model_dir, flower, "--runtime", "flower-sim", *ranked)) == 0
+    assert main(_argv(tiny_model_dir, flower, "--runtime", "flower-sim", *flags)) == 0
     # Ray runs each ClientApp with one thread; so does the reference run, so that every
     # float sum reduces in the same order and the states are bitwise equal
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert main(_argv(tiny_model_dir, local, *ranked)) == 0
+        assert main(_argv(tiny_model_dir, local, *flags)) == 0
     finally:
         torch.set_num_threads(threads)
     a = load_file(flower / "checkpoint" / "global.safetensors")
     b = load_file(local / "checkpoint" / "global.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert _metrics(flower) == _metrics(local)
+    rows = _metrics(flower)
+    assert rows == _metrics(local)
     summary = json.loads((flower / "summary.json").read_text())
-    full_rank = 2 * 2 * 4 * summary["trainable_params"]  # 2 rounds, 2 clients, fp32
-    assert 0 < summary["bytes_up_total"] < full_rank  # rank-2 clients send less
+    if flags == RANKED:
+        full_rank = 2 * 2 * 4 * summary["trainable_params"]  # 2 rounds, 2 clients, fp32
+        assert 0 < summary["bytes_up_total"] < full_rank  # rank-2 clients send less
+    else:
+        assert rows[-1]["epsilon"] > rows[0]["epsilon"] > 0 and rows[0]["dp_clip"] == 0.05
+        assert summary["epsilon"] == rows[-1]["epsilon"]
 
 
 def test_flower_sim_refuses_centralized(capsys) -> None:
@@ -53,7 +66,6 @@ def test_flower_sim_refuses_centralized(capsys) -> None:
 
 
 def test_malformed_replies_are_refused() -> None:
-    import pytest
     from flwr.app import Message, MetricRecord, RecordDict
 
     from fedpet.runtime.flower import parse_reply, to_record
@@ -94,22 +106,30 @@ def test_flower_sim_resumes_after_its_last_checkpoint(tiny_model_dir: Path, tmp_
     assert _metrics(flower) == _metrics(local)
 
 
-def test_secure_aggregation_matches_fedavg_within_its_quantization(
-    tiny_model_dir: Path, tmp_path: Path
+DISTRIBUTED_DP = ("--dp", "--dp-noise", "1", "--dp-clip", "0.05")
+DISTRIBUTED_DP += ("--set", "privacy.noise=distributed", "--set", "privacy.sampling=fixed")
+
+
+@pytest.mark.parametrize("dp", [(), DISTRIBUTED_DP], ids=["fedavg", "distributed-dp"])
+def test_secure_aggregation_matches_the_plain_round_within_its_quantization(
+    tiny_model_dir: Path, tmp_path: Path, dp: tuple[str, ...]
 ) -> None:
     secure, plain = tmp_path / "secure", tmp_path / "plain"
-    flags = ("--rounds", "1", "--runtime", "flower-sim")
+    flags = ("--rounds", "1", "--runtime", "flower-sim", *dp)
     assert main(_argv(tiny_model_dir, secure, *flags, "--secure-aggregation")) == 0
     assert main(_argv(tiny_model_dir, plain, *flags)) == 0
     a = load_file(secure / "checkpoint" / "global.safetensors")
     b = load_file(plain / "checkpoint" / "global.safetensors")
-    # each client's update, scaled by n_k / max n, is clipped to +-8 and stochastically
-    # rounded to 2**22 levels: the unmasked mean is off by < 2 clients x 16 / 2**22
+    # each client's update (clipped and noised by the client under DP), scaled by n_k / max n
+    # (1 under DP), is clipped to +-8 and stochastically rounded to 2**22 levels: the
+    # unmasked mean is off by < 2 clients x 16 / 2**22
     diff = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert 0 < diff < 2 * 16 / 2**22
     [row], [plain_row] = _metrics(secure), _metrics(plain)
     assert row["aggregated"] == 2 and row["clients"] == plain_row["clients"]
     assert row["train_loss"] == plain_row["train_loss"]  # same local training
+    assert row["examples"] == plain_row["examples"]  # the counts travel apart from the weights
+    assert row.get("epsilon") == plain_row.get("epsilon") and (row.get("epsilon", 1) > 0)
     # the upload is masked int64 vectors plus the key exchange, more than 2x the fp32 payload
     assert row["bytes_up"] > 2 * plain_row["bytes_up"]
 

@@ -143,8 +143,8 @@ DP_ERRORS = [
      "privacy.noise = 'distributed' is not allowed: central with Poisson sampling"),
     ([*Z, "--set", "privacy.target_quantile=0.5"],
      "privacy.noise_multiplier = 1.0 is not allowed: below 2 x count_noise = 1 "),
-    ([*Z, "--runtime", "flower-sim"],
-     "runtime = 'flower-sim' is not allowed: simulation with privacy.enabled"),
+    ([*Z, "--runtime", "flower-sim", "--secure-aggregation"],
+     "privacy.noise = 'central' is not allowed: distributed with secagg.enabled"),
 ]  # fmt: skip
 
 

@@ -491,7 +491,12 @@ def _validate_privacy(cfg: Config) -> None:
     )
     why = "with privacy.enabled"
     _check(not cfg.centralized, "centralized", True, f"false {why} (client-level DP)")
-    _check(cfg.runtime == "simulation", "runtime", cfg.runtime, f"simulation {why}")
+    _check(
+        not cfg.secagg.enabled or p.noise == "distributed",
+        "privacy.noise",
+        p.noise,
+        "distributed with secagg.enabled (the server never sees an update to clip)",
+    )
     _check(
         p.sampling == "poisson" or p.accountant == "rdp",
         "privacy.accountant",

@@ -39,9 +39,13 @@ from fedpet.runtime.rounds import (
     ClientReply,
     Downloads,
     Intake,
+    clip_meta,
     local_update,
+    privatize,
+    release_round,
+    round_cohort,
     round_record,
-    sample_cohort,
+    starting_clip,
     starting_state,
     upload,
 )
@@ -118,7 +122,9 @@ def train_reply(cfg: Config, msg: Message) -> Message:
     """
     if is_secure(msg):
         payload, round_, client = read_instructions(msg)
-        return masked_reply(msg, *client_update(cfg, payload, round_, client))
+        update, examples, loss = client_update(cfg, payload, round_, client)
+        weight = 1 if cfg.privacy.enabled else examples  # DP: every update weighs 1
+        return masked_reply(msg, privatize(cfg, update, round_, client), examples, loss, weight)
     config = msg.content.config_records["config"]
     round_, client = int(number(config["round"])), int(number(config["client"]))
     payload = from_record(msg.content.array_records["arrays"])
@@ -172,6 +178,7 @@ class FedpetStrategy(Strategy):
         self.sent: dict[int, int] = {}
         self.intake: Intake | None = None
         self.started = 0.0
+        self.clip = starting_clip(cfg, resume)
 
     def discover(self, grid: Grid, patience: float = 60.0) -> None:
         """Ask the nodes not mapped yet which client they hold (client -> node id).
@@ -203,9 +210,8 @@ class FedpetStrategy(Strategy):
     ) -> Iterable[Message]:
         """Sample the round's cohort and send each node holding one of its clients the state."""
         round_ = server_round + self.offset
-        fed = self.cfg.federation
         self.started = time.perf_counter()
-        cohort = sample_cohort(self.cfg.seed, round_, len(self.exp.clients), fed.clients_per_round)
+        cohort = round_cohort(self.cfg, round_, len(self.exp.clients))
         if any(k not in self.nodes for k in cohort.tolist()):
             self.discover(grid)
         intake = Intake.open(
@@ -214,6 +220,7 @@ class FedpetStrategy(Strategy):
             cohort.tolist(),
             self.global_state,
             track_lora=not self.cfg.secagg.enabled,
+            clip=self.clip,
         )
         self.intake, self.sent = intake, {}
         targets: dict[int, int] = {}  # node -> client
@@ -251,7 +258,10 @@ class FedpetStrategy(Strategy):
         """
         intake = self.intake
         assert intake is not None, "configure_train sets the intake"
-        max_weight = max((len(self.exp.clients[k]) for k in targets.values()), default=1)
+        # under DP every update weighs 1 (and the clients clip and noise it themselves)
+        dp = self.cfg.privacy.enabled
+        sizes = (1 if dp else len(self.exp.clients[k]) for k in targets.values())
+        max_weight = max(sizes, default=1)
         outcome = secure_round(
             grid,
             self.cfg.secagg,
@@ -270,7 +280,7 @@ class FedpetStrategy(Strategy):
                 examples, loss = outcome.replies[node]
                 intake.count(examples, loss, self.cfg.train.local_epochs)
                 summed.append(k)
-                weight += examples
+                weight += 1 if dp else examples
             elif node in outcome.silent:
                 self.forget(node)
                 intake.lose("failed", k, f"node {node} did not answer")
@@ -311,14 +321,17 @@ class FedpetStrategy(Strategy):
                 self.forget(node)
                 intake.lose("failed", k, f"node {node} did not answer")
         skipped = intake.aggregate.num_clients < self.cfg.federation.min_clients_per_round
+        round_ = server_round + self.offset
+        next_clip = release_round(self.cfg, intake, self.clip, round_, skipped)
         if not skipped:
             self.global_state, self.server_state = self.algorithm.server_update(
                 self.global_state, self.server_state, intake.aggregate
             )
         load_(self.exp.params, self.global_state)
-        round_ = server_round + self.offset
         record = round_record(round_, [intake], skipped, self.started)
-        self.recorder.end_round(record, self.global_state, {"server": self.server_state})
+        meta = clip_meta(self.cfg, record, self.clip, next_clip)
+        self.recorder.end_round(record, self.global_state, {"server": self.server_state}, meta)
+        self.clip = next_clip
         return to_record(self.down.encode(self.global_state)), MetricRecord(
             {"aggregated": intake.aggregate.num_clients}
         )

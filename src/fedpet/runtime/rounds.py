@@ -14,9 +14,9 @@ import numpy as np
 
 from fedpet.algorithms import Aggregate, Algorithm, ClientHook
 from fedpet.codecs import Codec, send_with_feedback
-from fedpet.config import PrivacyConfig
+from fedpet.config import Config, PrivacyConfig
 from fedpet.experiment import Experiment
-from fedpet.privacy.dp import client_noise_std, clip, gaussian_noise, l2_norm
+from fedpet.privacy.dp import client_noise_std, clip, gaussian_noise, l2_norm, release
 from fedpet.rundir import Checkpoint
 from fedpet.runtime.lora_error import LoraError
 from fedpet.runtime.recorder import Recorder, RoundRecord
@@ -44,6 +44,38 @@ def sample_cohort(
     if poisson:
         return np.flatnonzero(rng.random(num_clients) < per_round / num_clients)
     return np.sort(rng.choice(num_clients, size=per_round, replace=False))
+
+
+def round_cohort(cfg: Config, round_: int, num_clients: int, attempt: int = 0) -> np.ndarray:
+    """The round's cohort as the config draws it: Poisson sampling under DP that asks for it."""
+    poisson = cfg.privacy.enabled and cfg.privacy.sampling == "poisson"
+    per_round = cfg.federation.clients_per_round
+    return sample_cohort(cfg.seed, round_, num_clients, per_round, attempt, poisson)
+
+
+def starting_clip(cfg: Config, resume: Checkpoint | None) -> float:
+    """DP's clip for the first round to run: the configured one, or the checkpointed one."""
+    if resume is None:
+        return cfg.privacy.clip
+    return float(resume.state.get("dp_clip", cfg.privacy.clip))
+
+
+def release_round(cfg: Config, intake: Intake, clip: float, round_: int, skipped: bool) -> float:
+    """DP's release of a round's aggregate (see :func:`~fedpet.privacy.dp.release`).
+
+    Returns the next round's clip: unchanged without DP or when the round was skipped.
+    """
+    if not cfg.privacy.enabled or skipped:
+        return clip
+    return release(cfg, intake.aggregate, clip, intake.within_clip, round_)
+
+
+def clip_meta(cfg: Config, record: RoundRecord, clip: float, next_clip: float) -> dict[str, float]:
+    """Log the round's DP clip in ``record``; the checkpoint meta that carries the next one."""
+    if not cfg.privacy.enabled:
+        return {}
+    record.dp_clip = clip
+    return {"dp_clip": next_clip}
 
 
 def starting_state(
@@ -88,6 +120,19 @@ class Downloads:
         return self.encoded[layout], layout
 
 
+def privatize(cfg: Config, update: TrainableState, round_: int, client: int) -> TrainableState:
+    """Under DP with distributed noise, the update clipped plus the client's noise share.
+
+    Otherwise the update as it is (with central noise, the server clips).
+    """
+    dp = cfg.privacy
+    if not (dp.enabled and dp.noise == "distributed"):
+        return update
+    noise_seed = derive_seed(cfg.seed, "dp-noise", round_, client)
+    noise = gaussian_noise(update, client_noise_std(cfg), noise_seed)
+    return add(clip(update, dp.clip), noise)
+
+
 def upload(
     exp: Experiment,
     codec: Codec,
@@ -98,15 +143,10 @@ def upload(
 ) -> tuple[bytes, TrainableState]:
     """A client's encoded update and its new error-feedback residual (empty without it).
 
-    Under DP with distributed noise, the client clips its update and adds its share of the
-    noise (with central noise, the server clips).
+    The update goes through :func:`privatize` first.
     """
     seed = derive_seed(exp.cfg.seed, "codec-up", round_, client)
-    dp = exp.cfg.privacy
-    if dp.enabled and dp.noise == "distributed":
-        noise_seed = derive_seed(exp.cfg.seed, "dp-noise", round_, client)
-        noise = gaussian_noise(update, client_noise_std(exp.cfg), noise_seed)
-        update = add(clip(update, dp.clip), noise)
+    update = privatize(exp.cfg, update, round_, client)
     if not exp.cfg.codec.feedback:
         return codec.encode(update, seed), {}
     return send_with_feedback(codec, update, residual, schema(update), seed)

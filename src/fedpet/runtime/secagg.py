@@ -1,10 +1,11 @@
 """Secure aggregation on Flower: one fedpet round through Flower's SecAgg+ protocol.
 
-The server learns only the cohort's example-weighted mean update, never one client's:
-each client masks its quantized update with pairwise and private masks that cancel in the
-sum (Bell et al., 2020). Flower implements the protocol (``SecAggPlusWorkflow`` on the
-server, ``secaggplus_mod`` on the client) for its legacy fit messages; this module feeds
-them fedpet's payloads and turns the unmasked mean back into a trainable state.
+The server learns only the cohort's example-weighted mean update (under DP, every update
+weighs 1), never one client's: each client masks its quantized update with pairwise and
+private masks that cancel in the sum (Bell et al., 2020). Flower implements the protocol
+(``SecAggPlusWorkflow`` on the server, ``secaggplus_mod`` on the client) for its legacy fit
+messages; this module feeds them fedpet's payloads and turns the unmasked mean back into a
+trainable state.
 
 What it costs: updates are clipped to ``secagg.clipping_range`` and quantized (2**22
 levels), each client uploads 8-byte integers instead of 4-byte floats plus its key
@@ -68,10 +69,17 @@ def read_instructions(msg: Message) -> tuple[bytes, int, int]:
     return ins.parameters.tensors[0], int(ins.config["round"]), int(ins.config["client"])
 
 
-def masked_reply(msg: Message, update: TrainableState, examples: int, loss: float) -> Message:
-    """The client's update in the form the SecAgg+ mod masks (it replaces the values)."""
+def masked_reply(
+    msg: Message, update: TrainableState, examples: int, loss: float, weight: int
+) -> Message:
+    """The client's update in the form the SecAgg+ mod masks (it replaces the values).
+
+    The mod scales the update by ``weight`` (the example count, or 1 under DP) before
+    masking; the example count travels as a metric.
+    """
     arrays = [t.detach().to(torch.float32).numpy() for t in update.values()]
-    res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), examples, {"loss": loss})
+    metrics: dict[str, Scalar] = {"loss": loss, "examples": examples}
+    res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), weight, metrics)
     return Message(content=compat.fitres_to_recorddict(res, keep_input=False), reply_to=msg)
 
 
@@ -146,7 +154,9 @@ class SecureOutcome:
     """What a secure round reveals to the server, and what it cost."""
 
     mean: TrainableState | None
-    """The example-weighted mean update of the clients in ``replies``; None if unmasking failed."""
+    """The weighted mean update of the clients in ``replies``; None if unmasking failed.
+
+    The weights are example counts, or 1 under DP."""
     replies: dict[int, tuple[int, float]] = field(default_factory=dict)
     """Node id -> (examples, mean loss) of each client whose masked update is in the sum."""
     silent: set[int] = field(default_factory=set)
@@ -196,7 +206,8 @@ def secure_round(
     )
     for proxy, res in cohort.results:
         loss = res.metrics.get("loss", float("nan"))
-        outcome.replies[int(proxy.node_id)] = (res.num_examples, float(cast(float, loss)))
+        examples = int(cast(int, res.metrics.get("examples", res.num_examples)))
+        outcome.replies[int(proxy.node_id)] = (examples, float(cast(float, loss)))
     return outcome
 
 

@@ -14,7 +14,6 @@ import time
 from fedpet.algorithms import Algorithm, get_algorithm
 from fedpet.codecs import Codec, get_codec
 from fedpet.experiment import Experiment
-from fedpet.privacy.dp import release
 from fedpet.rundir import Checkpoint
 from fedpet.runtime.client_states import ClientStates
 from fedpet.runtime.faults import ClientFailure, FailingHook, attack, local_steps, plan_faults
@@ -23,9 +22,12 @@ from fedpet.runtime.rounds import (
     ClientReply,
     Downloads,
     Intake,
+    clip_meta,
     local_update,
+    release_round,
+    round_cohort,
     round_record,
-    sample_cohort,
+    starting_clip,
     starting_state,
     upload,
 )
@@ -60,10 +62,7 @@ def run_attempt(
     cfg = exp.cfg
     up, down = codecs
     fed, train = cfg.federation, cfg.train
-    poisson = cfg.privacy.enabled and cfg.privacy.sampling == "poisson"
-    cohort = sample_cohort(
-        cfg.seed, round_, len(exp.clients), fed.clients_per_round, attempt, poisson
-    )
+    cohort = round_cohort(cfg, round_, len(exp.clients), attempt)
     intake = Intake.open(exp, algorithm, cohort.tolist(), sent, attempt, clip=clip)
     seed = derive_seed(cfg.seed, "codec-down", round_, attempt)
     downloads = Downloads(algorithm, down, sent, seed)
@@ -112,7 +111,7 @@ def run_simulation(exp: Experiment, recorder: Recorder, resume: Checkpoint | Non
     keep = algorithm.stateful_clients or cfg.codec.feedback
     states = ClientStates(recorder.run.path, done) if keep else None
     tries = 1 + (fed.max_retries if fed.short_round == "retry" else 0)
-    clip = float(resume.state.get("dp_clip", cfg.privacy.clip)) if resume else cfg.privacy.clip
+    clip = starting_clip(cfg, resume)
     for rnd in range(done + 1, fed.rounds + 1):
         start = time.perf_counter()
         attempts: list[Intake] = []
@@ -133,17 +132,13 @@ def run_simulation(exp: Experiment, recorder: Recorder, resume: Checkpoint | Non
                 break
         final = attempts[-1]
         skipped = final.aggregate.num_clients < fed.min_clients_per_round
-        next_clip = clip
-        if cfg.privacy.enabled and not skipped:
-            next_clip = release(cfg, final.aggregate, clip, final.within_clip, rnd)
+        next_clip = release_round(cfg, final, clip, rnd, skipped)
         if not skipped:
             global_state, server_state = algorithm.server_update(
                 global_state, server_state, final.aggregate
             )
         load_(exp.params, global_state)
         record = round_record(rnd, attempts, skipped, start)
-        if cfg.privacy.enabled:
-            record.dp_clip = clip
-        meta = {"dp_clip": next_clip} if cfg.privacy.enabled else None
+        meta = clip_meta(cfg, record, clip, next_clip)
         recorder.end_round(record, global_state, {"server": server_state}, meta)
         clip = next_clip
