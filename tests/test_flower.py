@@ -28,7 +28,7 @@ RANKED = ("--algorithm", "flexlora", "--set", "algorithm.ranks=[2,8]")
 RANKED += ("--codec-up", "int8:row:sr", "--codec-down", "bf16")
 # DP with central noise, Poisson cohorts and an adaptive clip: sampling, clipping, noise and
 # the clip's update all happen on the server side of either runtime
-CENTRAL_DP = ("--dp", "--dp-noise", "0.5", "--dp-clip", "0.05")
+CENTRAL_DP = ("--dp", "--dp-noise", "0.1", "--dp-clip", "0.05")
 CENTRAL_DP += ("--set", "privacy.target_quantile=0.5")
 
 

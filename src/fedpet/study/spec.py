@@ -28,7 +28,7 @@ from typing import Any
 from fedpet.config import Config, build_config, load_yaml, resolve
 from fedpet.errors import FedpetError
 
-PRESETS = ("quick", "cpu", "algorithms", "fedpetuning-glue")
+PRESETS = ("quick", "cpu", "algorithms", "privacy", "fedpetuning-glue")
 # fields that only mean something in a federation: a centralized baseline ignores them
 FEDERATED_FIELDS = ("data.alpha", "data.partition", "federation.", "algorithm.", "codec.")
 FEDERATED_ONLY = ("train.local_epochs", "faults.")
