@@ -100,7 +100,7 @@ def pick_batches(exp: Experiment, spec: AttackSpec) -> list[np.ndarray]:
 def client_update(exp: Experiment, batch: dict[str, torch.Tensor]) -> TrainableState:
     """One step of gradient descent on ``batch`` from the loaded state: ``-lr * gradient``."""
     exp.model.eval()
-    logits = exp.model(batch["input_ids"], batch["attention_mask"])
+    logits = exp.model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
     loss = torch.nn.functional.cross_entropy(logits, batch["labels"])
     grads = torch.autograd.grad(loss, list(exp.params.values()), materialize_grads=True)
     lrs = exp.learning_rates
@@ -138,11 +138,7 @@ def recover(
         return embedding_rows(observed[rows]), None
     labels = labels_from_bias(observed[HEAD_BIAS], len(batch["labels"]))
     known = known_positions(batch["attention_mask"])
-    probe = {
-        "input_ids": torch.where(known, batch["input_ids"], 0),
-        "attention_mask": batch["attention_mask"],
-        "labels": labels,
-    }
+    probe = {**batch, "input_ids": torch.where(known, batch["input_ids"], 0), "labels": labels}
     embeds = match_gradients(
         exp.model, exp.params, observed, probe, known, spec.steps, spec.lr, seed
     )
@@ -174,11 +170,9 @@ def attack(cfg: Config, spec: AttackSpec, run: Path | None = None) -> dict[str, 
     tokenizer = AutoTokenizer.from_pretrained(model_path(cfg.model))
     special = set(tokenizer.all_special_ids)
     codec = get_codec(cfg.codec.up)
-    start = {n: p.detach().clone() for n, p in exp.params.items()}
     records = []
     began = time.perf_counter()
     for k, indices in enumerate(pick_batches(exp, spec)):
-        load_(exp.params, start)
         batch = collate(exp.train, indices)
         update = client_update(exp, batch)
         payload, _ = upload(exp, codec, update, rounds, k, {})
@@ -195,7 +189,6 @@ def attack(cfg: Config, spec: AttackSpec, run: Path | None = None) -> dict[str, 
                 **asdict(scores),
             }
         )
-    load_(exp.params, start)
     dp = cfg.privacy
     return {
         "task": cfg.data.task,

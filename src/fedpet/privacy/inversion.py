@@ -85,8 +85,8 @@ def match_gradients(
     observed
         The gradient the attacker read from the update, by parameter name.
     batch
-        ``input_ids`` (only the ``known`` positions are used), ``attention_mask`` and the
-        inferred ``labels``.
+        ``input_ids`` (only the ``known`` positions are used), ``attention_mask``, the
+        inferred ``labels`` and, for sentence pairs, ``token_type_ids``.
     known
         (B, L) booleans: positions whose token the attacker knows (special tokens, padding);
         the others are optimised.
@@ -106,7 +106,7 @@ def match_gradients(
     try:
         for _ in range(steps):
             optimizer.zero_grad()
-            logits = model(batch["input_ids"], batch["attention_mask"])
+            logits = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
             loss = nn.functional.cross_entropy(logits, batch["labels"])
             grads = torch.autograd.grad(
                 loss, [params[n] for n in names], create_graph=True, materialize_grads=True
