@@ -36,7 +36,10 @@ def _labels(batches: list[dict[str, Any]]) -> str:
 
 
 def leakage_markdown(attacks: list[dict[str, Any]]) -> str:
-    """The table: per attack, the training state, what the update went through, the scores."""
+    """The table: per attack, the training state, what the update went through, the scores.
+
+    Rows go by task, method and training state, the plain fp32 update first.
+    """
     lines = [
         "# Leakage",
         "",
@@ -49,7 +52,19 @@ def leakage_markdown(attacks: list[dict[str, Any]]) -> str:
         "| precision | recall | token F1 | labels | seconds |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for a in attacks:
+    order = sorted(
+        attacks,
+        key=lambda a: (
+            a["task"],
+            a["method"],
+            a["rounds_trained"],
+            a["codec"] != "fp32",
+            a["codec"],
+            a["dp"] is not None,
+            a["batch"],
+        ),
+    )
+    for a in order:
         state = f"round {a['rounds_trained']}" if a["rounds_trained"] else "init"
         lines.append(
             f"| {a['task']} | {a['method']} | {state} | {a['codec']} | {_dp(a['dp'])} "
