@@ -132,16 +132,19 @@ def test_heavy_dp_noise_hides_the_embedding_rows(tiny_config) -> None:
 def test_attack_command_writes_the_result_and_report_tabulates_it(
     tiny_model_dir: Path, tmp_path: Path, capsys
 ) -> None:
-    out = tmp_path / "leak" / "lora"
+    out = tmp_path / "leak" / "a-lora"
     argv = attack_argv(tiny_model_dir, out, "--method", "lora", "--examples", "2", "--steps", "3")
     assert main([*argv, "--codec-up", "int8"]) == 0
     assert "token F1" in capsys.readouterr().out
     result = json.loads((out / "attack.json").read_text())
     assert result["codec"] == "int8" and result["steps"] == 3 and len(result["batches"]) == 2
+    full = attack_argv(tiny_model_dir, tmp_path / "leak" / "b-full", "--method", "full")
+    assert main(full) == 0
     assert main(["report", str(tmp_path / "leak")]) == 0
-    table = (tmp_path / "leak" / "leakage.md").read_text()
-    row = f"| lora | init | int8 | - | 1 | 2 | gradient matching | {result['precision']:.2f}"
-    assert row in table
+    rows = (tmp_path / "leak" / "leakage.md").read_text().splitlines()[-2:]
+    lora = f"| lora | init | int8 | - | 1 | 2 | gradient matching | {result['precision']:.2f}"
+    assert "| full | init | fp32 | - | 1 | 20 | embedding rows | 1.00 | 1.00 | 1.00 |" in rows[0]
+    assert lora in rows[1]  # by method, whatever the folders are called
 
 
 def test_attack_starts_from_a_run_s_last_global_state(tiny_model_dir: Path, tmp_path: Path) -> None:
