@@ -60,12 +60,13 @@ def test_bad_studies_are_one_clear_error(data: dict, needle: str) -> None:
 def test_presets_plan_without_errors() -> None:
     sizes = {
         name: len(plan(load_study(preset=name)))
-        for name in ("quick", "cpu", "algorithms", "fedpetuning-glue")
+        for name in ("quick", "cpu", "algorithms", "privacy", "fedpetuning-glue")
     }
     assert sizes == {
         "quick": 15,
         "cpu": 7 * 3 * 3 * 3 + 7 * 3 * 3,
         "algorithms": 2 * 2 * 10 * 3,
+        "privacy": 2 * 3,
         "fedpetuning-glue": 6 * 5 * 3 * 5,
     }
 
@@ -113,6 +114,16 @@ def test_mean_std_and_relative_to_fedft_by_hand() -> None:
     assert cell["lora", "alpha=0.1"].rel == pytest.approx(75.0)
     assert cell["full", "alpha=1"].rel == pytest.approx(100.0)
     assert math.isnan(cell["lora", "centralized"].rel)  # no centralized FedFT in this study
+
+
+def test_a_null_grid_value_reads_none_in_the_report() -> None:
+    from fedpet.study.report import render_markdown
+
+    rows = _rows()
+    rows["target_epsilon"] = [None if i % 2 else 8.0 for i in range(len(rows))]
+    rows = rows.assign(metric_name="accuracy", mb_per_round=1.0, mb_total=2.0, trainable_params=3)
+    headers = [x for x in render_markdown(rows, []).splitlines() if x.startswith("## t")]
+    assert headers == ["## t, target_epsilon=8.0", "## t, target_epsilon=none"]
 
 
 def test_plot_lines_split_by_algorithm_and_codec_only_where_they_vary() -> None:

@@ -43,6 +43,11 @@ def _pct(x: float) -> str:
     return "-" if x is None or math.isnan(x) else f"{100 * x:.2f}"
 
 
+def _value(v: Any) -> str:
+    """A grid value as written in the study file: a missing one (null) is ``none``."""
+    return "none" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+
+
 def render_markdown(results: pd.DataFrame, plots: list[str]) -> str:
     """The report: per task a table of settings x methods, then communication, then plots."""
     done = results[results["status"] == "done"]
@@ -74,7 +79,7 @@ def render_markdown(results: pd.DataFrame, plots: list[str]) -> str:
     for keys, part in table.groupby(["task", *extra], dropna=False, sort=False):
         keys = keys if isinstance(keys, tuple) else (keys,)
         title = ", ".join(
-            [str(keys[0]), *(f"{c}={v}" for c, v in zip(extra, keys[1:], strict=True))]
+            [str(keys[0]), *(f"{c}={_value(v)}" for c, v in zip(extra, keys[1:], strict=True))]
         )
         lines += [f"## {title}", "", "| setting | " + " | ".join(methods) + " |"]
         lines.append("|---" * (len(methods) + 1) + "|")
