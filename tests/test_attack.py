@@ -4,6 +4,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import run_argv
@@ -18,7 +19,7 @@ from fedpet.privacy.inversion import (
     labels_from_bias,
     match_gradients,
 )
-from fedpet.privacy.tokens import token_scores
+from fedpet.privacy.tokens import frequent_tokens, token_scores
 
 
 def test_token_scores_match_the_hand_computation() -> None:
@@ -29,6 +30,12 @@ def test_token_scores_match_the_hand_computation() -> None:
     assert token_scores([7, 8], [2, 3]) == token_scores([], [2, 3])
     assert token_scores([], [2, 3]).f1 == 0.0
     assert token_scores([3, 2], [2, 3]).f1 == 1.0
+
+
+def test_the_prior_guess_is_the_tokens_most_texts_hold() -> None:
+    texts = [np.array([1, 2, 2, 3]), np.array([2, 3, 4]), np.array([2, 4, 5]), np.array([4])]
+    # 2 and 4 in three texts each (2 first seen), 3 in two, 1 and 5 in one; 3 excluded
+    assert frequent_tokens(texts, exclude={3}) == [2, 4, 1, 5]
 
 
 def attack_argv(model: Path, out: Path, *extra: str) -> list[str]:
@@ -138,6 +145,7 @@ def test_attack_command_writes_the_result_and_report_tabulates_it(
     assert "token F1" in capsys.readouterr().out
     result = json.loads((out / "attack.json").read_text())
     assert result["codec"] == "int8" and result["steps"] == 3 and len(result["batches"]) == 2
+    assert result["prior_f1"] == np.mean([b["prior_f1"] for b in result["batches"]])
     full = attack_argv(tiny_model_dir, tmp_path / "leak" / "b-full", "--method", "full")
     assert main(full) == 0
     assert main(["report", str(tmp_path / "leak")]) == 0

@@ -32,7 +32,7 @@ from fedpet.privacy.inversion import (
     match_gradients,
     nearest_tokens,
 )
-from fedpet.privacy.tokens import token_scores
+from fedpet.privacy.tokens import frequent_tokens, token_scores
 from fedpet.rundir import load_checkpoint
 from fedpet.runtime.rounds import upload
 from fedpet.seeding import derive_seed
@@ -169,6 +169,7 @@ def attack(cfg: Config, spec: AttackSpec, run: Path | None = None) -> dict[str, 
         rounds = checkpoint.round
     tokenizer = AutoTokenizer.from_pretrained(model_path(cfg.model))
     special = set(tokenizer.all_special_ids)
+    prior = frequent_tokens(exp.train.input_ids, special)
     codec = get_codec(cfg.codec.up)
     records = []
     began = time.perf_counter()
@@ -180,6 +181,7 @@ def attack(cfg: Config, spec: AttackSpec, run: Path | None = None) -> dict[str, 
         got, labels_right = recover(exp, spec, sent, batch, derive_seed(cfg.seed, "attack", k))
         true = {int(i) for i in batch["input_ids"][batch["attention_mask"] == 1]}
         scores = token_scores(got - special, true - special)
+        guess = prior[: len(got - special)]
         records.append(
             {
                 "examples": [int(i) for i in indices],
@@ -187,6 +189,7 @@ def attack(cfg: Config, spec: AttackSpec, run: Path | None = None) -> dict[str, 
                 "recovered": tokenizer.convert_ids_to_tokens(sorted(got - special)),
                 "labels_right": labels_right,
                 **asdict(scores),
+                "prior_f1": token_scores(guess, true - special).f1,
             }
         )
     dp = cfg.privacy
@@ -209,7 +212,10 @@ def attack(cfg: Config, spec: AttackSpec, run: Path | None = None) -> dict[str, 
         ),
         "recovery": "embedding rows" if embedding_name(exp) else "gradient matching",
         **asdict(spec),
-        **{key: float(np.mean([r[key] for r in records])) for key in ("precision", "recall", "f1")},
+        **{
+            key: float(np.mean([r[key] for r in records]))
+            for key in ("precision", "recall", "f1", "prior_f1")
+        },
         "seconds": time.perf_counter() - began,
         "batches": records,
     }

@@ -46,11 +46,13 @@ def leakage_markdown(attacks: list[dict[str, Any]]) -> str:
         "Token precision, recall and F1 of the text recovered from one client's update "
         "(distinct tokens, special tokens left out), mean over the attacked batches. "
         "State: the global state the client started from. Labels: batches whose labels "
-        "gradient matching read right from the head's bias.",
+        "gradient matching read right from the head's bias. Prior F1: guessing as many "
+        "tokens as were recovered, the most frequent of the training texts; an attack that "
+        "does not beat it has learnt nothing from the update.",
         "",
         "| task | method | state | codec | DP noise | batch | examples | recovery "
-        "| precision | recall | token F1 | labels | seconds |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| precision | recall | token F1 | prior F1 | labels | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = sorted(
         attacks,
@@ -69,8 +71,8 @@ def leakage_markdown(attacks: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {a['task']} | {a['method']} | {state} | {a['codec']} | {_dp(a['dp'])} "
             f"| {a['batch']} | {a['examples']} | {a['recovery']} | {a['precision']:.2f} "
-            f"| {a['recall']:.2f} | {a['f1']:.2f} | {_labels(a['batches'])} "
-            f"| {a['seconds']:.0f} |"
+            f"| {a['recall']:.2f} | {a['f1']:.2f} | {a['prior_f1']:.2f} "
+            f"| {_labels(a['batches'])} | {a['seconds']:.0f} |"
         )
     return "\n".join([*lines, ""])
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -35,3 +38,13 @@ def token_scores(recovered: Iterable[int], true: Iterable[int]) -> TokenScores:
         return TokenScores(0.0, 0.0, 0.0)
     precision, recall = hits / len(got), hits / len(want)
     return TokenScores(precision, recall, 2 * precision * recall / (precision + recall))
+
+
+def frequent_tokens(texts: Iterable[np.ndarray], exclude: set[int]) -> list[int]:
+    """Token ids by how many texts hold them, most frequent first, ``exclude`` left out.
+
+    Guessing a text's tokens as the first k of these, k as many as an attack recovered, is
+    the prior an attack has to beat: frequent tokens ("the", ".") are in most texts.
+    """
+    counts = Counter(int(i) for ids in texts for i in set(ids.tolist()) - exclude)
+    return [token for token, _ in counts.most_common()]
