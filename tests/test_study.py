@@ -215,7 +215,7 @@ def test_bad_study_input_is_one_line(tmp_path: Path, capsys) -> None:
     assert "study run seed=0: data.task = 'nope'" in capsys.readouterr().err
     assert main(["study", "--preset", "fast"]) == 2
     assert (
-        "--preset 'fast': choose one of quick, cpu, algorithms, fedpetuning-glue"
+        "--preset 'fast': choose one of quick, cpu, algorithms, privacy, fedpetuning-glue"
         in capsys.readouterr().err
     )
     assert main(["report", str(tmp_path)]) == 2
