@@ -190,8 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="set a field of the study's base config, e.g. --set data.data_dir=/data/glue",
     )
-    report = sub.add_parser("report", help="re-render the report of a study or run directory")
-    report.add_argument("dir", help="a study directory or a run directory")
+    report = sub.add_parser("report", help="re-render the report of a study, a run or attacks")
+    report.add_argument("dir", help="a study or run directory, or a folder of attack results")
     attack = sub.add_parser(
         "attack",
         help="invert one client's update (gradient inversion); token precision/recall/F1",
