@@ -47,6 +47,7 @@ from fedpet.runtime.rounds import (
     round_record,
     starting_clip,
     starting_state,
+    update_weight,
     upload,
 )
 from fedpet.runtime.secagg import (
@@ -123,7 +124,7 @@ def train_reply(cfg: Config, msg: Message) -> Message:
     if is_secure(msg):
         payload, round_, client = read_instructions(msg)
         update, examples, loss = client_update(cfg, payload, round_, client)
-        weight = 1 if cfg.privacy.enabled else examples  # DP: every update weighs 1
+        weight = update_weight(cfg, examples)
         return masked_reply(msg, privatize(cfg, update, round_, client), examples, loss, weight)
     config = msg.content.config_records["config"]
     round_, client = int(number(config["round"])), int(number(config["client"]))
@@ -258,9 +259,8 @@ class FedpetStrategy(Strategy):
         """
         intake = self.intake
         assert intake is not None, "configure_train sets the intake"
-        # under DP every update weighs 1 (and the clients clip and noise it themselves)
-        dp = self.cfg.privacy.enabled
-        sizes = (1 if dp else len(self.exp.clients[k]) for k in targets.values())
+        # under DP the clients also clip and noise their updates themselves
+        sizes = (update_weight(self.cfg, len(self.exp.clients[k])) for k in targets.values())
         max_weight = max(sizes, default=1)
         outcome = secure_round(
             grid,
@@ -280,7 +280,7 @@ class FedpetStrategy(Strategy):
                 examples, loss = outcome.replies[node]
                 intake.count(examples, loss, self.cfg.train.local_epochs)
                 summed.append(k)
-                weight += 1 if dp else examples
+                weight += update_weight(self.cfg, examples)
             elif node in outcome.silent:
                 self.forget(node)
                 intake.lose("failed", k, f"node {node} did not answer")

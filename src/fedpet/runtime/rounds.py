@@ -120,6 +120,11 @@ class Downloads:
         return self.encoded[layout], layout
 
 
+def update_weight(cfg: Config, examples: int) -> int:
+    """A client's weight in the aggregate: its example count, or 1 under DP (fixed weights)."""
+    return 1 if cfg.privacy.enabled else examples
+
+
 def privatize(cfg: Config, update: TrainableState, round_: int, client: int) -> TrainableState:
     """Under DP with distributed noise, the update clipped plus the client's noise share.
 
