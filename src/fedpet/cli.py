@@ -317,7 +317,7 @@ def cmd_attack(args: argparse.Namespace) -> None:
     from fedpet.launch import run_config
     from fedpet.privacy.attack import AttackSpec, attack
     from fedpet.privacy.report import ATTACK_FILE, write_leakage
-    from fedpet.rundir import RunDir, check_out_dir, load_checkpoint, storage_errors
+    from fedpet.rundir import RunDir, check_out_dir, checkpoint_round, storage_errors
 
     run = Path(args.run) if args.run else None
     if run is not None and args.config:
@@ -331,7 +331,7 @@ def cmd_attack(args: argparse.Namespace) -> None:
     cfg = resolve(build_config(base, wire + _overrides(args)))
     spec = AttackSpec(args.examples, args.batch, args.steps, args.attack_lr, args.max_tokens)
     spec.check()
-    state = f"round{load_checkpoint(run).round}" if run is not None else "init"
+    state = f"round{checkpoint_round(run)}" if run is not None else "init"
     default = Path("attacks") / f"{cfg.data.task}-{cfg.method.name}-{state}-{cfg.codec.up}"
     out = Path(args.out) if args.out else default
     check_out_dir(out, args.overwrite)

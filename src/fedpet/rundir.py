@@ -197,6 +197,22 @@ class Checkpoint:
     tensors: dict[str, TrainableState]
 
 
+def _unreadable(path: Path, exc: Exception) -> FedpetError:
+    return FedpetError(
+        f"--resume {str(path)!r}: no readable checkpoint ({exc.__class__.__name__}); "
+        "a run can be resumed once its first round has finished"
+    )
+
+
+def checkpoint_round(path: Path) -> int:
+    """The last complete round of a run directory's checkpoint, from its state.json alone."""
+    try:
+        state = json.loads((path / "checkpoint" / "state.json").read_text(encoding="utf-8"))
+        return int(state["round"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise _unreadable(path, exc) from None
+
+
 def load_checkpoint(path: Path) -> Checkpoint:
     """Read a run directory's checkpoint (safetensors only: nothing is unpickled)."""
     folder = path / "checkpoint"
@@ -211,10 +227,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
                     tensors[name] = load_file(str(file))
                     break
     except (OSError, ValueError, KeyError, SafetensorError) as exc:
-        raise FedpetError(
-            f"--resume {str(path)!r}: no readable checkpoint ({exc.__class__.__name__}); "
-            "a run can be resumed once its first round has finished"
-        ) from None
+        raise _unreadable(path, exc) from None
     if "global" not in tensors or "best" not in tensors:
         raise FedpetError(f"--resume {str(path)!r}: the checkpoint of round {round_} is incomplete")
     return Checkpoint(round_, state, tensors)
