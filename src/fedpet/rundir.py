@@ -199,8 +199,8 @@ class Checkpoint:
 
 def _unreadable(path: Path, exc: Exception) -> FedpetError:
     return FedpetError(
-        f"--resume {str(path)!r}: no readable checkpoint ({exc.__class__.__name__}); "
-        "a run can be resumed once its first round has finished"
+        f"run directory {str(path)!r}: no readable checkpoint ({exc.__class__.__name__}); "
+        "a run has one once its first round has finished"
     )
 
 
@@ -229,7 +229,9 @@ def load_checkpoint(path: Path) -> Checkpoint:
     except (OSError, ValueError, KeyError, SafetensorError) as exc:
         raise _unreadable(path, exc) from None
     if "global" not in tensors or "best" not in tensors:
-        raise FedpetError(f"--resume {str(path)!r}: the checkpoint of round {round_} is incomplete")
+        raise FedpetError(
+            f"run directory {str(path)!r}: the checkpoint of round {round_} is incomplete"
+        )
     return Checkpoint(round_, state, tensors)
 
 
