@@ -178,18 +178,18 @@ def attack(cfg: Config, spec: AttackSpec, run: Path | None = None) -> dict[str, 
         update = client_update(exp, batch)
         payload, _ = upload(exp, codec, update, rounds, k, {})
         sent = codec.decode(payload, schema(update))
-        got, labels_right = recover(exp, spec, sent, batch, derive_seed(cfg.seed, "attack", k))
-        true = {int(i) for i in batch["input_ids"][batch["attention_mask"] == 1]}
-        scores = token_scores(got - special, true - special)
-        guess = prior[: len(got - special)]
+        found, labels_right = recover(exp, spec, sent, batch, derive_seed(cfg.seed, "attack", k))
+        got = found - special
+        true = {int(i) for i in batch["input_ids"][batch["attention_mask"] == 1]} - special
+        scores = token_scores(got, true)
         records.append(
             {
                 "examples": [int(i) for i in indices],
-                "true": tokenizer.convert_ids_to_tokens(sorted(true - special)),
-                "recovered": tokenizer.convert_ids_to_tokens(sorted(got - special)),
+                "true": tokenizer.convert_ids_to_tokens(sorted(true)),
+                "recovered": tokenizer.convert_ids_to_tokens(sorted(got)),
                 "labels_right": labels_right,
                 **asdict(scores),
-                "prior_f1": token_scores(guess, true - special).f1,
+                "prior_f1": token_scores(prior[: len(got)], true).f1,
             }
         )
     dp = cfg.privacy
