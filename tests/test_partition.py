@@ -3,7 +3,14 @@ import time
 import numpy as np
 import pytest
 
-from fedpet.data.partition import PARTITIONERS, PartitionSpec, label_counts, label_skew, partition
+from fedpet.data.partition import (
+    PARTITIONERS,
+    PartitionSpec,
+    dirichlet,
+    label_counts,
+    label_skew,
+    partition,
+)
 from fedpet.errors import FedpetError
 
 SCHEMES = sorted(set(PARTITIONERS) - {"natural"})  # natural needs client ids: tested below
@@ -129,3 +136,26 @@ def test_natural_partition_of_1000_clients_on_100k_examples() -> None:
     assert len(parts) == 1000
     assert sorted(np.concatenate(parts).tolist()) == list(range(100_000))
     assert all(len(set(groups[p].tolist())) == 1 for p in parts[:50])
+
+
+def test_a_label_that_runs_out_is_filled_in_proportion_to_what_the_others_have_left() -> None:
+    # FedNLP's dynamic_batch_fill. Labels of 10, 60 and 30 examples, two clients of 50, an
+    # almost one-hot draw: when client 0's label runs out, the gap 50 - n_c is filled from
+    # the other labels in proportion to their counts (all still in their pools)
+    counts = np.array([10, 60, 30])
+    labels = np.repeat(np.arange(3), counts)
+    checked = 0
+    for seed in range(40):
+        parts = dirichlet(labels, PartitionSpec(num_clients=2, alpha=0.01, seed=seed))
+        first = np.bincount(labels[parts[0]], minlength=3)
+        exhausted = [c for c in range(3) if first[c] == counts[c] and counts[c] < 50]
+        if len(exhausted) != 1:
+            continue  # its label had enough: nothing to fill
+        (c,) = exhausted
+        others = [j for j in range(3) if j != c]
+        gap = 50 - counts[c]
+        for j in others:
+            share = gap * counts[j] / counts[others].sum()
+            assert abs(first[j] - share) <= 2, (seed, c, first.tolist())
+        checked += 1
+    assert checked >= 5

@@ -6,6 +6,7 @@ training example exactly once.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -65,9 +66,11 @@ def iid(labels: np.ndarray, spec: PartitionSpec) -> list[np.ndarray]:
 def dirichlet(labels: np.ndarray, spec: PartitionSpec) -> list[np.ndarray]:
     """Label skew of FedNLP/FedPETuning: equal sizes, label mix ~ Dir(alpha x global prior).
 
-    Each client draws its label proportions, asks for that many examples of each label
-    (largest-remainder rounding), and where a label has run out fills the gap from the
-    labels that remain, most plentiful first. The last client takes what is left.
+    Each client draws its label proportions and asks for that many examples of each label
+    (largest-remainder rounding), label by label. Where a label has run out, the gap is
+    filled at once from the other labels in proportion to what each has left (FedNLP's
+    ``label_skew_process`` with ``dynamic_batch_fill``). The sizes add up to the number of
+    examples, so the last client takes what is left.
     """
     rng = np.random.default_rng(spec.seed)
     classes, counts = np.unique(labels, return_counts=True)
@@ -81,13 +84,33 @@ def dirichlet(labels: np.ndarray, spec: PartitionSpec) -> list[np.ndarray]:
             k = min(int(want[c]), len(pool))
             taken += pool[:k]
             del pool[:k]
-        while len(taken) < size:
-            richest = max(pools, key=len)
-            k = min(int(size) - len(taken), len(richest))
-            taken += richest[:k]
-            del richest[:k]
+            for other, share in proportional_fill([len(p) for p in pools], int(want[c]) - k):
+                taken += pools[other][:share]
+                del pools[other][:share]
         parts.append(np.sort(np.asarray(taken, dtype=np.int64)))
     return parts
+
+
+def proportional_fill(left: list[int], gap: int) -> list[tuple[int, int]]:
+    """How many examples to take from each label to fill ``gap``: (label, count) pairs.
+
+    In proportion to what each label has ``left`` (FedNLP's ``dynamic_batch_fill``): each
+    gets the ceiling of its share of the gap, at most what it has, smallest pools first,
+    until the gap is filled; what rounding and exhausted pools leave open is shared out
+    again the same way.
+    """
+    fill = [0] * len(left)
+    while gap > 0:
+        spare = [n - f for n, f in zip(left, fill, strict=True)]
+        total = sum(spare)
+        if total == 0:
+            break
+        open_ = gap
+        for c in sorted(range(len(left)), key=lambda i: spare[i]):
+            k = min(math.ceil(spare[c] * open_ / total), spare[c], gap)
+            fill[c] += k
+            gap -= k
+    return [(c, k) for c, k in enumerate(fill) if k]
 
 
 def quantity(labels: np.ndarray, spec: PartitionSpec) -> list[np.ndarray]:
