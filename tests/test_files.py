@@ -101,6 +101,12 @@ def raw(name: str, content: bytes):
         (raw("x.csv", b"text,label\nbad \xff\xfe byte,pos\n"), "is not UTF-8"),
         (raw("data.xlsx", b"x"), "unknown format"),
         (raw("header.csv", b"text,label\n"), "has no rows"),
+        # an unquoted comma: pandas would take "a great" as an index and train on " film"
+        (
+            raw("commas.csv", b'text,label\n"fine, quoted",pos\na great, film,pos\nok,neg\n'),
+            r"line 3 has 3 fields, but the header names 2; quote texts that hold commas",
+        ),
+        (raw("tabs.tsv", b"text\tlabel\na\ttab\tpos\n"), "line 2 has 3 fields"),
     ],
 )
 def test_bad_files_are_one_line_errors(tmp_path: Path, make, needle: str) -> None:
@@ -179,3 +185,26 @@ def test_bad_data_file_from_the_command_line_is_exit_2_in_one_line(tmp_path: Pat
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "is not UTF-8" in err
     assert not out.exists()
+
+
+def test_quoted_commas_keep_the_whole_text(tmp_path: Path) -> None:
+    rows = [(f"a great, film number {i}", "pos" if i % 2 else "neg") for i in range(40)]
+    path = write(frame(rows), tmp_path / "commas.csv")  # pandas quotes them
+    task = load_task(DataConfig(task=f"file:{path}"))
+    texts = task.train.texts + task.validation.texts + task.test.texts
+    assert sorted(texts) == sorted(t for t, _ in rows)
+
+
+def test_single_label_data_is_refused(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
+    one = write(frame([(f"review {i}", "pos") for i in range(60)]), tmp_path / "one.csv")
+    out = tmp_path / "run"
+    args = ["run", "--model", str(tiny_model_dir), "--task", f"file:{one}", "--out", str(out)]
+    assert main([*args, "--clients", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and not out.exists()
+    assert "the training split holds a single label ['pos']; a classifier needs at least two" in err
+    # two labels in training, but an evaluation split of one: its accuracy says nothing
+    two = write(frame(), tmp_path / "two.csv")
+    assert main([*args[:4], f"file:{two}", "--out", str(out), "--clients", "2",
+                 "--set", "data.max_eval_samples=1"]) == 2  # fmt: skip
+    assert "the validation split holds a single label" in capsys.readouterr().err

@@ -15,7 +15,7 @@ from fedpet.client import LocalTraining, TrainResult
 from fedpet.config import Config
 from fedpet.data.batching import Encoded, encode
 from fedpet.data.partition import PartitionSpec, partition
-from fedpet.data.splits import Split, Task, stratified_subsample
+from fedpet.data.splits import Split, Task, check_labels, stratified_subsample
 from fedpet.data.tasks import load_task
 from fedpet.model import Backbones, TextClassifier, build_model, head_parameter_names
 from fedpet.seeding import derive_seed
@@ -120,9 +120,11 @@ def subsample(task: Task, cfg: Config) -> Task:
 def load_data(cfg: Config) -> tuple[Task, list[np.ndarray]]:
     """Load and subsample the task, and partition its training examples across clients.
 
-    Centralized training is a single client holding every training example.
+    Centralized training is a single client holding every training example. Splits of a
+    single label are refused (:func:`~fedpet.data.splits.check_labels`).
     """
     task = subsample(load_task(cfg.data), cfg)
+    check_labels(task)
     if cfg.centralized:
         clients = [np.arange(len(task.train))]
     else:

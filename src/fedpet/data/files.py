@@ -10,6 +10,7 @@ Labels (strings or integers) are mapped once, in sorted order, from the training
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import numpy as np
@@ -39,9 +40,7 @@ def read_table(path: Path) -> pd.DataFrame:
         elif path.suffix == ".jsonl":
             frame = pd.read_json(path, lines=True, encoding="utf-8", dtype=False)
         else:
-            sep = "\t" if path.suffix == ".tsv" else ","
-            quoting = csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL
-            frame = pd.read_csv(path, sep=sep, encoding="utf-8", dtype=str, quoting=quoting)
+            frame = _read_delimited(path)
     except UnicodeDecodeError as exc:
         raise FedpetError(
             f"data file {str(path)!r} is not UTF-8: byte {exc.start} cannot be decoded; "
@@ -52,6 +51,38 @@ def read_table(path: Path) -> pd.DataFrame:
         raise FedpetError(f"data file {str(path)!r} cannot be read: {first}") from None
     if frame.empty:
         raise FedpetError(f"data file {str(path)!r} has no rows")
+    return frame
+
+
+def _read_delimited(path: Path) -> pd.DataFrame:
+    """A CSV or TSV file whose first line names the columns; every row must fit under it.
+
+    The header is read as a row, so that pandas never takes a row with an extra field (an
+    unquoted comma in a text) for an index column and silently drops what precedes it.
+    """
+    tsv = path.suffix == ".tsv"
+    quoting = csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL
+    try:
+        rows = pd.read_csv(
+            path,
+            sep="\t" if tsv else ",",
+            encoding="utf-8",
+            dtype=str,
+            quoting=quoting,
+            header=None,
+        )
+    except pd.errors.ParserError as exc:
+        found = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(exc))
+        if found is None:
+            raise
+        fields, line, saw = found.groups()
+        fix = "remove the tabs inside texts" if tsv else 'quote texts that hold commas ("a, b")'
+        raise FedpetError(
+            f"data file {str(path)!r}: line {line} has {saw} fields, but the header names "
+            f"{fields}; {fix}"
+        ) from None
+    frame = rows.iloc[1:].reset_index(drop=True)
+    frame.columns = [str(name) for name in rows.iloc[0]]
     return frame
 
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedpet.errors import FedpetError
+
 
 @dataclass(frozen=True)
 class Split:
@@ -73,3 +75,21 @@ def stratified_subsample(labels: np.ndarray, n: int, rng: np.random.Generator) -
         for c, k in zip(classes, take, strict=True)
     ]
     return np.sort(np.concatenate(chosen))
+
+
+def check_labels(task: Task) -> None:
+    """Refuse splits on which a classifier learns, or is measured on, nothing.
+
+    Training, validation and test each need at least two labels: on a split of one label
+    every metric says only whether the model predicts that label.
+    """
+    splits = {"training": task.train, "validation": task.validation, "test": task.test}
+    for name, split in splits.items():
+        present = np.unique(split.labels)
+        if len(present) < 2:
+            held = [task.label_names[int(i)] for i in present]
+            raise FedpetError(
+                f"data.task = {task.name!r}: the {name} split holds a single label {held}; "
+                "a classifier needs at least two (add rows of the other labels, or raise "
+                "data.max_train_samples / data.max_eval_samples)"
+            )
