@@ -132,3 +132,69 @@ def test_other_encoder_families(tmp_path, tiny_config, family: str, method: str)
     assert names >= HEAD and len(names) > 2
     logits = model(torch.tensor([[101, 2023, 102]]), torch.ones(1, 3, dtype=torch.long))
     assert logits.shape == (1, 3)
+
+
+def _saved(path, model) -> str:
+    from transformers import AutoTokenizer
+
+    from fedpet.model import model_path
+
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(model_path("all-MiniLM-L6-v2")).save_pretrained(path)
+    return str(path)
+
+
+def test_a_method_that_finds_nothing_to_train_is_refused(tmp_path, tiny_config, capsys) -> None:
+    from transformers import ModernBertConfig, ModernBertModel
+
+    from fedpet.cli import main
+
+    # an encoder without a single bias term: BitFit would train the head alone
+    config = ModernBertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        attention_bias=False,
+        mlp_bias=False,
+        norm_bias=False,
+        pad_token_id=0,
+    )
+    model = _saved(tmp_path / "no-bias", ModernBertModel(config))
+    with pytest.raises(FedpetError, match=r"'bitfit' is not allowed with model .*: it adds or"):
+        build_model(tiny_config(model=model, **{"method.name": "bitfit"}), 2)
+    # LoRA adds its matrices: it trains, on the layers it is told to adapt
+    with pytest.raises(FedpetError, match="peft knows no default LoRA targets for it"):
+        build_model(tiny_config(model=model), 2)
+    with pytest.raises(FedpetError, match=r"\['nope'\] is not allowed .*not found in the base"):
+        build_model(tiny_config(model=model, **{"method.target_modules": ["nope"]}), 2)
+    assert build_model(tiny_config(model=model, **{"method.target_modules": ["Wqkv"]}), 2)
+    out = tmp_path / "run"
+    args = ["run", "--model", model, "--method", "bitfit", "--out", str(out)]
+    assert main([*args, "--max-train-samples", "64", "--clients", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "adds or unfreezes no parameter" in err
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_decoders_are_refused(tmp_path, tiny_config, family: str) -> None:
+    from transformers import GPT2Config, GPT2Model, LlamaConfig, LlamaModel
+
+    if family == "llama":
+        config = LlamaConfig(
+            vocab_size=30522,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+        )
+        model = _saved(tmp_path, LlamaModel(config))
+    else:
+        model = _saved(
+            tmp_path, GPT2Model(GPT2Config(vocab_size=30522, n_embd=32, n_layer=2, n_head=2))
+        )
+    for method in ("lora", "bitfit"):
+        with pytest.raises(FedpetError, match="is a decoder \\(causal attention\\)"):
+            build_model(tiny_config(model=model, **{"method.name": method}), 2)

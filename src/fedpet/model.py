@@ -193,6 +193,26 @@ def check_max_length(cfg: Config, config: Any, tokenizer: PreTrainedTokenizerBas
         raise FedpetError(f"data.max_length = {cfg.data.max_length} is not allowed: {what}")
 
 
+@torch.no_grad()
+def check_bidirectional(name: str, encoder: PreTrainedModel) -> None:
+    """Refuse a decoder: a backbone whose first token does not see the tokens after it.
+
+    fedpet classifies with a pooling of the last hidden states of a bidirectional encoder;
+    over a causal decoder that pooling is another model (decoders are not supported yet).
+    The check runs the encoder on two short inputs that differ only in their last token.
+    """
+    ids = torch.tensor([[1, 2, 3, 4], [1, 2, 3, 5]])
+    training = encoder.training
+    encoder.eval()
+    hidden = encoder(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+    encoder.train(training)
+    if torch.allclose(hidden[0, 0], hidden[1, 0], rtol=1e-6, atol=1e-6):
+        raise FedpetError(
+            f"model = {name!r} is not allowed: it is a decoder (causal attention), and fedpet "
+            "classifies with a bidirectional encoder (BERT, RoBERTa, DistilBERT, ...)"
+        )
+
+
 def build_model(
     cfg: Config,
     num_labels: int,
@@ -215,11 +235,18 @@ def build_model(
         encoder = AutoModel.from_pretrained(path, config=config)
     else:
         encoder = backbones.get(path, config, cfg.train.dropout)
+    check_bidirectional(cfg.model, encoder)
     if getattr(encoder, "pooler", None) is not None:
         encoder.pooler = None  # our head pools; the unused pooler would only be sent
     encoder.requires_grad_(False)
     torch.manual_seed(cfg.seed)
     attached = METHODS[cfg.method.name].attach(encoder, cfg.method)
+    if not any(p.requires_grad for p in attached.parameters()):
+        raise FedpetError(
+            f"method.name = {cfg.method.name!r} is not allowed with model {cfg.model!r}: it "
+            "adds or unfreezes no parameter of this backbone, so only the head would train; "
+            "choose another method"
+        )
     hidden = getattr(config, "hidden_size", None) or config.dim
     head_dropout = cfg.train.dropout if cfg.train.dropout is not None else 0.1
     pooling, normalize = sentence_pooling(path)

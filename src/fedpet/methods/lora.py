@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from peft import LoraConfig, TaskType
+from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from torch import nn
 from transformers import PreTrainedModel
 
 from fedpet.config import MethodConfig
+from fedpet.errors import FedpetError
 from fedpet.methods.base import attach_peft
 
 # Encoders peft has no default LoRA targets for (it knows bert, roberta, deberta, ...).
@@ -21,15 +23,26 @@ class Lora:
 
     def attach(self, encoder: PreTrainedModel, options: MethodConfig) -> nn.Module:
         """Inject LoRA into the target modules."""
+        kind = encoder.config.model_type
+        targets = list(options.target_modules or ()) or EXTRA_TARGETS.get(kind)
+        if targets is None and kind not in TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING:
+            raise FedpetError(
+                f"method.target_modules = None is not allowed with model type {kind!r}: peft "
+                "knows no default LoRA targets for it; name the linear layers to adapt, e.g. "
+                "--set method.target_modules=[query,value]"
+            )
         config = LoraConfig(
             r=options.r,
             lora_alpha=options.lora_alpha,
             lora_dropout=options.lora_dropout,
-            target_modules=(
-                list(options.target_modules)
-                if options.target_modules
-                else EXTRA_TARGETS.get(encoder.config.model_type)
-            ),
+            target_modules=targets,
             task_type=TaskType.FEATURE_EXTRACTION,
         )
-        return attach_peft(encoder, config)
+        try:
+            return attach_peft(encoder, config)
+        except ValueError as exc:  # named targets the model does not have
+            reason = str(exc).split(". ")[0]
+            raise FedpetError(
+                f"method.target_modules = {targets} is not allowed with model type {kind!r}: "
+                f"{reason}"
+            ) from None
