@@ -238,8 +238,37 @@ def test_report_of_a_single_run(tiny_model_dir: Path, tmp_path: Path) -> None:
     report = (out / "report.md").read_text()
     summary = json.loads((out / "summary.json").read_text())
     assert report.startswith("# Run report")
-    assert f"| iid | {100 * summary['test_metric']:.2f} ± 0.00 |" in report
+    assert f"| iid | {100 * summary['test_metric']:.2f} |" in report  # one seed: no spread
     assert (out / "convergence.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "lora_error.png").read_bytes()[:4] == b"\x89PNG"  # a LoRA run logs it
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(r["lora_aggregation_error"] >= 0 for r in rows)
+
+
+def test_plot_error_bars_spread_over_the_seeds_of_one_setting_only() -> None:
+    from fedpet.study.report import plot_cells
+
+    rows = _rows()
+    rows = rows[(rows["status"] == "done") & (rows["setting"] != "centralized")]
+    rows = rows.assign(mb_total=rows["method"].map({"full": 900.0, "lora": 3.0}))
+    rows = rows.assign(metric_name="accuracy")
+    cells = plot_cells(rows, "mb_total", lines="setting")
+    point = {r.series: r for r in cells.itertuples()}
+    # lora at 3 MB: one point per alpha, each with the spread of its own two seeds, not
+    # one point with the spread over both alphas (0.30, 0.60, 0.70, 0.80: std 0.22)
+    assert point["lora, alpha=0.1"].std == pytest.approx(0.2121320)
+    assert point["lora, alpha=1"].std == pytest.approx(math.sqrt(2 * 0.05**2))
+    assert point["lora, alpha=1"].x == 3.0 and point["lora, alpha=1"].n == 2
+    assert len(cells) == 4
+
+
+def test_a_single_seed_shows_no_spread_in_the_report() -> None:
+    from fedpet.study.report import render_markdown
+
+    rows = _rows()
+    rows = rows[rows["seed"] == 0].assign(
+        metric_name="accuracy", mb_per_round=1.0, mb_total=2.0, trainable_params=3
+    )
+    report = render_markdown(rows, [])
+    table = [line for line in report.splitlines() if line.startswith("| alpha=")]
+    assert "| alpha=1 | 80.00 | 70.00 (87.5%) |" in table and not any("±" in x for x in table)

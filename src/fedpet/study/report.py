@@ -11,7 +11,13 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from fedpet.rundir import atomic_write
-from fedpet.study.results import data_setting, mean_std, relative_to_baseline, run_row
+from fedpet.study.results import (
+    data_setting,
+    group_keys,
+    mean_std,
+    relative_to_baseline,
+    run_row,
+)
 from fedpet.study.spec import PlannedRun
 
 PLOTS = {
@@ -63,8 +69,9 @@ def render_markdown(results: pd.DataFrame, plots: list[str]) -> str:
     lines += [
         "",
         f"Cells: test {metric} (x100) at the best validation round, mean ± std over seeds "
-        "(sample std; n seeds in brackets when not all cells have the same), and in % of "
-        "federated full fine-tuning (FedFT) in the same setting.",
+        "(sample std, where a cell has more than one seed; n seeds in brackets when not all "
+        "cells have the same), and in % of federated full fine-tuning (FedFT) in the same "
+        "setting.",
         "",
     ]
     table = mean_std(results)
@@ -91,7 +98,8 @@ def render_markdown(results: pd.DataFrame, plots: list[str]) -> str:
                     cells.append("-")
                     continue
                 r = row.iloc[0]
-                cell = f"{_pct(r['mean'])} ± {_pct(r['std'])}"
+                # a spread only where there are seeds to spread over
+                cell = _pct(r["mean"]) + (f" ± {_pct(r['std'])}" if r["n"] > 1 else "")
                 cell += "" if same_n else f" [{int(r['n'])}]"
                 if method != "full" and not math.isnan(r["rel"]):
                     cell += f" ({r['rel']:.1f}%)"
@@ -136,13 +144,16 @@ def _plots(study_dir: Path, done: pd.DataFrame, runs: list[Entry]) -> list[str]:
     if not federated.empty:
         federated = federated.assign(method=series_labels(federated))
         _by_task(
-            study_dir / "acc_vs_bytes.png", tasks, federated, "mb_total", "total MB (log)", log=True
+            study_dir / "acc_vs_bytes.png",
+            tasks,
+            plot_cells(federated, "mb_total", lines="setting"),
+            "total MB (log)",
+            log=True,
         )
         written.append("acc_vs_bytes.png")
         if federated["alpha"].nunique() > 1:
-            _by_task(
-                study_dir / "acc_vs_alpha.png", tasks, federated, "alpha", "alpha (log)", log=True
-            )
+            cells = plot_cells(federated, "alpha", lines=None)
+            _by_task(study_dir / "acc_vs_alpha.png", tasks, cells, "alpha (log)", log=True)
             written.append("acc_vs_alpha.png")
         curves = _curves(runs, federated)
         if curves:
@@ -158,10 +169,37 @@ def _plots(study_dir: Path, done: pd.DataFrame, runs: list[Entry]) -> list[str]:
             written.append("lora_error.png")
     for field in SCALE_FIELDS:
         if field in done.columns and done[field].nunique() > 1:
-            _by_task(study_dir / "data_scale.png", tasks, done, field, field, log=False)
+            cells = plot_cells(done.assign(method=series_labels(done)), field, lines="setting")
+            _by_task(study_dir / "data_scale.png", tasks, cells, field, log=False)
             written.append("data_scale.png")
             break
     return written
+
+
+def plot_cells(rows: pd.DataFrame, x: str, lines: str | None) -> pd.DataFrame:
+    """The points of a plot: one per cell, the runs that differ only in their seed.
+
+    A point lies at the cell's mean of ``x`` and holds its test metric's mean, sample std
+    and number of seeds. Its ``series`` (its line) is its method label, with the value of
+    the ``lines`` column where that varies; the std is over the seeds of that one cell,
+    never over settings, and is 0 (no error bar) for one seed.
+    """
+    keys = [k for k in group_keys(rows) if k != x]
+    cells = (
+        rows.groupby(keys, dropna=False, sort=False)
+        .agg(
+            x=(x, "mean"),
+            mean=("test_metric", "mean"),
+            std=("test_metric", "std"),
+            n=("test_metric", "count"),
+        )
+        .reset_index()
+    )
+    cells["std"] = cells["std"].fillna(0.0)
+    series = cells["method"].astype(str)
+    if lines is not None and cells[lines].nunique() > 1:
+        series = series + ", " + cells[lines].astype(str)
+    return cells.assign(series=series, metric_name=rows["metric_name"].iloc[0])
 
 
 def series_labels(rows: pd.DataFrame) -> pd.Series:
@@ -175,24 +213,30 @@ def series_labels(rows: pd.DataFrame) -> pd.Series:
     return label
 
 
-def _by_task(
-    path: Path, tasks: list[str], rows: pd.DataFrame, x: str, xlabel: str, log: bool
-) -> None:
+def _by_task(path: Path, tasks: list[str], cells: pd.DataFrame, xlabel: str, log: bool) -> None:
+    """One panel per task of :func:`plot_cells`' points, a line per series."""
     fig = Figure(figsize=(5 * len(tasks), 4))
     axes = fig.subplots(1, len(tasks), squeeze=False)
+    seeds = sorted(set(cells["n"]))
     for ax, task in zip(axes[0], tasks, strict=True):
-        part = rows[rows["task"] == task]
-        for method, m in part.groupby("method", sort=False):
-            stats = m.groupby(x)["test_metric"].agg(["mean", "std"]).fillna(0.0).sort_index()
+        part = cells[cells["task"] == task]
+        for label, line in part.groupby("series", sort=False):
+            line = line.sort_values("x")
             ax.errorbar(
-                stats.index, stats["mean"], yerr=stats["std"], marker="o", capsize=3, label=method
+                line["x"], line["mean"], yerr=line["std"], marker="o", capsize=3, label=label
             )
         ax.set_xscale("log" if log else "linear")
         ax.set_title(task)
         ax.set_xlabel(xlabel)
-        ax.set_ylabel(f"test {rows['metric_name'].iloc[0]}")
+        ax.set_ylabel(f"test {cells['metric_name'].iloc[0]}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    spread = (
+        f"error bars: sample std over the {'/'.join(map(str, seeds))} seeds of each setting"
+        if max(seeds) > 1
+        else "one seed per setting: no error bars"
+    )
+    fig.suptitle(spread, fontsize=9)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
 
