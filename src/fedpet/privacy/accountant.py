@@ -1,9 +1,18 @@
 """The privacy spent by client-level DP-FedAvg, accounted with ``dp-accounting``.
 
-Each round is one sampled Gaussian mechanism on the clients' clipped updates: Poisson
-sampling with rate ``q = clients_per_round / clients`` (add-or-remove-one neighbours), or a
-fixed-size cohort drawn without replacement (replace-one neighbours, RDP only). Rounds
-compose; epsilon is reported at ``privacy.delta``.
+Each round is one sampled Gaussian mechanism on the sum of the cohort's clipped updates
+(each of L2 norm at most ``C``, noise of std ``z C`` on the sum). dp-accounting's noise
+multiplier is that std over the sum's L2 sensitivity, which depends on the neighbouring
+relation the sampling scheme is analysed under:
+
+- Poisson sampling with rate ``q = clients_per_round / clients``: neighbouring federations
+  differ by adding or removing one client, whose update moves the sum by at most ``C``;
+  the multiplier is ``z``.
+- A fixed-size cohort drawn without replacement (RDP only): neighbouring federations differ
+  by replacing one client, which moves the sum by up to ``2 C`` (one clipped update out,
+  another in); the multiplier is ``z / 2``.
+
+Rounds compose; epsilon is reported at ``privacy.delta``.
 """
 
 from __future__ import annotations
@@ -19,11 +28,19 @@ from fedpet.config import PrivacyConfig
 logging.getLogger("absl").setLevel(logging.ERROR)
 
 
+def sensitivity(privacy: PrivacyConfig) -> float:
+    """The L2 sensitivity of the summed clipped updates, in units of the clip ``C``.
+
+    1 under add-or-remove-one (Poisson sampling), 2 under replace-one (fixed cohorts).
+    """
+    return 1.0 if privacy.sampling == "poisson" else 2.0
+
+
 def round_event(
     privacy: PrivacyConfig, clients: int, per_round: int, noise_multiplier: float
 ) -> dp_accounting.DpEvent:
-    """One round: the Gaussian mechanism on a sampled cohort."""
-    gaussian = dp_accounting.GaussianDpEvent(noise_multiplier)
+    """One round: the Gaussian mechanism (std ``noise_multiplier * C``) on a sampled cohort."""
+    gaussian = dp_accounting.GaussianDpEvent(noise_multiplier / sensitivity(privacy))
     if privacy.sampling == "poisson":
         return dp_accounting.PoissonSampledDpEvent(per_round / clients, gaussian)
     return dp_accounting.SampledWithoutReplacementDpEvent(clients, per_round, gaussian)
