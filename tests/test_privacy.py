@@ -5,8 +5,11 @@ import json
 import math
 from pathlib import Path
 
+import dp_accounting
+import numpy as np
 import pytest
 import torch
+from dp_accounting import GaussianDpEvent
 from helpers import refusal, run_argv
 from safetensors.torch import load_file
 
@@ -25,6 +28,49 @@ def test_epsilon_matches_dp_accounting_for_the_reference_setting(
     assert epsilon(privacy, 100, 10, 1.0, 100) == pytest.approx(expected, abs=0.005)
     assert epsilon(privacy, 100, 10, 1.0, 0) == 0.0
     assert epsilon(privacy, 100, 10, 1.0, 50) < epsilon(privacy, 100, 10, 1.0, 100)
+
+
+def _gaussian_epsilon(sensitivity: float, std: float, rounds: int, delta: float) -> float:
+    """Epsilon of ``rounds`` Gaussian mechanisms by hand: RDP alpha s^2 / (2 std^2) per round,
+    converted at ``delta`` as Canonne, Kamath and Steinke (2020), minimised over orders."""
+    orders = np.linspace(1.01, 400, 400_000)
+    rdp = rounds * orders * sensitivity**2 / (2 * std**2)
+    conversion = np.log1p(-1 / orders) - (np.log(delta) + np.log(orders)) / (orders - 1)
+    return float((rdp + conversion).min())
+
+
+@pytest.mark.parametrize(("z", "rounds"), [(1.0, 1), (0.5, 3), (2.0, 10)])
+def test_a_cohort_of_every_client_is_a_gaussian_mechanism_of_sensitivity_two_clips(
+    z: float, rounds: int
+) -> None:
+    # a fixed cohort of all 10 clients: replacing one client moves the sum of clipped
+    # updates by up to 2 C, and the noise has std z C
+    privacy = PrivacyConfig(enabled=True, sampling="fixed")
+    by_hand = _gaussian_epsilon(2.0, z, rounds, privacy.delta)
+    assert epsilon(privacy, 10, 10, z, rounds) == pytest.approx(by_hand, rel=2e-3)
+
+
+def test_fixed_cohorts_are_accounted_at_half_the_noise_multiplier() -> None:
+    # dp-accounting's multiplier is the noise std over the sum's sensitivity: z C / (2 C)
+    privacy = PrivacyConfig(enabled=True, sampling="fixed")
+    accountant = dp_accounting.rdp.RdpAccountant(
+        neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE
+    )
+    event = dp_accounting.SampledWithoutReplacementDpEvent(100, 10, GaussianDpEvent(0.5))
+    accountant.compose(event, 100)
+    expected = accountant.get_epsilon(privacy.delta)
+    assert expected == pytest.approx(83.94, abs=0.01)
+    assert epsilon(privacy, 100, 10, 1.0, 100) == pytest.approx(expected, rel=1e-9)
+    # a target epsilon calibrates z for that accounting
+    target = PrivacyConfig(enabled=True, sampling="fixed", target_epsilon=8.0)
+    z = calibrate(target, 100, 10, 10)
+    spent = dp_accounting.rdp.RdpAccountant(
+        neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE
+    )
+    spent.compose(
+        dp_accounting.SampledWithoutReplacementDpEvent(100, 10, GaussianDpEvent(z / 2)), 10
+    )
+    assert 8.0 - 0.05 < spent.get_epsilon(1e-5) <= 8.0 + 1e-3
 
 
 def test_a_target_epsilon_calibrates_the_smallest_noise_that_meets_it() -> None:
@@ -117,16 +163,104 @@ def test_adaptive_clipping_follows_the_noised_quantile(
     assert update_noise_multiplier(1.0, 1.0) == pytest.approx((1 - 0.25) ** -0.5)
     assert update_noise_multiplier(1.0, None) == 1.0
     assert next_clip(2.0, 0.9, 0.5, 0.2) == pytest.approx(2.0 * math.exp(-0.08))
-    # a clip far above every update: all the aggregated ones are within it, so the clip
-    # moves by exp(-0.2 (aggregated / 4 - 0.5)) up to the count's noise (std 4 / 20 = 0.2,
-    # i.e. 0.05 of the fraction)
+    # a clip far above every update: all n aggregated ones are within it, the released sum
+    # of indicators shifted by -1/2 is n / 2 plus noise (std 4 / 20 = 0.2), and the fraction
+    # within, that sum over the expected 4 plus 1/2, moves the clip by
+    # exp(-0.2 (fraction - 0.5)) (the noise is 0.05 of the fraction)
     flags = ["--dp-noise", "0.1", "--dp-clip", "1000", "--set", "privacy.target_quantile=0.5"]
     rows, _ = _dp_run(tiny_model_dir, tmp_path / "adaptive", *flags, "--rounds", "4")
     clips = [r["dp_clip"] for r in rows]
     assert clips[0] == 1000.0 and len(set(clips)) > 1
     for r, (a, b) in zip(rows, itertools.pairwise(clips), strict=False):
         within = 0.5 - math.log(b / a) / 0.2
-        assert a == b if r["skipped"] else abs(within - r["aggregated"] / 4) < 0.2
+        expected = r["aggregated"] / 2 / 4 + 0.5
+        assert a == b if r["skipped"] else abs(within - expected) < 0.2
+
+
+def test_adaptive_clipping_spends_what_its_two_gaussian_releases_compose_to() -> None:
+    """The reported epsilon of z equals dp-accounting's for the two releases the code makes.
+
+    Measured from the code: the std of the noise on the updates' sum, and how far one
+    client moves the released count and its noise. Composed independently by dp-accounting
+    under the same Poisson sampling.
+    """
+    from fedpet.algorithms import Aggregate
+    from fedpet.config import build_config, resolve
+    from fedpet.privacy.dp import release
+
+    fields = {"noise_multiplier": 1.0, "target_quantile": 0.5, "count_noise": 2.0}
+    cfg = resolve(
+        build_config(
+            {
+                "privacy": {"enabled": True, **fields},
+                "federation": {"clients": 100, "clients_per_round": 10},
+            }
+        )
+    )
+    clip_bound, lr, m = 1.0, cfg.privacy.clip_lr, 10
+
+    def released(within: int, counted: int, round_: int) -> tuple[float, torch.Tensor]:
+        aggregate = Aggregate()
+        for _ in range(counted):
+            aggregate.add({"w": torch.zeros(100_000)}, 1.0)
+        next_clip = release(cfg, aggregate, clip_bound, within, round_)
+        fraction = 0.5 - math.log(next_clip / clip_bound) / lr  # the noised fraction within
+        return (fraction - 0.5) * m, aggregate.weighted_sum["w"]  # sum of b_k - 1/2, noised
+
+    base, noise = released(5, 10, round_=1)
+    update_std = float(noise.std())
+    # a client more, within the clip (b = 1) or not (b = 0), with the same noise draw
+    moved = {released(6, 11, 1)[0] - base, released(5, 11, 1)[0] - base}
+    sensitivity = max(abs(d) for d in moved)
+    assert sensitivity == pytest.approx(0.5, abs=1e-9)
+    count_std = float(np.std([released(5, 10, r)[0] for r in range(2, 2002)]))
+    assert count_std == pytest.approx(2.0, rel=0.05)
+    both = dp_accounting.ComposedDpEvent(
+        [GaussianDpEvent(update_std / clip_bound), GaussianDpEvent(2.0 / sensitivity)]
+    )
+    accountant = dp_accounting.rdp.RdpAccountant()
+    accountant.compose(dp_accounting.PoissonSampledDpEvent(0.1, both), 50)
+    reported = epsilon(cfg.privacy, 100, 10, 1.0, 50)
+    assert reported == pytest.approx(accountant.get_epsilon(cfg.privacy.delta), rel=0.01)
+
+
+def test_distributed_noise_lost_with_failed_clients_is_added_by_the_server(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from fedpet.experiment import prepare
+    from fedpet.launch import run_config
+    from fedpet.state import extract
+
+    out = tmp_path / "distributed-failures"
+    fixed = ["--set", "privacy.sampling=fixed", "--set", "privacy.noise=distributed"]
+    fails = ["--client-failure-rate", "0.5", "--rounds", "1"]
+    rows, _ = _dp_run(tiny_model_dir, out, "--dp-noise", "2", "--dp-clip", "1e-6", *fixed, *fails)
+    assert 1 <= rows[0]["aggregated"] < 4, rows[0]["failed"]  # some clients' shares are lost
+    start = extract(prepare(run_config(out)).params)
+    final = load_file(out / "checkpoint" / "global.safetensors")
+    change = torch.cat([(final[k] - start[k]).flatten() for k in final])
+    # the released mean carries std z C / 4, however few of the 4 shares arrived
+    std = 2 * 1e-6 / 4
+    assert abs(float(change.std()) - std) < 0.06 * std
+
+
+def test_dp_runs_release_no_statistic_of_single_clients(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from fedpet.config import build_config, resolve
+    from fedpet.runtime.rounds import client_reply
+
+    rows, summary = _dp_run(tiny_model_dir, tmp_path / "dp", "--dp-noise", "1")
+    assert any(r["aggregated"] for r in rows)
+    unnoised = {"train_loss", "examples", "lora_aggregation_error"}
+    assert all(unnoised.isdisjoint(r) for r in rows), rows[0].keys()
+    assert "train_examples_seen" not in summary
+    # what a client sends back: the update alone, on every runtime
+    dp = resolve(build_config({"privacy": {"enabled": True, "noise_multiplier": 1.0}}))
+    reply = client_reply(dp, b"update", 12, 0.5)
+    assert (reply.payload, reply.num_examples, reply.loss) == (b"update", None, None)
+    plain = client_reply(resolve(build_config({})), b"update", 12, 0.5)
+    assert (plain.num_examples, plain.loss) == (12, 0.5)
 
 
 Z = ["--dp", "--dp-noise", "1"]

@@ -77,7 +77,11 @@ def print_summary(s: dict[str, Any]) -> None:
         ("trainable / total params", f"{s['trainable_params']:,} / {s['total_params']:,}"),
         ("bytes up (total)", _mb(s["bytes_up_total"])),
         ("bytes down (total)", _mb(s["bytes_down_total"])),
-        ("train examples seen", f"{s['train_examples_seen']:,}"),
+        *(
+            [("train examples seen", f"{s['train_examples_seen']:,}")]
+            if "train_examples_seen" in s
+            else []
+        ),
         *_fault_rows(s),
         ("train time", f"{s['train_seconds']:.1f} s"),
         ("wall time", f"{s['wall_seconds']:.1f} s"),

@@ -39,6 +39,8 @@ from fedpet.runtime.rounds import (
     ClientReply,
     Downloads,
     Intake,
+    client_reply,
+    client_stats,
     clip_meta,
     local_update,
     privatize,
@@ -61,6 +63,8 @@ from fedpet.seeding import derive_seed
 from fedpet.state import TrainableState, load_, schema
 
 PAYLOAD = "payload"
+QUERY_TIMEOUT = 2.0
+"""Seconds a later round waits for new nodes to say which client they hold."""
 _EXPERIMENTS: dict[str, Experiment] = {}  # per process: the backbone and data, loaded once
 
 
@@ -81,18 +85,28 @@ def number(value: object) -> float:
     return float(value)
 
 
-def parse_reply(reply: Message) -> ClientReply:
+def parse_reply(reply: Message, private: bool = False) -> ClientReply:
     """A client's train reply as a :class:`ClientReply`; ValueError or KeyError if malformed.
 
     The example count is the client's claim: it weights FedAvg (the robust algorithms
-    ignore it), so it must be a positive integer.
+    ignore it), so it must be a positive integer. Under DP (``private``) a reply is its
+    update alone, and anything else it carries is ignored.
     """
-    metrics = reply.content.metric_records["metrics"]
     payload = from_record(reply.content.array_records["arrays"])
+    if private:
+        return ClientReply(payload)
+    metrics = reply.content.metric_records["metrics"]
     examples, loss = number(metrics["num-examples"]), number(metrics["loss"])
     if examples < 1 or not examples.is_integer():
         raise ValueError(f"num-examples {examples:g} is not a positive integer")
     return ClientReply(payload, int(examples), loss)
+
+
+def reply_metrics(reply: ClientReply) -> MetricRecord:
+    """The statistics a reply carries beside its payload (none under DP)."""
+    if reply.num_examples is None or reply.loss is None:
+        return MetricRecord({})
+    return MetricRecord({"num-examples": reply.num_examples, "loss": reply.loss})
 
 
 def cached_experiment(cfg: Config) -> Experiment:
@@ -125,15 +139,16 @@ def train_reply(cfg: Config, msg: Message) -> Message:
         payload, round_, client = read_instructions(msg)
         update, examples, loss = client_update(cfg, payload, round_, client)
         weight = update_weight(cfg, examples)
-        return masked_reply(msg, privatize(cfg, update, round_, client), examples, loss, weight)
+        stats = client_stats(cfg, examples, loss)
+        return masked_reply(msg, privatize(cfg, update, round_, client), *stats, weight)
     config = msg.content.config_records["config"]
     round_, client = int(number(config["round"])), int(number(config["client"]))
     payload = from_record(msg.content.array_records["arrays"])
     update, examples, loss = client_update(cfg, payload, round_, client)
-    metrics = MetricRecord({"num-examples": examples, "loss": loss})
     sent, _ = upload(cached_experiment(cfg), get_codec(cfg.codec.up), update, round_, client, {})
-    reply = to_record(sent)
-    return Message(content=RecordDict({"arrays": reply, "metrics": metrics}), reply_to=msg)
+    reply = client_reply(cfg, sent, examples, loss)
+    content = RecordDict({"arrays": to_record(sent), "metrics": reply_metrics(reply)})
+    return Message(content=content, reply_to=msg)
 
 
 def query_reply(msg: Message, context: Context) -> Message:
@@ -175,36 +190,41 @@ class FedpetStrategy(Strategy):
         )
         self.layout = schema(self.global_state)
         self.nodes: dict[int, int] = {}
+        self.waited = False
         self.unresponsive: set[int] = set()
         self.sent: dict[int, int] = {}
         self.intake: Intake | None = None
         self.started = 0.0
         self.clip = starting_clip(cfg, resume)
 
-    def discover(self, grid: Grid, patience: float = 60.0) -> None:
+    def discover(self, grid: Grid, patience: float) -> None:
         """Ask the nodes not mapped yet which client they hold (client -> node id).
 
-        Nodes still starting answer with an error at first: they are asked again each
-        second for up to ``patience`` seconds. A node that stopped answering during training
-        is not asked again.
+        Until every client is mapped or ``patience`` seconds have passed, new nodes are
+        asked as they register with the SuperLink, and a node still starting is asked
+        again when it answers with an error; a question not answered yet stays open (a
+        SuperNode's first answer waits for its ClientApp to start). With no patience, the
+        nodes not mapped yet are asked once and given :data:`QUERY_TIMEOUT` seconds. A node
+        that stopped answering during training is not asked again.
         """
-        deadline = time.monotonic() + patience
-        while True:
-            mapped = set(self.nodes.values()) | self.unresponsive
-            ask = [
-                Message(content=RecordDict(), dst_node_id=node, message_type="query")
-                for node in grid.get_node_ids()
-                if node not in mapped
-            ]
-            if not ask:
-                return
-            for reply in grid.send_and_receive(ask, timeout=patience):
-                if not reply.has_error():
+        deadline = time.monotonic() + max(patience, QUERY_TIMEOUT)
+        asked: dict[str, int] = {}  # open question (message id) -> node
+        again = True
+        while len(self.nodes) < len(self.exp.clients):
+            known = set(self.nodes.values()) | self.unresponsive | set(asked.values())
+            for node in grid.get_node_ids() if again else ():
+                if node not in known:
+                    query = Message(content=RecordDict(), dst_node_id=node, message_type="query")
+                    asked.update((sent, node) for sent in grid.push_messages([query]))
+            again = patience > 0
+            for reply in grid.pull_messages(list(asked)):
+                node = asked.pop(reply.metadata.reply_to_message_id)
+                if not reply.has_error():  # (an error: still starting; asked again)
                     partition = number(reply.content.metric_records["metrics"]["partition-id"])
-                    self.nodes[int(partition)] = reply.metadata.src_node_id
-            if len(self.nodes) >= len(self.exp.clients) or time.monotonic() > deadline:
+                    self.nodes[int(partition)] = node
+            if time.monotonic() >= deadline or not (asked or again):
                 return
-            time.sleep(1.0)
+            time.sleep(0.2)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -213,8 +233,11 @@ class FedpetStrategy(Strategy):
         round_ = server_round + self.offset
         self.started = time.perf_counter()
         cohort = round_cohort(self.cfg, round_, len(self.exp.clients))
-        if any(k not in self.nodes for k in cohort.tolist()):
-            self.discover(grid)
+        if not self.waited:  # the run starts once every client's node answers, or times out
+            self.discover(grid, patience=self.cfg.federation.round_timeout)
+            self.waited = True
+        elif any(k not in self.nodes for k in cohort.tolist()):
+            self.discover(grid, patience=0.0)
         intake = Intake.open(
             self.exp,
             self.algorithm,
@@ -311,11 +334,11 @@ class FedpetStrategy(Strategy):
                 intake.lose("failed", k, f"error from node {node}: {reply.error.reason}")
                 continue
             try:
-                client_reply = parse_reply(reply)
+                parsed = parse_reply(reply, self.cfg.privacy.enabled)
             except (KeyError, TypeError, ValueError) as exc:
                 intake.lose("rejected", k, f"malformed reply: {exc}")
                 continue
-            intake.receive(k, client_reply, self.up, self.cfg.train.local_epochs)
+            intake.receive(k, parsed, self.up, self.cfg.train.local_epochs)
         for node, k in self.sent.items():
             if node not in answered:
                 self.forget(node)

@@ -120,9 +120,12 @@ class Downloads:
         return self.encoded[layout], layout
 
 
-def update_weight(cfg: Config, examples: int) -> int:
+def update_weight(cfg: Config, examples: int | None) -> int:
     """A client's weight in the aggregate: its example count, or 1 under DP (fixed weights)."""
-    return 1 if cfg.privacy.enabled else examples
+    if cfg.privacy.enabled:
+        return 1
+    assert examples is not None, "without DP every reply carries its example count"
+    return examples
 
 
 def privatize(cfg: Config, update: TrainableState, round_: int, client: int) -> TrainableState:
@@ -159,11 +162,28 @@ def upload(
 
 @dataclass(frozen=True)
 class ClientReply:
-    """What a client sends back: its encoded update and how much it trained on."""
+    """What a client sends back: its encoded update and how much it trained on.
+
+    Under DP the reply is the update alone (see :func:`client_reply`): the example count
+    and the training loss are statistics of the client's data that no noise covers.
+    """
 
     payload: bytes
-    num_examples: int
-    loss: float
+    num_examples: int | None = None
+    loss: float | None = None
+
+
+def client_stats(cfg: Config, num_examples: int, loss: float) -> tuple[int | None, float | None]:
+    """What a client reports of its training besides its update: example count and mean loss.
+
+    Nothing under DP: they are statistics of the client's data that no noise covers.
+    """
+    return (None, None) if cfg.privacy.enabled else (num_examples, loss)
+
+
+def client_reply(cfg: Config, payload: bytes, num_examples: int, loss: float) -> ClientReply:
+    """The reply a client sends: the payload and its :func:`client_stats`."""
+    return ClientReply(payload, *client_stats(cfg, num_examples, loss))
 
 
 def local_update(
@@ -215,6 +235,7 @@ class Intake:
     examples: int = 0
     trained: int = 0
     loss_sum: float = 0.0
+    accepted: list[int] = field(default_factory=list)
     failed: list[dict[str, object]] = field(default_factory=list)
     late: list[dict[str, object]] = field(default_factory=list)
     rejected: list[dict[str, object]] = field(default_factory=list)
@@ -234,9 +255,10 @@ class Intake:
 
         Its aggregate keeps the updates if the algorithm needs them and knows the number of
         clients; a LoRA run also tracks the aggregation error, unless ``track_lora`` is off
-        (secure aggregation shows no single update). ``clip`` is DP's current clip, if it
-        adapts.
+        (secure aggregation shows no single update) or DP is on (the error is computed from
+        single updates). ``clip`` is DP's current clip, if it adapts.
         """
+        private = exp.cfg.privacy.enabled
         return cls(
             clients,
             algorithm,
@@ -244,32 +266,44 @@ class Intake:
             Aggregate(keep_updates=algorithm.keeps_updates, population=len(exp.clients)),
             exp.cfg.federation.max_update_norm,
             attempt=attempt,
-            lora=lora_error(exp) if track_lora else None,
-            dp=exp.cfg.privacy if exp.cfg.privacy.enabled else None,
+            lora=lora_error(exp) if track_lora and not private else None,
+            dp=exp.cfg.privacy if private else None,
             clip=exp.cfg.privacy.clip if clip is None else clip,
         )
 
-    def receive(self, client: int, reply: ClientReply, codec: Codec, local_epochs: int) -> None:
-        """Count the reply's bytes and examples; aggregate it if it passes validation."""
+    def receive(self, client: int, reply: ClientReply, codec: Codec, local_epochs: int) -> bool:
+        """Count the reply's bytes and examples; aggregate it if it passes validation.
+
+        Returns whether it was aggregated (only then may the client keep its new state).
+        """
         self.bytes_up += len(reply.payload)
         self.count(reply.num_examples, reply.loss, local_epochs)
         view = self.algorithm.client_view(self.received, client)
         update, problem = receive_update(codec, reply.payload, schema(view), self.max_norm)
         if update is None:
             self.lose("rejected", client, str(problem))
-            return
-        weight = float(reply.num_examples)
+            return False
         if self.dp is not None:  # fixed weights; with central noise the server clips
             weight = 1.0
             if self.dp.noise == "central":
                 self.within_clip += l2_norm(update) <= self.clip
                 update = clip(update, self.clip)
+        else:
+            assert reply.num_examples is not None, "without DP every reply has its count"
+            weight = float(reply.num_examples)
         self.aggregate.add(self.algorithm.server_view(self.received, update, client), weight)
+        self.accepted.append(client)
         if self.lora is not None:
             self.lora.add(pad(add(view, update), self.received), weight)
+        return True
 
-    def count(self, num_examples: int, loss: float, local_epochs: int) -> None:
-        """Count a client's training: its examples (per epoch) and its mean loss."""
+    def count(self, num_examples: int | None, loss: float | None, local_epochs: int) -> None:
+        """Count a client's training: its examples (per epoch) and its mean loss.
+
+        A reply without them (under DP) counts nothing.
+        """
+        if num_examples is None or loss is None:
+            return
         self.examples += num_examples * local_epochs
         self.trained += num_examples
         self.loss_sum += loss * num_examples
@@ -287,6 +321,7 @@ class Intake:
                 self.lose("rejected", k, f"secure aggregate: {problem}")
             return
         self.aggregate.add(mean, weight, clients=len(clients))
+        self.accepted += clients
 
     def lose(self, kind: str, client: int, reason: str) -> None:
         """Record a client whose update is lost: ``failed``, ``late`` or ``rejected``."""

@@ -70,15 +70,22 @@ def read_instructions(msg: Message) -> tuple[bytes, int, int]:
 
 
 def masked_reply(
-    msg: Message, update: TrainableState, examples: int, loss: float, weight: int
+    msg: Message,
+    update: TrainableState,
+    examples: int | None,
+    loss: float | None,
+    weight: int,
 ) -> Message:
     """The client's update in the form the SecAgg+ mod masks (it replaces the values).
 
     The mod scales the update by ``weight`` (the example count, or 1 under DP) before
-    masking; the example count travels as a metric.
+    masking; the example count and loss travel unmasked as metrics, so under DP they are
+    None and the reply carries neither (see :func:`~fedpet.runtime.rounds.client_stats`).
     """
     arrays = [t.detach().to(torch.float32).numpy() for t in update.values()]
-    metrics: dict[str, Scalar] = {"loss": loss, "examples": examples}
+    metrics: dict[str, Scalar] = {}
+    if examples is not None and loss is not None:
+        metrics = {"loss": loss, "examples": examples}
     res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), weight, metrics)
     return Message(content=compat.fitres_to_recorddict(res, keep_input=False), reply_to=msg)
 
@@ -157,8 +164,10 @@ class SecureOutcome:
     """The weighted mean update of the clients in ``replies``; None if unmasking failed.
 
     The weights are example counts, or 1 under DP."""
-    replies: dict[int, tuple[int, float]] = field(default_factory=dict)
-    """Node id -> (examples, mean loss) of each client whose masked update is in the sum."""
+    replies: dict[int, tuple[int | None, float | None]] = field(default_factory=dict)
+    """Node id -> (examples, mean loss) of each client whose masked update is in the sum.
+
+    Both are None for a client that sent neither (under DP)."""
     silent: set[int] = field(default_factory=set)
     bytes_up: int = 0
     bytes_down: int = 0
@@ -205,9 +214,13 @@ def secure_round(
         bytes_down=counting.bytes_down,
     )
     for proxy, res in cohort.results:
-        loss = res.metrics.get("loss", float("nan"))
-        examples = int(cast(int, res.metrics.get("examples", res.num_examples)))
-        outcome.replies[int(proxy.node_id)] = (examples, float(cast(float, loss)))
+        loss, examples = res.metrics.get("loss"), res.metrics.get("examples")
+        stats = (
+            (int(cast(int, examples)), float(cast(float, loss)))
+            if examples is not None and loss is not None
+            else (None, None)
+        )
+        outcome.replies[int(proxy.node_id)] = stats
     return outcome
 
 
