@@ -11,6 +11,8 @@ from safetensors.torch import load_file
 
 from fedpet.cli import main
 
+SCAFFOLD = ("--algorithm", "scaffold", "--optimizer", "sgd", "--set", "train.max_grad_norm=null")
+
 
 def _run(model: Path, out: Path, *extra: str) -> list[dict]:
     assert main(run_argv(model, out, "--batch-size", "4", "--seed", "5", *extra)) == 0
@@ -71,9 +73,7 @@ def test_scaffold_sends_controls_both_ways_and_keeps_client_states_on_disk(
     from fedpet.runtime.client_states import ClientStates
 
     out = tmp_path / "scaffold"
-    rows = _run(
-        tiny_model_dir, out, "--algorithm", "scaffold", "--optimizer", "sgd", "--rounds", "3"
-    )
+    rows = _run(tiny_model_dir, out, *SCAFFOLD, "--rounds", "3")
     trainable = json.loads((out / "summary.json").read_text())["trainable_params"]
     # the model update and the control update up; the global state and c down
     assert all(r["bytes_up"] == r["bytes_down"] == 2 * 2 * 4 * trainable for r in rows)
@@ -90,10 +90,64 @@ def test_scaffold_sends_controls_both_ways_and_keeps_client_states_on_disk(
     assert all(int(p.name.split("-r")[1].split(".")[0]) <= 1 for p in (out / "clients").iterdir())
 
 
-def test_scaffold_needs_plain_sgd(capsys) -> None:
+def test_scaffold_needs_plain_unclipped_sgd(capsys) -> None:
     assert main(["run", "--dry-run", "--algorithm", "scaffold"]) == 2
     err = capsys.readouterr().err
     assert "train.optimizer = 'adamw' is not allowed: sgd with algorithm scaffold" in err
+    assert main(["run", "--dry-run", "--algorithm", "scaffold", "--optimizer", "sgd"]) == 2
+    err = capsys.readouterr().err
+    assert "train.max_grad_norm = 1.0 is not allowed: null with algorithm scaffold" in err
+    assert main(["run", "--dry-run", *SCAFFOLD]) == 0
+
+
+def _committed(out: Path) -> dict[tuple[int, int], dict[str, torch.Tensor]]:
+    """Each client state committed in the run directory, by (client, round)."""
+    files = (out / "clients").glob("*-r*.safetensors")
+    return {tuple(map(int, f.stem.split("-r"))): load_file(f) for f in files}  # type: ignore[misc]
+
+
+def test_rejected_updates_leave_every_client_control_at_zero(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "rejected"
+    rows = _run(tiny_model_dir, out, *SCAFFOLD, "--rounds", "3", "--max-update-norm", "1e-9")
+    assert all(r["rejected"] and r["skipped"] for r in rows)  # every update is refused
+    saved = _committed(out)
+    assert all(float(t.abs().max()) == 0.0 for state in saved.values() for t in state.values())
+    server = load_file(out / "checkpoint" / "server.safetensors")
+    assert all(float(t.abs().max()) == 0.0 for t in server.values())
+
+
+def test_only_clients_aggregated_in_a_round_keep_their_new_state(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from fedpet.runtime.rounds import sample_cohort
+
+    out = tmp_path / "retried"
+    faults = ["--client-failure-rate", "0.5", "--min-clients-per-round", "3"]
+    faults += ["--set", "federation.short_round=retry", "--set", "federation.max_retries=3"]
+    sizes = ["--clients", "8", "--clients-per-round", "4", "--max-train-samples", "96"]
+    rows = _run(tiny_model_dir, out, *SCAFFOLD, "--rounds", "3", *sizes, *faults)
+    aggregated, abandoned = {}, {}
+    for r in rows:
+        last = r["attempts"] - 1
+        lost = {(x["client"], x["attempt"]) for x in r["failed"] + r["rejected"]}
+        aggregated[r["round"]] = (
+            set() if r["skipped"] else {k for k in r["clients"] if (k, last) not in lost}
+        )
+        # clients that trained and uploaded in an attempt the server then abandoned
+        abandoned[r["round"]] = {
+            k
+            for a in range(last + (1 if r["skipped"] else 0))
+            for k in sample_cohort(5, r["round"], 8, 4, attempt=a).tolist()
+            if (k, a) not in lost
+        } - aggregated[r["round"]]
+    assert any(abandoned.values()), (aggregated, abandoned)  # the case this test is about
+    saved = _committed(out)
+    assert saved and all(client in aggregated[round_] for client, round_ in saved), (
+        sorted(saved),
+        aggregated,
+    )
 
 
 @pytest.mark.parametrize("name", ["hetlora", "flexlora"])

@@ -22,6 +22,15 @@ def _metrics(out: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
 
 
+def _lost(out: Path) -> list[tuple[int, list, list]]:
+    """Per round with a lost client, why: what a failing comparison of two runs shows."""
+    return [
+        (r["round"], r["failed"], r["rejected"])
+        for r in _metrics(out)
+        if r["failed"] or r["rejected"]
+    ]
+
+
 # FlexLoRA with two ranks: per-client downloads, layouts and server views on both sides;
 # lossy codecs with random rounding, seeded alike on both sides
 RANKED = ("--algorithm", "flexlora", "--set", "algorithm.ranks=[2,8]")
@@ -48,10 +57,13 @@ def test_flower_simulation_equals_the_in_process_runtime(
         torch.set_num_threads(threads)
     a = load_file(flower / "checkpoint" / "global.safetensors")
     b = load_file(local / "checkpoint" / "global.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), _lost(flower)
     rows = _metrics(flower)
-    assert rows == _metrics(local)
+    assert rows == _metrics(local), _lost(flower)
     summary = json.loads((flower / "summary.json").read_text())
+    local_summary = json.loads((local / "summary.json").read_text())
+    # the Ray processes (each with its own copy of torch and the model) count too
+    assert summary["peak_rss_mb"] > local_summary["peak_rss_mb"] + 500
     if flags == RANKED:
         full_rank = 2 * 2 * 4 * summary["trainable_params"]  # 2 rounds, 2 clients, fp32
         assert 0 < summary["bytes_up_total"] < full_rank  # rank-2 clients send less
@@ -65,14 +77,39 @@ def test_flower_sim_refuses_centralized(capsys) -> None:
     assert "runtime = 'flower-sim' is not allowed" in capsys.readouterr().err
 
 
+def _message(content, message_type: str = "train"):
+    """A message as the ServerApp would send it to node 1, made outside any Flower run.
+
+    Message(content, dst_node_id, message_type) reads the run's identity from the process,
+    which only a Flower run sets: a test that relied on it passed only after another test
+    had started one.
+    """
+    import time as clock
+
+    from flwr.app import Message, Metadata
+
+    metadata = Metadata(
+        run_id=1,
+        message_id="instruction",
+        src_node_id=0,
+        dst_node_id=1,
+        reply_to_message_id="",
+        group_id="",
+        created_at=clock.time(),
+        ttl=60.0,
+        message_type=message_type,
+    )
+    return Message(content=content, metadata=metadata)
+
+
 def test_malformed_replies_are_refused() -> None:
-    from flwr.app import Message, MetricRecord, RecordDict
+    from flwr.app import MetricRecord, RecordDict
 
     from fedpet.runtime.flower import parse_reply, to_record
 
-    def reply(metrics: dict) -> Message:
+    def reply(metrics: dict):
         content = RecordDict({"arrays": to_record(b"\0" * 8), "metrics": MetricRecord(metrics)})
-        return Message(content=content, dst_node_id=1, message_type="train")
+        return _message(content)
 
     good = parse_reply(reply({"num-examples": 12, "loss": 0.5}))
     assert (good.payload, good.num_examples, good.loss) == (b"\0" * 8, 12, 0.5)
@@ -101,9 +138,9 @@ def test_flower_sim_resumes_after_its_last_checkpoint(tiny_model_dir: Path, tmp_
         torch.set_num_threads(threads)
     a = load_file(flower / "checkpoint" / "global.safetensors")
     b = load_file(local / "checkpoint" / "global.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a), _lost(flower)
     assert [r["round"] for r in _metrics(flower)] == [1, 2, 3, 4]
-    assert _metrics(flower) == _metrics(local)
+    assert _metrics(flower) == _metrics(local), _lost(flower)
 
 
 DISTRIBUTED_DP = ("--dp", "--dp-noise", "1", "--dp-clip", "0.05")
@@ -124,12 +161,15 @@ def test_secure_aggregation_matches_the_plain_round_within_its_quantization(
     # (1 under DP), is clipped to +-8 and stochastically rounded to 2**22 levels: the
     # unmasked mean is off by < 2 clients x 16 / 2**22
     diff = max(float((a[k] - b[k]).abs().max()) for k in a)
-    assert 0 < diff < 2 * 16 / 2**22
+    assert 0 < diff < 2 * 16 / 2**22, (_lost(secure), _lost(plain))
     [row], [plain_row] = _metrics(secure), _metrics(plain)
     assert row["aggregated"] == 2 and row["clients"] == plain_row["clients"]
-    assert row["train_loss"] == plain_row["train_loss"]  # same local training
-    assert row["examples"] == plain_row["examples"]  # the counts travel apart from the weights
-    assert row.get("epsilon") == plain_row.get("epsilon") and (row.get("epsilon", 1) > 0)
+    if dp:  # the clients send no statistic of their data, masked or not
+        assert {"train_loss", "examples"}.isdisjoint(row) and row["epsilon"] > 0
+        assert row["epsilon"] == plain_row["epsilon"]
+    else:
+        assert row["train_loss"] == plain_row["train_loss"]  # same local training
+        assert row["examples"] == plain_row["examples"]  # counts travel apart from weights
     # the upload is masked int64 vectors plus the key exchange, more than 2x the fp32 payload
     assert row["bytes_up"] > 2 * plain_row["bytes_up"]
 
@@ -139,3 +179,125 @@ def test_a_deployment_config_runs_only_under_flwr_run(capsys) -> None:
     assert main(["run", "--runtime", "flower", "--out", "/nonexistent/x"]) == 2
     err = capsys.readouterr().err
     assert "runtime = 'flower' is a Flower deployment: start or resume it" in err
+
+
+def test_under_dp_a_flower_client_sends_its_update_alone(tiny_config) -> None:
+    from flwr.app import ConfigRecord, RecordDict
+    from flwr.compat.common import recorddict_compat
+
+    from fedpet.codecs import get_codec
+    from fedpet.runtime.flower import cached_experiment, parse_reply, to_record, train_reply
+    from fedpet.runtime.secagg import masked_reply
+    from fedpet.state import extract
+
+    def ask(cfg):
+        payload = get_codec("fp32").encode(extract(cached_experiment(cfg).params))
+        config = ConfigRecord({"round": 1, "client": 0})
+        return _message(RecordDict({"arrays": to_record(payload), "config": config}))
+
+    dp = tiny_config(**{"privacy.enabled": True, "privacy.noise_multiplier": 1.0})
+    private = train_reply(dp, ask(dp))
+    assert dict(private.content.metric_records["metrics"]) == {}
+    assert parse_reply(private, private=True).num_examples is None
+    plain = train_reply(tiny_config(), ask(tiny_config()))
+    assert set(plain.content.metric_records["metrics"]) == {"num-examples", "loss"}
+    # a secure round's reply: the masked values, and no unmasked statistics under DP
+    msg = ask(dp)
+    res = recorddict_compat.recorddict_to_fitres(
+        masked_reply(msg, {"w": torch.ones(3)}, None, None, 1).content, keep_input=False
+    )
+    assert res.metrics == {} and res.num_examples == 1
+
+
+def test_flower_runtimes_refuse_what_keeps_client_state(monkeypatch, capsys) -> None:
+    from helpers import refusal
+
+    from fedpet.algorithms import ALGORITHMS
+    from fedpet.algorithms.fedavg import FedAvg
+
+    class Stateful(FedAvg):  # any algorithm whose clients keep a state, whatever its name
+        name = "stateful"
+        stateful_clients = True
+
+    monkeypatch.setitem(ALGORITHMS, "stateful", Stateful)
+    assert main(["run", "--dry-run", "--algorithm", "stateful"]) == 0
+    for runtime in ("flower-sim", "flower"):
+        err = refusal(["--runtime", runtime, "--algorithm", "stateful"], capsys)
+        assert f"runtime = '{runtime}' is not allowed: simulation with algorithm stateful" in err
+        err = refusal(["--runtime", runtime, "--codec-up", "topk:0.1"], capsys)
+        assert f"runtime = '{runtime}' is not allowed: simulation with error feedback" in err
+
+
+class _StartingGrid:
+    """A grid at the start of a run: its nodes register ``registered`` seconds in; a node
+    answers a question ``latency`` seconds after it was asked (a SuperNode starts its
+    ClientApp first), with an error if it was asked before its ClientApp had ``started``."""
+
+    def __init__(self, nodes: int, registered: float, started: float, latency: float) -> None:
+        import time as clock
+
+        self.clock, self.nodes = clock, nodes
+        self.registered, self.started, self.latency = registered, started, latency
+        self.t0 = clock.monotonic()
+        self.sent: dict = {}
+
+    def get_node_ids(self) -> list[int]:
+        up = self.clock.monotonic() - self.t0 >= self.registered
+        return list(range(1, self.nodes + 1)) if up else []
+
+    def push_messages(self, messages) -> list[str]:
+        ids = []
+        for message in messages:
+            ids.append(f"question-{len(self.sent)}")
+            message.metadata.__dict__["_message_id"] = ids[-1]
+            self.sent[ids[-1]] = (message, self.clock.monotonic())
+        return ids
+
+    def pull_messages(self, ids):
+        from flwr.app import Error, Message, MetricRecord, RecordDict
+
+        now, replies = self.clock.monotonic(), []
+        for sent in ids:
+            message, at = self.sent[sent]
+            if now - at < self.latency:
+                continue
+            if at - self.t0 < self.started:
+                replies.append(Message(Error(0, "ClientApp still starting"), reply_to=message))
+                continue
+            client = message.metadata.dst_node_id - 1
+            content = RecordDict({"metrics": MetricRecord({"partition-id": client})})
+            replies.append(Message(content, reply_to=message))
+        return replies
+
+
+def test_the_server_waits_for_every_client_s_node_to_answer(
+    tiny_config, tmp_path: Path, monkeypatch
+) -> None:
+    import time as clock
+
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedpet.experiment import prepare
+    from fedpet.rundir import RunDir
+    from fedpet.runtime.flower import QUERY_TIMEOUT, FedpetStrategy
+    from fedpet.runtime.recorder import Recorder
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)  # as the ServerApp's process has them
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 0)
+    exp = prepare(tiny_config())  # 4 clients
+    strategy = FedpetStrategy(exp, Recorder(exp, RunDir(tmp_path / "run")))
+    # no node has registered when the server starts; a question takes 3 s to answer, and
+    # those asked in the first 2 s are answered with an error
+    grid = _StartingGrid(nodes=4, registered=0.5, started=2.0, latency=3.0)
+    start = clock.monotonic()
+    strategy.discover(grid, patience=60.0)  # type: ignore[arg-type]
+    assert strategy.nodes == {0: 1, 1: 2, 2: 3, 3: 4}
+    assert clock.monotonic() - start < 10.0
+    # with no patience (a later round): one question each, QUERY_TIMEOUT s, then on
+    late = FedpetStrategy(exp, Recorder(exp, RunDir(tmp_path / "late")))
+    start = clock.monotonic()
+    slow = _StartingGrid(nodes=4, registered=0.0, started=0.0, latency=60.0)
+    late.discover(slow, patience=0.0)  # type: ignore[arg-type]
+    assert late.nodes == {} and len(slow.sent) == 4
+    assert clock.monotonic() - start < QUERY_TIMEOUT + 1.0

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,8 @@ SETUPS = {
         "scaffold",
         "--optimizer",
         "sgd",
+        "--set",
+        "train.max_grad_norm=null",
         "--codec-up",
         "topk:0.1+int8:sr",
         "--codec-down",
@@ -79,7 +82,11 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(
 ) -> None:
     extra = SETUPS[setup]
     killed, whole = tmp_path / "killed", tmp_path / "whole"
-    after = random.randint(1, 5)  # kill once this many rounds are logged, mid-way through the next
+    # the kill point is drawn from a printed seed: FEDPET_KILL_SEED=<it> repeats a failure
+    seed = int(os.environ.get("FEDPET_KILL_SEED", zlib.crc32(setup.encode())))
+    print(f"kill seed {seed}")
+    rng = random.Random(seed)
+    after = rng.randint(1, 5)  # kill once this many rounds are logged, mid-way through the next
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "fedpet.cli", *args(tiny_model_dir, killed, extra)],
@@ -92,7 +99,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(
     while time.monotonic() < deadline and proc.poll() is None:
         state = killed / "checkpoint" / "state.json"
         if state.exists() and log.exists() and len(log.read_text().splitlines()) >= after:
-            time.sleep(random.uniform(0.0, 0.1))
+            time.sleep(rng.uniform(0.0, 0.1))
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.01)
@@ -112,16 +119,17 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(
     assert metrics(killed) == metrics(whole)
     sa = json.loads((killed / "summary.json").read_text())
     sb = json.loads((whole / "summary.json").read_text())
+    assert sa.keys() == sb.keys()
     for key in (
         "best_round",
         "best_val_metric",
         "test_metric",
         "bytes_up_total",
         "bytes_down_total",
-        "train_examples_seen",
+        "train_examples_seen",  # (not under DP: a statistic of the clients' data)
         "rounds_completed",
     ):
-        assert sa[key] == sb[key], key
+        assert sa.get(key) == sb.get(key), key
 
 
 def test_resume_refuses_other_flags_and_missing_checkpoints(

@@ -411,9 +411,6 @@ def validate(cfg: Config) -> None:
             _check(False, f"codec.{key}", spec, SPEC_HELP)
     _choice("pooling", cfg.pooling, ("auto", "mean", "cls"))
     _choice("runtime", cfg.runtime, RUNTIMES)
-    rt = cfg.runtime
-    if cfg.codec.feedback:
-        _check(rt == "simulation", "runtime", rt, "simulation with error feedback (on disk)")
     _check(
         not (cfg.centralized and cfg.runtime != "simulation"),
         "runtime",
@@ -545,7 +542,9 @@ def _validate_privacy(cfg: Config) -> None:
 
 
 def _validate_algorithm(cfg: Config) -> None:
-    """The algorithm's options, and the method and optimizer it needs."""
+    """The algorithm's options, and the method, optimizer and runtime it needs."""
+    from fedpet.algorithms import get_algorithm
+
     a = cfg.algorithm
     slr = a.server_lr
     _check(slr is None or slr > 0, "algorithm.server_lr", slr, "a number > 0, or null")
@@ -560,8 +559,24 @@ def _validate_algorithm(cfg: Config) -> None:
         t = cfg.train
         _check(t.optimizer == "sgd", "train.optimizer", t.optimizer, "sgd with algorithm scaffold")
         _check(t.schedule == "constant", "train.schedule", t.schedule, "constant with scaffold")
+        _check(
+            t.max_grad_norm is None,
+            "train.max_grad_norm",
+            t.max_grad_norm,
+            "null with algorithm scaffold (option II's control update assumes unclipped "
+            "gradients): --set train.max_grad_norm=null",
+        )
+    stateful = get_algorithm(a).stateful_clients
+    if stateful or cfg.codec.feedback:
+        what = f"algorithm {a.name}" if stateful else "error feedback"
         rt = cfg.runtime
-        _check(rt == "simulation", "runtime", rt, "simulation with scaffold (client state on disk)")
+        _check(
+            rt == "simulation",
+            "runtime",
+            rt,
+            f"simulation with {what} (each client's own state is kept on disk in the run "
+            "directory; a Flower runtime does not carry it)",
+        )
     m = cfg.method.name
     if a.name in ("ffa-lora", "hetlora", "flexlora"):
         _check(m == "lora", "method.name", m, f"lora with algorithm {a.name}")

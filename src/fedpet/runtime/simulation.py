@@ -19,9 +19,9 @@ from fedpet.runtime.client_states import ClientStates
 from fedpet.runtime.faults import ClientFailure, FailingHook, attack, local_steps, plan_faults
 from fedpet.runtime.recorder import Recorder
 from fedpet.runtime.rounds import (
-    ClientReply,
     Downloads,
     Intake,
+    client_reply,
     clip_meta,
     local_update,
     release_round,
@@ -56,13 +56,16 @@ def run_attempt(
 ) -> Intake:
     """Send each client of a sampled cohort its view of ``sent``, train it, gather updates.
 
-    ``states`` holds the clients' own states, for algorithms that keep them; ``clip`` is
-    DP's clip this round, if it adapts.
+    ``states`` holds the clients' own states, for algorithms that keep them: the new state
+    of each client whose update was aggregated is staged, for the server to commit if the
+    round is not skipped. ``clip`` is DP's clip this round, if it adapts.
     """
     cfg = exp.cfg
     up, down = codecs
     fed, train = cfg.federation, cfg.train
     cohort = round_cohort(cfg, round_, len(exp.clients), attempt)
+    if states is not None:
+        states.discard()  # an abandoned attempt's clients keep the state they had
     intake = Intake.open(exp, algorithm, cohort.tolist(), sent, attempt, clip=clip)
     seed = derive_seed(cfg.seed, "codec-down", round_, attempt)
     downloads = Downloads(algorithm, down, sent, seed)
@@ -90,9 +93,9 @@ def run_attempt(
         if faults.malicious:
             update = attack(update, cfg.faults.attack, cfg.faults.attack_norm)
         sent_update, residual = upload(exp, up, update, round_, k, residual)
-        if states is not None:
-            states.save(k, round_, {**new_state, **{RESIDUAL + n: t for n, t in residual.items()}})
-        intake.receive(k, ClientReply(sent_update, examples, loss), up, train.local_epochs)
+        reply = client_reply(cfg, sent_update, examples, loss)
+        if intake.receive(k, reply, up, train.local_epochs) and states is not None:
+            states.stage(k, {**new_state, **{RESIDUAL + n: t for n, t in residual.items()}})
     return intake
 
 
@@ -137,6 +140,8 @@ def run_simulation(exp: Experiment, recorder: Recorder, resume: Checkpoint | Non
             global_state, server_state = algorithm.server_update(
                 global_state, server_state, final.aggregate
             )
+        if states is not None:
+            states.commit([] if skipped else final.accepted, rnd)
         load_(exp.params, global_state)
         record = round_record(rnd, attempts, skipped, start)
         meta = clip_meta(cfg, record, clip, next_clip)
