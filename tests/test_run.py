@@ -105,3 +105,78 @@ def test_centralized_run_sends_nothing(tiny_model_dir: Path, tmp_path: Path) -> 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["centralized"] is True and summary["rounds_completed"] == 2
     assert summary["bytes_up_total"] == 0 and summary["train_examples_seen"] == 2 * 96
+
+
+def test_the_test_metric_is_the_best_rounds_not_the_last_rounds(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from fedpet.client import evaluate
+    from fedpet.experiment import prepare
+    from fedpet.launch import run_config
+    from fedpet.state import load_
+
+    out = tmp_path / "best"
+    swinging = ("--rounds", "5", "--seed", "3", "--set", "train.head_lr=0.3")
+    assert main(run_argv(tiny_model_dir, out, *swinging, eval_samples=64)) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    exp = prepare(run_config(out))
+
+    def test_metric(state_file: str) -> float:
+        load_(exp.params, load_file(out / "checkpoint" / state_file))
+        return evaluate(exp.model, exp.test, 64, exp.task.num_labels)[summary["metric_name"]]
+
+    best, last = test_metric("best.safetensors"), test_metric("global.safetensors")
+    # the case that tells them apart: the best validation round is not the last, and its
+    # state scores differently on test
+    assert summary["best_round"] < summary["rounds_completed"] and best != last
+    assert summary["test_metric"] == best
+
+
+def test_peak_memory_is_the_run_s_own_not_the_process_s(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    import numpy as np
+
+    from fedpet.memory import own_peak_mb
+
+    # an earlier, heavier run in this process (a study's full fine-tuning, say): 1.5 GB
+    ballast = np.ones(1500 * 2**20 // 8)
+    heavy = own_peak_mb()
+    del ballast
+    out = tmp_path / "light"
+    assert main(tiny_args(tiny_model_dir, out)) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0 < summary["peak_rss_mb"] < heavy - 1000
+
+
+def test_a_resumed_run_keeps_the_peak_memory_of_its_earlier_processes(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "resumed"
+    assert main(tiny_args(tiny_model_dir, out)) == 0
+    # as if rounds 1-3 had run in a process that peaked at 50 GB, and rounds 4-5 are to come
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert 0 < state["peak_rss_mb"] < 50_000
+    state["peak_rss_mb"] = 50_000.0
+    (out / "checkpoint" / "state.json").write_text(json.dumps(state))
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    config["federation"]["rounds"] = 5
+    (out / "config.yaml").write_text(yaml.safe_dump(config))
+    (out / "summary.json").unlink()
+    assert main(["run", "--resume", str(out)]) == 0
+    assert json.loads((out / "summary.json").read_text())["peak_rss_mb"] == 50_000.0
+
+
+def test_resuming_a_finished_run_changes_nothing(
+    tiny_model_dir: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "finished"
+    assert main(tiny_args(tiny_model_dir, out)) == 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(["run", "--resume", str(out)]) == 0
+    assert "the run has finished; nothing to resume, nothing was changed" in capsys.readouterr().out
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+    assert main(["run", "--resume", str(out), "--dry-run"]) == 0
+    assert "the run has finished" in capsys.readouterr().out

@@ -259,7 +259,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     from fedpet.config import to_dict
     from fedpet.launch import resume_run, run_config, start_run, total_rounds
     from fedpet.progress import print_summary
-    from fedpet.rundir import default_run_dir, load_checkpoint
+    from fedpet.rundir import default_run_dir, finished_summary, load_checkpoint
     from fedpet.tracking import check_tracker, log_run
 
     if args.tracker:
@@ -270,6 +270,12 @@ def cmd_run(args: argparse.Namespace) -> None:
                 "--resume continues a run with its own config.yaml; give no other flags"
             )
         out = Path(args.resume)
+        finished = finished_summary(out)
+        if finished is not None:
+            if not args.dry_run:
+                print_summary(finished)
+            print(f"{out}: the run has finished; nothing to resume, nothing was changed")
+            return
         if args.dry_run:
             cfg, done = run_config(out), load_checkpoint(out).round
             print(f"{out}: would resume after round {done} of {total_rounds(cfg)}")

@@ -10,12 +10,14 @@ from fedpet.config import Config, build_config, load_yaml
 from fedpet.data.describe import describe_partition, plot_partition
 from fedpet.errors import FedpetError
 from fedpet.experiment import Experiment, prepare
+from fedpet.memory import reset_peak
 from fedpet.model import Backbones
 from fedpet.progress import RoundProgress
 from fedpet.rundir import (
     Checkpoint,
     RunDir,
     check_out_dir,
+    finished_summary,
     keep_metrics,
     load_checkpoint,
     storage_errors,
@@ -40,6 +42,7 @@ def start_run(
     """
     check_runner(cfg, runner)
     check_out_dir(out, overwrite)
+    reset_peak()  # the run's memory figure starts here, whatever ran before in this process
     exp = prepare(cfg, backbones)
     run = RunDir(out)
     run.create(overwrite)
@@ -68,10 +71,18 @@ def run_config(out: Path) -> Config:
 def resume_run(
     out: Path, backbones: Backbones | None = None, runner: Runner | None = None
 ) -> dict[str, Any]:
-    """Continue the run in ``out`` after its last checkpointed round; the summary."""
+    """Continue the run in ``out`` after its last checkpointed round; the summary.
+
+    A finished run (it has its ``summary.json``) is left exactly as it is: its summary is
+    returned and nothing is trained, evaluated or written.
+    """
     cfg = run_config(out)
     check_runner(cfg, runner)
+    finished = finished_summary(out)
+    if finished is not None:
+        return finished
     checkpoint = load_checkpoint(out)
+    reset_peak()
     keep_metrics(out, checkpoint.round)
     return train(prepare(cfg, backbones), out, resume=checkpoint, runner=runner)
 

@@ -240,6 +240,20 @@ def _stamped_round(file: Path) -> int:
         return int((fh.metadata() or {}).get("round", -1))
 
 
+def finished_summary(path: Path) -> dict[str, Any] | None:
+    """The ``summary.json`` of a run directory whose run has finished; None otherwise."""
+    try:
+        summary: dict[str, Any] = json.loads((path / "summary.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise FedpetError(
+            f"run directory {str(path)!r}: summary.json cannot be read "
+            f"({exc.__class__.__name__}); remove it to finish the run again with --resume"
+        ) from None
+    return summary
+
+
 def keep_metrics(path: Path, rounds: int) -> None:
     """Cut ``metrics.jsonl`` to its first ``rounds`` lines.
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -10,6 +9,7 @@ from typing import Any
 
 from fedpet.client import evaluate
 from fedpet.experiment import Experiment
+from fedpet.memory import tree_peak_mb
 from fedpet.rundir import Checkpoint, RunDir
 from fedpet.state import TrainableState, load_
 
@@ -58,11 +58,6 @@ class RoundRecord:
     dp_clip: float | None = None
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 class Recorder:
     """Evaluates the global state after each round, keeps the best one, writes the run files.
 
@@ -88,6 +83,7 @@ class Recorder:
         self.best_val = float("-inf")
         self.best_state: TrainableState = {}
         self.started = time.perf_counter()
+        self.peak_rss_mb = 0.0  # of the processes that ran earlier rounds, and this one's
 
     def restore(self, checkpoint: Checkpoint) -> None:
         """Continue from a checkpoint: its totals and its best round."""
@@ -96,6 +92,7 @@ class Recorder:
         self.best_val = float(checkpoint.state["best_val_metric"])
         self.best_state = checkpoint.tensors["best"]
         self.started -= float(checkpoint.state.get("wall_seconds", 0.0))
+        self.peak_rss_mb = float(checkpoint.state.get("peak_rss_mb", 0.0))
 
     def end_round(
         self,
@@ -130,12 +127,14 @@ class Recorder:
         if val[self.metric] > self.best_val:
             self.best_round, self.best_val = record.round, val[self.metric]
             self.best_state = {k: v.clone() for k, v in global_state.items()}
+        private = cfg.privacy.enabled
         self.run.append_metrics(
             {
                 "round": record.round,
                 **{f"val_{k}": v for k, v in val.items()},
-                "train_loss": record.train_loss,
-                "examples": record.examples,
+                # statistics of the clients' own data, which DP's noise does not cover
+                **({} if private else {"train_loss": record.train_loss}),
+                **({} if private else {"examples": record.examples}),
                 "bytes_up": record.bytes_up,
                 "bytes_down": record.bytes_down,
                 "clients": record.clients,
@@ -154,11 +153,12 @@ class Recorder:
                 ),
                 **(
                     {"epsilon": self.epsilon(record.round), "dp_clip": record.dp_clip}
-                    if cfg.privacy.enabled
+                    if private
                     else {}
                 ),
             }
         )
+        self.peak_rss_mb = max(self.peak_rss_mb, tree_peak_mb())
         tensors = {"global": global_state, "best": self.best_state}
         tensors.update({name: group for name, group in (saved or {}).items() if group})
         self.run.write_checkpoint(
@@ -169,6 +169,7 @@ class Recorder:
                 "best_val_metric": self.best_val,
                 "totals": vars(t),
                 "wall_seconds": time.perf_counter() - self.started,
+                "peak_rss_mb": self.peak_rss_mb,
                 **(saved_meta or {}),
             },
         )
@@ -214,7 +215,6 @@ class Recorder:
             "total_params": exp.total_params,
             "bytes_up_total": t.bytes_up,
             "bytes_down_total": t.bytes_down,
-            "train_examples_seen": t.examples,
             "clients_failed": t.failed,
             "clients_late": t.late,
             "updates_rejected": t.rejected,
@@ -223,9 +223,11 @@ class Recorder:
             "train_seconds": t.train_seconds,
             "eval_seconds": t.eval_seconds,
             "wall_seconds": time.perf_counter() - self.started,
-            "peak_rss_mb": peak_rss_mb(),
+            "peak_rss_mb": max(self.peak_rss_mb, tree_peak_mb()),
         }
-        if cfg.privacy.enabled:
+        if not cfg.privacy.enabled:
+            summary["train_examples_seen"] = t.examples
+        else:
             summary.update(
                 epsilon=self.epsilon(t.rounds),
                 delta=cfg.privacy.delta,

@@ -10,7 +10,7 @@ from fedpet.errors import FedpetError
 from fedpet.launch import resume_run, run_config, start_run
 from fedpet.model import Backbones
 from fedpet.privacy.report import write_leakage
-from fedpet.rundir import atomic_write, storage_errors
+from fedpet.rundir import atomic_write, finished_summary, storage_errors
 from fedpet.study.report import Entry, write_report
 from fedpet.study.spec import PlannedRun, Study, parse_study, plan
 from fedpet.tracking import log_run
@@ -55,7 +55,7 @@ def run_study(
     planned = entries(out, runs)
     for i, (run, run_dir) in enumerate(planned, 1):
         head = f"[{i}/{len(runs)}] {run.name}"
-        if (run_dir / "summary.json").exists():
+        if finished_summary(run_dir) is not None:
             print(f"{head}: finished earlier, skipped")
             continue
         if (run_dir / "checkpoint" / "state.json").exists():
