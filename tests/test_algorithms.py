@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fedpet.algorithms import Aggregate, get_algorithm
+from fedpet.algorithms import ALGORITHMS, Aggregate, get_algorithm
 from fedpet.config import AlgorithmConfig
 from fedpet.state import add
 
@@ -34,12 +34,53 @@ def test_server_lr_scales_the_mean_update() -> None:
     assert torch.equal(new["w"], torch.full((3,), 0.5))
 
 
-def test_server_update_is_pure() -> None:
-    theta = {"w": torch.zeros(2)}
-    agg = Aggregate()
-    agg.add({"w": torch.ones(2)}, 1.0)
-    get_algorithm(AlgorithmConfig()).server_update(theta, {}, agg)
-    assert torch.equal(theta["w"], torch.zeros(2))
+def _snapshot(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in state.items()}
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_every_server_update_is_pure(name: str) -> None:
+    # a LoRA module (rank 4) and a head; clients of ranks 2 and 4 for the ranked algorithms
+    ranks = (2, 4) if name in ("hetlora", "flexlora") else ()
+    algo = get_algorithm(AlgorithmConfig(name=name, ranks=ranks))
+    gen = torch.Generator().manual_seed(0)
+    theta = {
+        "m.lora_A.default.weight": torch.randn(4, 6, generator=gen),
+        "m.lora_B.default.weight": torch.randn(5, 4, generator=gen),
+        "head.weight": torch.randn(2, 5, generator=gen),
+    }
+    server = algo.init_server_state(theta)
+
+    def round_aggregate(global_state, server_state) -> Aggregate:
+        download = algo.download(global_state, server_state)
+        agg = Aggregate(keep_updates=algo.keeps_updates, population=10)
+        for k in range(5):
+            view = algo.client_view(download, k)
+            update = {n: 0.1 * torch.randn(t.shape, generator=gen) for n, t in view.items()}
+            agg.add(algo.server_view(download, update, k), float(k + 1))
+        return agg
+
+    # a second round, so that the server state is not its initial value
+    theta, server = algo.server_update(theta, server, round_aggregate(theta, server))
+    agg = round_aggregate(theta, server)
+    before = (_snapshot(theta), _snapshot(server), _snapshot(agg.weighted_sum))
+    kept = [_snapshot(u) for u in agg.updates]
+    counts = (agg.total_weight, agg.num_clients, agg.population)
+    new_theta, new_server = algo.server_update(theta, server, agg)
+    assert _same(theta, before[0]) and _same(server, before[1])
+    assert (
+        _same(agg.weighted_sum, before[2])
+        and (agg.total_weight, agg.num_clients, agg.population) == counts
+    )
+    assert len(agg.updates) == len(kept) and all(map(_same, agg.updates, kept))
+    assert new_theta.keys() == theta.keys() and not _same(new_theta, theta)  # it did update
+    # the same inputs give the same outputs: nothing was kept on the algorithm object
+    again_theta, again_server = algo.server_update(theta, server, agg)
+    assert _same(again_theta, new_theta) and _same(again_server, new_server)
 
 
 def test_empty_aggregate_is_an_error() -> None:

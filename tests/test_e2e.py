@@ -52,7 +52,6 @@ def test_every_method_runs_a_round_and_sends_exactly_its_trainable_fp32_bytes(
     # rounds x clients_per_round x 4 bytes x trainable params, both directions
     assert s["bytes_up_total"] == 1 * 2 * 4 * s["trainable_params"]
     assert s["bytes_down_total"] == 1 * 2 * 4 * s["trainable_params"]
-    assert 0.0 <= s["test_accuracy"] <= 1.0
 
 
 def test_peft_methods_send_a_tiny_fraction_of_full_fine_tuning(summaries: dict[str, dict]) -> None:
@@ -78,10 +77,13 @@ def test_other_packaged_tasks_run_a_federated_lora_round(tmp_path: Path, task: s
     assert summary["bytes_up_total"] == 2 * 4 * summary["trainable_params"]
 
 
-def test_fedpet_command_runs_offline(tmp_path: Path) -> None:
+def test_fedpet_command_runs_offline_and_learns(tmp_path: Path) -> None:
+    # 2 rounds of 4 clients x 80 examples: about 0.72 test accuracy on 200 examples (seeds
+    # 0-2: 0.71, 0.725, 0.74), where always predicting one label scores about 0.5
     out = tmp_path / "run"
-    args = ["--rounds", "1", "--clients", "2", "--clients-per-round", "1", "--out", str(out)]
-    args += ["--max-train-samples", "32", "--set", "data.max_eval_samples=32"]
+    args = ["--rounds", "2", "--clients", "4", "--clients-per-round", "4", "--out", str(out)]
+    args += ["--max-train-samples", "320", "--partition", "iid"]
+    args += ["--set", "data.max_eval_samples=200"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "fedpet.cli", "run", *args],
@@ -94,4 +96,4 @@ def test_fedpet_command_runs_offline(tmp_path: Path) -> None:
     assert f"run directory: {out}" in proc.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"] == "all-MiniLM-L6-v2" and summary["method"] == "lora"
-    assert summary["partition"] == "dirichlet"
+    assert summary["test_accuracy"] >= 0.62
