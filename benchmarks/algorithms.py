@@ -12,7 +12,7 @@ second study, then prints per task and alpha, per algorithm:
 The studies are resumable: run the same command again to continue. Flags shrink the
 budget of every run (the preset's own sizes take hours on a CPU).
 Usage: python benchmarks/algorithms.py [--out studies/algorithms] [--train-samples 2000]
-       [--eval-samples 500] [--rounds 10] [--seeds 3]
+       [--eval-samples 500] [--rounds 10] [--seeds 3] [--tasks T ...] [--algorithms A ...]
 """
 
 from __future__ import annotations
@@ -46,9 +46,14 @@ def studies(args: argparse.Namespace) -> dict[str, Study]:
         ],
     )
     grid = {**preset.grid, "seed": list(range(args.seeds))}
+    for key, wanted in (("data.task", args.tasks), ("algorithm.name", args.algorithms)):
+        if wanted:
+            grid[key] = [v for v in grid[key] if v in wanted]
     main = dataclasses.replace(preset, base=base, grid=grid)
     fedrs_grid = {k: v for k, v in grid.items() if k != "algorithm.name"}
     fedrs = Study(base, {**fedrs_grid, "algorithm.fedrs": [FEDRS]}, [], None)
+    if args.algorithms and "fedrs" not in args.algorithms:
+        return {"main": main}
     return {"main": main, "fedrs": fedrs}
 
 
@@ -122,6 +127,10 @@ def main() -> None:
     parser.add_argument("--eval-samples", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--tasks", nargs="*", help="only these of the preset's tasks")
+    parser.add_argument(
+        "--algorithms", nargs="*", help="only these of its algorithms (fedrs: the FedRS arm)"
+    )
     args = parser.parse_args()
     all_studies = studies(args)
     for key, study in all_studies.items():

@@ -7,6 +7,12 @@ from fedpet.model import build_model
 from fedpet.state import trainable_parameters
 
 HEAD = {"head.weight", "head.bias"}
+TINY = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+}
 
 
 def method_names(tiny_config, method: str, **extra: object) -> tuple[set[str], int, int]:
@@ -109,14 +115,7 @@ def test_other_encoder_families(tmp_path, tiny_config, family: str, method: str)
     tokenizer = AutoTokenizer.from_pretrained(model_path("all-MiniLM-L6-v2"))
     small = {"vocab_size": tokenizer.vocab_size, "max_position_embeddings": 130}
     if family == "roberta":
-        config = RobertaConfig(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            pad_token_id=0,
-            **small,
-        )
+        config = RobertaConfig(pad_token_id=0, **TINY, **small)
         RobertaModel(config).save_pretrained(tmp_path)
     else:
         config = DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=64, **small)
@@ -150,17 +149,8 @@ def test_a_method_that_finds_nothing_to_train_is_refused(tmp_path, tiny_config, 
     from fedpet.cli import main
 
     # an encoder without a single bias term: BitFit would train the head alone
-    config = ModernBertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        attention_bias=False,
-        mlp_bias=False,
-        norm_bias=False,
-        pad_token_id=0,
-    )
+    bias = {"attention_bias": False, "mlp_bias": False, "norm_bias": False}
+    config = ModernBertConfig(vocab_size=30522, pad_token_id=0, **TINY, **bias)
     model = _saved(tmp_path / "no-bias", ModernBertModel(config))
     with pytest.raises(FedpetError, match=r"'bitfit' is not allowed with model .*: it adds or"):
         build_model(tiny_config(model=model, **{"method.name": "bitfit"}), 2)
@@ -182,14 +172,7 @@ def test_decoders_are_refused(tmp_path, tiny_config, family: str) -> None:
     from transformers import GPT2Config, GPT2Model, LlamaConfig, LlamaModel
 
     if family == "llama":
-        config = LlamaConfig(
-            vocab_size=30522,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-        )
+        config = LlamaConfig(vocab_size=30522, num_key_value_heads=2, **TINY)
         model = _saved(tmp_path, LlamaModel(config))
     else:
         model = _saved(
