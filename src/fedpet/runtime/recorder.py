@@ -133,8 +133,11 @@ class Recorder:
                 "round": record.round,
                 **{f"val_{k}": v for k, v in val.items()},
                 # statistics of the clients' own data, which DP's noise does not cover
-                **({} if private else {"train_loss": record.train_loss}),
-                **({} if private else {"examples": record.examples}),
+                **(
+                    {}
+                    if private
+                    else {"train_loss": record.train_loss, "examples": record.examples}
+                ),
                 "bytes_up": record.bytes_up,
                 "bytes_down": record.bytes_down,
                 "clients": record.clients,
