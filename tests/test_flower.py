@@ -22,6 +22,19 @@ def _metrics(out: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
 
 
+def _in_process(argv: list[str]) -> None:
+    """Run ``argv`` with the in-process runtime as Ray runs each ClientApp: one thread.
+
+    Then every float sum reduces in the same order as on Flower, and the states are
+    bitwise equal."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _lost(out: Path) -> list[tuple[int, list, list]]:
     """Per round with a lost client, why: what a failing comparison of two runs shows."""
     return [
@@ -47,14 +60,7 @@ def test_flower_simulation_equals_the_in_process_runtime(
 ) -> None:
     flower, local = tmp_path / "flower", tmp_path / "local"
     assert main(_argv(tiny_model_dir, flower, "--runtime", "flower-sim", *flags)) == 0
-    # Ray runs each ClientApp with one thread; so does the reference run, so that every
-    # float sum reduces in the same order and the states are bitwise equal
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(_argv(tiny_model_dir, local, *flags)) == 0
-    finally:
-        torch.set_num_threads(threads)
+    _in_process(_argv(tiny_model_dir, local, *flags))
     a = load_file(flower / "checkpoint" / "global.safetensors")
     b = load_file(local / "checkpoint" / "global.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), _lost(flower)
@@ -130,12 +136,7 @@ def test_flower_sim_resumes_after_its_last_checkpoint(tiny_model_dir: Path, tmp_
     (flower / "config.yaml").write_text(yaml.safe_dump(config))
     (flower / "summary.json").unlink()
     assert main(["run", "--resume", str(flower)]) == 0  # rounds 3-4 on Flower again
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(_argv(tiny_model_dir, local, "--rounds", "4")) == 0
-    finally:
-        torch.set_num_threads(threads)
+    _in_process(_argv(tiny_model_dir, local, "--rounds", "4"))
     a = load_file(flower / "checkpoint" / "global.safetensors")
     b = load_file(local / "checkpoint" / "global.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a), _lost(flower)
@@ -152,9 +153,10 @@ def test_secure_aggregation_matches_the_plain_round_within_its_quantization(
     tiny_model_dir: Path, tmp_path: Path, dp: tuple[str, ...]
 ) -> None:
     secure, plain = tmp_path / "secure", tmp_path / "plain"
-    flags = ("--rounds", "1", "--runtime", "flower-sim", *dp)
-    assert main(_argv(tiny_model_dir, secure, *flags, "--secure-aggregation")) == 0
-    assert main(_argv(tiny_model_dir, plain, *flags)) == 0
+    flags = ("--rounds", "1", *dp)
+    secure_flags = ("--runtime", "flower-sim", "--secure-aggregation")
+    assert main(_argv(tiny_model_dir, secure, *flags, *secure_flags)) == 0
+    _in_process(_argv(tiny_model_dir, plain, *flags))  # the plain round, as Flower runs it
     a = load_file(secure / "checkpoint" / "global.safetensors")
     b = load_file(plain / "checkpoint" / "global.safetensors")
     # each client's update (clipped and noised by the client under DP), scaled by n_k / max n
@@ -287,13 +289,13 @@ def test_the_server_waits_for_every_client_s_node_to_answer(
     monkeypatch.setattr(TaskIdentity, "_task_id", 0)
     exp = prepare(tiny_config())  # 4 clients
     strategy = FedpetStrategy(exp, Recorder(exp, RunDir(tmp_path / "run")))
-    # no node has registered when the server starts; a question takes 3 s to answer, and
-    # those asked in the first 2 s are answered with an error
-    grid = _StartingGrid(nodes=4, registered=0.5, started=2.0, latency=3.0)
+    # no node has registered when the server starts; a question takes 2.5 s to answer, more
+    # than QUERY_TIMEOUT, and those asked in the first second are answered with an error
+    grid = _StartingGrid(nodes=4, registered=0.5, started=1.0, latency=2.5)
     start = clock.monotonic()
     strategy.discover(grid, patience=60.0)  # type: ignore[arg-type]
     assert strategy.nodes == {0: 1, 1: 2, 2: 3, 3: 4}
-    assert clock.monotonic() - start < 10.0
+    assert clock.monotonic() - start < 8.0
     # with no patience (a later round): one question each, QUERY_TIMEOUT s, then on
     late = FedpetStrategy(exp, Recorder(exp, RunDir(tmp_path / "late")))
     start = clock.monotonic()
