@@ -9,7 +9,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel
 
-from fedpet.config import Config, build_config, resolve
+from fedpet.config import Config
+from fedpet.configure import build_config, resolve
 from fedpet.model import model_path
 
 

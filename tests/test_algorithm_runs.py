@@ -201,8 +201,8 @@ def test_a_client_trains_only_its_rank(tiny_config) -> None:
 
 
 RANK_ERRORS = [
-    (["--algorithm", "fedavg", "--set", "algorithm.ranks=[2]"],
-     "algorithm.ranks = [2] is not allowed: empty unless algorithm is hetlora or flexlora"),
+    (["--algorithm", "hetlora", "--set", "algorithm.ranks=[0,2]"],
+     "algorithm.ranks = [0, 2] is not allowed: items each an integer >= 1"),
     (["--algorithm", "hetlora", "--set", "algorithm.ranks=[4,16]"],
      "algorithm.ranks = [4, 16] is not allowed: ranks from 1 to method.r = 8"),
     (["--algorithm", "flexlora", "--method", "adapter"],

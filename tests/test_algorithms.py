@@ -1,8 +1,7 @@
 import pytest
 import torch
 
-from fedpet.algorithms import ALGORITHMS, Aggregate, get_algorithm
-from fedpet.config import AlgorithmConfig
+from fedpet.algorithms import ALGORITHMS, Aggregate, make_algorithm
 from fedpet.state import add
 
 
@@ -15,7 +14,7 @@ def test_fedavg_weights_updates_by_example_count() -> None:
     agg = Aggregate()
     for delta, n in updates:
         agg.add(delta, float(n))
-    algo = get_algorithm(AlgorithmConfig())
+    algo = make_algorithm("fedavg")
     new, server = algo.server_update(theta, algo.init_server_state(theta), agg)
     # by hand: w += (10*[1,0] + 30*[0,4]) / 40 = [0.25, 3.0]; b += (30 - 30) / 40 = 0
     assert torch.allclose(new["w"], torch.tensor([1.25, 5.0]))
@@ -30,7 +29,7 @@ def test_server_lr_scales_the_mean_update() -> None:
     theta = {"w": torch.zeros(3)}
     agg = Aggregate()
     agg.add({"w": torch.ones(3)}, 2.0)
-    new, _ = get_algorithm(AlgorithmConfig(server_lr=0.5)).server_update(theta, {}, agg)
+    new, _ = make_algorithm("fedavg", server_lr=0.5).server_update(theta, {}, agg)
     assert torch.equal(new["w"], torch.full((3,), 0.5))
 
 
@@ -45,8 +44,8 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 @pytest.mark.parametrize("name", sorted(ALGORITHMS))
 def test_every_server_update_is_pure(name: str) -> None:
     # a LoRA module (rank 4) and a head; clients of ranks 2 and 4 for the ranked algorithms
-    ranks = (2, 4) if name in ("hetlora", "flexlora") else ()
-    algo = get_algorithm(AlgorithmConfig(name=name, ranks=ranks))
+    ranks = {"ranks": (2, 4)} if name in ("hetlora", "flexlora") else {}
+    algo = make_algorithm(name, **ranks)
     gen = torch.Generator().manual_seed(0)
     theta = {
         "m.lora_A.default.weight": torch.randn(4, 6, generator=gen),
@@ -96,7 +95,7 @@ def _aggregate(values: list[list[float]], keep: bool = True) -> Aggregate:
 
 
 def _server(name: str, values: list[list[float]], **options: float) -> torch.Tensor:
-    algo = get_algorithm(AlgorithmConfig(name=name, **options))
+    algo = make_algorithm(name, **options)
     theta = {"w": torch.zeros(len(values[0]))}
     agg = _aggregate(values, keep=algo.keeps_updates)
     return algo.server_update(theta, algo.init_server_state(theta), agg)[0]["w"]
@@ -148,14 +147,14 @@ def test_robust_aggregators_withstand_one_adversary_of_five(name: str) -> None:
 
 def test_robust_aggregators_need_kept_updates() -> None:
     with pytest.raises(ValueError, match="keep_updates"):
-        get_algorithm(AlgorithmConfig(name="median")).server_update(
+        make_algorithm("median").server_update(
             {"w": torch.zeros(1)}, {}, _aggregate([[1.0]], keep=False)
         )
 
 
 def _two_rounds(name: str, **options: float) -> list[torch.Tensor]:
     """The global ``w`` after each of two rounds whose mean updates are d1 then d2."""
-    algo = get_algorithm(AlgorithmConfig(name=name, **options))
+    algo = make_algorithm(name, **options)
     theta = {"w": torch.tensor([1.0, -2.0])}
     server = algo.init_server_state(theta)
     out = []
@@ -192,11 +191,11 @@ def test_adaptive_server_step_matches_hand(name: str) -> None:
     w1, _ = _two_rounds(name)
     assert torch.allclose(w1, expected, atol=1e-7)
     # the defaults: the paper's server lr 1e-2, beta1 0.9, beta2 0.99, tau 1e-3
-    assert get_algorithm(AlgorithmConfig(name=name)).server_lr == lr
+    assert make_algorithm(name).server_lr == lr
 
 
 def test_adaptive_state_is_server_state() -> None:
-    algo = get_algorithm(AlgorithmConfig(name="fedadam"))
+    algo = make_algorithm("fedadam")
     theta = {"w": torch.zeros(2)}
     state = algo.init_server_state(theta)
     assert sorted(state) == ["m.w", "v.w"] and torch.equal(state["v.w"], torch.full((2,), 1e-6))
@@ -245,7 +244,7 @@ def test_lora_error_matches_the_formula_and_vanishes_with_a_shared_a() -> None:
 def test_scaffold_control_variates_follow_option_ii() -> None:
     from fedpet.algorithms.scaffold import CONTROL
 
-    algo = get_algorithm(AlgorithmConfig(name="scaffold"))
+    algo = make_algorithm("scaffold")
     x, y = torch.tensor([1.0, -1.0]), torch.tensor([0.8, -0.5])
     c, c_k = torch.tensor([0.1, 0.2]), torch.tensor([-0.3, 0.05])
     received = {"w": x, CONTROL + "w": c}
@@ -263,7 +262,7 @@ def test_scaffold_control_variates_follow_option_ii() -> None:
 def test_scaffold_server_averages_controls_over_all_clients() -> None:
     from fedpet.algorithms.scaffold import CONTROL
 
-    algo = get_algorithm(AlgorithmConfig(name="scaffold"))
+    algo = make_algorithm("scaffold")
     theta = {"w": torch.tensor([1.0, 2.0])}
     server = algo.init_server_state(theta)
     assert torch.equal(server[CONTROL + "w"], torch.zeros(2))
@@ -282,7 +281,7 @@ def test_scaffold_server_averages_controls_over_all_clients() -> None:
 def test_drift_correction_adds_c_minus_c_k_to_the_gradient() -> None:
     from fedpet.algorithms.scaffold import CONTROL
 
-    algo = get_algorithm(AlgorithmConfig(name="scaffold"))
+    algo = make_algorithm("scaffold")
     w = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
     received = {"w": w.detach().clone(), CONTROL + "w": torch.tensor([0.5, -1.0])}
     hook = algo.client_hook(received, {CONTROL + "w": torch.tensor([0.25, 0.25])})
@@ -302,7 +301,7 @@ def _lora_state(gen: torch.Generator, r: int = 4) -> dict[str, torch.Tensor]:
 def _ranked_round(name: str, ranks: tuple[int, ...], weights: list[float]):
     """One round of ``name`` by hand: the global, the clients' trained views, the new global."""
     gen = torch.Generator().manual_seed(3)
-    algo = get_algorithm(AlgorithmConfig(name=name, ranks=ranks))
+    algo = make_algorithm(name, ranks=ranks)
     theta = _lora_state(gen)
     agg, trained = Aggregate(), []
     for k, w in enumerate(weights):
@@ -315,7 +314,7 @@ def _ranked_round(name: str, ranks: tuple[int, ...], weights: list[float]):
 
 
 def test_ranked_clients_hold_their_cut_of_the_global_state() -> None:
-    algo = get_algorithm(AlgorithmConfig(name="hetlora", ranks=(1, 3)))
+    algo = make_algorithm("hetlora", ranks=(1, 3))
     theta = _lora_state(torch.Generator().manual_seed(0))
     views = [algo.client_view(theta, k) for k in range(3)]
     shapes = [(v["m.lora_A.weight"].shape, v["m.lora_B.weight"].shape) for v in views]

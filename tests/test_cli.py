@@ -117,7 +117,7 @@ def test_partition_that_cannot_meet_the_minimum_is_one_line(
         (["--max-length", "129"], "data.max_length = 129 is not allowed: model "),
         (
             ["--max-length", "120", "--method", "prompt"],
-            "takes at most 128 tokens, 118 after prompt tuning's 10 soft tokens",
+            "takes at most 128 tokens, 118 after method prompt's 10 virtual tokens",
         ),
     ],
 )

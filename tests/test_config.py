@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from fedpet.config import Config, build_config, load_yaml, parse_override, resolve, to_dict
+from fedpet.config import Config, load_yaml, parse_override, to_dict
+from fedpet.configure import build_config, resolve
 from fedpet.errors import FedpetError
 
 
@@ -17,11 +18,35 @@ def test_defaults_validate_and_resolve_the_method_learning_rates() -> None:
 def test_yaml_then_overrides_in_order() -> None:
     cfg = build_config(
         {"seed": 3, "method": {"name": "bitfit", "r": 4}},
-        [("method.r", 16), ("federation.rounds", "7"), ("method.target_modules", "query,key")],
+        [("method.name", "lora"), ("method.r", 16), ("federation.rounds", "7")],
     )
-    assert cfg.seed == 3 and cfg.method.name == "bitfit"
+    assert cfg.seed == 3 and cfg.method.name == "lora"
     assert cfg.method.r == 16 and cfg.federation.rounds == 7
+    cfg = build_config({}, [("method.target_modules", "query,key")])
     assert cfg.method.target_modules == ("query", "key")
+
+
+def test_each_method_and_algorithm_takes_its_own_options() -> None:
+    from fedpet.algorithms.fedprox import FedProxOptions
+    from fedpet.methods.adapter import AdapterOptions
+
+    cfg = build_config({"method": {"name": "adapter", "reduction_factor": 8}})
+    assert type(cfg.method) is AdapterOptions and cfg.method.reduction_factor == 8
+    assert to_dict(cfg)["method"] == {
+        "name": "adapter",
+        "adapter": "pfeiffer",
+        "reduction_factor": 8,
+    }
+    cfg = build_config({}, [("algorithm.name", "fedprox"), ("algorithm.mu", 0.5)])
+    assert type(cfg.algorithm) is FedProxOptions and cfg.algorithm.mu == 0.5
+    assert set(to_dict(cfg)["algorithm"]) == {"name", "server_lr", "fedrs", "mu"}
+    # another method's option is ignored (a study's base may set LoRA's rank for all runs);
+    # one that no method has is an error that lists the method's own
+    assert not hasattr(build_config({}, [("method.name", "bitfit"), ("method.r", 4)]).method, "r")
+    with pytest.raises(FedpetError, match=r"method\.rr: unknown field; allowed here: lora_a"):
+        build_config({}, [("method.rr", 4)])
+    with pytest.raises(FedpetError, match=r"algorithm\.mu = -1\.0 is not allowed: a number >= 0"):
+        build_config({}, [("algorithm.name", "fedprox"), ("algorithm.mu", -1)])
 
 
 def test_parse_override_reads_yaml_values() -> None:

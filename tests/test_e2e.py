@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fedpet.config import build_config, resolve
+from fedpet.configure import build_config, resolve
 from fedpet.experiment import prepare
 from fedpet.methods import METHODS
 from fedpet.rundir import RunDir

@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 from fedpet.algorithms import Aggregate, PlainTraining
 from fedpet.cli import main
-from fedpet.config import build_config, load_yaml
+from fedpet.config import load_yaml
+from fedpet.configure import build_config
 from fedpet.experiment import prepare
 from fedpet.runtime.faults import attack, plan_faults
 from fedpet.runtime.rounds import sample_cohort

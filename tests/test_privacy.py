@@ -203,7 +203,7 @@ def test_adaptive_clipping_spends_what_its_two_gaussian_releases_compose_to() ->
     under the same Poisson sampling.
     """
     from fedpet.algorithms import Aggregate
-    from fedpet.config import build_config, resolve
+    from fedpet.configure import build_config, resolve
     from fedpet.privacy.dp import release
 
     fields = {"noise_multiplier": 1.0, "target_quantile": 0.5, "count_noise": 2.0}
@@ -245,7 +245,7 @@ def test_adaptive_clipping_spends_what_its_two_gaussian_releases_compose_to() ->
 def test_dp_runs_release_no_statistic_of_single_clients(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    from fedpet.config import build_config, resolve
+    from fedpet.configure import build_config, resolve
     from fedpet.runtime.rounds import client_reply
 
     rows, summary = _dp_run(tiny_model_dir, tmp_path / "dp", "--dp-noise", "1")

@@ -54,7 +54,7 @@ def test_unknown_task_is_one_clear_error() -> None:
 
 
 def test_train_fraction_and_max_train_samples_take_the_smaller(tmp_path) -> None:
-    from fedpet.config import build_config
+    from fedpet.configure import build_config
     from fedpet.experiment import load_data
 
     def size(**kw: object) -> int:

@@ -42,7 +42,8 @@ def test_norm_bound() -> None:
 def test_rejected_updates_leave_the_global_state_untouched(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    from fedpet.config import build_config, load_yaml
+    from fedpet.config import load_yaml
+    from fedpet.configure import build_config
     from fedpet.experiment import prepare
     from fedpet.state import extract
 
@@ -109,14 +110,14 @@ def test_a_pickle_posing_as_a_checkpoint_is_refused_unexecuted(tmp_path: Path) -
 def test_a_secure_aggregate_is_checked_as_one_update() -> None:
     from fedpet.algorithms import Aggregate
     from fedpet.algorithms.fedavg import FedAvg
-    from fedpet.config import AlgorithmConfig
+    from fedpet.config import AlgorithmOptions
     from fedpet.runtime.rounds import Intake
 
     like = {"w": torch.zeros(2, 3), "b": torch.zeros(3)}
     mean = {"w": torch.full((2, 3), 0.5), "b": torch.ones(3)}
 
     def intake() -> Intake:
-        return Intake([4, 7, 9], FedAvg(AlgorithmConfig()), like, Aggregate(), max_norm=None)
+        return Intake([4, 7, 9], FedAvg(AlgorithmOptions()), like, Aggregate(), max_norm=None)
 
     good = intake()
     good.receive_mean([4, 7], mean, weight=30.0)

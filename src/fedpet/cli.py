@@ -226,7 +226,8 @@ def _overrides(args: argparse.Namespace) -> list[tuple[str, Any]]:
 
 
 def _config(args: argparse.Namespace) -> Config:
-    from fedpet.config import build_config, load_yaml, resolve
+    from fedpet.config import load_yaml
+    from fedpet.configure import build_config, resolve
 
     base = load_yaml(args.config) if args.config else {}
     return resolve(build_config(base, _overrides(args)))
@@ -234,6 +235,7 @@ def _config(args: argparse.Namespace) -> Config:
 
 def cmd_partition(args: argparse.Namespace) -> None:
     """Partition the task as ``fedpet run`` would; print a summary, write the files."""
+    from fedpet.algorithms import get_algorithm
     from fedpet.data.describe import describe_partition, plot_partition, summary_line
     from fedpet.experiment import load_data
     from fedpet.rundir import RunDir, check_out_dir, default_run_dir, storage_errors
@@ -242,7 +244,7 @@ def cmd_partition(args: argparse.Namespace) -> None:
     out = Path(cfg.out) if cfg.out else default_run_dir(cfg, kind="partition")
     check_out_dir(out, args.overwrite)
     task, clients = load_data(cfg)
-    report = describe_partition(task, clients, cfg)
+    report = describe_partition(task, clients, cfg, get_algorithm(cfg.algorithm).client_info)
     with storage_errors(out):
         out.mkdir(parents=True, exist_ok=True)
     RunDir(out).write_json("partition.json", report)
@@ -319,7 +321,8 @@ def cmd_study(args: argparse.Namespace) -> None:
 
 def cmd_attack(args: argparse.Namespace) -> None:
     """Attack the updates of the configured (or a run's) method; write attack.json."""
-    from fedpet.config import build_config, load_yaml, resolve, to_dict
+    from fedpet.config import load_yaml, to_dict
+    from fedpet.configure import build_config, resolve
     from fedpet.launch import run_config
     from fedpet.privacy.attack import AttackSpec, attack
     from fedpet.privacy.report import ATTACK_FILE, write_leakage

@@ -24,6 +24,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from fedpet.config import Config
+from fedpet.errors import require
 from fedpet.state import Schema, TrainableState, subtract
 
 SPEC_HELP = (
@@ -234,3 +236,13 @@ def send_with_feedback(
     corrected = {n: t + residual[n] for n, t in update.items()} if residual else update
     payload = codec.encode(corrected, seed)
     return payload, subtract(corrected, codec.decode(payload, schema))
+
+
+def check_codecs(cfg: Config) -> None:
+    """Both directions name a codec (the error names the allowed specs)."""
+    for key in ("up", "down"):
+        spec = getattr(cfg.codec, key)
+        try:
+            get_codec(spec)
+        except ValueError:
+            require(False, f"codec.{key}", spec, SPEC_HELP)

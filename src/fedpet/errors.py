@@ -14,3 +14,10 @@ def one_line(message: str) -> str:
     Error messages quote user input; quoted control characters must not break the line.
     """
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in message)
+
+
+def require(ok: bool, key: str, value: object, allowed: str) -> None:
+    """Raise the one-line error for ``key = value`` unless ``ok``; ``allowed`` says what is."""
+    if not ok:
+        shown = list(value) if isinstance(value, tuple) else value
+        raise FedpetError(f"{key} = {shown!r} is not allowed: {allowed}")

@@ -6,7 +6,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fedpet.config import Config, build_config, load_yaml
+from fedpet.algorithms import get_algorithm
+from fedpet.config import Config, load_yaml
+from fedpet.configure import build_config
 from fedpet.data.describe import describe_partition, plot_partition
 from fedpet.errors import FedpetError
 from fedpet.experiment import Experiment, prepare
@@ -47,7 +49,8 @@ def start_run(
     run = RunDir(out)
     run.create(overwrite)
     run.write_config(cfg)
-    report = describe_partition(exp.task, exp.clients, cfg)
+    info = get_algorithm(cfg.algorithm).client_info
+    report = describe_partition(exp.task, exp.clients, cfg, info)
     run.write_json("partition.json", report)
     with storage_errors(out):
         plot_partition(report, out)

@@ -186,9 +186,10 @@ def check_max_length(cfg: Config, config: Any, tokenizer: PreTrainedTokenizerBas
         return
     limit = min(known)
     what = f"model {cfg.model!r} takes at most {limit} tokens"
-    if cfg.method.name == "prompt":
-        limit -= cfg.method.num_virtual_tokens
-        what += f", {limit} after prompt tuning's {cfg.method.num_virtual_tokens} soft tokens"
+    extra = METHODS[cfg.method.name].extra_positions(cfg.method)
+    if extra:
+        limit -= extra
+        what += f", {limit} after method {cfg.method.name}'s {extra} virtual tokens"
     if cfg.data.max_length > limit:
         raise FedpetError(f"data.max_length = {cfg.data.max_length} is not allowed: {what}")
 

@@ -1,8 +1,15 @@
 """Registry of FL algorithms, one file each."""
 
-from collections.abc import Callable
+from typing import Any
 
-from fedpet.algorithms.base import Aggregate, Algorithm, ClientHook, PlainTraining
+from fedpet.algorithms.base import (
+    Aggregate,
+    Algorithm,
+    ClientHook,
+    Needs,
+    PlainAlgorithm,
+    PlainTraining,
+)
 from fedpet.algorithms.fedadagrad import FedAdagrad
 from fedpet.algorithms.fedadam import FedAdam
 from fedpet.algorithms.fedavg import FedAvg
@@ -15,27 +22,61 @@ from fedpet.algorithms.hetlora import HetLora
 from fedpet.algorithms.median import Median
 from fedpet.algorithms.scaffold import Scaffold
 from fedpet.algorithms.trimmed_mean import TrimmedMean
-from fedpet.config import AlgorithmConfig
+from fedpet.config import AlgorithmOptions
+from fedpet.registry import Registry
 
-ALGORITHMS: dict[str, Callable[[AlgorithmConfig], Algorithm]] = {
-    "fedavg": FedAvg,
-    "fedprox": FedProx,
-    "fedavgm": FedAvgM,
-    "fedadam": FedAdam,
-    "fedyogi": FedYogi,
-    "fedadagrad": FedAdagrad,
-    "ffa-lora": FfaLora,
-    "hetlora": HetLora,
-    "flexlora": FlexLora,
-    "scaffold": Scaffold,
-    "median": Median,
-    "trimmed-mean": TrimmedMean,
-}
+ALGORITHMS: Registry[type[PlainAlgorithm]] = Registry(
+    "algorithm",
+    "fedpet.algorithms",
+    {
+        a.name: a
+        for a in (
+            FedAvg,
+            FedProx,
+            FedAvgM,
+            FedAdam,
+            FedYogi,
+            FedAdagrad,
+            FfaLora,
+            HetLora,
+            FlexLora,
+            Scaffold,
+            Median,
+            TrimmedMean,
+        )
+    },
+)
 
 
-def get_algorithm(options: AlgorithmConfig) -> Algorithm:
-    """Construct the configured algorithm."""
-    return ALGORITHMS[options.name](options)
+def register_algorithm(algorithm: type[PlainAlgorithm]) -> None:
+    """Make an algorithm class available as ``--algorithm <its name>``.
+
+    The class derives from :class:`PlainAlgorithm` (or one of fedpet's algorithms) and is
+    constructed with an instance of its ``options`` class.
+    """
+    ALGORITHMS.register(algorithm.name, algorithm)
 
 
-__all__ = ["ALGORITHMS", "Aggregate", "Algorithm", "ClientHook", "PlainTraining", "get_algorithm"]
+def get_algorithm(config: AlgorithmOptions) -> Algorithm:
+    """The configured algorithm (``config`` is an instance of its options class)."""
+    return ALGORITHMS[config.name](config)
+
+
+def make_algorithm(name: str, **options: Any) -> Algorithm:
+    """The algorithm ``name`` with the given options and defaults for the rest."""
+    algorithm = ALGORITHMS[name]
+    return algorithm(algorithm.options(name=name, **options))
+
+
+__all__ = [
+    "ALGORITHMS",
+    "Aggregate",
+    "Algorithm",
+    "ClientHook",
+    "Needs",
+    "PlainAlgorithm",
+    "PlainTraining",
+    "get_algorithm",
+    "make_algorithm",
+    "register_algorithm",
+]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
 
-from fedpet.config import AlgorithmConfig
+from fedpet.config import AlgorithmOptions, Config
 from fedpet.state import TrainableState, subtract, zeros_like
 
 
@@ -81,13 +82,38 @@ class Aggregate:
         return {n: t / self.total_weight for n, t in self.weighted_sum.items()}
 
 
+@dataclass(frozen=True)
+class Needs:
+    """What an algorithm needs of the rest of the config; generic checks refuse the rest.
+
+    Attributes
+    ----------
+    method
+        The method it works on (``lora``), or None for any.
+    optimizer
+        The local optimizer it assumes (``sgd``), or None for any.
+    constant_schedule
+        A constant local learning rate.
+    unclipped_gradients
+        No local gradient clipping (``train.max_grad_norm: null``).
+    """
+
+    method: str | None = None
+    optimizer: str | None = None
+    constant_schedule: bool = False
+    unclipped_gradients: bool = False
+
+
 class Algorithm(Protocol):
     """An FL algorithm: one object owning both halves.
 
     ``server_update`` is pure: ``(global_state, server_state, aggregate) ->
     (global_state, server_state)``, with no hidden state on the object. ``keeps_updates``
     asks the runtime for an :class:`Aggregate` that keeps every update; ``stateful_clients``
-    for each client's own state, kept between the rounds it is sampled in.
+    for each client's own state, kept between the rounds it is sampled in. ``needs`` says
+    what it needs of the config, ``allows_dp`` and ``allows_secure_aggregation`` whether
+    client-level DP and secure aggregation keep their guarantees with it; ``options`` is its
+    options class (``algorithm.<field>`` in the config).
 
     A round: the server sends client ``k`` ``client_view(download(global, server), k)``; the
     client trains the model part with ``client_hook(received, client_state)`` and sends the
@@ -95,9 +121,48 @@ class Algorithm(Protocol):
     aggregates ``server_view(download, update, k)`` and calls ``server_update``.
     """
 
-    name: str
-    keeps_updates: bool
-    stateful_clients: bool
+    @property
+    def name(self) -> str:
+        """Registry key (``--algorithm``)."""
+        ...
+
+    @property
+    def options(self) -> type[AlgorithmOptions]:
+        """The algorithm's options class."""
+        ...
+
+    @property
+    def keeps_updates(self) -> bool:
+        """Whether the server needs every update of a round, not their sum."""
+        ...
+
+    @property
+    def stateful_clients(self) -> bool:
+        """Whether each client keeps a state between the rounds it is sampled in."""
+        ...
+
+    @property
+    def needs(self) -> Needs:
+        """What the algorithm needs of the config."""
+        ...
+
+    @property
+    def allows_dp(self) -> bool:
+        """Whether client-level DP keeps its guarantee with it."""
+        ...
+
+    @property
+    def allows_secure_aggregation(self) -> bool:
+        """Whether it needs nothing but the sum of the updates as sent."""
+        ...
+
+    def check(self, cfg: Config) -> None:
+        """Refuse what the algorithm's own options do not allow with the rest of ``cfg``."""
+        ...
+
+    def client_info(self, client: int) -> dict[str, Any]:
+        """What the algorithm assigns client ``client`` (``partition.json`` records it)."""
+        ...
 
     def download(
         self, global_state: TrainableState, server_state: TrainableState
@@ -152,19 +217,33 @@ class Algorithm(Protocol):
 class PlainAlgorithm:
     """Base of algorithms with plain local training and no server state (FedAvg, robust ones).
 
-    Subclasses give ``name``, ``keeps_updates`` and ``server_update``.
+    Subclasses give ``name``, ``keeps_updates`` and ``server_update``, and an ``options``
+    class of their own if they take options beyond :class:`~fedpet.config.AlgorithmOptions`.
     """
 
+    name: ClassVar[str]
+    options: ClassVar[type[AlgorithmOptions]] = AlgorithmOptions
     default_server_lr = 1.0
-    stateful_clients = False
+    keeps_updates: ClassVar[bool] = False
+    stateful_clients: ClassVar[bool] = False
+    needs: ClassVar[Needs] = Needs()
+    allows_dp: ClassVar[bool] = True
+    allows_secure_aggregation: ClassVar[bool] = True
 
-    def __init__(self, options: AlgorithmConfig) -> None:
-        self.options = options
+    def __init__(self, config: AlgorithmOptions) -> None:
+        self.config = config
+
+    def check(self, cfg: Config) -> None:
+        """Nothing beyond :attr:`needs`."""
+
+    def client_info(self, client: int) -> dict[str, Any]:
+        """Nothing: every client is alike."""
+        return {}
 
     @property
     def server_lr(self) -> float:
         """The configured server learning rate, or the algorithm's default."""
-        lr = self.options.server_lr
+        lr = self.config.server_lr
         return self.default_server_lr if lr is None else lr
 
     def trainable(self, name: str) -> bool:
@@ -206,3 +285,9 @@ class PlainAlgorithm:
     def init_server_state(self, global_state: TrainableState) -> TrainableState:
         """No server state."""
         return {}
+
+    def server_update(
+        self, global_state: TrainableState, server_state: TrainableState, aggregate: Aggregate
+    ) -> tuple[TrainableState, TrainableState]:
+        """New global and server state from the round's aggregate: each algorithm's own."""
+        raise NotImplementedError(f"algorithm {self.name!r} gives no server_update")

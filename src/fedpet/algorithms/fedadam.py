@@ -14,4 +14,4 @@ class FedAdam(AdaptiveServer):
 
     def second_moment(self, v: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         """Exponential moving average of the squared pseudo-gradient."""
-        return self.options.beta2 * v + (1 - self.options.beta2) * d**2
+        return self.config.beta2 * v + (1 - self.config.beta2) * d**2

@@ -10,7 +10,6 @@ class FedAvg(PlainAlgorithm):
     """Plain local training; the server adds ``server_lr`` times the weighted mean update."""
 
     name = "fedavg"
-    keeps_updates = False
 
     def server_update(
         self, global_state: TrainableState, server_state: TrainableState, aggregate: Aggregate

@@ -8,16 +8,32 @@ bias correction, as in the paper. Both are server state, saved in the checkpoint
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from fedpet.algorithms.base import Aggregate, PlainAlgorithm
+from fedpet.config import AlgorithmOptions, option
+from fedpet.config.fields import above, within
 from fedpet.state import TrainableState
+
+MOMENT = within(0, 1, "a number in [0, 1)", high_open=True)
+
+
+@dataclass(frozen=True)
+class AdaptiveOptions(AlgorithmOptions):
+    """The moments of FedAdam, FedYogi and FedAdagrad."""
+
+    beta1: float = option(0.9, "first-moment decay of the adaptive server optimizers", MOMENT)
+    beta2: float = option(0.99, "second-moment decay of FedAdam and FedYogi", MOMENT)
+    tau: float = option(1e-3, "adaptivity: m / (sqrt(v) + tau); v starts at tau^2", above(0))
 
 
 class AdaptiveServer(PlainAlgorithm):
     """Subclasses give ``name`` and the second-moment rule :meth:`second_moment`."""
 
-    keeps_updates = False
+    options = AdaptiveOptions
+    config: AdaptiveOptions
     default_server_lr = 1e-2
 
     def second_moment(self, v: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
@@ -26,7 +42,7 @@ class AdaptiveServer(PlainAlgorithm):
 
     def init_server_state(self, global_state: TrainableState) -> TrainableState:
         """``m.<name>`` zero and ``v.<name>`` at ``tau**2`` for every tensor."""
-        tau2 = self.options.tau**2
+        tau2 = self.config.tau**2
         state = {f"m.{n}": torch.zeros_like(t) for n, t in global_state.items()}
         state.update({f"v.{n}": torch.full_like(t, tau2) for n, t in global_state.items()})
         return state
@@ -35,7 +51,7 @@ class AdaptiveServer(PlainAlgorithm):
         self, global_state: TrainableState, server_state: TrainableState, aggregate: Aggregate
     ) -> tuple[TrainableState, TrainableState]:
         """One adaptive step on the weighted mean update."""
-        o = self.options
+        o = self.config
         new_global: TrainableState = {}
         new_state: TrainableState = {}
         for name, d in aggregate.mean().items():

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from fedpet.algorithms.base import ClientHook
 from fedpet.algorithms.fedavg import FedAvg
+from fedpet.config import AlgorithmOptions, option
+from fedpet.config.fields import at_least
 from fedpet.state import TrainableState
+
+
+@dataclass(frozen=True)
+class FedProxOptions(AlgorithmOptions):
+    """FedProx's proximal weight."""
+
+    mu: float = option(0.01, "FedProx: weight of the proximal term", at_least(0, "a number"))
 
 
 class ProximalTerm:
@@ -26,7 +37,9 @@ class FedProx(FedAvg):
     """FedAvg's server update; each client minimises its loss plus ``algorithm.mu`` x drift."""
 
     name = "fedprox"
+    options = FedProxOptions
+    config: FedProxOptions
 
     def client_hook(self, received: TrainableState, client_state: TrainableState) -> ClientHook:
         """The proximal term around the state the client received."""
-        return ProximalTerm(received, self.options.mu)
+        return ProximalTerm(received, self.config.mu)

@@ -15,4 +15,4 @@ class FedYogi(AdaptiveServer):
     def second_moment(self, v: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         """Moves ``v`` towards ``d**2`` by a step proportional to ``d**2``."""
         d2 = d**2
-        return v - (1 - self.options.beta2) * d2 * torch.sign(v - d2)
+        return v - (1 - self.config.beta2) * d2 * torch.sign(v - d2)

@@ -7,6 +7,7 @@ head are trained and sent: half of LoRA's bytes.
 
 from __future__ import annotations
 
+from fedpet.algorithms.base import Needs
 from fedpet.algorithms.fedavg import FedAvg
 
 
@@ -14,6 +15,7 @@ class FfaLora(FedAvg):
     """FedAvg over the trainable state without LoRA's A matrices."""
 
     name = "ffa-lora"
+    needs = Needs(method="lora")
 
     def trainable(self, name: str) -> bool:
         """Everything but ``lora_A``."""

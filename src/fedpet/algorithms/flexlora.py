@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from fedpet.algorithms.base import Aggregate, PlainAlgorithm
+from fedpet.algorithms.base import Aggregate
 from fedpet.algorithms.ranks import RankedClients
 from fedpet.state import TrainableState
 
@@ -34,11 +34,10 @@ def best_rank(product: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Ten
     return (u[:, :rank] * s[:rank]).to(product.dtype), vh[:rank].to(product.dtype)
 
 
-class FlexLora(RankedClients, PlainAlgorithm):
+class FlexLora(RankedClients):
     """Product averaging and truncated SVD for clients with heterogeneous LoRA ranks."""
 
     name = "flexlora"
-    keeps_updates = False
 
     def server_view(
         self, download: TrainableState, update: TrainableState, client: int

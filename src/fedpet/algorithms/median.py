@@ -28,6 +28,8 @@ class Median(PlainAlgorithm):
 
     name = "median"
     keeps_updates = True
+    allows_dp = False  # it reads single updates
+    allows_secure_aggregation = False
 
     def server_update(
         self, global_state: TrainableState, server_state: TrainableState, aggregate: Aggregate

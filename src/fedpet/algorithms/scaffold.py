@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedpet.algorithms.base import Aggregate, ClientHook, PlainAlgorithm
+from fedpet.algorithms.base import Aggregate, ClientHook, Needs, PlainAlgorithm
 from fedpet.state import TrainableState, add
 
 CONTROL = "scaffold.c."
@@ -48,8 +48,10 @@ class Scaffold(PlainAlgorithm):
     """Option II control variates; local training must be plain SGD at a constant rate."""
 
     name = "scaffold"
-    keeps_updates = False
     stateful_clients = True
+    # option II's control update assumes K plain SGD steps at one rate, unclipped
+    needs = Needs(optimizer="sgd", constant_schedule=True, unclipped_gradients=True)
+    allows_dp = False  # the controls carry single clients' gradients past any clip
 
     def init_server_state(self, global_state: TrainableState) -> TrainableState:
         """The server control ``c``, zero."""

@@ -6,9 +6,23 @@ Unweighted, like the median, and it needs every update of the round in memory.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from fedpet.algorithms.base import Aggregate, PlainAlgorithm
+from fedpet.config import AlgorithmOptions, option
+from fedpet.config.fields import within
 from fedpet.state import TrainableState, add
+
+
+@dataclass(frozen=True)
+class TrimmedMeanOptions(AlgorithmOptions):
+    """How much the trimmed mean drops at each end."""
+
+    trim_fraction: float = option(
+        0.2,
+        "fraction of the clients dropped at each end, per coordinate",
+        within(0, 0.5, "a number in [0, 0.5)", high_open=True),
+    )
 
 
 def trimmed_mean(aggregate: Aggregate, fraction: float) -> TrainableState:
@@ -32,11 +46,15 @@ class TrimmedMean(PlainAlgorithm):
     """
 
     name = "trimmed-mean"
+    options = TrimmedMeanOptions
+    config: TrimmedMeanOptions
     keeps_updates = True
+    allows_dp = False  # it reads single updates
+    allows_secure_aggregation = False
 
     def server_update(
         self, global_state: TrainableState, server_state: TrainableState, aggregate: Aggregate
     ) -> tuple[TrainableState, TrainableState]:
         """Theta + server_lr * trimmed_mean_k delta_k, per coordinate."""
-        update = trimmed_mean(aggregate, self.options.trim_fraction)
+        update = trimmed_mean(aggregate, self.config.trim_fraction)
         return add(global_state, update, self.server_lr), server_state

@@ -2,32 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fedpet.algorithms.ranks import client_rank
 from fedpet.config import Config
 from fedpet.data.partition import label_counts, label_skew
 from fedpet.data.splits import Task
 from fedpet.rundir import PARTITION_HEATMAP, PARTITION_HISTOGRAM, atomic_write
 
 
-def describe_partition(task: Task, clients: list[np.ndarray], cfg: Config) -> dict[str, Any]:
+def describe_partition(
+    task: Task,
+    clients: list[np.ndarray],
+    cfg: Config,
+    client_info: Callable[[int], dict[str, Any]] = lambda client: {},
+) -> dict[str, Any]:
     """Split rule and sizes, scheme, label skew, and per client its size and label counts.
 
-    With heterogeneous LoRA ranks (``algorithm.ranks``), each client's rank too.
+    ``client_info`` adds what the algorithm assigns each client (its LoRA rank, say).
     """
     counts = label_counts(task.train.labels, clients, task.num_labels)
     d = cfg.data
-    ranks = cfg.algorithm.ranks
     per_client = [
-        {"id": k, "size": int(c.sum()), "label_counts": c.tolist()} for k, c in enumerate(counts)
+        {"id": k, "size": int(c.sum()), "label_counts": c.tolist(), **client_info(k)}
+        for k, c in enumerate(counts)
     ]
-    if ranks:
-        for k, entry in enumerate(per_client):
-            entry["lora_rank"] = client_rank(ranks, k)
     return {
         "task": task.name,
         "split": {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import adapters
@@ -9,18 +10,33 @@ from adapters import DoubleSeqBnConfig, SeqBnConfig
 from torch import nn
 from transformers import PreTrainedModel
 
-from fedpet.config import MethodConfig
+from fedpet.config import MethodOptions, option
+from fedpet.config.fields import at_least, one_of
+from fedpet.methods.base import MethodBase
 
 ADAPTER_NAME = "fedpet"
 
 
-class Adapter:
+@dataclass(frozen=True)
+class AdapterOptions(MethodOptions):
+    """Which bottleneck adapter, and how narrow."""
+
+    adapter: str = option(
+        "pfeiffer",
+        "pfeiffer (one adapter per layer) or houlsby (two)",
+        one_of("houlsby", "pfeiffer"),
+    )
+    reduction_factor: int = option(16, "hidden size / bottleneck units", at_least(1))
+
+
+class Adapter(MethodBase):
     """Bottleneck adapters with hidden size / ``reduction_factor`` units."""
 
     name = "adapter"
     default_lr = 1e-3
+    options = AdapterOptions
 
-    def attach(self, encoder: PreTrainedModel, options: MethodConfig) -> nn.Module:
+    def attach(self, encoder: PreTrainedModel, options: AdapterOptions) -> nn.Module:
         """Add and activate one adapter; ``train_adapter`` freezes the rest."""
         kind = DoubleSeqBnConfig if options.adapter == "houlsby" else SeqBnConfig
         adapters.init(encoder)

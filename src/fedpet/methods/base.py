@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
 
 from peft import PeftConfig, get_peft_model
 from torch import nn
 from transformers import PreTrainedModel
 
-from fedpet.config import MethodConfig
+from fedpet.config import MethodOptions, option
+from fedpet.config.fields import at_least
 
 
 class Method(Protocol):
@@ -21,17 +23,56 @@ class Method(Protocol):
     default_lr
         Learning rate of the method's parameters when the config leaves ``train.lr`` unset
         (the head has its own, ``train.head_lr``).
+    options
+        The method's options: :class:`~fedpet.config.MethodOptions` or a subclass with the
+        method's own fields (``method.<field>`` in the config).
     """
 
-    name: str
-    default_lr: float
+    @property
+    def name(self) -> str:
+        """Registry key."""
+        ...
 
-    def attach(self, encoder: PreTrainedModel, options: MethodConfig) -> nn.Module:
+    @property
+    def default_lr(self) -> float:
+        """The method's default learning rate."""
+        ...
+
+    @property
+    def options(self) -> type[MethodOptions]:
+        """The method's options class."""
+        ...
+
+    def attach(self, encoder: PreTrainedModel, options: Any) -> nn.Module:
         """Add the method to ``encoder`` and return the module to run.
 
-        On return exactly the method's parameters require grad (the encoder arrives frozen).
+        ``options`` is an instance of :attr:`options`. On return exactly the method's
+        parameters require grad (the encoder arrives frozen).
         """
         ...
+
+    def extra_positions(self, options: Any) -> int:
+        """Positions the method takes from the model's maximum length (soft tokens)."""
+        ...
+
+
+class MethodBase:
+    """Defaults for a method: no options of its own, no extra positions."""
+
+    name: ClassVar[str]
+    default_lr: ClassVar[float]
+    options: ClassVar[type[MethodOptions]] = MethodOptions
+
+    def extra_positions(self, options: Any) -> int:
+        """None."""
+        return 0
+
+
+@dataclass(frozen=True)
+class VirtualTokens(MethodOptions):
+    """Options of the methods that learn virtual tokens (prefix and prompt tuning)."""
+
+    num_virtual_tokens: int = option(10, "virtual tokens learned", at_least(1))
 
 
 def prompt_dims(encoder: PreTrainedModel) -> dict[str, Any]:

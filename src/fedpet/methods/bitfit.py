@@ -5,16 +5,16 @@ from __future__ import annotations
 from torch import nn
 from transformers import PreTrainedModel
 
-from fedpet.config import MethodConfig
+from fedpet.methods.base import MethodBase
 
 
-class BitFit:
+class BitFit(MethodBase):
     """Train every ``bias`` of the encoder."""
 
     name = "bitfit"
     default_lr = 5e-3
 
-    def attach(self, encoder: PreTrainedModel, options: MethodConfig) -> nn.Module:
+    def attach(self, encoder: PreTrainedModel, options: object) -> nn.Module:
         """Unfreeze the bias parameters."""
         for name, param in encoder.named_parameters():
             param.requires_grad_(name.endswith("bias"))

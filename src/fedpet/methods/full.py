@@ -5,16 +5,16 @@ from __future__ import annotations
 from torch import nn
 from transformers import PreTrainedModel
 
-from fedpet.config import MethodConfig
+from fedpet.methods.base import MethodBase
 
 
-class Full:
+class Full(MethodBase):
     """Train all encoder weights."""
 
     name = "full"
     default_lr = 5e-5
 
-    def attach(self, encoder: PreTrainedModel, options: MethodConfig) -> nn.Module:
+    def attach(self, encoder: PreTrainedModel, options: object) -> nn.Module:
         """Unfreeze the whole encoder."""
         encoder.requires_grad_(True)
         return encoder

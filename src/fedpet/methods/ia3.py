@@ -6,20 +6,19 @@ from peft import IA3Config, TaskType
 from torch import nn
 from transformers import PreTrainedModel
 
-from fedpet.config import MethodConfig
-from fedpet.methods.base import attach_peft
+from fedpet.methods.base import MethodBase, attach_peft
 
 # Encoders peft has no default IA3 targets for: (targets, feed-forward targets).
 EXTRA_TARGETS = {"distilbert": (["k_lin", "v_lin", "lin2"], ["lin2"])}
 
 
-class IA3:
+class IA3(MethodBase):
     """IA3 vectors on peft's default modules for the model type."""
 
     name = "ia3"
     default_lr = 1e-2
 
-    def attach(self, encoder: PreTrainedModel, options: MethodConfig) -> nn.Module:
+    def attach(self, encoder: PreTrainedModel, options: object) -> nn.Module:
         """Inject the IA3 scaling vectors."""
         targets, feedforward = EXTRA_TARGETS.get(encoder.config.model_type, (None, None))
         config = IA3Config(

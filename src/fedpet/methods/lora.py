@@ -2,26 +2,46 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from peft import LoraConfig, TaskType
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from torch import nn
 from transformers import PreTrainedModel
 
-from fedpet.config import MethodConfig
+from fedpet.config import MethodOptions, option
+from fedpet.config.fields import at_least, within
 from fedpet.errors import FedpetError
-from fedpet.methods.base import attach_peft
+from fedpet.methods.base import MethodBase, attach_peft
 
 # Encoders peft has no default LoRA targets for (it knows bert, roberta, deberta, ...).
 EXTRA_TARGETS = {"distilbert": ["q_lin", "v_lin"]}
 
 
-class Lora:
+@dataclass(frozen=True)
+class LoraOptions(MethodOptions):
+    """LoRA's rank, scale, dropout and targets."""
+
+    r: int = option(8, "LoRA rank", at_least(1))
+    lora_alpha: int = option(
+        16, "LoRA scale numerator: B A is scaled by lora_alpha / r", at_least(1)
+    )
+    lora_dropout: float = option(
+        0.0, "dropout on LoRA's input", within(0, 1, "a number in [0, 1)", high_open=True)
+    )
+    target_modules: tuple[str, ...] | None = option(
+        None, "the linear layers to adapt (null: peft's default for the model, query/value)"
+    )
+
+
+class Lora(MethodBase):
     """LoRA with rank ``r`` and scale ``lora_alpha / r``; peft's default targets (query/value)."""
 
     name = "lora"
     default_lr = 2e-3
+    options = LoraOptions
 
-    def attach(self, encoder: PreTrainedModel, options: MethodConfig) -> nn.Module:
+    def attach(self, encoder: PreTrainedModel, options: LoraOptions) -> nn.Module:
         """Inject LoRA into the target modules."""
         kind = encoder.config.model_type
         targets = list(options.target_modules or ()) or EXTRA_TARGETS.get(kind)

@@ -8,18 +8,18 @@ from peft import PrefixTuningConfig, TaskType
 from torch import nn
 from transformers import PreTrainedModel
 
-from fedpet.config import MethodConfig
 from fedpet.errors import FedpetError
-from fedpet.methods.base import attach_peft, prompt_dims
+from fedpet.methods.base import MethodBase, VirtualTokens, attach_peft, prompt_dims
 
 
-class Prefix:
+class Prefix(MethodBase):
     """``num_virtual_tokens`` key/value prefixes per layer."""
 
     name = "prefix"
     default_lr = 1e-2
+    options = VirtualTokens
 
-    def attach(self, encoder: PreTrainedModel, options: MethodConfig) -> nn.Module:
+    def attach(self, encoder: PreTrainedModel, options: VirtualTokens) -> nn.Module:
         """Add the prefix encoder."""
         if "past_key_values" not in inspect.signature(encoder.forward).parameters:
             raise FedpetError(

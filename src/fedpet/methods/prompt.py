@@ -6,17 +6,17 @@ from peft import PromptTuningConfig, TaskType
 from torch import nn
 from transformers import PreTrainedModel
 
-from fedpet.config import MethodConfig
-from fedpet.methods.base import attach_peft, prompt_dims
+from fedpet.methods.base import MethodBase, VirtualTokens, attach_peft, prompt_dims
 
 
-class Prompt:
+class Prompt(MethodBase):
     """``num_virtual_tokens`` soft prompt embeddings prepended to every input."""
 
     name = "prompt"
     default_lr = 3e-2
+    options = VirtualTokens
 
-    def attach(self, encoder: PreTrainedModel, options: MethodConfig) -> nn.Module:
+    def attach(self, encoder: PreTrainedModel, options: VirtualTokens) -> nn.Module:
         """Add the soft prompt."""
         config = PromptTuningConfig(
             num_virtual_tokens=options.num_virtual_tokens,
@@ -24,3 +24,7 @@ class Prompt:
             **prompt_dims(encoder),
         )
         return attach_peft(encoder, config)
+
+    def extra_positions(self, options: VirtualTokens) -> int:
+        """The soft tokens take positions before the input."""
+        return options.num_virtual_tokens

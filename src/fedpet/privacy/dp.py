@@ -19,12 +19,18 @@ import numpy as np
 import torch
 
 from fedpet.algorithms.base import Aggregate
-from fedpet.config import Config, count_noise
+from fedpet.config import Config
 from fedpet.seeding import derive_seed
 from fedpet.state import TrainableState
 
 COUNT_SENSITIVITY = 0.5
 """How far one client moves adaptive clipping's released count (indicators shifted by -1/2)."""
+
+
+def count_noise(cfg: Config) -> float:
+    """Std of the noise on adaptive clipping's count: ``privacy.count_noise`` or m / 20."""
+    p = cfg.privacy
+    return p.count_noise if p.count_noise is not None else cfg.federation.clients_per_round / 20
 
 
 def l2_norm(state: TrainableState) -> float:

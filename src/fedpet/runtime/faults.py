@@ -18,6 +18,7 @@ from torch import nn
 
 from fedpet.algorithms.base import ClientHook
 from fedpet.config import Config
+from fedpet.errors import require
 from fedpet.seeding import derive_seed
 from fedpet.state import TrainableState
 
@@ -41,6 +42,37 @@ class ClientFaults:
     fail_at_step: int | None
     seconds: float
     malicious: bool
+
+
+def check_faults(cfg: Config) -> None:
+    """Fault injection and the server's answer to it (deadline, minimum cohort, retries).
+
+    Injected faults, the simulated deadline and retries belong to the in-process
+    simulation: on Flower, nodes fail on their own and run on real time.
+    """
+    f, x = cfg.federation, cfg.faults
+    require(
+        f.min_clients_per_round <= f.clients_per_round,
+        "federation.min_clients_per_round",
+        f.min_clients_per_round,
+        f"an integer from 1 to federation.clients_per_round ({f.clients_per_round})",
+    )
+    require(
+        all(k < f.clients for k in x.malicious_clients),
+        "faults.malicious_clients",
+        x.malicious_clients,
+        f"client indices from 0 to {f.clients - 1}",
+    )
+    if cfg.runtime == "simulation":
+        return
+    flower = f"on runtime {cfg.runtime!r}"
+    require(f.short_round == "skip", "federation.short_round", f.short_round, f"skip {flower}")
+    deadline = f.round_deadline
+    require(
+        deadline is None, "federation.round_deadline", deadline, f"null {flower}: use round_timeout"
+    )
+    injected = x.client_failure_rate or x.straggler_rate or x.malicious_clients
+    require(not injected, "runtime", cfg.runtime, "simulation when faults.* injects faults")
 
 
 def plan_faults(cfg: Config, round_: int, attempt: int, client: int, steps: int) -> ClientFaults:

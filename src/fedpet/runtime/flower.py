@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from pathlib import Path
 
 import numpy as np
-import yaml
 from flwr.app import (
     Array,
     ArrayRecord,
@@ -30,8 +28,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedpet.algorithms import get_algorithm
 from fedpet.codecs import get_codec
-from fedpet.config import Config, build_config, resolve, to_dict
-from fedpet.errors import FedpetError
+from fedpet.config import Config, to_dict
 from fedpet.experiment import Experiment, prepare
 from fedpet.rundir import Checkpoint
 from fedpet.runtime.recorder import Recorder
@@ -410,49 +407,3 @@ def run_flower_simulation(
         num_supernodes=len(exp.clients),
         backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
     )
-
-
-def config_from_run_config(run_config: dict[str, bool | float | int | str]) -> Config:
-    """The fedpet config a Flower run carries: YAML text under the run-config key ``fedpet``.
-
-    Its runtime is ``flower`` whatever the text says: this run is a deployment.
-    """
-    text = str(run_config.get("fedpet", ""))
-    data = yaml.safe_load(text) if text.strip() else {}
-    if not isinstance(data, dict):
-        raise FedpetError("run config 'fedpet' must hold a fedpet config as YAML text")
-    return resolve(build_config({**data, "runtime": "flower"}))
-
-
-client_app = ClientApp(mods=[secure_mod])
-"""The ClientApp of ``flwr run`` deployments (``[tool.flwr.app.components]``)."""
-
-
-@client_app.train()
-def _deployed_train(msg: Message, context: Context) -> Message:
-    return train_reply(config_from_run_config(context.run_config), msg)
-
-
-client_app.query()(query_reply)
-
-server_app = ServerApp()
-"""The ServerApp of ``flwr run`` deployments: it writes the run directory ``out``.
-
-With the run-config value ``resume = true`` and a checkpoint in ``out``, it continues that
-run (with the config saved there) after its last complete round.
-"""
-
-
-@server_app.main()
-def _deployed_server(grid: Grid, context: Context) -> None:
-    from fedpet.launch import resume_run, start_run
-
-    out = Path(str(context.run_config.get("out", "runs/flower")))
-
-    def runner(exp: Experiment, recorder: Recorder, resume: Checkpoint | None) -> None:
-        run_strategy(exp, recorder, grid, resume)
-
-    if context.run_config.get("resume") and (out / "checkpoint" / "state.json").exists():
-        resume_run(out, runner=runner)
-    else:
-        start_run(config_from_run_config(context.run_config), out, overwrite=True, runner=runner)

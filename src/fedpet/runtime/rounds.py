@@ -350,8 +350,8 @@ def round_record(round_: int, attempts: list[Intake], skipped: bool, start: floa
 
 
 def lora_error(exp: Experiment) -> LoraError | None:
-    """The aggregation-error accumulator of a LoRA run's round; None for other methods."""
-    if exp.cfg.method.name != "lora":
+    """The aggregation-error accumulator of a round whose state has LoRA factors; else None."""
+    if not any("lora_B" in n for n in exp.params):
         return None
     params = exp.model.named_parameters()
     frozen = {n: p.detach() for n, p in params if "lora_A" in n and n not in exp.params}

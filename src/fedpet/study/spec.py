@@ -25,7 +25,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from fedpet.config import Config, build_config, load_yaml, resolve
+from fedpet.config import Config, load_yaml
+from fedpet.configure import build_config, resolve
 from fedpet.errors import FedpetError
 
 PRESETS = ("quick", "cpu", "algorithms", "privacy", "fedpetuning-glue")

@@ -1,0 +1,69 @@
+"""fedpet as a Flower App: the ClientApp and ServerApp that ``flwr run`` starts.
+
+``[tool.flwr.app.components]`` in ``pyproject.toml`` names them. The fedpet config travels
+as YAML text under the run-config key ``fedpet``; the ServerApp writes the run directory
+``out`` (README, "Across machines").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from fedpet.config import Config
+from fedpet.configure import build_config, resolve
+from fedpet.errors import FedpetError
+from fedpet.experiment import Experiment
+from fedpet.launch import resume_run, start_run
+from fedpet.rundir import Checkpoint
+from fedpet.runtime.flower import query_reply, run_strategy, train_reply
+from fedpet.runtime.recorder import Recorder
+from fedpet.runtime.secagg import secure_mod
+
+
+def config_from_run_config(run_config: dict[str, bool | float | int | str]) -> Config:
+    """The fedpet config a Flower run carries: YAML text under the run-config key ``fedpet``.
+
+    Its runtime is ``flower`` whatever the text says: this run is a deployment.
+    """
+    text = str(run_config.get("fedpet", ""))
+    data = yaml.safe_load(text) if text.strip() else {}
+    if not isinstance(data, dict):
+        raise FedpetError("run config 'fedpet' must hold a fedpet config as YAML text")
+    return resolve(build_config({**data, "runtime": "flower"}))
+
+
+client_app = ClientApp(mods=[secure_mod])
+"""The ClientApp of ``flwr run`` deployments."""
+
+
+@client_app.train()
+def _deployed_train(msg: Message, context: Context) -> Message:
+    return train_reply(config_from_run_config(context.run_config), msg)
+
+
+client_app.query()(query_reply)
+
+server_app = ServerApp()
+"""The ServerApp of ``flwr run`` deployments: it writes the run directory ``out``.
+
+With the run-config value ``resume = true`` and a checkpoint in ``out``, it continues that
+run (with the config saved there) after its last complete round.
+"""
+
+
+@server_app.main()
+def _deployed_server(grid: Grid, context: Context) -> None:
+    out = Path(str(context.run_config.get("out", "runs/flower")))
+
+    def runner(exp: Experiment, recorder: Recorder, resume: Checkpoint | None) -> None:
+        run_strategy(exp, recorder, grid, resume)
+
+    if context.run_config.get("resume") and (out / "checkpoint" / "state.json").exists():
+        resume_run(out, runner=runner)
+    else:
+        start_run(config_from_run_config(context.run_config), out, overwrite=True, runner=runner)

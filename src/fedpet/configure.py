@@ -1,0 +1,146 @@
+"""From input to a valid, resolved run config: parse, the owners' checks, what fedpet fills.
+
+:func:`build_config` parses a nested mapping and dotted overrides (:mod:`fedpet.config`)
+with the registered methods' and algorithms' options classes, then :func:`validate` asks
+every owner to check its part: the data section, the codecs, the algorithm's needs and its
+own options, faults, secure aggregation and privacy. :func:`resolve` fills in what the
+config leaves to fedpet, so that the saved ``config.yaml`` holds every number a run used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from fedpet.algorithms import ALGORITHMS, Algorithm, get_algorithm
+from fedpet.codecs import check_codecs
+from fedpet.config import AlgorithmOptions, Config, MethodOptions, parse, with_overrides
+from fedpet.data.checks import check_data
+from fedpet.errors import FedpetError, require
+from fedpet.methods import METHODS
+from fedpet.privacy.dp import count_noise
+from fedpet.privacy.rules import check_privacy, check_secure_aggregation
+from fedpet.runtime.faults import check_faults
+
+
+class Registered:
+    """The options classes of the registered methods and algorithms, by name."""
+
+    def names(self, base: type[Any]) -> list[str]:
+        """Every registered method's or algorithm's name."""
+        return list(METHODS if base is MethodOptions else ALGORITHMS)
+
+    def options_class(self, base: type[Any], name: str) -> type[Any]:
+        """The options class the method or algorithm ``name`` declares."""
+        if base is MethodOptions:
+            return METHODS[name].options
+        assert base is AlgorithmOptions, base
+        return ALGORITHMS[name].options
+
+
+def build_config(
+    base: Mapping[str, Any] | None = None, overrides: Iterable[tuple[str, Any]] = ()
+) -> Config:
+    """Make a validated :class:`~fedpet.config.Config` from a mapping and dotted overrides."""
+    tree = with_overrides(base or {}, overrides)
+    cfg = parse(tree, Registered())
+    fed = cfg.federation
+    if (
+        "clients_per_round" not in tree.get("federation", {})
+        and fed.clients_per_round > fed.clients
+    ):
+        # the default of 10 per round means every client when there are fewer
+        federation = dataclasses.replace(fed, clients_per_round=max(1, fed.clients))
+        cfg = dataclasses.replace(cfg, federation=federation)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Ask every owner to check its part of ``cfg``; raise the first FedpetError found.
+
+    Each field's own rule was checked when it was parsed.
+    """
+    check_data(cfg)
+    check_codecs(cfg)
+    f = cfg.federation
+    require(
+        f.clients_per_round <= f.clients,
+        "federation.clients_per_round",
+        f.clients_per_round,
+        f"an integer from 1 to federation.clients ({f.clients})",
+    )
+    require(
+        not (cfg.centralized and cfg.runtime != "simulation"),
+        "runtime",
+        cfg.runtime,
+        "simulation with --centralized (it trains in this process)",
+    )
+    algorithm = get_algorithm(cfg.algorithm)
+    check_needs(cfg, algorithm)
+    algorithm.check(cfg)
+    check_faults(cfg)
+    check_secure_aggregation(cfg, algorithm)
+    check_privacy(cfg, algorithm)
+
+
+def check_needs(cfg: Config, algorithm: Algorithm) -> None:
+    """Refuse what the algorithm's declared needs and capabilities rule out."""
+    needs, name = algorithm.needs, cfg.algorithm.name
+    with_it = f"with algorithm {name}"
+    if needs.method is not None:
+        m = cfg.method.name
+        require(m == needs.method, "method.name", m, f"{needs.method} {with_it}")
+    t = cfg.train
+    if needs.optimizer is not None:
+        require(
+            t.optimizer == needs.optimizer,
+            "train.optimizer",
+            t.optimizer,
+            f"{needs.optimizer} {with_it}",
+        )
+    if needs.constant_schedule:
+        require(t.schedule == "constant", "train.schedule", t.schedule, f"constant {with_it}")
+    if needs.unclipped_gradients:
+        require(
+            t.max_grad_norm is None,
+            "train.max_grad_norm",
+            t.max_grad_norm,
+            f"null {with_it} (it assumes unclipped local gradients): "
+            "--set train.max_grad_norm=null",
+        )
+    if algorithm.stateful_clients or cfg.codec.feedback:
+        what = with_it if algorithm.stateful_clients else "with error feedback"
+        require(
+            cfg.runtime == "simulation",
+            "runtime",
+            cfg.runtime,
+            f"simulation {what} (each client's own state is kept on disk in the run "
+            "directory; a Flower runtime does not carry it)",
+        )
+
+
+def resolve(cfg: Config) -> Config:
+    """Fill in what the config leaves to fedpet.
+
+    The method's default learning rate, and DP's noise multiplier for a target epsilon
+    (calibrated for the planned rounds).
+    """
+    if cfg.train.lr is None:
+        train = dataclasses.replace(cfg.train, lr=METHODS[cfg.method.name].default_lr)
+        cfg = dataclasses.replace(cfg, train=train)
+    p, f = cfg.privacy, cfg.federation
+    if p.enabled and p.target_epsilon is not None:
+        from fedpet.privacy.accountant import calibrate
+
+        z = calibrate(p, f.clients, f.clients_per_round, f.rounds)
+        privacy = dataclasses.replace(p, noise_multiplier=z)
+        cfg = dataclasses.replace(cfg, privacy=privacy)
+        if p.target_quantile is not None and z >= 2 * count_noise(cfg):
+            raise FedpetError(
+                f"privacy.target_epsilon = {p.target_epsilon} is not allowed with adaptive "
+                f"clipping: it needs noise multiplier {z:.3g}, at least 2 x count_noise = "
+                f"{2 * count_noise(cfg):g}; raise privacy.count_noise or the target"
+            )
+    return cfg
