@@ -14,14 +14,18 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedpet.cli import RUN_FLAGS, main
-from fedpet.config import Config, to_dict
+from fedpet.cli import main
+from fedpet.reference import FLAGS as RUN_FLAGS
+from fedpet.reference import field_docs
 
-FIELDS = {
-    section: list(values) if isinstance(values, dict) else []
-    for section, values in to_dict(Config()).items()
-}
-FLAGS = [*RUN_FLAGS, "--set", "--centralized", "--overwrite", "--config", "--resume"]
+FIELDS: dict[str, list[str]] = {}  # a run's own fields, and each section's (of any method)
+for doc in field_docs():
+    section, _, name = doc.dotted.rpartition(".")
+    if section:
+        FIELDS.setdefault(section, []).append(name)
+    else:
+        FIELDS.setdefault(name, [])
+FLAGS = [*RUN_FLAGS, "--set", "--overwrite", "--config", "--resume"]
 
 scalars = st.one_of(
     st.none(),

@@ -9,95 +9,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from fedpet.errors import FedpetError, one_line
+from fedpet.reference import FLAGS, argparse_options
 
 if TYPE_CHECKING:
     from fedpet.config import Config
-
-# flag -> (dotted config field, argparse options)
-RUN_FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
-    "--task": ("data.task", {"help": "rotten_tomatoes (default), tweet_sentiment, bbc_news"}),
-    "--data-dir": ("data.data_dir", {"help": "directory holding the GLUE files (SST-2/...)"}),
-    "--model": ("model", {"help": "packaged all-MiniLM-L6-v2 (default), a local dir or hub id"}),
-    "--method": (
-        "method.name",
-        {"help": "full, lora (default), adapter, prefix, bitfit, prompt, ia3"},
-    ),
-    "--clients": ("federation.clients", {"type": int, "help": "number of clients (100)"}),
-    "--clients-per-round": (
-        "federation.clients_per_round",
-        {"type": int, "help": "clients sampled each round (10)"},
-    ),
-    "--rounds": ("federation.rounds", {"type": int, "help": "federated rounds (16)"}),
-    "--local-epochs": ("train.local_epochs", {"type": int, "help": "epochs per client (1)"}),
-    "--batch-size": ("train.batch_size", {"type": int, "help": "examples per step (16)"}),
-    "--lr": ("train.lr", {"type": float, "help": "method learning rate (default per method)"}),
-    "--optimizer": ("train.optimizer", {"help": "adamw (default) or sgd"}),
-    "--max-length": ("data.max_length", {"type": int, "help": "truncate to N tokens (64)"}),
-    "--dropout": ("train.dropout", {"type": float, "help": "override model dropout; 0 disables"}),
-    "--partition": (
-        "data.partition",
-        {"help": "dirichlet (default), iid, dirichlet-classwise, quantity, shards"},
-    ),
-    "--alpha": ("data.alpha", {"type": float, "help": "Dirichlet concentration (1.0)"}),
-    "--max-train-samples": (
-        "data.max_train_samples",
-        {"type": int, "help": "stratified subsample of train (all)"},
-    ),
-    "--train-fraction": (
-        "data.train_fraction",
-        {"type": float, "help": "stratified share of train (all)"},
-    ),
-    "--algorithm": (
-        "algorithm.name",
-        {"help": "fedavg (default), fedprox, scaffold, fedavgm, fedadam, fedyogi, ffa-lora, ..."},
-    ),
-    "--max-update-norm": (
-        "federation.max_update_norm",
-        {"type": float, "help": "reject client updates with a larger L2 norm (no bound)"},
-    ),
-    "--min-clients-per-round": (
-        "federation.min_clients_per_round",
-        {"type": int, "help": "fewer successful clients skip (or retry) the round (1)"},
-    ),
-    "--round-deadline": (
-        "federation.round_deadline",
-        {"type": float, "help": "simulated seconds the server waits for a client (none)"},
-    ),
-    "--client-failure-rate": (
-        "faults.client_failure_rate",
-        {"type": float, "help": "inject: chance a sampled client crashes mid-training (0)"},
-    ),
-    "--straggler-rate": (
-        "faults.straggler_rate",
-        {"type": float, "help": "inject: chance a sampled client is 10x slower (0)"},
-    ),
-    "--runtime": (
-        "runtime",
-        {"help": "simulation (default, in process) or flower-sim (Flower's Ray engine)"},
-    ),
-    "--codec-up": (
-        "codec.up",
-        {"help": "upload codec: fp32, fp16, bf16, int8[:row][:sr], topk:F[+int8] (fp32)"},
-    ),
-    "--codec-down": ("codec.down", {"help": "download codec, as --codec-up (fp32)"}),
-    "--dp": (
-        "privacy.enabled",
-        {"action": "store_true", "help": "client-level differential privacy (DP-FedAvg)"},
-    ),
-    "--dp-noise": ("privacy.noise_multiplier", {"type": float, "help": "DP noise multiplier z"}),
-    "--dp-clip": ("privacy.clip", {"type": float, "help": "DP L2 clip of each update (1.0)"}),
-    "--dp-target-epsilon": (
-        "privacy.target_epsilon",
-        {"type": float, "help": "calibrate z to spend this epsilon over the planned rounds"},
-    ),
-    "--secure-aggregation": (
-        "secagg.enabled",
-        {"action": "store_true", "help": "Flower's SecAgg+: the server sees only the sum"},
-    ),
-    "--seed": ("seed", {"type": int, "help": "seed of every random choice (0)"}),
-    "--epochs": ("train.epochs", {"type": int, "help": "epochs of --centralized training (1)"}),
-    "--out": ("out", {"help": "run directory (default runs/<task>-<method>-<time>)"}),
-}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -137,10 +52,10 @@ ATTACK_FLAGS = (
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, flags: Sequence[str]) -> None:
+    """The flags that set config fields, each with its field's help, type and default."""
     parser.add_argument("--config", help="YAML config file (e.g. a run's config.yaml)")
     for flag in flags:
-        field, options = RUN_FLAGS[flag]
-        parser.add_argument(flag, dest=field, default=None, **options)
+        parser.add_argument(flag, dest=FLAGS[flag], default=None, **argparse_options(flag))
     parser.add_argument(
         "--overwrite", action="store_true", help="replace a run or partition in --out"
     )
@@ -158,13 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fedpet", description="Federated parameter-efficient tuning.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="run one federated (or centralized) experiment")
-    _add_config_flags(run, list(RUN_FLAGS))
-    run.add_argument(
-        "--centralized",
-        action="store_true",
-        default=None,
-        help="train on the union of the clients' data instead",
-    )
+    _add_config_flags(run, list(FLAGS))
     run.add_argument("--tracker", help="also log the run to mlflow or tensorboard")
     run.add_argument(
         "--dry-run",
@@ -219,8 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _overrides(args: argparse.Namespace) -> list[tuple[str, Any]]:
     from fedpet.config import parse_override
 
-    fields = [field for field, _ in RUN_FLAGS.values()] + ["centralized"]
-    pairs = [(field, getattr(args, field, None)) for field in fields]
+    pairs = [(field, getattr(args, field, None)) for field in FLAGS.values()]
     flags = [(k, v) for k, v in pairs if v is not None]
     return [parse_override(item) for item in args.set] + flags
 

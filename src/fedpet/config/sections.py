@@ -29,8 +29,8 @@ class DataConfig:
 
     task: str = option(
         "rotten_tomatoes",
-        "a packaged task (rotten_tomatoes, tweet_sentiment, bbc_news), a GLUE task (sst2, "
-        "rte, mrpc, qnli, qqp, mnli, cola) or file:PATH (CSV, TSV, JSONL, Parquet)",
+        "the task: a packaged one, a GLUE one, or file:PATH (a CSV, TSV, JSONL or Parquet "
+        "file of yours)",
     )
     text_column: str = option("text", "the text column of a file:PATH task")
     text_pair_column: str | None = option(None, "a second text column (sentence pairs)")
@@ -54,8 +54,10 @@ class DataConfig:
     split_seed: int = option(0, "seed of the split of a task without one", SEED)
     partition: str = option(
         "dirichlet",
-        "how train is split across clients: dirichlet, iid, dirichlet-classwise, quantity, "
-        "shards, natural",
+        "how train is split across clients: dirichlet (equal sizes, label mix ~ Dir(alpha x "
+        "prior)), iid, dirichlet-classwise (each label split by Dir(alpha): unequal sizes), "
+        "quantity (sizes ~ Dir(alpha), iid labels), shards (data.labels_per_client labels "
+        "each), natural (the clients data.client_column names)",
     )
     alpha: float = option(
         1.0,

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-import adapters
-from adapters import DoubleSeqBnConfig, SeqBnConfig
-from torch import nn
-from transformers import PreTrainedModel
+from typing import TYPE_CHECKING, Any
 
 from fedpet.config import MethodOptions, option
 from fedpet.config.fields import at_least, one_of
 from fedpet.methods.base import MethodBase
+
+if TYPE_CHECKING:
+    from torch import nn
+    from transformers import PreTrainedModel
 
 ADAPTER_NAME = "fedpet"
 
@@ -38,6 +37,9 @@ class Adapter(MethodBase):
 
     def attach(self, encoder: PreTrainedModel, options: AdapterOptions) -> nn.Module:
         """Add and activate one adapter; ``train_adapter`` freezes the rest."""
+        import adapters
+        from adapters import DoubleSeqBnConfig, SeqBnConfig
+
         kind = DoubleSeqBnConfig if options.adapter == "houlsby" else SeqBnConfig
         adapters.init(encoder)
         model: Any = encoder  # adapters.init adds the adapter methods to the instance

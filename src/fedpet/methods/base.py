@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
-
-from peft import PeftConfig, get_peft_model
-from torch import nn
-from transformers import PreTrainedModel
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from fedpet.config import MethodOptions, option
 from fedpet.config.fields import at_least
+
+if TYPE_CHECKING:
+    from peft import PeftConfig
+    from torch import nn
+    from transformers import PreTrainedModel
 
 
 class Method(Protocol):
@@ -90,4 +91,6 @@ def prompt_dims(encoder: PreTrainedModel) -> dict[str, Any]:
 
 def attach_peft(encoder: PreTrainedModel, config: PeftConfig) -> nn.Module:
     """Wrap an encoder with a peft tuner; peft freezes everything but the tuner's tensors."""
+    from peft import get_peft_model
+
     return get_peft_model(encoder, config)  # type: ignore[no-any-return]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from torch import nn
-from transformers import PreTrainedModel
+from typing import TYPE_CHECKING
 
 from fedpet.methods.base import MethodBase
+
+if TYPE_CHECKING:
+    from torch import nn
+    from transformers import PreTrainedModel
 
 
 class BitFit(MethodBase):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from peft import IA3Config, TaskType
-from torch import nn
-from transformers import PreTrainedModel
+from typing import TYPE_CHECKING
 
 from fedpet.methods.base import MethodBase, attach_peft
+
+if TYPE_CHECKING:
+    from torch import nn
+    from transformers import PreTrainedModel
 
 # Encoders peft has no default IA3 targets for: (targets, feed-forward targets).
 EXTRA_TARGETS = {"distilbert": (["k_lin", "v_lin", "lin2"], ["lin2"])}
@@ -20,6 +22,8 @@ class IA3(MethodBase):
 
     def attach(self, encoder: PreTrainedModel, options: object) -> nn.Module:
         """Inject the IA3 scaling vectors."""
+        from peft import IA3Config, TaskType
+
         targets, feedforward = EXTRA_TARGETS.get(encoder.config.model_type, (None, None))
         config = IA3Config(
             target_modules=targets,

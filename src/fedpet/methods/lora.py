@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from peft import LoraConfig, TaskType
-from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
-from torch import nn
-from transformers import PreTrainedModel
+from typing import TYPE_CHECKING
 
 from fedpet.config import MethodOptions, option
 from fedpet.config.fields import at_least, within
 from fedpet.errors import FedpetError
 from fedpet.methods.base import MethodBase, attach_peft
+
+if TYPE_CHECKING:
+    from torch import nn
+    from transformers import PreTrainedModel
 
 # Encoders peft has no default LoRA targets for (it knows bert, roberta, deberta, ...).
 EXTRA_TARGETS = {"distilbert": ["q_lin", "v_lin"]}
@@ -43,6 +43,9 @@ class Lora(MethodBase):
 
     def attach(self, encoder: PreTrainedModel, options: LoraOptions) -> nn.Module:
         """Inject LoRA into the target modules."""
+        from peft import LoraConfig, TaskType
+        from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
         kind = encoder.config.model_type
         targets = list(options.target_modules or ()) or EXTRA_TARGETS.get(kind)
         if targets is None and kind not in TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING:

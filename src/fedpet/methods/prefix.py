@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import inspect
-
-from peft import PrefixTuningConfig, TaskType
-from torch import nn
-from transformers import PreTrainedModel
+from typing import TYPE_CHECKING
 
 from fedpet.errors import FedpetError
 from fedpet.methods.base import MethodBase, VirtualTokens, attach_peft, prompt_dims
+
+if TYPE_CHECKING:
+    from torch import nn
+    from transformers import PreTrainedModel
 
 
 class Prefix(MethodBase):
@@ -21,6 +22,8 @@ class Prefix(MethodBase):
 
     def attach(self, encoder: PreTrainedModel, options: VirtualTokens) -> nn.Module:
         """Add the prefix encoder."""
+        from peft import PrefixTuningConfig, TaskType
+
         if "past_key_values" not in inspect.signature(encoder.forward).parameters:
             raise FedpetError(
                 f"method.name = 'prefix' is not allowed with model type "

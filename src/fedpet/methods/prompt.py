@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from peft import PromptTuningConfig, TaskType
-from torch import nn
-from transformers import PreTrainedModel
+from typing import TYPE_CHECKING
 
 from fedpet.methods.base import MethodBase, VirtualTokens, attach_peft, prompt_dims
+
+if TYPE_CHECKING:
+    from torch import nn
+    from transformers import PreTrainedModel
 
 
 class Prompt(MethodBase):
@@ -18,6 +20,8 @@ class Prompt(MethodBase):
 
     def attach(self, encoder: PreTrainedModel, options: VirtualTokens) -> nn.Module:
         """Add the soft prompt."""
+        from peft import PromptTuningConfig, TaskType
+
         config = PromptTuningConfig(
             num_virtual_tokens=options.num_virtual_tokens,
             task_type=TaskType.FEATURE_EXTRACTION,
