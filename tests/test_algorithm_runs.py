@@ -178,15 +178,14 @@ def test_heterogeneous_ranks_cut_what_each_client_trains_and_sends(
 
 
 def test_a_client_trains_only_its_rank(tiny_config) -> None:
-    from fedpet.algorithms import get_algorithm
     from fedpet.experiment import prepare
-    from fedpet.runtime.rounds import local_update
+    from fedpet.runtime.client_half import ClientHalf
     from fedpet.state import extract
 
     exp = prepare(tiny_config(**{"algorithm.name": "hetlora", "algorithm.ranks": [3]}))
-    algorithm = get_algorithm(exp.cfg.algorithm)
-    received = algorithm.client_view(extract(exp.params), 0)
-    update, *_ = local_update(exp, algorithm, received, 1, 0)
+    half = ClientHalf.of(exp)
+    received = half.algorithm.client_view(extract(exp.params), 0)
+    update = half.train(received, 1, 0, {}).update
     assert update.keys() == received.keys()
     assert all(update[k].shape == t.shape for k, t in received.items())
     assert any(t.shape[0] == 3 for k, t in update.items() if "lora_A" in k)

@@ -9,17 +9,17 @@ import pytest
 import torch
 from helpers import run_argv
 
-from fedpet.cli import main
-from fedpet.data.batching import collate
-from fedpet.experiment import prepare
-from fedpet.privacy.attack import AttackSpec, attack, client_update, known_positions
-from fedpet.privacy.inversion import (
+from fedpet.attack.inversion import (
     embedding_rows,
     gradient_distance,
     labels_from_bias,
     match_gradients,
 )
-from fedpet.privacy.tokens import frequent_tokens, token_scores
+from fedpet.attack.run import AttackSpec, attack, client_update, known_positions
+from fedpet.attack.tokens import frequent_tokens, token_scores
+from fedpet.cli import main
+from fedpet.data.batching import collate
+from fedpet.experiment import prepare
 
 
 def test_token_scores_match_the_hand_computation() -> None:

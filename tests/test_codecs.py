@@ -103,15 +103,19 @@ def test_topk_keeps_the_largest_values_with_indices_and_counts_them() -> None:
 
 
 def test_error_feedback_sends_the_sum_of_the_updates_exactly_over_time() -> None:
-    from fedpet.codecs import send_with_feedback
+    from fedpet.stages import ClientSide, ErrorFeedback
 
-    codec = get_codec("topk:0.05+int8")
+    codec, stage = get_codec("topk:0.05+int8"), ErrorFeedback()
     updates = [_state(seed) for seed in range(6)]
     layout = schema(updates[0])
     residual: dict[str, torch.Tensor] = {}
     sent = {n: torch.zeros_like(t) for n, t in updates[0].items()}
     for update in updates:
-        payload, residual = send_with_feedback(codec, update, residual, layout)
+        side = ClientSide(1, 0, residual)
+        corrected = stage.client(update, side)
+        payload = codec.encode(corrected)
+        stage.sent(corrected, codec.decode(payload, layout), side)
+        residual = side.memory
         for n, t in codec.decode(payload, layout).items():
             sent[n] += t
     for n in sent:

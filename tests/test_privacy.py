@@ -243,22 +243,25 @@ def test_adaptive_clipping_spends_what_its_two_gaussian_releases_compose_to() ->
 
 
 def test_dp_runs_release_no_statistic_of_single_clients(
-    tiny_model_dir: Path, tmp_path: Path
+    tiny_model_dir: Path, tmp_path: Path, tiny_config
 ) -> None:
-    from fedpet.configure import build_config, resolve
-    from fedpet.runtime.rounds import client_reply
+    from fedpet.experiment import prepare
+    from fedpet.runtime.client_half import ClientHalf
+    from fedpet.state import extract
 
     rows, summary = _dp_run(tiny_model_dir, tmp_path / "dp", "--dp-noise", "1")
     assert any(r["aggregated"] for r in rows)
     unnoised = {"train_loss", "examples", "lora_aggregation_error"}
     assert all(unnoised.isdisjoint(r) for r in rows), rows[0].keys()
     assert "train_examples_seen" not in summary
-    # what a client sends back: the update alone, on every runtime
-    dp = resolve(build_config({"privacy": {"enabled": True, "noise_multiplier": 1.0}}))
-    reply = client_reply(dp, b"update", 12, 0.5)
-    assert (reply.payload, reply.num_examples, reply.loss) == (b"update", None, None)
-    plain = client_reply(resolve(build_config({})), b"update", 12, 0.5)
-    assert (plain.num_examples, plain.loss) == (12, 0.5)
+    # what a client sends back: the update alone, on every runtime (both call ClientHalf.run)
+    for private in (False, True):
+        cfg = tiny_config(**{"privacy.enabled": private, "privacy.noise_multiplier": 1.0})
+        half = ClientHalf.of(prepare(cfg))
+        reply, _ = half.run(half.down.encode(extract(half.exp.params)), 1, 0)
+        stats = (reply.num_examples, reply.loss)
+        assert reply.payload and (stats == (None, None)) == private
+        assert private or reply.num_examples == len(half.exp.clients[0])
 
 
 Z = ["--dp", "--dp-noise", "1"]

@@ -63,19 +63,32 @@ def test_rejected_updates_leave_the_global_state_untouched(
     assert all(torch.equal(kept[k], initial[k]) for k in kept)
 
 
+def _intake(like: dict[str, torch.Tensor]):
+    """An intake of round 1 for clients 4, 7 and 9, which were sent ``like`` (FedAvg, fp32)."""
+    from fedpet.algorithms import Aggregate
+    from fedpet.algorithms.fedavg import FedAvg
+    from fedpet.codecs import get_codec
+    from fedpet.config import AlgorithmOptions
+    from fedpet.runtime.rounds import Downloads, Intake
+    from fedpet.stages import UpdateChecks
+
+    algorithm, codec = FedAvg(AlgorithmOptions()), get_codec("fp32")
+    downloads = Downloads(algorithm, codec, like, seed=0)
+    return Intake([4, 7, 9], algorithm, downloads, Aggregate(), codec, [UpdateChecks(None)])
+
+
 def test_malformed_payloads_are_rejected_not_raised() -> None:
     from fedpet.codecs import get_codec
-    from fedpet.validation import receive_update
+    from fedpet.runtime.rounds import ClientReply
 
-    codec = get_codec("fp32")
-    payload = codec.encode(GOOD)
-    update, problem = receive_update(codec, payload, LAYOUT, None)
-    assert problem is None and update is not None and torch.equal(update["a"], GOOD["a"])
-    update, problem = receive_update(codec, payload[:-4], LAYOUT, None)
-    assert (
-        update is None
-        and problem == "malformed payload: fp32 payload has 36 bytes, the schema needs 40"
-    )
+    intake = _intake({n: torch.zeros_like(t) for n, t in GOOD.items()})
+    payload = get_codec("fp32").encode(GOOD)
+    assert intake.receive(4, ClientReply(payload, 10, 0.5))
+    assert not intake.receive(7, ClientReply(payload[:-4], 10, 0.5))
+    reason = "malformed payload: fp32 payload has 36 bytes, the schema needs 40"
+    assert intake.counts.rejected == [{"client": 7, "attempt": 0, "reason": reason}]
+    assert intake.accepted == [4] and torch.equal(intake.aggregate.mean()["a"], GOOD["a"])
+    assert intake.counts.bytes_up == 2 * len(payload) - 4
 
 
 class _Payload:
@@ -108,24 +121,16 @@ def test_a_pickle_posing_as_a_checkpoint_is_refused_unexecuted(tmp_path: Path) -
 
 
 def test_a_secure_aggregate_is_checked_as_one_update() -> None:
-    from fedpet.algorithms import Aggregate
-    from fedpet.algorithms.fedavg import FedAvg
-    from fedpet.config import AlgorithmOptions
-    from fedpet.runtime.rounds import Intake
-
     like = {"w": torch.zeros(2, 3), "b": torch.zeros(3)}
     mean = {"w": torch.full((2, 3), 0.5), "b": torch.ones(3)}
 
-    def intake() -> Intake:
-        return Intake([4, 7, 9], FedAvg(AlgorithmOptions()), like, Aggregate(), max_norm=None)
-
-    good = intake()
+    good = _intake(like)
     good.receive_mean([4, 7], mean, weight=30.0)
     assert good.aggregate.num_clients == 2 and good.aggregate.total_weight == 30.0
     assert all(torch.equal(good.aggregate.mean()[k], mean[k]) for k in mean)
     for bad, reason in [(None, "unmasking failed"), ({**mean, "b": mean["b"] / 0}, "Inf")]:
-        lost = intake()
+        lost = _intake(like)
         lost.receive_mean([4, 7], bad, weight=30.0)
         assert lost.aggregate.num_clients == 0
-        assert [x["client"] for x in lost.rejected] == [4, 7]
-        assert all(reason in str(x["reason"]) for x in lost.rejected)
+        assert [x["client"] for x in lost.counts.rejected] == [4, 7]
+        assert all(reason in str(x["reason"]) for x in lost.counts.rejected)

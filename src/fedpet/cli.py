@@ -229,10 +229,10 @@ def cmd_study(args: argparse.Namespace) -> None:
 
 def cmd_attack(args: argparse.Namespace) -> None:
     """Attack the updates of the configured (or a run's) method; write attack.json."""
+    from fedpet.attack.run import AttackSpec, attack
     from fedpet.config import load_yaml, to_dict
     from fedpet.configure import build_config, resolve
     from fedpet.launch import run_config
-    from fedpet.privacy.attack import AttackSpec, attack
     from fedpet.privacy.report import ATTACK_FILE, write_leakage
     from fedpet.rundir import RunDir, check_out_dir, checkpoint_round, storage_errors
 

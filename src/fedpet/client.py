@@ -62,21 +62,17 @@ def train_epoch(
     scheduler: LRScheduler | None,
     hook: ClientHook,
     max_grad_norm: float | None,
-    logit_scale: torch.Tensor | None = None,
 ) -> float:
     """One pass over ``batches``; returns the summed (example-weighted) task loss.
 
-    ``logit_scale`` (one factor per class) multiplies the logits before the loss: FedRS's
-    restricted softmax for the classes a client does not hold.
+    ``hook`` adjusts the logits before the task loss and the loss before the gradient.
     """
     model.train()
     total = 0.0
     for idx in batches:
         batch = collate(data, idx)
         logits = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-        if logit_scale is not None:
-            logits = logits * logit_scale
-        task_loss = F.cross_entropy(logits, batch["labels"])
+        task_loss = F.cross_entropy(hook.logits(logits), batch["labels"])
         hook.loss(task_loss, params).backward()
         if max_grad_norm is not None:
             nn.utils.clip_grad_norm_(params.values(), max_grad_norm)
@@ -107,10 +103,9 @@ class LocalTraining:
         hook: ClientHook,
         seed: int,
         epochs: int,
-        logit_scale: torch.Tensor | None = None,
     ) -> None:
         self.model, self.params, self.data, self.indices = model, params, data, indices
-        self.train, self.hook, self.logit_scale = train, hook, logit_scale
+        self.train, self.hook = train, hook
         torch.manual_seed(seed)
         self.rng = np.random.default_rng(seed)
         self.epochs = epochs
@@ -131,7 +126,6 @@ class LocalTraining:
             self.scheduler,
             self.hook,
             self.train.max_grad_norm,
-            self.logit_scale,
         )
         self.epoch += 1
         return loss

@@ -26,7 +26,7 @@ import torch
 
 from fedpet.config import Config
 from fedpet.errors import require
-from fedpet.state import Schema, TrainableState, subtract
+from fedpet.state import Schema, TrainableState
 
 SPEC_HELP = (
     "fp32, fp16, bf16, int8[:row][:sr], or topk:F[+fp16|+bf16|+int8[:row][:sr]] "
@@ -224,18 +224,6 @@ def get_codec(spec: str) -> Codec:
         return Codec(spec, TopK(fraction, _values(tail or "fp32")))
     except ValueError:
         raise ValueError(f"{spec!r} is not a codec: use {SPEC_HELP}") from None
-
-
-def send_with_feedback(
-    codec: Codec, update: TrainableState, residual: TrainableState, schema: Schema, seed: int = 0
-) -> tuple[bytes, TrainableState]:
-    """Error feedback: encode ``update + residual``; the new residual is what it lost.
-
-    Over the rounds, what was sent plus the last residual is exactly the sum of the updates.
-    """
-    corrected = {n: t + residual[n] for n, t in update.items()} if residual else update
-    payload = codec.encode(corrected, seed)
-    return payload, subtract(corrected, codec.decode(payload, schema))
 
 
 def check_codecs(cfg: Config) -> None:

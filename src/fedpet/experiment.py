@@ -6,7 +6,6 @@ import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from torch import nn
 
 from fedpet.algorithms import get_algorithm
@@ -66,28 +65,17 @@ class Experiment:
     ) -> TrainResult:
         """Switch the shared model to ``start`` (in place) and train ``client`` on its data."""
         load_(self.params, start)
-        indices = self.clients[client]
         return LocalTraining(
             self.model,
             self.params,
             self.head_names,
             self.train,
-            indices,
+            self.clients[client],
             self.cfg.train,
             hook,
             seed,
             self.cfg.train.local_epochs,
-            self.restricted_softmax(indices),
         ).run()
-
-    def restricted_softmax(self, indices: np.ndarray) -> torch.Tensor | None:
-        """FedRS's logit factors for a client: 1 for its classes, ``algorithm.fedrs`` else."""
-        alpha = self.cfg.algorithm.fedrs
-        if alpha is None:
-            return None
-        scale = torch.full((self.task.num_labels,), alpha)
-        scale[np.unique(self.train.labels[indices])] = 1.0
-        return scale
 
 
 def subsample(task: Task, cfg: Config) -> Task:

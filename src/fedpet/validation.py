@@ -6,24 +6,7 @@ import math
 
 import torch
 
-from fedpet.codecs import Codec
 from fedpet.state import Schema, TrainableState
-
-
-def receive_update(
-    codec: Codec, payload: bytes, layout: Schema, max_norm: float | None
-) -> tuple[TrainableState | None, str | None]:
-    """Decode a client's payload and check it: ``(update, None)`` or ``(None, reason)``.
-
-    A payload the codec cannot decode (wrong length, bad header) is rejected like any
-    other bad update; decoding never unpickles anything.
-    """
-    try:
-        update = codec.decode(payload, layout)
-    except ValueError as exc:
-        return None, f"malformed payload: {exc}"
-    problem = update_problem(update, layout, max_norm)
-    return (None, problem) if problem is not None else (update, None)
 
 
 def update_problem(update: TrainableState, layout: Schema, max_norm: float | None) -> str | None:

@@ -13,7 +13,14 @@ from fedpet.state import TrainableState, subtract, zeros_like
 
 
 class ClientHook(Protocol):
-    """Adjusts one client's local training (e.g. a proximal term or a drift correction)."""
+    """Adjusts one client's local training: its logits (FedRS) or its loss (FedProx, SCAFFOLD).
+
+    Each step computes ``loss(cross_entropy(logits(model(batch)), labels), params)``.
+    """
+
+    def logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """The logits the task loss is computed from, given the model's."""
+        ...
 
     def loss(self, task_loss: torch.Tensor, params: dict[str, nn.Parameter]) -> torch.Tensor:
         """The loss to minimise given the task loss."""
@@ -21,7 +28,14 @@ class ClientHook(Protocol):
 
 
 class PlainTraining:
-    """The identity hook: local training minimises the task loss alone."""
+    """The identity hook: local training minimises the task loss alone.
+
+    Hooks that change only one of the two derive from it for the other.
+    """
+
+    def logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Return the logits unchanged."""
+        return logits
 
     def loss(self, task_loss: torch.Tensor, params: dict[str, nn.Parameter]) -> torch.Tensor:
         """Return the task loss unchanged."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fedpet.algorithms.base import ClientHook
+from fedpet.algorithms.base import ClientHook, PlainTraining
 from fedpet.algorithms.fedavg import FedAvg
 from fedpet.config import AlgorithmOptions, option
 from fedpet.config.fields import at_least
@@ -21,7 +21,7 @@ class FedProxOptions(AlgorithmOptions):
     mu: float = option(0.01, "FedProx: weight of the proximal term", at_least(0, "a number"))
 
 
-class ProximalTerm:
+class ProximalTerm(PlainTraining):
     """Adds ``mu / 2 * ||theta - theta_global||^2`` to the task loss."""
 
     def __init__(self, global_state: TrainableState, mu: float) -> None:

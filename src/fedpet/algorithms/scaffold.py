@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedpet.algorithms.base import Aggregate, ClientHook, Needs, PlainAlgorithm
+from fedpet.algorithms.base import Aggregate, ClientHook, Needs, PlainAlgorithm, PlainTraining
 from fedpet.state import TrainableState, add
 
 CONTROL = "scaffold.c."
@@ -32,7 +32,7 @@ def own_control(model: TrainableState, client_state: TrainableState) -> Trainabl
     return client_state or {CONTROL + n: torch.zeros_like(t) for n, t in model.items()}
 
 
-class DriftCorrection:
+class DriftCorrection(PlainTraining):
     """Adds ``<c - c_k, theta>`` to the loss: the gradient gains ``c - c_k``."""
 
     def __init__(self, correction: TrainableState) -> None:

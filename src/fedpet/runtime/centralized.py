@@ -13,6 +13,7 @@ from fedpet.algorithms import PlainTraining
 from fedpet.client import LocalTraining
 from fedpet.experiment import Experiment
 from fedpet.rundir import Checkpoint
+from fedpet.runtime.counts import RoundCounts
 from fedpet.runtime.recorder import Recorder, RoundRecord
 from fedpet.seeding import derive_seed
 from fedpet.state import extract, load_
@@ -46,10 +47,7 @@ def run_centralized(exp: Experiment, recorder: Recorder, resume: Checkpoint | No
         loss = session.run_epoch()
         record = RoundRecord(
             round=session.epoch,
-            train_loss=loss / len(indices),
-            examples=len(indices),
-            bytes_up=0,
-            bytes_down=0,
+            counts=RoundCounts(examples=len(indices), trained=len(indices), loss_sum=loss),
             train_seconds=time.perf_counter() - start,
             clients=[0],
             aggregated=1,

@@ -102,6 +102,10 @@ class FailingHook:
         self.fail_at_step = fail_at_step
         self.step = 0
 
+    def logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """The wrapped hook's logits."""
+        return self.inner.logits(logits)
+
     def loss(self, task_loss: torch.Tensor, params: dict[str, nn.Parameter]) -> torch.Tensor:
         """The wrapped hook's loss, until the failing step."""
         self.step += 1

@@ -1,10 +1,11 @@
-"""The Flower runtime: a ClientApp and a ServerApp over the same pieces as the simulation.
+"""The Flower runtime: a ClientApp and a ServerApp that carry the round protocol's messages.
 
-The ClientApp trains with :func:`fedpet.runtime.rounds.local_update` on a backbone loaded
-once per process; the ServerApp drives :class:`FedpetStrategy`, a Flower ``Strategy``
-adapter around fedpet's algorithm, codecs, validation (:class:`~fedpet.runtime.rounds.Intake`)
-and recorder. Payloads travel as one uint8 array in an ``ArrayRecord``: the exact bytes the
-codec produced, so byte counts equal the simulation's.
+The ClientApp answers a train message with :meth:`~fedpet.runtime.client_half.ClientHalf.run`
+on a backbone loaded once per process; the ServerApp drives :class:`FedpetStrategy`, a
+Flower ``Strategy`` that routes :class:`~fedpet.runtime.server_half.ServerHalf`'s downloads
+to the nodes holding the cohort's clients and hands it their replies. Payloads travel as
+one uint8 array in an ``ArrayRecord``: the exact bytes the codec produced, so byte counts
+equal the simulation's.
 """
 
 from __future__ import annotations
@@ -26,29 +27,12 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
-from fedpet.algorithms import get_algorithm
-from fedpet.codecs import get_codec
 from fedpet.config import Config, to_dict
 from fedpet.experiment import Experiment, prepare
 from fedpet.rundir import Checkpoint
+from fedpet.runtime.client_half import ClientHalf
 from fedpet.runtime.recorder import Recorder
-from fedpet.runtime.rounds import (
-    ClientReply,
-    Downloads,
-    Intake,
-    client_reply,
-    client_stats,
-    clip_meta,
-    local_update,
-    privatize,
-    release_round,
-    round_cohort,
-    round_record,
-    starting_clip,
-    starting_state,
-    update_weight,
-    upload,
-)
+from fedpet.runtime.rounds import ClientReply, Intake
 from fedpet.runtime.secagg import (
     is_secure,
     masked_reply,
@@ -56,13 +40,13 @@ from fedpet.runtime.secagg import (
     secure_mod,
     secure_round,
 )
-from fedpet.seeding import derive_seed
-from fedpet.state import TrainableState, load_, schema
+from fedpet.runtime.server_half import ServerHalf
+from fedpet.state import schema
 
 PAYLOAD = "payload"
 QUERY_TIMEOUT = 2.0
 """Seconds a later round waits for new nodes to say which client they hold."""
-_EXPERIMENTS: dict[str, Experiment] = {}  # per process: the backbone and data, loaded once
+_CLIENTS: dict[str, ClientHalf] = {}  # per process: the backbone and data, loaded once
 
 
 def to_record(payload: bytes) -> ArrayRecord:
@@ -106,45 +90,38 @@ def reply_metrics(reply: ClientReply) -> MetricRecord:
     return MetricRecord({"num-examples": reply.num_examples, "loss": reply.loss})
 
 
-def cached_experiment(cfg: Config) -> Experiment:
-    """The experiment for ``cfg`` in this process, prepared on first use."""
+def cached_client(cfg: Config) -> ClientHalf:
+    """The client half for ``cfg`` in this process, its experiment prepared on first use."""
     key = repr(to_dict(cfg))
-    if key not in _EXPERIMENTS:
-        _EXPERIMENTS.clear()
-        _EXPERIMENTS[key] = prepare(cfg)
-    return _EXPERIMENTS[key]
+    if key not in _CLIENTS:
+        _CLIENTS.clear()
+        _CLIENTS[key] = ClientHalf.of(prepare(cfg))
+    return _CLIENTS[key]
 
 
-def client_update(
-    cfg: Config, payload: bytes, round_: int, client: int
-) -> tuple[TrainableState, int, float]:
-    """Train ``client`` from the received global-state payload: its update, examples, loss."""
-    exp = cached_experiment(cfg)
-    algorithm = get_algorithm(cfg.algorithm)
-    layout = schema(algorithm.client_view({n: p.detach() for n, p in exp.params.items()}, client))
-    received = get_codec(cfg.codec.down).decode(payload, layout)
-    update, examples, loss, _ = local_update(exp, algorithm, received, round_, client)
-    return update, examples, loss
+def cached_experiment(cfg: Config) -> Experiment:
+    """The experiment for ``cfg`` in this process (see :func:`cached_client`)."""
+    return cached_client(cfg).exp
 
 
 def train_reply(cfg: Config, msg: Message) -> Message:
     """Train the client (partition) a train message names; reply with its encoded update.
 
-    In a secure round the reply goes through Flower's SecAgg+ mod, which masks it.
+    In a secure round the reply goes through Flower's SecAgg+ mod, which masks it: the
+    client sends its update after its stages' client halves (DP's noise share), unencoded.
     """
+    half = cached_client(cfg)
     if is_secure(msg):
         payload, round_, client = read_instructions(msg)
-        update, examples, loss = client_update(cfg, payload, round_, client)
-        weight = update_weight(cfg, examples)
-        stats = client_stats(cfg, examples, loss)
-        return masked_reply(msg, privatize(cfg, update, round_, client), *stats, weight)
+        received = half.down.decode(payload, half.layout(client))
+        trained = half.train(received, round_, client, {})
+        update, _ = half.prepare(trained.update, round_, client, {})
+        weight = half.weight(trained.num_examples)
+        return masked_reply(msg, update, *half.stats(trained), weight)
     config = msg.content.config_records["config"]
     round_, client = int(number(config["round"])), int(number(config["client"]))
-    payload = from_record(msg.content.array_records["arrays"])
-    update, examples, loss = client_update(cfg, payload, round_, client)
-    sent, _ = upload(cached_experiment(cfg), get_codec(cfg.codec.up), update, round_, client, {})
-    reply = client_reply(cfg, sent, examples, loss)
-    content = RecordDict({"arrays": to_record(sent), "metrics": reply_metrics(reply)})
+    reply, _ = half.run(from_record(msg.content.array_records["arrays"]), round_, client)
+    content = RecordDict({"arrays": to_record(reply.payload), "metrics": reply_metrics(reply)})
     return Message(content=content, reply_to=msg)
 
 
@@ -178,21 +155,14 @@ class FedpetStrategy(Strategy):
     def __init__(
         self, exp: Experiment, recorder: Recorder, resume: Checkpoint | None = None
     ) -> None:
-        cfg = exp.cfg
-        self.exp, self.recorder, self.cfg = exp, recorder, cfg
-        self.algorithm = get_algorithm(cfg.algorithm)
-        self.up, self.down = get_codec(cfg.codec.up), get_codec(cfg.codec.down)
-        self.global_state, self.server_state, self.offset = starting_state(
-            exp, self.algorithm, recorder, resume
-        )
-        self.layout = schema(self.global_state)
+        self.exp, self.cfg = exp, exp.cfg
+        self.server = ServerHalf(exp, recorder, resume, secure=exp.cfg.secagg.enabled)
+        self.offset = self.server.done
         self.nodes: dict[int, int] = {}
         self.waited = False
         self.unresponsive: set[int] = set()
         self.sent: dict[int, int] = {}
         self.intake: Intake | None = None
-        self.started = 0.0
-        self.clip = starting_clip(cfg, resume)
 
     def discover(self, grid: Grid, patience: float) -> None:
         """Ask the nodes not mapped yet which client they hold (client -> node id).
@@ -228,21 +198,13 @@ class FedpetStrategy(Strategy):
     ) -> Iterable[Message]:
         """Sample the round's cohort and send each node holding one of its clients the state."""
         round_ = server_round + self.offset
-        self.started = time.perf_counter()
-        cohort = round_cohort(self.cfg, round_, len(self.exp.clients))
+        intake = self.server.open(round_)
+        cohort = intake.clients
         if not self.waited:  # the run starts once every client's node answers, or times out
             self.discover(grid, patience=self.cfg.federation.round_timeout)
             self.waited = True
-        elif any(k not in self.nodes for k in cohort.tolist()):
+        elif any(k not in self.nodes for k in cohort):
             self.discover(grid, patience=0.0)
-        intake = Intake.open(
-            self.exp,
-            self.algorithm,
-            cohort.tolist(),
-            self.global_state,
-            track_lora=not self.cfg.secagg.enabled,
-            clip=self.clip,
-        )
         self.intake, self.sent = intake, {}
         targets: dict[int, int] = {}  # node -> client
         for k in intake.clients:
@@ -251,21 +213,13 @@ class FedpetStrategy(Strategy):
             else:
                 intake.lose("failed", k, "no node holds this client")
         if self.cfg.secagg.enabled:
-            self.secure_round(grid, round_, self.down.encode(self.global_state), targets)
+            self.secure_round(grid, round_, self.server.down.encode(intake.received), targets)
             return []
         self.sent = targets
-        seed = derive_seed(self.cfg.seed, "codec-down", round_, 0)
-        downloads = Downloads(self.algorithm, self.down, self.global_state, seed)
         messages = []
         for node, k in targets.items():
-            payload, _ = downloads.payload(k)
-            intake.bytes_down += len(payload)
-            content = RecordDict(
-                {
-                    "arrays": to_record(payload),
-                    "config": ConfigRecord({"round": round_, "client": k}),
-                }
-            )
+            config = ConfigRecord({"round": round_, "client": k})
+            content = RecordDict({"arrays": to_record(intake.download(k)), "config": config})
             messages.append(Message(content=content, dst_node_id=node, message_type="train"))
         return messages
 
@@ -280,7 +234,7 @@ class FedpetStrategy(Strategy):
         intake = self.intake
         assert intake is not None, "configure_train sets the intake"
         # under DP the clients also clip and noise their updates themselves
-        sizes = (update_weight(self.cfg, len(self.exp.clients[k])) for k in targets.values())
+        sizes = (self.server.weight(len(self.exp.clients[k])) for k in targets.values())
         max_weight = max(sizes, default=1)
         outcome = secure_round(
             grid,
@@ -288,19 +242,19 @@ class FedpetStrategy(Strategy):
             targets,
             payload,
             round_,
-            self.layout,
+            schema(self.server.global_state),
             float(max_weight),
             self.cfg.federation.round_timeout,
         )
-        intake.bytes_up += outcome.bytes_up
-        intake.bytes_down += outcome.bytes_down
+        intake.counts.bytes_up += outcome.bytes_up
+        intake.counts.bytes_down += outcome.bytes_down
         summed, weight = [], 0.0
         for node, k in targets.items():
             if node in outcome.replies:
                 examples, loss = outcome.replies[node]
-                intake.count(examples, loss, self.cfg.train.local_epochs)
+                intake.count(examples, loss)
                 summed.append(k)
-                weight += update_weight(self.cfg, examples)
+                weight += self.server.weight(examples)
             elif node in outcome.silent:
                 self.forget(node)
                 intake.lose("failed", k, f"node {node} did not answer")
@@ -331,30 +285,18 @@ class FedpetStrategy(Strategy):
                 intake.lose("failed", k, f"error from node {node}: {reply.error.reason}")
                 continue
             try:
-                parsed = parse_reply(reply, self.cfg.privacy.enabled)
+                parsed = parse_reply(reply, self.server.withholds_stats)
             except (KeyError, TypeError, ValueError) as exc:
                 intake.lose("rejected", k, f"malformed reply: {exc}")
                 continue
-            intake.receive(k, parsed, self.up, self.cfg.train.local_epochs)
+            self.server.receive(intake, k, parsed)
         for node, k in self.sent.items():
             if node not in answered:
                 self.forget(node)
                 intake.lose("failed", k, f"node {node} did not answer")
-        skipped = intake.aggregate.num_clients < self.cfg.federation.min_clients_per_round
-        round_ = server_round + self.offset
-        next_clip = release_round(self.cfg, intake, self.clip, round_, skipped)
-        if not skipped:
-            self.global_state, self.server_state = self.algorithm.server_update(
-                self.global_state, self.server_state, intake.aggregate
-            )
-        load_(self.exp.params, self.global_state)
-        record = round_record(round_, [intake], skipped, self.started)
-        meta = clip_meta(self.cfg, record, self.clip, next_clip)
-        self.recorder.end_round(record, self.global_state, {"server": self.server_state}, meta)
-        self.clip = next_clip
-        return to_record(self.down.encode(self.global_state)), MetricRecord(
-            {"aggregated": intake.aggregate.num_clients}
-        )
+        self.server.close(server_round + self.offset, [intake])
+        global_state = to_record(self.server.down.encode(self.server.global_state))
+        return global_state, MetricRecord({"aggregated": intake.aggregate.num_clients})
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

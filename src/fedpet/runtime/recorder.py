@@ -11,51 +11,34 @@ from fedpet.client import evaluate
 from fedpet.experiment import Experiment
 from fedpet.memory import tree_peak_mb
 from fedpet.rundir import Checkpoint, RunDir
+from fedpet.runtime.counts import RoundCounts, summary_totals, totalled
 from fedpet.state import TrainableState, load_
 
+TOTALS = ("rounds", "train_seconds", "eval_seconds", "skipped", "retries")
+"""The running totals besides the counters' (:func:`~fedpet.runtime.counts.totalled`).
 
-@dataclass
-class Totals:
-    """Running totals over the rounds so far."""
-
-    rounds: int = 0
-    bytes_up: int = 0
-    bytes_down: int = 0
-    examples: int = 0
-    train_seconds: float = 0.0
-    eval_seconds: float = 0.0
-    failed: int = 0
-    late: int = 0
-    rejected: int = 0
-    skipped: int = 0
-    retries: int = 0
+``rounds`` is the last round done; the others sum over the rounds.
+"""
 
 
 @dataclass
 class RoundRecord:
     """What one round (or centralized epoch) did, before evaluation.
 
-    ``failed``, ``late`` and ``rejected`` list the clients whose update was lost (crashed,
-    past the deadline, refused by validation) with the reason; ``clients`` is the last
-    attempt's cohort, of which ``aggregated`` were aggregated; a ``skipped`` round left the
-    global state as it was. ``train_loss`` is None when no client finished training.
+    ``clients`` is the last attempt's cohort, of which ``aggregated`` were aggregated; a
+    ``skipped`` round left the global state as it was. ``extra`` holds the stages' own
+    figures for the metrics line (DP's clip).
     """
 
     round: int
-    train_loss: float | None
-    examples: int
-    bytes_up: int
-    bytes_down: int
+    counts: RoundCounts
     train_seconds: float
     clients: list[int] = field(default_factory=list)
     aggregated: int = 0
     attempts: int = 1
     skipped: bool = False
-    failed: list[dict[str, object]] = field(default_factory=list)
-    late: list[dict[str, object]] = field(default_factory=list)
-    rejected: list[dict[str, object]] = field(default_factory=list)
     lora_error: float | None = None
-    dp_clip: float | None = None
+    extra: dict[str, float] = field(default_factory=dict)
 
 
 class Recorder:
@@ -78,7 +61,7 @@ class Recorder:
         self.run = run
         self.on_round = on_round
         self.metric = exp.task.metric
-        self.totals = Totals()
+        self.totals: dict[str, float] = dict.fromkeys(TOTALS, 0)
         self.best_round = 0
         self.best_val = float("-inf")
         self.best_state: TrainableState = {}
@@ -87,7 +70,7 @@ class Recorder:
 
     def restore(self, checkpoint: Checkpoint) -> None:
         """Continue from a checkpoint: its totals and its best round."""
-        self.totals = Totals(**checkpoint.state["totals"])
+        self.totals = {**self.totals, **checkpoint.state["totals"]}
         self.best_round = int(checkpoint.state["best_round"])
         self.best_val = float(checkpoint.state["best_val_metric"])
         self.best_state = checkpoint.tensors["best"]
@@ -113,17 +96,16 @@ class Recorder:
         )
         eval_seconds = time.perf_counter() - t0
         t = self.totals
-        t.rounds = record.round
-        t.bytes_up += record.bytes_up
-        t.bytes_down += record.bytes_down
-        t.examples += record.examples
-        t.train_seconds += record.train_seconds
-        t.failed += len(record.failed)
-        t.late += len(record.late)
-        t.rejected += len(record.rejected)
-        t.skipped += int(record.skipped)
-        t.retries += record.attempts - 1
-        t.eval_seconds += eval_seconds
+        t["rounds"] = record.round
+        round_totals = {
+            "train_seconds": record.train_seconds,
+            "eval_seconds": eval_seconds,
+            "skipped": int(record.skipped),
+            "retries": record.attempts - 1,
+            **totalled(record.counts),
+        }
+        for name, value in round_totals.items():
+            t[name] = t.get(name, 0) + value
         if val[self.metric] > self.best_val:
             self.best_round, self.best_val = record.round, val[self.metric]
             self.best_state = {k: v.clone() for k, v in global_state.items()}
@@ -132,21 +114,11 @@ class Recorder:
             {
                 "round": record.round,
                 **{f"val_{k}": v for k, v in val.items()},
-                # statistics of the clients' own data, which DP's noise does not cover
-                **(
-                    {}
-                    if private
-                    else {"train_loss": record.train_loss, "examples": record.examples}
-                ),
-                "bytes_up": record.bytes_up,
-                "bytes_down": record.bytes_down,
+                **record.counts.metrics(private),
                 "clients": record.clients,
                 "aggregated": record.aggregated,
                 "attempts": record.attempts,
                 "skipped": record.skipped,
-                "failed": record.failed,
-                "late": record.late,
-                "rejected": record.rejected,
                 "train_seconds": record.train_seconds,
                 "eval_seconds": eval_seconds,
                 **(
@@ -154,11 +126,8 @@ class Recorder:
                     if record.lora_error is None
                     else {"lora_aggregation_error": record.lora_error}
                 ),
-                **(
-                    {"epsilon": self.epsilon(record.round), "dp_clip": record.dp_clip}
-                    if private
-                    else {}
-                ),
+                **({"epsilon": self.epsilon(record.round)} if private else {}),
+                **record.extra,
             }
         )
         self.peak_rss_mb = max(self.peak_rss_mb, tree_peak_mb())
@@ -170,7 +139,7 @@ class Recorder:
                 "round": record.round,
                 "best_round": self.best_round,
                 "best_val_metric": self.best_val,
-                "totals": vars(t),
+                "totals": t,
                 "wall_seconds": time.perf_counter() - self.started,
                 "peak_rss_mb": self.peak_rss_mb,
                 **(saved_meta or {}),
@@ -207,7 +176,7 @@ class Recorder:
             "codec_down": cfg.codec.down,
             "clients": len(exp.clients),
             "clients_per_round": 1 if cfg.centralized else cfg.federation.clients_per_round,
-            "rounds_completed": t.rounds,
+            "rounds_completed": t["rounds"],
             "metric_name": self.metric,
             "best_round": self.best_round,
             "best_val_metric": self.best_val,
@@ -216,23 +185,17 @@ class Recorder:
             "test_macro_f1": test["macro_f1"],
             "trainable_params": exp.trainable_params,
             "total_params": exp.total_params,
-            "bytes_up_total": t.bytes_up,
-            "bytes_down_total": t.bytes_down,
-            "clients_failed": t.failed,
-            "clients_late": t.late,
-            "updates_rejected": t.rejected,
-            "rounds_skipped": t.skipped,
-            "rounds_retried": t.retries,
-            "train_seconds": t.train_seconds,
-            "eval_seconds": t.eval_seconds,
+            **summary_totals(t, cfg.privacy.enabled),
+            "rounds_skipped": t["skipped"],
+            "rounds_retried": t["retries"],
+            "train_seconds": t["train_seconds"],
+            "eval_seconds": t["eval_seconds"],
             "wall_seconds": time.perf_counter() - self.started,
             "peak_rss_mb": max(self.peak_rss_mb, tree_peak_mb()),
         }
-        if not cfg.privacy.enabled:
-            summary["train_examples_seen"] = t.examples
-        else:
+        if cfg.privacy.enabled:
             summary.update(
-                epsilon=self.epsilon(t.rounds),
+                epsilon=self.epsilon(int(t["rounds"])),
                 delta=cfg.privacy.delta,
                 noise_multiplier=cfg.privacy.noise_multiplier,
                 clip=cfg.privacy.clip,

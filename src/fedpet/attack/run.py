@@ -5,7 +5,7 @@ takes one step of plain gradient descent on one batch with dropout off, and send
 through its own upload path: DP's clip and noise share (distributed noise, the one an
 update carries on the wire), then the upload codec. The attacker, the server, knows the
 model, that state, the learning rates and each example's length, and recovers the tokens
-(:mod:`fedpet.privacy.inversion`).
+(:mod:`fedpet.attack.inversion`).
 """
 
 from __future__ import annotations
@@ -19,22 +19,21 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer
 
-from fedpet.codecs import get_codec
+from fedpet.attack.inversion import (
+    embedding_rows,
+    labels_from_bias,
+    match_gradients,
+    nearest_tokens,
+)
+from fedpet.attack.tokens import frequent_tokens, token_scores
 from fedpet.config import Config
 from fedpet.data.batching import collate
 from fedpet.errors import FedpetError
 from fedpet.experiment import Experiment, prepare
 from fedpet.model import model_path
 from fedpet.privacy.dp import client_noise_std
-from fedpet.privacy.inversion import (
-    embedding_rows,
-    labels_from_bias,
-    match_gradients,
-    nearest_tokens,
-)
-from fedpet.privacy.tokens import frequent_tokens, token_scores
 from fedpet.rundir import load_checkpoint
-from fedpet.runtime.rounds import upload
+from fedpet.runtime.client_half import ClientHalf
 from fedpet.seeding import derive_seed
 from fedpet.state import TrainableState, load_, schema
 
@@ -170,14 +169,14 @@ def attack(cfg: Config, spec: AttackSpec, run: Path | None = None) -> dict[str, 
     tokenizer = AutoTokenizer.from_pretrained(model_path(cfg.model))
     special = set(tokenizer.all_special_ids)
     prior = frequent_tokens(exp.train.input_ids, special)
-    codec = get_codec(cfg.codec.up)
+    half = ClientHalf.of(exp)
     records = []
     began = time.perf_counter()
     for k, indices in enumerate(pick_batches(exp, spec)):
         batch = collate(exp.train, indices)
         update = client_update(exp, batch)
-        payload, _ = upload(exp, codec, update, rounds, k, {})
-        sent = codec.decode(payload, schema(update))
+        payload, _ = half.send(update, rounds, k, {})
+        sent = half.up.decode(payload, schema(update))
         found, labels_right = recover(exp, spec, sent, batch, derive_seed(cfg.seed, "attack", k))
         got = found - special
         true = {int(i) for i in batch["input_ids"][batch["attention_mask"] == 1]} - special

@@ -1,0 +1,1 @@
+"""The gradient-inversion attack (`fedpet attack`): what a server could read from updates."""
