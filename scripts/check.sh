@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
-# Lint, format check, type check, then the test suite (run after scripts/setup.sh --dev).
+# Lint, format check, type check, the import layers, then the tests (after scripts/setup.sh --dev).
+# --quick: unit tests only (no test marked integration), for the inner loop; other
+# arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1
+marks=()
+if [[ "${1:-}" == "--quick" ]]; then
+    shift
+    marks=(-m "not integration")
+fi
 .venv/bin/ruff check src tests benchmarks
 .venv/bin/ruff format --check src tests benchmarks
 .venv/bin/mypy
-.venv/bin/python -m pytest -q "$@"
+.venv/bin/lint-imports
+.venv/bin/python -m pytest -q "${marks[@]}" "$@"

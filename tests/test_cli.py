@@ -44,6 +44,7 @@ def test_bad_input_one_line_exit_2_nothing_written(
     assert not out.exists()
 
 
+@pytest.mark.integration
 def test_bad_input_from_a_real_process_is_one_line_and_status_2(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "fedpet.cli", "run", "--alpha", "0", "--out", str(tmp_path / "r")],

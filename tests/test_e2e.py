@@ -15,7 +15,7 @@ from fedpet.rundir import RunDir
 from fedpet.runtime.recorder import Recorder
 from fedpet.runtime.simulation import run_simulation
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 SLICE = [
     ("data.max_train_samples", 32),

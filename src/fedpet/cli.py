@@ -122,6 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
         "partition", help="partition a task across clients; write partition.json and plots"
     )
     _add_config_flags(part, PARTITION_FLAGS)
+    for command in (run, study, attack, part):
+        command.add_argument(
+            "--plugin",
+            action="append",
+            default=[],
+            metavar="MODULE",
+            help="import a module (name or .py path) that registers methods, algorithms or "
+            "codecs, before anything else (repeatable)",
+        )
     return parser
 
 
@@ -285,6 +294,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "report": cmd_report,
             "attack": cmd_attack,
         }
+        from fedpet.plugins import load_plugin
+
+        for plugin in getattr(args, "plugin", []):
+            load_plugin(plugin)
         commands[args.command](args)
     except FedpetError as exc:
         print(one_line(f"fedpet {args.command}: error: {exc}"), file=sys.stderr)

@@ -26,6 +26,7 @@ import torch
 
 from fedpet.config import Config
 from fedpet.errors import require
+from fedpet.registry import Registry
 from fedpet.state import Schema, TrainableState
 
 SPEC_HELP = (
@@ -203,7 +204,22 @@ class Codec:
         return {name: read[name] for name in shapes}
 
 
+CODECS: Registry[Values] = Registry("codec", "fedpet.codecs", {})
+"""Value codecs users add (``register_codec``, or the ``fedpet.codecs`` entry points)."""
+
+
+def register_codec(name: str, values: Values) -> None:
+    """Make a value codec available as the spec ``name`` (alone, or after ``topk:F+``).
+
+    ``values`` implements :class:`Values`: its ``nbytes`` must be exactly what ``pack``
+    writes, since byte counts and decoding rely on it.
+    """
+    CODECS.register(name, values)
+
+
 def _values(spec: str) -> Values:
+    if spec in CODECS:
+        return CODECS[spec]
     name, *options = spec.split(":")
     if name in FLOATS and not options:
         return Floats(name)
@@ -223,7 +239,12 @@ def get_codec(spec: str) -> Codec:
             raise ValueError(spec)
         return Codec(spec, TopK(fraction, _values(tail or "fp32")))
     except ValueError:
-        raise ValueError(f"{spec!r} is not a codec: use {SPEC_HELP}") from None
+        raise ValueError(f"{spec!r} is not a codec: use {spec_help()}") from None
+
+
+def spec_help() -> str:
+    """The codec specs allowed, with the registered ones."""
+    return SPEC_HELP + "".join(f", {name}" for name in CODECS)
 
 
 def check_codecs(cfg: Config) -> None:
@@ -233,4 +254,4 @@ def check_codecs(cfg: Config) -> None:
         try:
             get_codec(spec)
         except ValueError:
-            require(False, f"codec.{key}", spec, SPEC_HELP)
+            require(False, f"codec.{key}", spec, spec_help())

@@ -55,6 +55,7 @@ CENTRAL_DP += ("--set", "privacy.target_quantile=0.5")
 
 
 @pytest.mark.parametrize("flags", [RANKED, CENTRAL_DP], ids=["flexlora-codecs", "central-dp"])
+@pytest.mark.integration
 def test_flower_simulation_equals_the_in_process_runtime(
     tiny_model_dir: Path, tmp_path: Path, flags: tuple[str, ...]
 ) -> None:
@@ -125,6 +126,7 @@ def test_malformed_replies_are_refused() -> None:
         parse_reply(reply({"loss": 0.5}))
 
 
+@pytest.mark.integration
 def test_flower_sim_resumes_after_its_last_checkpoint(tiny_model_dir: Path, tmp_path: Path) -> None:
     import yaml
 
@@ -149,6 +151,7 @@ DISTRIBUTED_DP += ("--set", "privacy.noise=distributed", "--set", "privacy.sampl
 
 
 @pytest.mark.parametrize("dp", [(), DISTRIBUTED_DP], ids=["fedavg", "distributed-dp"])
+@pytest.mark.integration
 def test_secure_aggregation_matches_the_plain_round_within_its_quantization(
     tiny_model_dir: Path, tmp_path: Path, dp: tuple[str, ...]
 ) -> None:

@@ -49,16 +49,35 @@ def test_ffa_lora_freezes_a_sends_half_and_aggregates_exactly(
     assert lora[-1]["lora_aggregation_error"] > 1e-4  # separate averaging of B and A errs
 
 
-def test_fedrs_scales_the_logits_of_classes_a_client_lacks(tiny_config) -> None:
+def test_fedrs_is_a_hook_that_scales_the_logits_of_classes_a_client_lacks(tiny_config) -> None:
+    from fedpet.algorithms import PlainTraining
+    from fedpet.algorithms.fedrs import restricted
     from fedpet.experiment import prepare
+    from fedpet.runtime.client_half import ClientHalf
+    from fedpet.state import extract
 
-    exp = prepare(tiny_config(**{"algorithm.fedrs": 0.25}))
-    only_negative = np.flatnonzero(exp.train.labels == 0)[:5]
-    scale = exp.restricted_softmax(only_negative)
-    assert scale is not None and torch.equal(scale, torch.tensor([1.0, 0.25]))
-    both = exp.restricted_softmax(np.arange(len(exp.train)))
-    assert both is not None and torch.equal(both, torch.ones(2))
-    assert prepare(tiny_config()).restricted_softmax(only_negative) is None
+    plain = PlainTraining()
+    assert restricted(plain, None, 2, np.array([0])) is plain  # FedRS off
+    logits = torch.tensor([[2.0, 4.0], [-1.0, 1.0]])
+    only_negative = restricted(plain, 0.25, 2, np.array([0, 0, 0]))
+    assert torch.equal(only_negative.logits(logits), torch.tensor([[2.0, 1.0], [-1.0, 0.25]]))
+    assert torch.equal(restricted(plain, 0.25, 2, np.array([1, 0])).logits(logits), logits)
+    # in local training: alpha 1 changes nothing, bitwise; alpha 0 changes the update
+    updates = []
+    for alpha in (None, 1.0, 0.0):
+        exp = prepare(
+            tiny_config(
+                **{
+                    "algorithm.fedrs": alpha,
+                    "data.partition": "shards",
+                    "data.labels_per_client": 1,
+                }
+            )
+        )
+        half = ClientHalf.of(exp)
+        updates.append(half.train(extract(exp.params), 1, 0, {}).update)
+    assert all(torch.equal(updates[0][n], updates[1][n]) for n in updates[0])
+    assert not all(torch.equal(updates[0][n], updates[2][n]) for n in updates[0])
 
 
 def test_ffa_lora_needs_lora(capsys) -> None:

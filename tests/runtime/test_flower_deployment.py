@@ -27,8 +27,10 @@ from safetensors.torch import load_file
 
 from fedpet.cli import main
 
+pytestmark = pytest.mark.integration  # flwr deployments: SuperLink, SuperNodes, flwr run
+
 BIN = Path(sys.executable).parent
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _key_and_name(common_name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Name]:

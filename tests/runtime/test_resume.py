@@ -77,6 +77,7 @@ def metrics(out: Path) -> list[dict]:
 
 
 @pytest.mark.parametrize("setup", list(SETUPS))
+@pytest.mark.integration
 def test_sigkill_then_resume_equals_an_uninterrupted_run(
     tiny_model_dir: Path, tmp_path: Path, setup: str
 ) -> None:
