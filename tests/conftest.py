@@ -7,11 +7,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
 from transformers import AutoTokenizer, BertConfig, BertModel
 
 from fedpet.config import Config
 from fedpet.configure import build_config, resolve
 from fedpet.model import model_path
+
+# the full suite tries 150 examples per property; scripts/check.sh --quick sets "quick"
+settings.register_profile("full", max_examples=150)
+settings.register_profile("quick", max_examples=12)
+settings.load_profile(os.environ.get("FEDPET_HYPOTHESIS", "full"))
 
 
 @pytest.fixture(scope="session")

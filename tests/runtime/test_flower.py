@@ -275,6 +275,7 @@ class _StartingGrid:
         return replies
 
 
+@pytest.mark.integration
 def test_the_server_waits_for_every_client_s_node_to_answer(
     tiny_config, tmp_path: Path, monkeypatch
 ) -> None:

@@ -143,6 +143,7 @@ def test_plot_lines_split_by_algorithm_and_codec_only_where_they_vary() -> None:
     assert series_labels(rows)[1] == "lora + fedprox up=int8"
 
 
+@pytest.mark.integration
 def test_a_study_runs_resumes_and_reports_identically(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
