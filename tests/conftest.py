@@ -14,8 +14,8 @@ from fedpet.config import Config
 from fedpet.configure import build_config, resolve
 from fedpet.model import model_path
 
-# the full suite tries 150 examples per property; scripts/check.sh --quick sets "quick"
-settings.register_profile("full", max_examples=150)
+# the full suite tries 100 examples per property; scripts/check.sh --quick sets "quick"
+settings.register_profile("full", max_examples=100)
 settings.register_profile("quick", max_examples=12)
 settings.load_profile(os.environ.get("FEDPET_HYPOTHESIS", "full"))
 
