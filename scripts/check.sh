@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Lint, format check, type check, the import layers, then the tests (after scripts/setup.sh --dev).
-# --quick: unit tests only (no test marked integration) and fewer examples per property
-# test, for the inner loop; other arguments go to pytest.
+# --quick: unit tests only (no test marked integration), fewer examples per property test,
+# on two pytest-xdist workers, for the inner loop; other arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1
 marks=()
 if [[ "${1:-}" == "--quick" ]]; then
     shift
-    marks=(-m "not integration")
+    marks=(-m "not integration" -n 2)
     export FEDPET_HYPOTHESIS=quick
 fi
 .venv/bin/ruff check src tests benchmarks
