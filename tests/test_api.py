@@ -207,3 +207,47 @@ def test_a_study_from_a_mapping_returns_each_runs_results(
         assert run.summary["bytes_up_total"] == run.series("bytes_up")[0] > 0
     bitfit, lora = done.runs["method=bitfit"], done.runs["method=lora"]
     assert bitfit.summary["trainable_params"] != lora.summary["trainable_params"]
+
+
+def test_installed_packages_extend_each_registry_through_entry_points(
+    plugin: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    import importlib.metadata
+
+    from fedpet.codecs import get_codec
+
+    # a package that declares its extensions instead of registering them on import
+    package = tmp_path / "installed"
+    package.mkdir()
+    lines = PLUGIN.splitlines(keepends=True)
+    (package / "ep_extensions.py").write_text("".join(x for x in lines if "register_" not in x[:9]))
+    monkeypatch.syspath_prepend(str(package))  # as if it were installed
+    points = {
+        "fedpet.methods": [("layernorm", "ep_extensions:LayerNormTuning")],
+        "fedpet.algorithms": [("damped-avg", "ep_extensions:DampedAvg")],
+        "fedpet.codecs": [("half", "ep_extensions:Floats")],
+    }
+    monkeypatch.setattr(
+        importlib.metadata,
+        "entry_points",
+        lambda group: [
+            importlib.metadata.EntryPoint(name, value, group) for name, value in points[group]
+        ],
+    )
+    for registry in (METHODS, ALGORITHMS, CODECS):
+        monkeypatch.setattr(registry, "loaded", False)
+    monkeypatch.setattr(CODECS, "adapt", lambda found: found("fp16"))
+    try:
+        assert METHODS["layernorm"].name == "layernorm"  # a class is made an instance
+        assert ALGORITHMS["damped-avg"].__name__ == "DampedAvg"
+        assert get_codec("half").encode({"x": torch.ones(3)}) == b"\x00<" * 3
+        assert main(["run", "--dry-run", "--method", "layernorm", "--algorithm", "damped-avg"]) == 0
+        # a broken entry point is bad input, named
+        points["fedpet.algorithms"] = [("broken", "no_such_package:Thing")]
+        monkeypatch.setattr(ALGORITHMS, "loaded", False)
+        capsys.readouterr()
+        assert main(["run", "--dry-run", "--algorithm", "broken"]) == 2
+        err = capsys.readouterr().err
+        assert "entry point 'broken' of fedpet.algorithms cannot be loaded" in err
+    finally:
+        sys.modules.pop("ep_extensions", None)

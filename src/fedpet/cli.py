@@ -285,7 +285,12 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fedpet`` command; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    try:  # the flags' help reads the registries, and so any installed entry point
+        parser = build_parser()
+    except FedpetError as exc:
+        print(one_line(f"fedpet: error: {exc}"), file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     try:
         commands = {
             "run": cmd_run,
