@@ -220,12 +220,13 @@ def test_installed_packages_extend_each_registry_through_entry_points(
     package = tmp_path / "installed"
     package.mkdir()
     lines = PLUGIN.splitlines(keepends=True)
-    (package / "ep_extensions.py").write_text("".join(x for x in lines if "register_" not in x[:9]))
+    declared = "".join(x for x in lines if "register_" not in x[:9]) + 'HALF = Floats("fp16")\n'
+    (package / "ep_extensions.py").write_text(declared)
     monkeypatch.syspath_prepend(str(package))  # as if it were installed
     points = {
         "fedpet.methods": [("layernorm", "ep_extensions:LayerNormTuning")],
         "fedpet.algorithms": [("damped-avg", "ep_extensions:DampedAvg")],
-        "fedpet.codecs": [("half", "ep_extensions:Floats")],
+        "fedpet.codecs": [("half", "ep_extensions:HALF")],
     }
     monkeypatch.setattr(
         importlib.metadata,
@@ -236,7 +237,6 @@ def test_installed_packages_extend_each_registry_through_entry_points(
     )
     for registry in (METHODS, ALGORITHMS, CODECS):
         monkeypatch.setattr(registry, "loaded", False)
-    monkeypatch.setattr(CODECS, "adapt", lambda found: found("fp16"))
     try:
         assert METHODS["layernorm"].name == "layernorm"  # a class is made an instance
         assert ALGORITHMS["damped-avg"].__name__ == "DampedAvg"
