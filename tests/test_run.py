@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import torch
 import yaml
 from helpers import run_argv
 from safetensors.torch import load_file
@@ -180,3 +181,27 @@ def test_resuming_a_finished_run_changes_nothing(
     assert after == before
     assert main(["run", "--resume", str(out), "--dry-run"]) == 0
     assert "the run has finished" in capsys.readouterr().out
+
+
+def test_eval_every_evaluates_only_those_rounds_and_the_last_and_trains_the_same(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    every, sparse = tmp_path / "every", tmp_path / "sparse"
+    assert main(run_argv(tiny_model_dir, every, rounds=5)) == 0
+    assert main(run_argv(tiny_model_dir, sparse, "--set", "federation.eval_every=2", rounds=5)) == 0
+    rows, full = (
+        [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+        for d in (sparse, every)
+    )
+    assert ["val_accuracy" in r for r in rows] == [False, True, False, True, True]
+    assert all(r["eval_seconds"] < 0.01 for r in rows if "val_accuracy" not in r)
+    # evaluation changes nothing of the training: same states, same figures where evaluated
+    a, b = (load_file(d / "checkpoint" / "global.safetensors") for d in (sparse, every))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    evaluated = {r["round"]: r["val_accuracy"] for r in rows if "val_accuracy" in r}
+    assert all(full[k - 1]["val_accuracy"] == v for k, v in evaluated.items())
+    summary = json.loads((sparse / "summary.json").read_text())
+    assert summary["best_round"] in evaluated
+    assert summary["best_val_metric"] == max(evaluated.values())
+    assert main(["report", str(sparse)]) == 0  # the report draws the evaluated rounds
+    assert (sparse / "convergence.png").read_bytes()[:4] == b"\x89PNG"

@@ -39,9 +39,10 @@ class RoundProgress:
     ) -> None:
         self.progress.stop()
 
-    def update(self, round_: int, val: float, best_round: int, best_val: float) -> None:
-        """Advance to ``round_`` and show its validation metric and the best so far."""
-        status = f"val {self.metric} {val:.4f} (best {best_val:.4f} @ {best_round})"
+    def update(self, round_: int, val: float | None, best_round: int, best_val: float) -> None:
+        """Advance to ``round_`` and show its validation metric (if evaluated) and the best."""
+        shown = "not evaluated" if val is None else f"{val:.4f}"
+        status = f"val {self.metric} {shown} (best {best_val:.4f} @ {best_round})"
         self.progress.update(self.task, completed=round_, status=status)
 
 

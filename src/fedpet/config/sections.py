@@ -118,6 +118,9 @@ class FederationConfig:
     clients: int = option(100, "number of clients", POSITIVE_INT)
     clients_per_round: int = option(10, "clients sampled each round", POSITIVE_INT)
     rounds: int = option(16, "federated rounds", POSITIVE_INT)
+    eval_every: int = option(
+        1, "evaluate on validation every this many rounds (and after the last)", POSITIVE_INT
+    )
     max_update_norm: float | None = option(
         None, "reject client updates with a larger L2 norm", or_null(above(0))
     )

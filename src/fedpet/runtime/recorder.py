@@ -47,15 +47,15 @@ class Recorder:
     Parameters
     ----------
     on_round
-        Called after each round with (round, validation metric, best round, best validation
-        metric), for the progress display.
+        Called after each round with (round, validation metric or None if not evaluated,
+        best round, best validation metric), for the progress display.
     """
 
     def __init__(
         self,
         exp: Experiment,
         run: RunDir,
-        on_round: Callable[[int, float, int, float], None] = lambda *_: None,
+        on_round: Callable[[int, float | None, int, float], None] = lambda *_: None,
     ) -> None:
         self.exp = exp
         self.run = run
@@ -86,14 +86,19 @@ class Recorder:
     ) -> dict[str, float]:
         """Evaluate the model (holding ``global_state``) on validation; log and checkpoint.
 
+        A federated run evaluates every ``federation.eval_every`` rounds and after its last;
+        a round it does not evaluate logs no validation figures and cannot be the best round.
         ``saved`` (named tensor groups) and ``saved_meta`` (JSON data) are the runtime's own
         state, checkpointed with the round (e.g. the server algorithm's state).
         """
         cfg = self.exp.cfg
         t0 = time.perf_counter()
-        val = evaluate(
-            self.exp.model, self.exp.validation, cfg.train.eval_batch_size, self.exp.task.num_labels
-        )
+        val = {}
+        if self.evaluates(record.round):
+            exp = self.exp
+            val = evaluate(
+                exp.model, exp.validation, cfg.train.eval_batch_size, exp.task.num_labels
+            )
         eval_seconds = time.perf_counter() - t0
         t = self.totals
         t["rounds"] = record.round
@@ -106,7 +111,7 @@ class Recorder:
         }
         for name, value in round_totals.items():
             t[name] = t.get(name, 0) + value
-        if val[self.metric] > self.best_val:
+        if val and val[self.metric] > self.best_val:
             self.best_round, self.best_val = record.round, val[self.metric]
             self.best_state = {k: v.clone() for k, v in global_state.items()}
         private = cfg.privacy.enabled
@@ -145,8 +150,14 @@ class Recorder:
                 **(saved_meta or {}),
             },
         )
-        self.on_round(record.round, val[self.metric], self.best_round, self.best_val)
+        self.on_round(record.round, val.get(self.metric), self.best_round, self.best_val)
         return val
+
+    def evaluates(self, round_: int) -> bool:
+        """Whether the global state after ``round_`` is evaluated on validation."""
+        cfg = self.exp.cfg
+        fed = cfg.federation
+        return cfg.centralized or round_ % fed.eval_every == 0 or round_ >= fed.rounds
 
     def epsilon(self, rounds: int) -> float:
         """DP's epsilon (at ``privacy.delta``) spent by ``rounds`` rounds."""

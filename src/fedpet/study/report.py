@@ -258,7 +258,7 @@ def _curves(runs: list[Entry], done: pd.DataFrame) -> dict[tuple[str, str], dict
         frame = pd.DataFrame(
             {
                 "round": [r["round"] for r in rows],
-                "val": [r[metric] for r in rows],
+                "val": [r.get(metric, float("nan")) for r in rows],  # (not evaluated)
                 "mb": pd.Series([r["bytes_up"] + r["bytes_down"] for r in rows]).cumsum() / 1e6,
                 "lora_error": [r.get("lora_aggregation_error", float("nan")) for r in rows],
             }
@@ -277,7 +277,8 @@ def _convergence(path: Path, curves: dict[tuple[str, str], dict[str, Any]]) -> N
     fig = Figure(figsize=(10, 3.2 * len(curves)))
     axes = fig.subplots(len(curves), 2, squeeze=False)
     for (ax_round, ax_mb), ((task, setting), methods) in zip(axes, curves.items(), strict=True):
-        for method, frame in methods.items():
+        for method, curve in methods.items():
+            frame = curve.dropna(subset=["val"])  # the rounds evaluated (federation.eval_every)
             ax_round.plot(frame.index, frame["val"], marker=".", label=method)
             ax_mb.plot(frame["mb"], frame["val"], marker=".", label=method)
         ax_round.set_title(f"{task}, {setting}")
