@@ -15,7 +15,13 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 from fedpet.algorithms.base import ClientHook
 from fedpet.config import TrainConfig
-from fedpet.data.batching import Encoded, collate, length_sorted_batches, shuffled_batches
+from fedpet.data.batching import (
+    Encoded,
+    collate,
+    length_grouped_batches,
+    length_sorted_batches,
+    shuffled_batches,
+)
 from fedpet.metrics import classification_metrics
 from fedpet.state import TrainableState, extract
 
@@ -105,6 +111,7 @@ class LocalTraining:
         epochs: int,
     ) -> None:
         self.model, self.params, self.data, self.indices = model, params, data, indices
+        self.lengths = data.lengths if train.group_by_length else np.empty(0, dtype=np.int64)
         self.train, self.hook = train, hook
         torch.manual_seed(seed)
         self.rng = np.random.default_rng(seed)
@@ -116,7 +123,11 @@ class LocalTraining:
 
     def run_epoch(self) -> float:
         """Train one more epoch; returns its summed (example-weighted) task loss."""
-        batches = shuffled_batches(self.indices, self.train.batch_size, self.rng)
+        size = self.train.batch_size
+        if self.train.group_by_length:
+            batches = length_grouped_batches(self.indices, self.lengths, size, self.rng)
+        else:
+            batches = shuffled_batches(self.indices, size, self.rng)
         loss = train_epoch(
             self.model,
             self.params,

@@ -1,5 +1,8 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 from transformers import AutoTokenizer
 
 from fedpet.data.batching import collate, encode, length_sorted_batches, shuffled_batches
@@ -50,3 +53,41 @@ def test_length_sorted_batches_group_similar_lengths(tokenizer) -> None:
     data = encode(tokenizer, Split(texts, np.zeros(4, dtype=np.int64)), max_length=64)
     batches = length_sorted_batches(data, 2)
     assert [b.tolist() for b in batches] == [[1, 3], [2, 0]]
+
+
+def test_length_grouped_batches_cover_the_epoch_once_seeded_with_less_padding() -> None:
+    from fedpet.data.batching import length_grouped_batches
+
+    lengths = np.random.default_rng(0).integers(3, 120, size=1000)
+    indices = np.arange(100, 900)  # a client's examples
+
+    def padding(batches: list[np.ndarray]) -> int:
+        return sum(int(lengths[b].max()) * len(b) - int(lengths[b].sum()) for b in batches)
+
+    def grouped(seed: int) -> list[np.ndarray]:
+        return length_grouped_batches(indices, lengths, 16, np.random.default_rng(seed), group=5)
+
+    batches = grouped(1)
+    assert sorted(np.concatenate(batches).tolist()) == indices.tolist()
+    assert all(len(b) == 16 for b in batches)  # 800 examples: 50 full batches
+    assert all(np.array_equal(x, y) for x, y in zip(batches, grouped(1), strict=True))
+    assert not all(np.array_equal(x, y) for x, y in zip(batches, grouped(2), strict=True))
+    plain = shuffled_batches(indices, 16, np.random.default_rng(1))
+    assert padding(batches) < padding(plain) / 3
+
+
+def test_a_length_grouped_run_is_reproducible_and_trains_differently(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from helpers import run_argv
+    from safetensors.torch import load_file
+
+    from fedpet.cli import main
+
+    grouped = ("--set", "train.group_by_length=true")
+    runs = {"plain": (), "grouped": grouped, "again": grouped}
+    for name, flags in runs.items():
+        assert main(run_argv(tiny_model_dir, tmp_path / name, *flags)) == 0
+    a, b, c = (load_file(tmp_path / n / "checkpoint" / "global.safetensors") for n in runs)
+    assert all(torch.equal(b[k], c[k]) for k in b)
+    assert not all(torch.equal(a[k], b[k]) for k in a)

@@ -99,6 +99,9 @@ class TrainConfig:
     max_grad_norm: float | None = option(
         1.0, "gradient clipping norm (null: none)", or_null(above(0), "or null for none")
     )
+    group_by_length: bool = option(
+        False, "local batches of similar length (seeded shuffled groups): less padding"
+    )
     dropout: float | None = option(
         None,
         "overrides the model's dropout (0 disables; null: the model's)",

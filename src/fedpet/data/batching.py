@@ -93,6 +93,30 @@ def shuffled_batches(
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def length_grouped_batches(
+    indices: np.ndarray,
+    lengths: np.ndarray,
+    batch_size: int,
+    rng: np.random.Generator,
+    group: int = 50,
+) -> list[np.ndarray]:
+    """One epoch over ``indices`` in seeded batches of similar length (less padding).
+
+    As Hugging Face Trainer's ``group_by_length``: a seeded random order is cut into
+    mega-batches of ``group`` batches, each sorted by length (longest first) and cut into
+    batches; the batches are then shuffled, so the epoch's order stays random and seeded.
+    ``lengths`` holds every example's token count (indexed by the values of ``indices``).
+    """
+    order = rng.permutation(indices)
+    mega = group * batch_size
+    batches = []
+    for start in range(0, len(order), mega):
+        chunk = order[start : start + mega]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
 def length_sorted_batches(data: Encoded, batch_size: int) -> list[np.ndarray]:
     """All examples in batches of similar length: the cheapest order for evaluation."""
     order = np.argsort(data.lengths, kind="stable")
