@@ -41,3 +41,55 @@ def test_cohort_sampling_is_seeded_uniform_and_without_replacement() -> None:
         np.concatenate([sample_cohort(0, r, 20, 5) for r in range(1, 2001)]), minlength=20
     )
     assert counts.min() > 400 and counts.max() < 600  # each client ~ 2000 x 5 / 20 = 500
+
+
+def test_bf16_training_on_the_cpu_lowers_the_loss_and_keeps_fp32_weights(tiny_config) -> None:
+    from fedpet.algorithms import PlainTraining
+    from fedpet.client import LocalTraining
+    from fedpet.experiment import prepare
+
+    losses, states = {}, {}
+    for precision in ("fp32", "bf16"):
+        exp = prepare(tiny_config(**{"train.precision": precision, "train.head_lr": 0.05}))
+        indices = np.arange(len(exp.train))
+        session = LocalTraining(
+            exp.model,
+            exp.params,
+            exp.head_names,
+            exp.train,
+            indices,
+            exp.cfg.train,
+            PlainTraining(),
+            seed=0,
+            epochs=6,
+        )
+        losses[precision] = [session.run_epoch() / len(indices) for _ in range(6)]
+        states[precision] = {n: p.detach().clone() for n, p in exp.params.items()}
+    assert losses["bf16"][-1] < 0.9 * losses["bf16"][0]
+    assert all(p.dtype == torch.float32 for p in states["bf16"].values())  # master weights
+    # autocast acted: the same seed and data give other losses and weights than fp32
+    assert losses["bf16"] != losses["fp32"]
+    assert not all(torch.equal(states["bf16"][n], states["fp32"][n]) for n in states["fp32"])
+
+
+def test_a_bf16_run_sends_and_checkpoints_fp32_and_records_its_precision(
+    tiny_model_dir, tmp_path, capsys
+) -> None:
+    import json
+
+    import yaml
+    from helpers import refusal, run_argv
+    from safetensors.torch import load_file
+
+    from fedpet.cli import main
+
+    out = tmp_path / "bf16"
+    assert main(run_argv(tiny_model_dir, out, "--set", "train.precision=bf16")) == 0
+    state = load_file(out / "checkpoint" / "global.safetensors")
+    assert all(t.dtype == torch.float32 for t in state.values())
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["bytes_up_total"] == 2 * 2 * 4 * summary["trainable_params"]  # fp32 codec
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["precision"] == "bf16"
+    capsys.readouterr()
+    err = refusal(["--set", "train.precision=fp16"], capsys)
+    assert "train.precision = 'fp16' is not allowed: fp32 or bf16 on the CPU" in err

@@ -14,7 +14,7 @@ from torch.optim import SGD, AdamW, Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 from fedpet.algorithms.base import ClientHook
-from fedpet.config import TrainConfig
+from fedpet.config import Config, TrainConfig
 from fedpet.data.batching import (
     Encoded,
     collate,
@@ -22,8 +22,23 @@ from fedpet.data.batching import (
     length_sorted_batches,
     shuffled_batches,
 )
+from fedpet.errors import require
 from fedpet.metrics import classification_metrics
 from fedpet.state import TrainableState, extract
+
+
+def check_precision(cfg: Config) -> None:
+    """The precision must run where fedpet trains: the CPU, where fp16 autocast does not."""
+    p = cfg.train.precision
+    require(p != "fp16", "train.precision", p, "fp32 or bf16 on the CPU (fp16 needs a CUDA device)")
+
+
+def autocast(precision: str) -> torch.autocast:
+    """The forward pass's precision: bf16 autocast, or (fp32) none.
+
+    Parameters, gradients and optimizer state stay fp32 either way (master weights).
+    """
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 @dataclass(frozen=True)
@@ -68,17 +83,20 @@ def train_epoch(
     scheduler: LRScheduler | None,
     hook: ClientHook,
     max_grad_norm: float | None,
+    precision: str = "fp32",
 ) -> float:
     """One pass over ``batches``; returns the summed (example-weighted) task loss.
 
-    ``hook`` adjusts the logits before the task loss and the loss before the gradient.
+    ``hook`` adjusts the logits before the task loss and the loss before the gradient; the
+    forward pass runs at ``precision`` (see :func:`autocast`).
     """
     model.train()
     total = 0.0
     for idx in batches:
         batch = collate(data, idx)
-        logits = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-        task_loss = F.cross_entropy(hook.logits(logits), batch["labels"])
+        with autocast(precision):
+            logits = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+            task_loss = F.cross_entropy(hook.logits(logits), batch["labels"])
         hook.loss(task_loss, params).backward()
         if max_grad_norm is not None:
             nn.utils.clip_grad_norm_(params.values(), max_grad_norm)
@@ -137,6 +155,7 @@ class LocalTraining:
             self.scheduler,
             self.hook,
             self.train.max_grad_norm,
+            self.train.precision,
         )
         self.epoch += 1
         return loss
@@ -182,15 +201,19 @@ class LocalTraining:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, data: Encoded, batch_size: int, num_labels: int) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, data: Encoded, batch_size: int, num_labels: int, precision: str = "fp32"
+) -> dict[str, float]:
     """Classification metrics of the model on ``data``, in batches of similar length.
 
-    See :func:`fedpet.metrics.classification_metrics` for which.
+    The forward pass runs at ``precision``, as in training. See
+    :func:`fedpet.metrics.classification_metrics` for which metrics.
     """
     model.eval()
     preds = np.empty(len(data), dtype=np.int64)
     for idx in length_sorted_batches(data, batch_size):
         batch = collate(data, idx)
-        logits = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        with autocast(precision):
+            logits = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
         preds[idx] = logits.argmax(-1).numpy()
     return classification_metrics(preds, data.labels, num_labels)

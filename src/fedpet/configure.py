@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fedpet.algorithms import ALGORITHMS, Algorithm, get_algorithm
+from fedpet.client import check_precision
 from fedpet.codecs import check_codecs
 from fedpet.config import AlgorithmOptions, Config, MethodOptions, parse, with_overrides
 from fedpet.data.checks import check_data
@@ -64,6 +65,7 @@ def validate(cfg: Config) -> None:
     """
     check_data(cfg)
     check_codecs(cfg)
+    check_precision(cfg)
     f = cfg.federation
     require(
         f.clients_per_round <= f.clients,

@@ -47,7 +47,15 @@ SETUPS = {
         "--set",
         "privacy.target_quantile=0.5",
     ],
-    "fedavgm-fedrs": ["--algorithm", "fedavgm", "--set", "algorithm.fedrs=0.5"],
+    # and training under bf16 autocast
+    "fedavgm-fedrs-bf16": [
+        "--algorithm",
+        "fedavgm",
+        "--set",
+        "algorithm.fedrs=0.5",
+        "--set",
+        "train.precision=bf16",
+    ],
     # and per-client state on disk, read back as of the checkpoint: SCAFFOLD's controls and
     # the error-feedback residuals of top-k uploads (stochastic rounding, fp16 downloads)
     "scaffold-topk-ef": [

@@ -96,6 +96,12 @@ class TrainConfig:
     schedule: str = option(
         "constant", "learning-rate schedule over local steps", one_of("constant", "linear")
     )
+    precision: str = option(
+        "fp32",
+        "training and evaluation precision: fp32, or bf16 autocast (fp32 master weights); "
+        "fp16 needs a CUDA device",
+        one_of("fp32", "bf16", "fp16"),
+    )
     max_grad_norm: float | None = option(
         1.0, "gradient clipping norm (null: none)", or_null(above(0), "or null for none")
     )

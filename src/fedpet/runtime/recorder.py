@@ -97,7 +97,11 @@ class Recorder:
         if self.evaluates(record.round):
             exp = self.exp
             val = evaluate(
-                exp.model, exp.validation, cfg.train.eval_batch_size, exp.task.num_labels
+                exp.model,
+                exp.validation,
+                cfg.train.eval_batch_size,
+                exp.task.num_labels,
+                cfg.train.precision,
             )
         eval_seconds = time.perf_counter() - t0
         t = self.totals
@@ -173,7 +177,10 @@ class Recorder:
         """Test the best round's state; write and return ``summary.json``."""
         exp, cfg, t = self.exp, self.exp.cfg, self.totals
         load_(exp.params, self.best_state)
-        test = evaluate(exp.model, exp.test, cfg.train.eval_batch_size, exp.task.num_labels)
+        train = cfg.train
+        test = evaluate(
+            exp.model, exp.test, train.eval_batch_size, exp.task.num_labels, train.precision
+        )
         summary: dict[str, Any] = {
             "task": cfg.data.task,
             "method": cfg.method.name,
