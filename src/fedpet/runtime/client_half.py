@@ -17,7 +17,7 @@ from fedpet.algorithms import Algorithm, ClientHook, get_algorithm
 from fedpet.algorithms.fedrs import restricted
 from fedpet.codecs import Codec, get_codec
 from fedpet.experiment import Experiment
-from fedpet.runtime.pipeline import stages_for
+from fedpet.runtime.pipeline import stages_for, withholds_stats
 from fedpet.runtime.rounds import ClientReply
 from fedpet.seeding import derive_seed
 from fedpet.stages import ClientSide, Stage
@@ -136,18 +136,10 @@ class ClientHalf:
             sides.append(side)
         return update, sides
 
-    @property
-    def withholds_stats(self) -> bool:
-        """Whether a stage keeps the client's example count and loss from the server (DP)."""
-        return any(stage.withholds_stats for stage in self.stages)
-
-    def weight(self, num_examples: int) -> int:
-        """The client's weight in a secure sum: its example count, or 1 if it withholds it."""
-        return 1 if self.withholds_stats else num_examples
-
     def stats(self, trained: Trained) -> tuple[int | None, float | None]:
         """What the client reports besides its update: examples and loss, unless withheld."""
-        return (None, None) if self.withholds_stats else (trained.num_examples, trained.loss)
+        withheld = withholds_stats(self.stages)
+        return (None, None) if withheld else (trained.num_examples, trained.loss)
 
     def run(
         self,

@@ -31,6 +31,7 @@ from fedpet.config import Config, to_dict
 from fedpet.experiment import Experiment, prepare
 from fedpet.rundir import Checkpoint
 from fedpet.runtime.client_half import ClientHalf
+from fedpet.runtime.pipeline import secure_weight, withholds_stats
 from fedpet.runtime.recorder import Recorder
 from fedpet.runtime.rounds import ClientReply, Intake
 from fedpet.runtime.secagg import (
@@ -116,7 +117,7 @@ def train_reply(cfg: Config, msg: Message) -> Message:
         received = half.down.decode(payload, half.layout(client))
         trained = half.train(received, round_, client, {})
         update, _ = half.prepare(trained.update, round_, client, {})
-        weight = half.weight(trained.num_examples)
+        weight = secure_weight(half.stages, trained.num_examples)
         return masked_reply(msg, update, *half.stats(trained), weight)
     config = msg.content.config_records["config"]
     round_, client = int(number(config["round"])), int(number(config["client"]))
@@ -234,7 +235,8 @@ class FedpetStrategy(Strategy):
         intake = self.intake
         assert intake is not None, "configure_train sets the intake"
         # under DP the clients also clip and noise their updates themselves
-        sizes = (self.server.weight(len(self.exp.clients[k])) for k in targets.values())
+        stages = self.server.stages
+        sizes = (secure_weight(stages, len(self.exp.clients[k])) for k in targets.values())
         max_weight = max(sizes, default=1)
         outcome = secure_round(
             grid,
@@ -254,7 +256,7 @@ class FedpetStrategy(Strategy):
                 examples, loss = outcome.replies[node]
                 intake.count(examples, loss)
                 summed.append(k)
-                weight += self.server.weight(examples)
+                weight += secure_weight(stages, examples)
             elif node in outcome.silent:
                 self.forget(node)
                 intake.lose("failed", k, f"node {node} did not answer")
@@ -285,7 +287,7 @@ class FedpetStrategy(Strategy):
                 intake.lose("failed", k, f"error from node {node}: {reply.error.reason}")
                 continue
             try:
-                parsed = parse_reply(reply, self.server.withholds_stats)
+                parsed = parse_reply(reply, withholds_stats(self.server.stages))
             except (KeyError, TypeError, ValueError) as exc:
                 intake.lose("rejected", k, f"malformed reply: {exc}")
                 continue

@@ -19,3 +19,16 @@ def stages_for(cfg: Config) -> list[Stage]:
     if cfg.codec.feedback:
         stages.append(ErrorFeedback())
     return stages
+
+
+def withholds_stats(stages: list[Stage]) -> bool:
+    """Whether a stage keeps clients' example counts and losses from the server (DP)."""
+    return any(stage.withholds_stats for stage in stages)
+
+
+def secure_weight(stages: list[Stage], num_examples: int | None) -> int:
+    """A client's weight in a secure sum: its example count, or 1 if the stages withhold it."""
+    if withholds_stats(stages):
+        return 1
+    assert num_examples is not None, "a client that does not withhold it reports its count"
+    return num_examples

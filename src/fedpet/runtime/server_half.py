@@ -27,7 +27,7 @@ from fedpet.codecs import get_codec
 from fedpet.experiment import Experiment
 from fedpet.rundir import Checkpoint
 from fedpet.runtime.client_states import ClientStates
-from fedpet.runtime.pipeline import stages_for
+from fedpet.runtime.pipeline import stages_for, withholds_stats
 from fedpet.runtime.recorder import Recorder
 from fedpet.runtime.rounds import (
     ClientReply,
@@ -78,18 +78,6 @@ class ServerHalf:
         self.states = ClientStates(recorder.run.path, self.done) if keep else None
         self.started = 0.0
 
-    @property
-    def withholds_stats(self) -> bool:
-        """Whether clients report their update alone (a stage withholds the rest: DP)."""
-        return any(stage.withholds_stats for stage in self.stages)
-
-    def weight(self, num_examples: int | None) -> int:
-        """A client's weight in a secure sum: its example count, or 1 if it withholds it."""
-        if self.withholds_stats:
-            return 1
-        assert num_examples is not None, "a client that does not withhold it reports its count"
-        return num_examples
-
     def rounds(self) -> range:
         """The rounds left to run."""
         return range(self.done + 1, self.cfg.federation.rounds + 1)
@@ -122,7 +110,7 @@ class ServerHalf:
             local_epochs=cfg.train.local_epochs,
             attempt=attempt,
             # the error is computed from single updates: none under secure aggregation or DP
-            lora=None if self.secure or self.withholds_stats else lora_error(exp),
+            lora=None if self.secure or withholds_stats(self.stages) else lora_error(exp),
         )
 
     def saved(self, client: int) -> TrainableState:
