@@ -20,6 +20,16 @@ settings.register_profile("quick", max_examples=12)
 settings.load_profile(os.environ.get("FEDPET_HYPOTHESIS", "full"))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """GPU-marked tests skip, in one line, where torch sees no CUDA device."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (scripts/gpu-check.sh runs it)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer BERT with hidden size 32 and random weights, saved with MiniLM's tokenizer."""

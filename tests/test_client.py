@@ -73,12 +73,12 @@ def test_bf16_training_on_the_cpu_lowers_the_loss_and_keeps_fp32_weights(tiny_co
 
 
 def test_a_bf16_run_sends_and_checkpoints_fp32_and_records_its_precision(
-    tiny_model_dir, tmp_path, capsys
+    tiny_model_dir, tmp_path
 ) -> None:
     import json
 
     import yaml
-    from helpers import refusal, run_argv
+    from helpers import run_argv
     from safetensors.torch import load_file
 
     from fedpet.cli import main
@@ -90,6 +90,3 @@ def test_a_bf16_run_sends_and_checkpoints_fp32_and_records_its_precision(
     summary = json.loads((out / "summary.json").read_text())
     assert summary["bytes_up_total"] == 2 * 2 * 4 * summary["trainable_params"]  # fp32 codec
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["precision"] == "bf16"
-    capsys.readouterr()
-    err = refusal(["--set", "train.precision=fp16"], capsys)
-    assert "train.precision = 'fp16' is not allowed: fp32 or bf16 on the CPU" in err

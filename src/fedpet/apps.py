@@ -24,17 +24,22 @@ from fedpet.runtime.flower import query_reply, run_strategy, train_reply
 from fedpet.runtime.recorder import Recorder
 from fedpet.runtime.secagg import secure_mod
 
+Values = dict[str, bool | float | int | str]
 
-def config_from_run_config(run_config: dict[str, bool | float | int | str]) -> Config:
+
+def config_from_run_config(run_config: Values, node_config: Values | None = None) -> Config:
     """The fedpet config a Flower run carries: YAML text under the run-config key ``fedpet``.
 
-    Its runtime is ``flower`` whatever the text says: this run is a deployment.
+    Its runtime is ``flower`` whatever the text says: this run is a deployment. On a
+    SuperNode, a ``device`` in its ``node_config`` takes the place of the config's, and the
+    device resolves on that node (``auto``: the node's CUDA device if it has one).
     """
     text = str(run_config.get("fedpet", ""))
     data = yaml.safe_load(text) if text.strip() else {}
     if not isinstance(data, dict):
         raise FedpetError("run config 'fedpet' must hold a fedpet config as YAML text")
-    return resolve(build_config({**data, "runtime": "flower"}))
+    node = {"device": str(node_config["device"])} if node_config and "device" in node_config else {}
+    return resolve(build_config({**data, **node, "runtime": "flower"}))
 
 
 client_app = ClientApp(mods=[secure_mod])
@@ -43,7 +48,7 @@ client_app = ClientApp(mods=[secure_mod])
 
 @client_app.train()
 def _deployed_train(msg: Message, context: Context) -> Message:
-    return train_reply(config_from_run_config(context.run_config), msg)
+    return train_reply(config_from_run_config(context.run_config, context.node_config), msg)
 
 
 client_app.query()(query_reply)

@@ -14,7 +14,7 @@ from torch.optim import SGD, AdamW, Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 from fedpet.algorithms.base import ClientHook
-from fedpet.config import Config, TrainConfig
+from fedpet.config import TrainConfig
 from fedpet.data.batching import (
     Encoded,
     collate,
@@ -22,23 +22,9 @@ from fedpet.data.batching import (
     length_sorted_batches,
     shuffled_batches,
 )
-from fedpet.errors import require
+from fedpet.devices import autocast, grad_scaler
 from fedpet.metrics import classification_metrics
 from fedpet.state import TrainableState, extract
-
-
-def check_precision(cfg: Config) -> None:
-    """The precision must run where fedpet trains: the CPU, where fp16 autocast does not."""
-    p = cfg.train.precision
-    require(p != "fp16", "train.precision", p, "fp32 or bf16 on the CPU (fp16 needs a CUDA device)")
-
-
-def autocast(precision: str) -> torch.autocast:
-    """The forward pass's precision: bf16 autocast, or (fp32) none.
-
-    Parameters, gradients and optimizer state stay fp32 either way (master weights).
-    """
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 @dataclass(frozen=True)
@@ -84,23 +70,36 @@ def train_epoch(
     hook: ClientHook,
     max_grad_norm: float | None,
     precision: str = "fp32",
+    scaler: torch.amp.GradScaler | None = None,
 ) -> float:
     """One pass over ``batches``; returns the summed (example-weighted) task loss.
 
-    ``hook`` adjusts the logits before the task loss and the loss before the gradient; the
-    forward pass runs at ``precision`` (see :func:`autocast`).
+    ``hook`` adjusts the logits before the task loss and the loss before the gradient. The
+    batches go to the parameters' device and the forward pass runs at ``precision`` (see
+    :func:`fedpet.devices.autocast`); ``scaler`` scales fp16 losses (a step whose scaled
+    gradients overflowed is skipped, as :class:`torch.amp.GradScaler` does).
     """
     model.train()
+    device = next(iter(params.values())).device
     total = 0.0
     for idx in batches:
-        batch = collate(data, idx)
-        with autocast(precision):
+        batch = collate(data, idx, device)
+        with autocast(device, precision):
             logits = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
             task_loss = F.cross_entropy(hook.logits(logits), batch["labels"])
-        hook.loss(task_loss, params).backward()
+        loss = hook.loss(task_loss, params)
+        if scaler is None:
+            loss.backward()
+        else:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
         if max_grad_norm is not None:
             nn.utils.clip_grad_norm_(params.values(), max_grad_norm)
-        optimizer.step()
+        if scaler is None:
+            optimizer.step()
+        else:
+            scaler.step(optimizer)
+            scaler.update()
         optimizer.zero_grad(set_to_none=True)
         if scheduler is not None:
             scheduler.step()
@@ -131,12 +130,14 @@ class LocalTraining:
         self.model, self.params, self.data, self.indices = model, params, data, indices
         self.lengths = data.lengths if train.group_by_length else np.empty(0, dtype=np.int64)
         self.train, self.hook = train, hook
+        self.device = next(iter(params.values())).device
         torch.manual_seed(seed)
         self.rng = np.random.default_rng(seed)
         self.epochs = epochs
         self.steps = epochs * math.ceil(len(indices) / train.batch_size)
         self.optimizer, self.scheduler = make_optimizer(params, head_names, train, self.steps)
         self.optimizer.zero_grad(set_to_none=True)  # a crashed client may have left gradients
+        self.scaler = grad_scaler(self.device, train.precision)
         self.epoch = 0
 
     def run_epoch(self) -> float:
@@ -156,6 +157,7 @@ class LocalTraining:
             self.hook,
             self.train.max_grad_norm,
             self.train.precision,
+            self.scaler,
         )
         self.epoch += 1
         return loss
@@ -168,19 +170,28 @@ class LocalTraining:
         return TrainResult(extract(self.params), len(self.indices), mean, self.steps)
 
     def snapshot(self) -> tuple[TrainableState, dict[str, Any]]:
-        """Tensors (optimizer state, torch RNG) and JSON data (the rest) to restore from."""
+        """Tensors (optimizer state, torch RNGs) and JSON data (the rest) to restore from.
+
+        Tensors are on the CPU, so a snapshot can be saved anywhere; the CUDA generator's
+        state is saved too when training is on CUDA (its dropout draws from it).
+        """
         state = self.optimizer.state_dict()
         tensors: TrainableState = {"rng.torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         scalars: dict[str, Any] = {}
         for index, values in state["state"].items():
             for key, value in values.items():
-                target = tensors if isinstance(value, torch.Tensor) else scalars
-                target[f"{index}.{key}"] = value
+                if isinstance(value, torch.Tensor):
+                    tensors[f"{index}.{key}"] = value.cpu()
+                else:
+                    scalars[f"{index}.{key}"] = value
         meta = {
             "epoch": self.epoch,
             "param_groups": state["param_groups"],
             "optimizer_scalars": scalars,
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "scaler": None if self.scaler is None else self.scaler.state_dict(),
             "rng_numpy": self.rng.bit_generator.state,
         }
         return tensors, meta
@@ -188,7 +199,7 @@ class LocalTraining:
     def restore(self, tensors: TrainableState, meta: dict[str, Any]) -> None:
         """Continue from a :meth:`snapshot` (of the same parameters and config)."""
         per_param: dict[int, dict[str, Any]] = {}
-        entries = [(k, v) for k, v in tensors.items() if k != "rng.torch"]
+        entries = [(k, v) for k, v in tensors.items() if not k.startswith("rng.")]
         for name, value in [*entries, *meta["optimizer_scalars"].items()]:
             index, key = name.split(".", 1)
             per_param.setdefault(int(index), {})[key] = value
@@ -197,6 +208,10 @@ class LocalTraining:
             self.scheduler.load_state_dict(meta["scheduler"])
         self.rng.bit_generator.state = meta["rng_numpy"]
         torch.set_rng_state(tensors["rng.torch"])
+        if "rng.cuda" in tensors:
+            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+        if self.scaler is not None:
+            self.scaler.load_state_dict(meta["scaler"])
         self.epoch = int(meta["epoch"])
 
 
@@ -206,14 +221,15 @@ def evaluate(
 ) -> dict[str, float]:
     """Classification metrics of the model on ``data``, in batches of similar length.
 
-    The forward pass runs at ``precision``, as in training. See
+    The forward pass runs on the model's device at ``precision``, as in training. See
     :func:`fedpet.metrics.classification_metrics` for which metrics.
     """
     model.eval()
+    device = next(model.parameters()).device
     preds = np.empty(len(data), dtype=np.int64)
     for idx in length_sorted_batches(data, batch_size):
-        batch = collate(data, idx)
-        with autocast(precision):
+        batch = collate(data, idx, device)
+        with autocast(device, precision):
             logits = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-        preds[idx] = logits.argmax(-1).numpy()
+        preds[idx] = logits.argmax(-1).cpu().numpy()
     return classification_metrics(preds, data.labels, num_labels)

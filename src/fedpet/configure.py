@@ -14,10 +14,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fedpet.algorithms import ALGORITHMS, Algorithm, get_algorithm
-from fedpet.client import check_precision
 from fedpet.codecs import check_codecs
 from fedpet.config import AlgorithmOptions, Config, MethodOptions, parse, with_overrides
 from fedpet.data.checks import check_data
+from fedpet.devices import check_device, resolve_device
 from fedpet.errors import FedpetError, require
 from fedpet.methods import METHODS
 from fedpet.privacy.dp import count_noise
@@ -65,7 +65,7 @@ def validate(cfg: Config) -> None:
     """
     check_data(cfg)
     check_codecs(cfg)
-    check_precision(cfg)
+    check_device(cfg)
     f = cfg.federation
     require(
         f.clients_per_round <= f.clients,
@@ -126,9 +126,10 @@ def check_needs(cfg: Config, algorithm: Algorithm) -> None:
 def resolve(cfg: Config) -> Config:
     """Fill in what the config leaves to fedpet.
 
-    The method's default learning rate, and DP's noise multiplier for a target epsilon
-    (calibrated for the planned rounds).
+    The device ``auto`` means on this machine, the method's default learning rate, and DP's
+    noise multiplier for a target epsilon (calibrated for the planned rounds).
     """
+    cfg = dataclasses.replace(cfg, device=resolve_device(cfg.device))
     if cfg.train.lr is None:
         train = dataclasses.replace(cfg.train, lr=METHODS[cfg.method.name].default_lr)
         cfg = dataclasses.replace(cfg, train=train)

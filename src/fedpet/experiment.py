@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from torch import nn
 
 from fedpet.algorithms import get_algorithm
@@ -16,6 +17,7 @@ from fedpet.data.batching import Encoded, encode
 from fedpet.data.partition import PartitionSpec, partition
 from fedpet.data.splits import Split, Task, check_labels, stratified_subsample
 from fedpet.data.tasks import load_task
+from fedpet.devices import resolve_device
 from fedpet.model import Backbones, TextClassifier, build_model, head_parameter_names
 from fedpet.seeding import derive_seed
 from fedpet.state import TrainableState, load_, trainable_parameters
@@ -31,6 +33,8 @@ class Experiment:
         The cached map of trainable parameters; switching client copies into these.
     clients
         Per client, indices into ``train``.
+    device
+        Where the model (and so training and evaluation) lives.
     """
 
     cfg: Config
@@ -42,6 +46,7 @@ class Experiment:
     model: TextClassifier
     params: dict[str, nn.Parameter]
     head_names: set[str]
+    device: torch.device
 
     @property
     def trainable_params(self) -> int:
@@ -134,10 +139,13 @@ def prepare(
 ) -> Experiment:
     """Load the data (:func:`load_data`), build the model, tokenize every split once.
 
-    ``attention`` is passed to :func:`~fedpet.model.build_model`.
+    The model goes to ``cfg.device``; ``attention`` is passed to
+    :func:`~fedpet.model.build_model`.
     """
     task, clients = load_data(cfg)
+    device = torch.device(resolve_device(cfg.device))
     model, tokenizer = build_model(cfg, task.num_labels, backbones, attention)
+    model.to(device)
     algorithm = get_algorithm(cfg.algorithm)
     params = {}
     for name, param in trainable_parameters(model).items():
@@ -156,4 +164,5 @@ def prepare(
         model=model,
         params=params,
         head_names=head_parameter_names(model),
+        device=device,
     )

@@ -51,6 +51,8 @@ FLAGS: dict[str, str] = {
     "--client-failure-rate": "faults.client_failure_rate",
     "--straggler-rate": "faults.straggler_rate",
     "--runtime": "runtime",
+    "--device": "device",
+    "--precision": "train.precision",
     "--codec-up": "codec.up",
     "--codec-down": "codec.down",
     "--dp": "privacy.enabled",

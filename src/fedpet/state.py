@@ -22,13 +22,13 @@ def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
 
 
 def extract(params: dict[str, nn.Parameter]) -> TrainableState:
-    """Detached fp32 copies of the parameters' current values."""
-    return {name: p.detach().to(torch.float32, copy=True) for name, p in params.items()}
+    """Detached fp32 CPU copies of the parameters' current values, wherever they live."""
+    return {name: p.detach().to("cpu", torch.float32, copy=True) for name, p in params.items()}
 
 
 @torch.no_grad()
 def load_(params: dict[str, nn.Parameter], state: TrainableState) -> None:
-    """Copy ``state`` into the parameters in place (keys must match exactly)."""
+    """Copy ``state`` into the parameters in place, onto their device (keys must match)."""
     if params.keys() != state.keys():
         missing = sorted(params.keys() - state.keys())[:3]
         extra = sorted(state.keys() - params.keys())[:3]

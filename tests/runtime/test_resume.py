@@ -71,6 +71,14 @@ SETUPS = {
         "fp16",
     ],
 }
+# on a CUDA device (scripts/gpu-check.sh): the CUDA generator's state with the optimizer's,
+# and fp16's loss scale
+GPU_SETUPS = {
+    "cuda-bf16-centralized": [
+        "--device", "cuda", "--precision", "bf16", "--centralized", "--epochs", "10",
+    ],
+    "cuda-fp16": ["--device", "cuda", "--precision", "fp16", "--set", "algorithm.fedrs=0.5"],
+}  # fmt: skip
 
 
 def args(model: Path, out: Path, extra: list[str]) -> list[str]:
@@ -84,12 +92,14 @@ def metrics(out: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
 
 
-@pytest.mark.parametrize("setup", list(SETUPS))
+@pytest.mark.parametrize(
+    "setup", [*SETUPS, *(pytest.param(s, marks=pytest.mark.gpu) for s in GPU_SETUPS)]
+)
 @pytest.mark.integration
 def test_sigkill_then_resume_equals_an_uninterrupted_run(
     tiny_model_dir: Path, tmp_path: Path, setup: str
 ) -> None:
-    extra = SETUPS[setup]
+    extra = {**SETUPS, **GPU_SETUPS}[setup]
     killed, whole = tmp_path / "killed", tmp_path / "whole"
     # the kill point is drawn from a printed seed: FEDPET_KILL_SEED=<it> repeats a failure
     seed = int(os.environ.get("FEDPET_KILL_SEED", zlib.crc32(setup.encode())))

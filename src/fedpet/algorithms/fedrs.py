@@ -29,7 +29,7 @@ class RestrictedSoftmax:
 
     def logits(self, logits: torch.Tensor) -> torch.Tensor:
         """The wrapped hook's logits of the scaled ones."""
-        return self.inner.logits(logits * self.scale)
+        return self.inner.logits(logits * self.scale.to(logits.device))
 
     def loss(self, task_loss: torch.Tensor, params: dict[str, nn.Parameter]) -> torch.Tensor:
         """The wrapped hook's loss."""

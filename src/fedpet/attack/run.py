@@ -10,6 +10,7 @@ model, that state, the learning rates and each example's length, and recovers th
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -151,10 +152,11 @@ def attack(cfg: Config, spec: AttackSpec, run: Path | None = None) -> dict[str, 
     """Attack ``spec.examples`` updates of the configured method; the scores, averaged and each.
 
     With ``run``, the clients start from that run's last checkpointed global state;
-    otherwise from the method's initialisation.
+    otherwise from the method's initialisation. The attack runs on the CPU, whatever the
+    config's device.
     """
     spec.check()
-    exp = prepare(cfg, attention="eager")
+    exp = prepare(dataclasses.replace(cfg, device="cpu"), attention="eager")
     rounds = 0
     if run is not None:
         checkpoint = load_checkpoint(run)

@@ -9,6 +9,7 @@ section's ``name``. Nothing here imports the rest of fedpet.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from fedpet.config.fields import Rule, above, at_least, each, one_of, option, or_null, within
@@ -98,8 +99,8 @@ class TrainConfig:
     )
     precision: str = option(
         "fp32",
-        "training and evaluation precision: fp32, or bf16 autocast (fp32 master weights); "
-        "fp16 needs a CUDA device",
+        "training and evaluation precision: fp32, or bf16 or fp16 autocast (fp32 master "
+        "weights); fp16 (with gradient scaling) needs a CUDA device",
         one_of("fp32", "bf16", "fp16"),
     )
     max_grad_norm: float | None = option(
@@ -285,6 +286,15 @@ class Config:
     normalize_embeddings: bool = option(False, "L2-normalize the pooled vector (pooling set)")
     centralized: bool = option(False, "train on the union of the clients' data instead")
     runtime: str = option("simulation", "where the federation runs", one_of(*RUNTIMES))
+    device: str = option(
+        "auto",
+        "where the model trains and evaluates: auto (CUDA when present, else the CPU), cpu, "
+        "cuda, cuda:N or mps",
+        Rule(
+            lambda v: re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None,
+            "auto, cpu, cuda, cuda:N or mps",
+        ),
+    )
     out: str | None = option(None, "the run directory (null: runs/<task>-<method>-<time>)")
     data: DataConfig = field(default_factory=DataConfig)
     method: MethodOptions = field(default_factory=MethodOptions)

@@ -60,8 +60,10 @@ def encode(
     return Encoded(ids, split.labels, int(pad), segments or None)
 
 
-def collate(data: Encoded, indices: np.ndarray) -> dict[str, torch.Tensor]:
-    """A batch padded to its longest example.
+def collate(
+    data: Encoded, indices: np.ndarray, device: torch.device | None = None
+) -> dict[str, torch.Tensor]:
+    """A batch padded to its longest example, on ``device`` (None: the CPU).
 
     Holds input_ids, attention_mask and labels, and token_type_ids for sentence pairs.
     """
@@ -82,7 +84,9 @@ def collate(data: Encoded, indices: np.ndarray) -> dict[str, torch.Tensor]:
         for i, j in enumerate(indices):
             segments[i, : len(data.token_type_ids[j])] = data.token_type_ids[j]
         batch["token_type_ids"] = torch.from_numpy(segments)
-    return batch
+    if device is None or device.type == "cpu":
+        return batch
+    return {k: v.to(device) for k, v in batch.items()}
 
 
 def shuffled_batches(

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from fedpet.algorithms import Algorithm, ClientHook, get_algorithm
 from fedpet.algorithms.fedrs import restricted
 from fedpet.codecs import Codec, get_codec
+from fedpet.devices import to_device
 from fedpet.experiment import Experiment
 from fedpet.runtime.pipeline import stages_for, withholds_stats
 from fedpet.runtime.rounds import ClientReply
@@ -111,7 +112,9 @@ class ClientHalf:
         (the simulation injects crashes with it).
         """
         exp = self.exp
-        hook = self.algorithm.client_hook(received, state)
+        hook = self.algorithm.client_hook(
+            to_device(received, exp.device), to_device(state, exp.device)
+        )
         labels = exp.train.labels[exp.clients[client]]
         hook = restricted(hook, exp.cfg.algorithm.fedrs, exp.task.num_labels, labels)
         if wrap is not None:
