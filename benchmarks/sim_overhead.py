@@ -5,11 +5,12 @@
     Target: federated / centralized >= 0.95.
 (b) Peak RSS of a LoRA run with 10 clients against one with 1,000 clients, both sampling 10
     clients of 10 examples per round, with ``--algorithm`` (SCAFFOLD keeps a control per
-    client on disk: memory must stay flat too). Target: difference < 100 MB.
+    client on disk: memory must stay flat too). Target: difference < 100 MB. On CUDA
+    (``--device cuda``) also each run's peak GPU memory.
 
 Each run is a separate ``fedpet run`` process; figures come from its summary.json.
 Usage: python benchmarks/sim_overhead.py [--repeats 3] [--rounds 3] [--parts ab]
-       [--algorithm fedavg]
+       [--algorithm fedavg] [--device auto]
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--parts", default="ab", help="which measurements: a, b or ab")
     parser.add_argument("--algorithm", default="fedavg", help="the algorithm of part (b)")
+    parser.add_argument("--device", default="auto", help="where every run trains")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="fedpet-bench-"))
-    small_eval = ["--set", "data.max_eval_samples=64", "--dropout", "0"]
+    small_eval = ["--set", "data.max_eval_samples=64", "--dropout", "0", "--device", args.device]
 
     if "a" in args.parts:
         throughput(tmp, args.repeats, small_eval)
@@ -81,7 +83,7 @@ def flat_memory(tmp: Path, rounds: int, algorithm: str, small_eval: list[str]) -
     """(b) 10 vs 1,000 clients, 10 sampled per round, 10 examples per client."""
     sgd = ["--optimizer", "sgd", "--set", "train.max_grad_norm=null"]
     sgd = sgd if algorithm == "scaffold" else []
-    rss = {}
+    rss, gpu = {}, {}
     for clients in (10, 1000):
         summary = fedpet_run(
             tmp / f"clients{clients}",
@@ -103,12 +105,16 @@ def flat_memory(tmp: Path, rounds: int, algorithm: str, small_eval: list[str]) -
             *small_eval,
         )
         rss[clients] = summary["peak_rss_mb"]
+        gpu[clients] = summary.get("peak_gpu_mb")
     print(
         f"(b) peak RSS, LoRA r8, {algorithm}, 10 clients x 10 examples per round, {rounds} rounds"
     )
     print(f"    10 clients   : {rss[10]:7.1f} MB")
     print(f"    1,000 clients: {rss[1000]:7.1f} MB")
     print(f"    difference   : {rss[1000] - rss[10]:7.1f} MB   (target < 100 MB)")
+    if gpu[10] is not None and gpu[1000] is not None:
+        print(f"    peak GPU memory, 10 clients   : {gpu[10]:7.1f} MB")
+        print(f"    peak GPU memory, 1,000 clients: {gpu[1000]:7.1f} MB")
 
 
 if __name__ == "__main__":

@@ -166,3 +166,31 @@ def test_fp16_on_cuda_lowers_the_loss_with_fp32_master_weights(tiny_config) -> N
     assert losses[-1] < 0.9 * losses[0]
     assert session.scaler is not None
     assert all(p.dtype == torch.float32 for p in exp.params.values())
+
+
+def test_a_supernode_takes_its_device_from_its_node_config() -> None:
+    from fedpet.apps import config_from_run_config
+
+    run_config = {"fedpet": "device: auto\nfederation: {clients: 2}\n"}
+    assert config_from_run_config(run_config, {"device": "cpu"}).device == "cpu"
+    assert config_from_run_config(run_config, {"partition-id": 0}).device == resolve_device("auto")
+    if not HAS_CUDA:
+        with pytest.raises(FedpetError, match="device = 'cuda' is not allowed"):
+            config_from_run_config(run_config, {"device": "cuda"})
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="on CUDA the script runs the checks")
+def test_the_gpu_check_skips_in_one_line_without_cuda() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "scripts" / "gpu-check.sh"
+    done = subprocess.run(
+        [str(script)], env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "gpu-check: no CUDA device here (torch sees none): nothing to check"
+    ]

@@ -96,3 +96,16 @@ def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler | 
 def to_device(state: TrainableState, device: torch.device) -> TrainableState:
     """``state`` with every tensor on ``device`` (the same tensors where already there)."""
     return {name: t.to(device) for name, t in state.items()}
+
+
+def reset_device_peak(device: str) -> None:
+    """Start the count of :func:`device_peak_mb` on a CUDA ``device`` now (elsewhere: none)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def device_peak_mb(device: torch.device) -> float | None:
+    """Peak memory torch allocated on a CUDA ``device``, in MB; None on other devices."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**20

@@ -10,6 +10,7 @@ from fedpet.algorithms import get_algorithm
 from fedpet.config import Config, load_yaml
 from fedpet.configure import build_config
 from fedpet.data.describe import describe_partition, plot_partition
+from fedpet.devices import reset_device_peak
 from fedpet.errors import FedpetError
 from fedpet.experiment import Experiment, prepare
 from fedpet.memory import reset_peak
@@ -45,6 +46,7 @@ def start_run(
     check_runner(cfg, runner)
     check_out_dir(out, overwrite)
     reset_peak()  # the run's memory figure starts here, whatever ran before in this process
+    reset_device_peak(cfg.device)
     exp = prepare(cfg, backbones)
     run = RunDir(out)
     run.create(overwrite)
@@ -86,6 +88,7 @@ def resume_run(
         return finished
     checkpoint = load_checkpoint(out)
     reset_peak()
+    reset_device_peak(cfg.device)
     keep_metrics(out, checkpoint.round)
     return train(prepare(cfg, backbones), out, resume=checkpoint, runner=runner)
 

@@ -87,6 +87,7 @@ def print_summary(s: dict[str, Any]) -> None:
         ("train time", f"{s['train_seconds']:.1f} s"),
         ("wall time", f"{s['wall_seconds']:.1f} s"),
         ("peak RSS", f"{s['peak_rss_mb']:.0f} MB"),
+        *([("peak GPU memory", f"{s['peak_gpu_mb']:.0f} MB")] if "peak_gpu_mb" in s else []),
     ]
     for row in rows:
         table.add_row(*row)

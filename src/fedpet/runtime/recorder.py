@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedpet.client import evaluate
+from fedpet.devices import device_peak_mb
 from fedpet.experiment import Experiment
 from fedpet.memory import tree_peak_mb
 from fedpet.rundir import Checkpoint, RunDir
@@ -210,7 +211,12 @@ class Recorder:
             "eval_seconds": t["eval_seconds"],
             "wall_seconds": time.perf_counter() - self.started,
             "peak_rss_mb": max(self.peak_rss_mb, tree_peak_mb()),
+            "device": cfg.device,
+            "precision": cfg.train.precision,
         }
+        gpu = device_peak_mb(exp.device)
+        if gpu is not None:  # of the process that finished the run
+            summary["peak_gpu_mb"] = gpu
         if cfg.privacy.enabled:
             summary.update(
                 epsilon=self.epsilon(int(t["rounds"])),
