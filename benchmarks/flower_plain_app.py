@@ -15,6 +15,7 @@ Usage: python benchmarks/flower_plain_app.py
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -163,16 +164,26 @@ def main(grid: Grid, context: Context) -> None:
     net = Classifier()
     strategy = FedAvg(fraction_evaluate=0.0, min_train_nodes=CLIENTS, min_available_nodes=CLIENTS)
     result = strategy.start(grid, ArrayRecord(net.trainable()), num_rounds=ROUNDS)
-    net.load_state_dict(result.arrays.to_torch_state_dict(), strict=False)
+    trained = result.arrays.to_torch_state_dict()
+    if not trained:  # every client failed: there is nothing to evaluate
+        print("no client trained")
+        return
+    net.load_state_dict(trained, strict=False)
     task, _ = data()
     print(f"val accuracy {accuracy(net, task.validation):.4f}")
     print(f"test accuracy {accuracy(net, task.test):.4f}")
 
 
 if __name__ == "__main__":
+    # Ray's actors unpickle the apps by module name: import them as this file's module
+    here = os.path.dirname(os.path.abspath(__file__))
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))
+    sys.path.insert(0, here)
+    import flower_plain_app as app
+
     run_simulation(
-        server_app=server,
-        client_app=client,
+        server_app=app.server,
+        client_app=app.client,
         num_supernodes=CLIENTS,
         backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
     )

@@ -46,15 +46,19 @@ def tree_rss(root: psutil.Process) -> int:
 def measure(cmd: list[str]) -> tuple[float, float]:
     """Wall seconds and peak tree RSS (GB) of one process running ``cmd``."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    root, peak = psutil.Process(proc.pid), 0
-    while proc.poll() is None:
-        peak = max(peak, tree_rss(root))
-        time.sleep(0.1)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd[:4])} failed with status {proc.returncode}")
-    return time.perf_counter() - start, peak / 1e9
+    with tempfile.TemporaryFile("w+") as log:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.DEVNULL)
+        root, peak = psutil.Process(proc.pid), 0
+        while proc.poll() is None:
+            peak = max(peak, tree_rss(root))
+            time.sleep(0.1)
+        wall = time.perf_counter() - start
+        log.seek(0)
+        printed = log.read()
+    if proc.returncode != 0 or "test accuracy" not in printed:  # the Flower app's last line
+        raise SystemExit(f"{' '.join(cmd[:4])} failed (status {proc.returncode})")
+    return wall, peak / 1e9
 
 
 def command(contender: str, out: Path) -> list[str]:

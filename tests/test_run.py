@@ -49,7 +49,7 @@ def test_run_directory_holds_config_partition_metrics_checkpoint_summary(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
-    assert main(tiny_args(tiny_model_dir, out)) == 0
+    assert main(tiny_args(tiny_model_dir, out, "--set", "federation.eval_every=1")) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) >= REQUIRED
     assert summary["rounds_completed"] == 3 and summary["clients"] == 6
@@ -118,6 +118,7 @@ def test_the_test_metric_is_the_best_rounds_not_the_last_rounds(
 
     out = tmp_path / "best"
     swinging = ("--rounds", "5", "--seed", "3", "--set", "train.head_lr=0.3")
+    swinging += ("--set", "federation.eval_every=1")
     assert main(run_argv(tiny_model_dir, out, *swinging, eval_samples=64)) == 0
     summary = json.loads((out / "summary.json").read_text())
     exp = prepare(run_config(out))

@@ -11,7 +11,8 @@ from fedpet.tracking import flatten
 
 
 def _run(model: Path, out: Path, tracker: str) -> None:
-    assert main(run_argv(model, out, "--tracker", tracker, samples=48, rounds=3)) == 0
+    every = ("--set", "federation.eval_every=1")
+    assert main(run_argv(model, out, "--tracker", tracker, *every, samples=48, rounds=3)) == 0
 
 
 def test_tensorboard_gets_every_round(tiny_model_dir: Path, tmp_path: Path) -> None:

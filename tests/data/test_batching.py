@@ -85,7 +85,7 @@ def test_a_length_grouped_run_is_reproducible_and_trains_differently(
     from fedpet.cli import main
 
     grouped = ("--set", "train.group_by_length=true")
-    runs = {"plain": (), "grouped": grouped, "again": grouped}
+    runs = {"plain": ("--set", "train.group_by_length=false"), "grouped": grouped, "again": grouped}
     for name, flags in runs.items():
         assert main(run_argv(tiny_model_dir, tmp_path / name, *flags)) == 0
     a, b, c = (load_file(tmp_path / n / "checkpoint" / "global.safetensors") for n in runs)

@@ -107,7 +107,7 @@ class TrainConfig:
         1.0, "gradient clipping norm (null: none)", or_null(above(0), "or null for none")
     )
     group_by_length: bool = option(
-        False, "local batches of similar length (seeded shuffled groups): less padding"
+        True, "local batches of similar length (seeded shuffled groups): less padding"
     )
     dropout: float | None = option(
         None,
@@ -127,9 +127,9 @@ class FederationConfig:
 
     clients: int = option(100, "number of clients", POSITIVE_INT)
     clients_per_round: int = option(10, "clients sampled each round", POSITIVE_INT)
-    rounds: int = option(16, "federated rounds", POSITIVE_INT)
+    rounds: int = option(10, "federated rounds", POSITIVE_INT)
     eval_every: int = option(
-        1, "evaluate on validation every this many rounds (and after the last)", POSITIVE_INT
+        2, "evaluate on validation every this many rounds (and after the last)", POSITIVE_INT
     )
     max_update_norm: float | None = option(
         None, "reject client updates with a larger L2 norm", or_null(above(0))
