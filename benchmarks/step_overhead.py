@@ -15,6 +15,7 @@ with random weights built from a config, on random token ids of ``--length`` tok
 
 Usage: python benchmarks/step_overhead.py [--precision fp32,bf16] [--device cpu]
        [--model minilm|base] [--batch-size 16] [--length 0] [--steps 40] [--repeats 5]
+       [--attention eager|sdpa]
 """
 
 from __future__ import annotations
@@ -66,10 +67,11 @@ def synthetic(n: int, length: int, vocab: int) -> Encoded:
 class Plain(nn.Module):
     """What a transformers + peft user writes: the encoder with LoRA, mean pooling, a head."""
 
-    def __init__(self, path: str, num_labels: int, normalize: bool) -> None:
+    def __init__(self, path: str, num_labels: int, normalize: bool, attention: str | None) -> None:
         super().__init__()
         self.normalize = normalize
-        encoder = AutoModel.from_pretrained(path, add_pooling_layer=False)
+        kwargs = {} if attention is None else {"attn_implementation": attention}
+        encoder = AutoModel.from_pretrained(path, add_pooling_layer=False, **kwargs)
         lora = LoraConfig(r=8, lora_alpha=16, task_type=TaskType.FEATURE_EXTRACTION)
         self.encoder = get_peft_model(encoder, lora)
         self.head = nn.Linear(encoder.config.hidden_size, num_labels)
@@ -124,7 +126,7 @@ def setup(args: argparse.Namespace, precision: str, model: str) -> Experiment:
         "federation.clients": 1,
         "data.max_length": max(64, args.length),
     }
-    return prepare(resolve(build_config({}, list(overrides.items()))))
+    return prepare(resolve(build_config({}, list(overrides.items()))), attention=args.attention)
 
 
 def compare(args: argparse.Namespace, precision: str, model: str) -> tuple[float, float]:
@@ -136,7 +138,8 @@ def compare(args: argparse.Namespace, precision: str, model: str) -> tuple[float
     else:
         data = exp.train
     indices = np.arange(min(n, len(data)))
-    plain = Plain(model_path(model), exp.task.num_labels, exp.model.normalize).to(exp.device)
+    plain = Plain(model_path(model), exp.task.num_labels, exp.model.normalize, args.attention)
+    plain.to(exp.device)
     trainable = [(name, p) for name, p in plain.named_parameters() if p.requires_grad]
     opt = torch.optim.AdamW(
         [
@@ -176,6 +179,7 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=0, help="random ids of this length")
     parser.add_argument("--steps", type=int, default=40, help="steps per timed epoch")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--attention", default=None, help="eager or sdpa (default: sdpa)")
     args = parser.parse_args()
     hf_logging.set_verbosity_error()
     with tempfile.TemporaryDirectory() as tmp:

@@ -33,6 +33,8 @@ def test_an_explicit_cpu_run_records_its_device_and_precision(tiny_model_dir, tm
     )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["bytes_up_total"] == 2 * 2 * 4 * summary["trainable_params"]
+    assert (summary["device"], summary["precision"]) == ("cpu", "bf16")
+    assert "peak_gpu_mb" not in summary  # a CUDA run's figure
 
 
 def test_auto_is_resolved_before_it_is_written(tiny_model_dir, tmp_path, capsys) -> None:
@@ -144,6 +146,7 @@ def test_a_cuda_run_trains_on_the_gpu_and_sends_what_a_cpu_run_sends(
         out = tmp_path / device
         assert main(run_argv(tiny_model_dir, out, "--device", device)) == 0
         runs[device] = json.loads((out / "summary.json").read_text())
+        assert ("peak_gpu_mb" in runs[device]) == (device == "cuda")
         state = load_file(out / "checkpoint" / "global.safetensors")
         assert all(t.device.type == "cpu" and t.dtype == torch.float32 for t in state.values())
     assert runs["cuda"]["bytes_up_total"] == runs["cpu"]["bytes_up_total"]
