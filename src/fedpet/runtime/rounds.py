@@ -220,5 +220,5 @@ def lora_error(exp: Experiment) -> LoraError | None:
     if not any("lora_B" in n for n in exp.params):
         return None
     params = exp.model.named_parameters()
-    frozen = {n: p.detach() for n, p in params if "lora_A" in n and n not in exp.params}
+    frozen = {n: p.detach().cpu() for n, p in params if "lora_A" in n and n not in exp.params}
     return LoraError(list(exp.params), frozen)
