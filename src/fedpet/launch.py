@@ -13,7 +13,7 @@ from fedpet.data.describe import describe_partition, plot_partition
 from fedpet.devices import reset_device_peak
 from fedpet.errors import FedpetError
 from fedpet.experiment import Experiment, prepare
-from fedpet.memory import reset_peak
+from fedpet.memory import map_large_blocks, reset_peak
 from fedpet.model import Backbones
 from fedpet.progress import RoundProgress
 from fedpet.rundir import (
@@ -45,6 +45,7 @@ def start_run(
     """
     check_runner(cfg, runner)
     check_out_dir(out, overwrite)
+    map_large_blocks()
     reset_peak()  # the run's memory figure starts here, whatever ran before in this process
     reset_device_peak(cfg.device)
     exp = prepare(cfg, backbones)
@@ -87,6 +88,7 @@ def resume_run(
     if finished is not None:
         return finished
     checkpoint = load_checkpoint(out)
+    map_large_blocks()
     reset_peak()
     reset_device_peak(cfg.device)
     keep_metrics(out, checkpoint.round)

@@ -38,14 +38,34 @@ def reset_peak() -> None:
     not count as this run's.
     """
     gc.collect()
-    libc = ctypes.util.find_library("c")
-    if libc is not None and sys.platform.startswith("linux"):
-        trim = getattr(ctypes.CDLL(libc), "malloc_trim", None)
-        if trim is not None:
-            trim(0)
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
     # not Linux, or not allowed: the figure is then the process's peak since it started
     with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5", encoding="ascii")
+
+
+def _libc() -> ctypes.CDLL | None:
+    """The C library on Linux (glibc's malloc tunables), else None."""
+    name = ctypes.util.find_library("c")
+    return ctypes.CDLL(name) if name is not None and sys.platform.startswith("linux") else None
+
+
+def map_large_blocks(threshold: int = 16 << 20) -> bool:
+    """Have glibc map blocks of ``threshold`` bytes or more on their own, returned when freed.
+
+    By default glibc raises that threshold (up to 32 MB) each time a mapped block is freed,
+    and serves later blocks of that size (evaluation's attention scores) from the heap,
+    where they stay resident once freed; a fixed threshold keeps them mapped. On a small
+    LoRA run the peak RSS went from 1.35 GB to 1.25 GB (means of 7 and 3 runs; it varies
+    by 0.2 GB from run to run) at the same speed; 1 MB went lower but cost a fifth of the
+    training speed in page faults. Returns whether the setting took (Linux with glibc;
+    elsewhere nothing changes).
+    """
+    mallopt = getattr(_libc(), "mallopt", None)
+    m_mmap_threshold = -3  # glibc's M_MMAP_THRESHOLD
+    return bool(mallopt is not None and mallopt(m_mmap_threshold, threshold) == 1)
 
 
 def own_peak_mb() -> float:
