@@ -200,12 +200,12 @@ def test_a_study_from_a_mapping_returns_each_runs_results(
         "grid": {"method.name": ["bitfit", "lora"]},
     }
     done = api.study(spec, out=tmp_path / "study")
-    assert sorted(done.runs) == ["method=bitfit", "method=lora"]
+    assert sorted(done.runs) == ["bitfit", "lora"]
     assert "report.md" in done.files and (done.out / "results.csv").exists()
     for name, run in done.runs.items():
         assert run.config.method.name == name.removeprefix("method=")
         assert run.summary["bytes_up_total"] == run.series("bytes_up")[0] > 0
-    bitfit, lora = done.runs["method=bitfit"], done.runs["method=lora"]
+    bitfit, lora = done.runs["bitfit"], done.runs["lora"]
     assert bitfit.summary["trainable_params"] != lora.summary["trainable_params"]
 
 

@@ -1,60 +1,112 @@
-"""--tracker logs a finished run's config, per-round metrics and files to MLflow or TensorBoard."""
+"""--tracker logs each round as it ends (grouped names), then the summary and the files."""
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import run_argv
 
 from fedpet.cli import main
-from fedpet.tracking import flatten
+from fedpet.launch import start_run
+from fedpet.progress import RoundEnd, Watcher
+from fedpet.tracking import flatten, grouped, make_tracker, tag
 
 
-def _run(model: Path, out: Path, tracker: str) -> None:
-    every = ("--set", "federation.eval_every=1")
-    assert main(run_argv(model, out, "--tracker", tracker, *every, samples=48, rounds=3)) == 0
+class Probe(Watcher):
+    """Reads the tracker's log after each round, while the run is still going."""
+
+    def __init__(self, read) -> None:
+        self.read, self.seen = read, {}
+
+    def round_end(self, end: RoundEnd) -> None:
+        self.seen[end.round] = self.read()
 
 
-def test_tensorboard_gets_every_round(tiny_model_dir: Path, tmp_path: Path) -> None:
+def _rows(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tensorboard_has_each_round_while_the_run_goes(tiny_config, tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "run"
-    _run(tiny_model_dir, out, "tensorboard")
+    cfg = tiny_config(**{"federation.rounds": 3, "federation.eval_every": 1})
+
+    def read() -> list[int]:
+        events = EventAccumulator(str(out / "tensorboard"))
+        events.Reload()
+        return [e.step for e in events.Scalars("comm/bytes_up")]
+
+    probe = Probe(read)
+    start_run(cfg, out, watchers=[make_tracker("tensorboard", out, "t"), probe])
+    assert probe.seen == {1: [1], 2: [1, 2], 3: [1, 2, 3]}  # and no summary yet at round 2
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
-    val = [e.value for e in events.Scalars("val_accuracy")]
-    assert [e.step for e in events.Scalars("bytes_up")] == [1, 2, 3]
-    rows = (out / "metrics.jsonl").read_text().splitlines()
-    assert val == pytest.approx([json.loads(r)["val_accuracy"] for r in rows])
-    assert "final/test_metric" in events.Tags()["scalars"]
+    val = [e.value for e in events.Scalars("val/accuracy")]
+    assert val == pytest.approx([r["val_accuracy"] for r in _rows(out)])
+    assert {"train/loss", "time/train_seconds", "final/test_metric"} <= set(
+        events.Tags()["scalars"]
+    )
 
 
-def test_mlflow_gets_params_metrics_and_files(
-    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_mlflow_has_each_round_while_the_run_goes_then_params_and_files(
+    tiny_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import mlflow
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.chdir(tmp_path)  # MLflow puts artifacts in ./mlruns: keep them out of the repo
     out = tmp_path / "run"
-    _run(tiny_model_dir, out, "mlflow")
+    cfg = tiny_config(**{"federation.rounds": 3, "federation.eval_every": 1})
     client = mlflow.MlflowClient()
-    experiment = client.get_experiment_by_name("fedpet-rotten_tomatoes")
-    [run] = client.search_runs([experiment.experiment_id])
+
+    def read() -> list[int]:
+        run_id = json.loads((out / "tracking.json").read_text())["MlflowTracker"]
+        return sorted(m.step for m in client.get_metric_history(run_id, "val/accuracy"))
+
+    probe = Probe(read)
+    start_run(cfg, out, watchers=[make_tracker("mlflow", out, "fedpet-test"), probe])
+    assert probe.seen == {1: [1], 2: [1, 2], 3: [1, 2, 3]}
+    [run] = client.search_runs([client.get_experiment_by_name("fedpet-test").experiment_id])
+    assert run.info.status == "FINISHED"
     assert run.data.params["federation.rounds"] == "3"
     assert run.data.params["method.name"] == "lora"
-    history = client.get_metric_history(run.info.run_id, "val_accuracy")
-    assert sorted(m.step for m in history) == [1, 2, 3]
-    assert "final.bytes_up_total" in run.data.metrics
+    assert "final/bytes_up_total" in run.data.metrics
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {
         "config.yaml",
         "summary.json",
     }
 
 
+def test_the_cli_tracker_flag_logs_the_run(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    assert main(run_argv(tiny_model_dir, out, "--tracker", "tensorboard", samples=48)) == 0
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("comm/bytes_down")] == [1, 2]
+
+
+def test_grouped_names() -> None:
+    row = {"round": 2, "val_accuracy": 0.5, "train_loss": 0.7, "bytes_up": 10, "epsilon": 1.0}
+    row |= {"train_seconds": 1.5, "dp_clip": 0.1, "examples": 8, "skipped": False, "clients": [1]}
+    assert grouped(row) == {
+        "val/accuracy": 0.5,
+        "train/loss": 0.7,
+        "comm/bytes_up": 10.0,
+        "privacy/epsilon": 1.0,
+        "time/train_seconds": 1.5,
+        "privacy/dp_clip": 0.1,
+        "round/examples": 8.0,
+    }
+    assert tag("lora_aggregation_error") == "train/lora_aggregation_error"
+
+
 def test_unknown_tracker_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["run", "--dry-run", "--tracker", "wandb"]) == 2
-    assert "--tracker 'wandb': choose one of mlflow, tensorboard" in capsys.readouterr().err
+    assert main(["run", "--dry-run", "--tracker", "comet"]) == 2
+    assert "--tracker 'comet': choose one of mlflow, tensorboard, wandb" in capsys.readouterr().err
 
 
 def test_a_tracker_that_is_not_installed_is_one_line(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,11 +61,20 @@ def make_optimizer(
     return optimizer, scheduler
 
 
+def reporting(
+    batches: list[np.ndarray], report: Callable[[int, int], None]
+) -> Iterator[np.ndarray]:
+    """The batches, calling ``report(done, total)`` after each one's step."""
+    for done, idx in enumerate(batches, 1):
+        yield idx
+        report(done, len(batches))
+
+
 def train_epoch(
     model: nn.Module,
     params: dict[str, nn.Parameter],
     data: Encoded,
-    batches: list[np.ndarray],
+    batches: Iterable[np.ndarray],
     optimizer: Optimizer,
     scheduler: LRScheduler | None,
     hook: ClientHook,
@@ -139,6 +149,7 @@ class LocalTraining:
         self.optimizer.zero_grad(set_to_none=True)  # a crashed client may have left gradients
         self.scaler = grad_scaler(self.device, train.precision)
         self.epoch = 0
+        self.report: Callable[[int, int], None] | None = None  # (steps done, of the epoch)
 
     def run_epoch(self) -> float:
         """Train one more epoch; returns its summed (example-weighted) task loss."""
@@ -151,7 +162,7 @@ class LocalTraining:
             self.model,
             self.params,
             self.data,
-            batches,
+            batches if self.report is None else reporting(batches, self.report),
             self.optimizer,
             self.scheduler,
             self.hook,

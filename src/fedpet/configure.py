@@ -15,7 +15,14 @@ from typing import Any
 
 from fedpet.algorithms import ALGORITHMS, Algorithm, get_algorithm
 from fedpet.codecs import check_codecs
-from fedpet.config import AlgorithmOptions, Config, MethodOptions, parse, with_overrides
+from fedpet.config import (
+    AlgorithmOptions,
+    Config,
+    FederationConfig,
+    MethodOptions,
+    parse,
+    with_overrides,
+)
 from fedpet.data.checks import check_data
 from fedpet.devices import check_device, resolve_device
 from fedpet.errors import FedpetError, require
@@ -123,18 +130,43 @@ def check_needs(cfg: Config, algorithm: Algorithm) -> None:
         )
 
 
+UNFILLED = {
+    "device": "auto",
+    "train.lr": None,
+    "privacy.noise_multiplier": None,
+    "federation.clients": FederationConfig().clients,  # a natural partition's, from its data
+}
+"""What each field :func:`resolve` may fill held before it was filled."""
+
+
+def template(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's saved config as the start of another: the fields fedpet filled, unfilled.
+
+    So a ``config.yaml`` given as ``--config`` with another method gets that method's
+    learning rate, not the old one's, and a device or DP noise resolved afresh.
+    """
+    unfilled = [(name, UNFILLED[name]) for name in tree.get("filled") or () if name in UNFILLED]
+    rest = {key: value for key, value in tree.items() if key != "filled"}
+    return with_overrides(rest, unfilled)
+
+
 def resolve(cfg: Config) -> Config:
-    """Fill in what the config leaves to fedpet.
+    """Fill in what the config leaves to fedpet, and say which fields in ``filled``.
 
     The device ``auto`` means on this machine, the method's default learning rate, and DP's
     noise multiplier for a target epsilon (calibrated for the planned rounds).
     """
+    filled = list(cfg.filled)
+    if cfg.device == "auto":
+        filled.append("device")
     cfg = dataclasses.replace(cfg, device=resolve_device(cfg.device))
     if cfg.train.lr is None:
+        filled.append("train.lr")
         train = dataclasses.replace(cfg.train, lr=METHODS[cfg.method.name].default_lr)
         cfg = dataclasses.replace(cfg, train=train)
     p, f = cfg.privacy, cfg.federation
     if p.enabled and p.target_epsilon is not None:
+        filled.append("privacy.noise_multiplier")
         from fedpet.privacy.accountant import calibrate
 
         z = calibrate(p, f.clients, f.clients_per_round, f.rounds)
@@ -146,4 +178,4 @@ def resolve(cfg: Config) -> Config:
                 f"clipping: it needs noise multiplier {z:.3g}, at least 2 x count_noise = "
                 f"{2 * count_noise(cfg):g}; raise privacy.count_noise or the target"
             )
-    return cfg
+    return dataclasses.replace(cfg, filled=tuple(dict.fromkeys(filled)))

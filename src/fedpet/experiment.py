@@ -134,6 +134,18 @@ def load_data(cfg: Config) -> tuple[Task, list[np.ndarray]]:
     return task, clients
 
 
+def with_data_clients(cfg: Config, clients: int) -> Config:
+    """``cfg`` with as many clients as the data names (the natural partition).
+
+    No more clients take part in a round than there are.
+    """
+    fed = cfg.federation
+    per_round = min(fed.clients_per_round, clients)
+    federation = dataclasses.replace(fed, clients=clients, clients_per_round=per_round)
+    filled = (*cfg.filled, "federation.clients")
+    return dataclasses.replace(cfg, federation=federation, filled=tuple(dict.fromkeys(filled)))
+
+
 def prepare(
     cfg: Config, backbones: Backbones | None = None, attention: str | None = None
 ) -> Experiment:
@@ -143,6 +155,8 @@ def prepare(
     :func:`~fedpet.model.build_model`.
     """
     task, clients = load_data(cfg)
+    if not cfg.centralized and cfg.data.partition == "natural":
+        cfg = with_data_clients(cfg, len(clients))
     device = torch.device(resolve_device(cfg.device))
     model, tokenizer = build_model(cfg, task.num_labels, backbones, attention)
     model.to(device)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -32,6 +33,9 @@ RUN_FILES = (
     PARTITION_HISTOGRAM,
     "checkpoint",
     "clients",
+    "tracking.json",
+    "tensorboard",
+    "wandb",
 )
 
 
@@ -42,10 +46,17 @@ def default_run_dir(cfg: Config, kind: str = "run") -> Path:
     ``runs/<task>-<partition>-partition-<timestamp>``.
     """
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    task = task_slug(cfg.data.task)
     if kind == "partition":
-        return Path("runs") / f"{cfg.data.task}-{cfg.data.partition}-partition-{stamp}"
+        return Path("runs") / f"{task}-{cfg.data.partition}-partition-{stamp}"
     mode = "-centralized" if cfg.centralized else ""
-    return Path("runs") / f"{cfg.data.task}-{cfg.method.name}{mode}-{stamp}"
+    return Path("runs") / f"{task}-{cfg.method.name}{mode}-{stamp}"
+
+
+def task_slug(task: str) -> str:
+    """A task's name as a folder name: ``file:data/my reviews.csv`` -> ``my_reviews``."""
+    name = Path(task.removeprefix("file:")).stem if task.startswith("file:") else task
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "task"
 
 
 def check_out_dir(path: Path, overwrite: bool) -> None:

@@ -29,8 +29,8 @@ def test_plan_expands_the_grid_applies_rules_and_adds_centralized_baselines() ->
     federated = [r for r in runs if not r.config.centralized]
     centralized = [r for r in runs if r.config.centralized]
     assert len(federated) == 8 and len(centralized) == 4  # alpha does not apply centrally
-    assert federated[0].name == "method=full,alpha=0.1,seed=0"
-    assert centralized[0].name == "centralized,method=full,seed=0"
+    assert federated[0].name == "full-alpha0.1-seed0"
+    assert centralized[0].name == "centralized-full-seed0"
     assert {r.config.train.lr for r in runs if r.config.method.name == "full"} == {5e-5}
     assert {r.config.train.lr for r in runs if r.config.method.name == "lora"} == {2e-3}
     assert all(r.config.train.epochs == 3 for r in centralized)
@@ -44,7 +44,7 @@ def test_plan_expands_the_grid_applies_rules_and_adds_centralized_baselines() ->
     [
         (
             {"grid": {"method.name": ["lora", "nope"]}},
-            "study run method=nope: method.name = 'nope'",
+            "study run nope: method.name = 'nope'",
         ),
         ({"grid": {"seed": 3}}, "grid must map dotted fields to non-empty lists"),
         ({"gird": {}}, "unknown key 'gird'"),
@@ -165,10 +165,8 @@ def test_a_study_runs_resumes_and_reports_identically(
     assert main(["study", "--config", str(spec), "--out", str(out)]) == 0
     results = pd.read_csv(out / "results.csv")
     assert len(results) == 12 and set(results["status"]) == {"done"}
-    summary = json.loads(
-        (out / "runs" / "method=lora,alpha=0.5,seed=1" / "summary.json").read_text()
-    )
-    row = results[results["run"] == "method=lora,alpha=0.5,seed=1"].iloc[0]
+    summary = json.loads((out / "runs" / "lora-alpha0.5-seed1" / "summary.json").read_text())
+    row = results[results["run"] == "lora-alpha0.5-seed1"].iloc[0]
     assert row["test_metric"] == summary["test_metric"]
     assert (
         row["bytes_up_total"]
@@ -182,14 +180,14 @@ def test_a_study_runs_resumes_and_reports_identically(
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 
     # interrupted: one run lost its summary after its last checkpoint, another never started
-    (out / "runs" / "method=full,alpha=5.0,seed=0" / "summary.json").unlink()
-    shutil.rmtree(out / "runs" / "centralized,method=lora,seed=1")
+    (out / "runs" / "full-alpha5.0-seed0" / "summary.json").unlink()
+    shutil.rmtree(out / "runs" / "centralized-lora-seed1")
     capsys.readouterr()
     assert main(["study", "--config", str(spec), "--out", str(out)]) == 0
     log = capsys.readouterr().out
     assert log.count("finished earlier, skipped") == 10
-    assert "method=full,alpha=5.0,seed=0: resuming" in log
-    assert "centralized,method=lora,seed=1: starting" in log
+    assert "full-alpha5.0-seed0: resuming" in log
+    assert "centralized-lora-seed1: starting" in log
 
     before = (out / "report.md").read_text(), (out / "results.csv").read_text()
     (out / "report.md").unlink()
@@ -213,7 +211,7 @@ def test_bad_study_input_is_one_line(tmp_path: Path, capsys) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("grid: {seed: [0]}\nbase: {data: {task: nope}}\n")
     assert main(["study", "--config", str(bad), "--out", str(tmp_path / "s")]) == 2
-    assert "study run seed=0: data.task = 'nope'" in capsys.readouterr().err
+    assert "study run seed0: data.task = 'nope'" in capsys.readouterr().err
     assert main(["study", "--preset", "fast"]) == 2
     assert (
         "--preset 'fast': choose one of quick, cpu, algorithms, privacy, fedpetuning-glue"
@@ -228,7 +226,7 @@ def test_set_overrides_the_base_of_a_preset(tmp_path: Path, capsys) -> None:
     out = tmp_path / "s"
     argv = ["study", "--preset", "quick", "--out", str(out), "--set", "federation.rounds=0"]
     assert main(argv) == 2
-    assert "study run method=full,alpha=0.1: federation.rounds = 0" in capsys.readouterr().err
+    assert "study run full-alpha0.1: federation.rounds = 0" in capsys.readouterr().err
     assert not out.exists()
 
 

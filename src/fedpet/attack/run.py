@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -148,12 +149,17 @@ def recover(
     return {int(i) for i in ids[~known]}, correct
 
 
-def attack(cfg: Config, spec: AttackSpec, run: Path | None = None) -> dict[str, Any]:
+def attack(
+    cfg: Config,
+    spec: AttackSpec,
+    run: Path | None = None,
+    report: Callable[[int, int, float], None] | None = None,
+) -> dict[str, Any]:
     """Attack ``spec.examples`` updates of the configured method; the scores, averaged and each.
 
     With ``run``, the clients start from that run's last checkpointed global state;
     otherwise from the method's initialisation. The attack runs on the CPU, whatever the
-    config's device.
+    config's device. ``report(done, total, mean F1 so far)`` is called after each update.
     """
     spec.check()
     exp = prepare(dataclasses.replace(cfg, device="cpu"), attention="eager")
@@ -174,7 +180,8 @@ def attack(cfg: Config, spec: AttackSpec, run: Path | None = None) -> dict[str, 
     half = ClientHalf.of(exp)
     records = []
     began = time.perf_counter()
-    for k, indices in enumerate(pick_batches(exp, spec)):
+    batches = pick_batches(exp, spec)
+    for k, indices in enumerate(batches):
         batch = collate(exp.train, indices)
         update = client_update(exp, batch)
         payload, _ = half.send(update, rounds, k, {})
@@ -193,6 +200,8 @@ def attack(cfg: Config, spec: AttackSpec, run: Path | None = None) -> dict[str, 
                 "prior_f1": token_scores(prior[: len(got)], true).f1,
             }
         )
+        if report is not None:
+            report(k + 1, len(batches), float(np.mean([r["f1"] for r in records])))
     dp = cfg.privacy
     return {
         "task": cfg.data.task,

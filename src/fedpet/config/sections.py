@@ -295,7 +295,16 @@ class Config:
             "auto, cpu, cuda, cuda:N or mps",
         ),
     )
-    out: str | None = option(None, "the run directory (null: runs/<task>-<method>-<time>)")
+    out: str | None = option(
+        None,
+        "the run directory (null: runs/<task>-<method>-<time>; fedpet partition: "
+        "runs/<task>-<partition>-partition-<time>; a file:PATH task is named by its file)",
+    )
+    filled: tuple[str, ...] = option(
+        (),
+        "the fields fedpet filled in (train.lr from the method, device from auto, DP's noise "
+        "from a target epsilon); a run's config.yaml given as --config has them filled afresh",
+    )
     data: DataConfig = field(default_factory=DataConfig)
     method: MethodOptions = field(default_factory=MethodOptions)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from fedpet.config import Config
-from fedpet.data.partition import label_counts, label_skew
+from fedpet.data.partition import ALPHA_PARTITIONS, label_counts, label_skew
 from fedpet.data.splits import Task
 from fedpet.rundir import PARTITION_HEATMAP, PARTITION_HISTOGRAM, atomic_write
 
@@ -26,8 +26,17 @@ def describe_partition(
     """
     counts = label_counts(task.train.labels, clients, task.num_labels)
     d = cfg.data
+    groups = task.train.groups
+    natural = not cfg.centralized and d.partition == "natural" and groups is not None
+    names = np.unique(groups) if natural and groups is not None else None
     per_client = [
-        {"id": k, "size": int(c.sum()), "label_counts": c.tolist(), **client_info(k)}
+        {
+            "id": k,
+            **({} if names is None else {"name": str(names[k])}),
+            "size": int(c.sum()),
+            "label_counts": c.tolist(),
+            **client_info(k),
+        }
         for k, c in enumerate(counts)
     ]
     return {
@@ -50,8 +59,9 @@ def describe_partition(
 def summary_line(report: dict[str, Any]) -> str:
     """Clients, sizes (min/median/max) and label skew in one line."""
     sizes = np.array([c["size"] for c in report["clients"]])
+    alpha = f" (alpha {report['alpha']:g})" if report["scheme"] in ALPHA_PARTITIONS else ""
     return (
-        f"{report['task']} · {report['scheme']} (alpha {report['alpha']}): "
+        f"{report['task']} · {report['scheme']}{alpha}: "
         f"{len(sizes)} clients, sizes min {sizes.min()} / median {np.median(sizes):g} / "
         f"max {sizes.max()}, label skew {report['label_skew']:.3f} "
         "(mean total-variation distance from the global label mix; 0 = iid)"
@@ -68,7 +78,9 @@ def plot_partition(report: dict[str, Any], directory: Path) -> list[Path]:
     counts = np.array([c["label_counts"] for c in report["clients"]], dtype=float)
     sizes = counts.sum(axis=1)
     shares = counts / np.maximum(sizes, 1)[:, None]
-    title = f"{report['task']}: {report['scheme']} partition, alpha {report['alpha']}"
+    shaped = report["scheme"] in ALPHA_PARTITIONS  # alpha means nothing to iid, shards, ...
+    alpha = f", alpha {report['alpha']:g}" if shaped else ""
+    title = f"{report['task']}: {report['scheme']} partition{alpha}"
 
     fig, ax = plt.subplots(figsize=(max(6.0, min(14.0, 0.12 * len(sizes) + 4)), 3.2))
     image = ax.imshow(

@@ -125,6 +125,13 @@ def _split(frame: pd.DataFrame, names: tuple[str, ...], path: Path) -> Split:
     return Split(frame["text"].tolist(), labels, pairs, groups)
 
 
+def labelled_rows(path: Path, data: DataConfig) -> tuple[list[str], list[str] | None, list[str]]:
+    """Every row of a labelled file: texts, second texts (if configured) and label names."""
+    frame = _columns(read_table(path), path, data)
+    pairs = frame["pair"].tolist() if "pair" in frame else None
+    return frame["text"].tolist(), pairs, frame["label"].tolist()
+
+
 def load_file_task(name: str, data: DataConfig) -> Task:
     """The task ``file:PATH``: the file's rows as train (and validation/test) examples."""
     path = Path(name.removeprefix(PREFIX)).expanduser()

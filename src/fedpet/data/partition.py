@@ -187,18 +187,16 @@ def shards(labels: np.ndarray, spec: PartitionSpec) -> list[np.ndarray]:
 
 
 def natural(labels: np.ndarray, spec: PartitionSpec) -> list[np.ndarray]:
-    """The clients the data names (``data.client_column``), in sorted order of their ids."""
+    """The clients the data names (``data.client_column``), in sorted order of their ids.
+
+    Their number comes from the data (``spec.num_clients`` is not used).
+    """
     if spec.groups is None:
         raise FedpetError(
             "data.partition = 'natural' needs data.client_column: a column of a file:PATH "
             "task naming each row's client"
         )
     ids, inverse = np.unique(spec.groups, return_inverse=True)
-    if len(ids) != spec.num_clients:
-        raise FedpetError(
-            f"federation.clients = {spec.num_clients} does not match the {len(ids)} clients "
-            f"the data names; set --clients {len(ids)}"
-        )
     order = np.argsort(inverse, kind="stable")
     return np.split(order, np.cumsum(np.bincount(inverse, minlength=len(ids)))[:-1])
 
@@ -209,6 +207,9 @@ def _round_to_total(quota: np.ndarray, total: int) -> np.ndarray:
         base[i] += 1
     return base
 
+
+ALPHA_PARTITIONS = ("dirichlet", "dirichlet-classwise", "quantity")
+"""The schemes that ``data.alpha`` shapes."""
 
 PARTITIONERS: dict[str, Partitioner] = {
     "iid": iid,

@@ -38,6 +38,7 @@ def run_centralized(exp: Experiment, recorder: Recorder, resume: Checkpoint | No
         derive_seed(cfg.seed, "train", 1, 0),
         cfg.train.epochs,
     )
+    session.report = recorder.progress
     if resume is not None:
         load_(exp.params, resume.tensors["global"])
         session.restore(resume.tensors["trainer"], resume.state["trainer"])

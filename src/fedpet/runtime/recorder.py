@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from fedpet.client import evaluate
+from fedpet.config import Config
 from fedpet.devices import device_peak_mb
 from fedpet.experiment import Experiment
 from fedpet.memory import tree_peak_mb
+from fedpet.progress import RoundEnd, Watcher
 from fedpet.rundir import Checkpoint, RunDir
 from fedpet.runtime.counts import RoundCounts, summary_totals, totalled
 from fedpet.state import TrainableState, load_
@@ -20,6 +23,11 @@ TOTALS = ("rounds", "train_seconds", "eval_seconds", "skipped", "retries")
 
 ``rounds`` is the last round done; the others sum over the rounds.
 """
+
+
+def total_rounds(cfg: Config) -> int:
+    """Rounds of a federated run, epochs of a centralized one."""
+    return cfg.train.epochs if cfg.centralized else cfg.federation.rounds
 
 
 @dataclass
@@ -47,20 +55,15 @@ class Recorder:
 
     Parameters
     ----------
-    on_round
-        Called after each round with (round, validation metric or None if not evaluated,
-        best round, best validation metric), for the progress display.
+    watcher
+        Told of progress within a round, of each round's end (its metrics line) and of the
+        summary: the display and the trackers.
     """
 
-    def __init__(
-        self,
-        exp: Experiment,
-        run: RunDir,
-        on_round: Callable[[int, float | None, int, float], None] = lambda *_: None,
-    ) -> None:
+    def __init__(self, exp: Experiment, run: RunDir, watcher: Watcher | None = None) -> None:
         self.exp = exp
         self.run = run
-        self.on_round = on_round
+        self.watcher = watcher or Watcher()
         self.metric = exp.task.metric
         self.totals: dict[str, float] = dict.fromkeys(TOTALS, 0)
         self.best_round = 0
@@ -120,26 +123,21 @@ class Recorder:
             self.best_round, self.best_val = record.round, val[self.metric]
             self.best_state = {k: v.clone() for k, v in global_state.items()}
         private = cfg.privacy.enabled
-        self.run.append_metrics(
-            {
-                "round": record.round,
-                **{f"val_{k}": v for k, v in val.items()},
-                **record.counts.metrics(private),
-                "clients": record.clients,
-                "aggregated": record.aggregated,
-                "attempts": record.attempts,
-                "skipped": record.skipped,
-                "train_seconds": record.train_seconds,
-                "eval_seconds": eval_seconds,
-                **(
-                    {}
-                    if record.lora_error is None
-                    else {"lora_aggregation_error": record.lora_error}
-                ),
-                **({"epsilon": self.epsilon(record.round)} if private else {}),
-                **record.extra,
-            }
-        )
+        row = {
+            "round": record.round,
+            **{f"val_{k}": v for k, v in val.items()},
+            **record.counts.metrics(private),
+            "clients": record.clients,
+            "aggregated": record.aggregated,
+            "attempts": record.attempts,
+            "skipped": record.skipped,
+            "train_seconds": record.train_seconds,
+            "eval_seconds": eval_seconds,
+            **({} if record.lora_error is None else {"lora_aggregation_error": record.lora_error}),
+            **({"epsilon": self.epsilon(record.round)} if private else {}),
+            **record.extra,
+        }
+        self.run.append_metrics(row)
         self.peak_rss_mb = max(self.peak_rss_mb, tree_peak_mb())
         tensors = {"global": global_state, "best": self.best_state}
         tensors.update({name: group for name, group in (saved or {}).items() if group})
@@ -155,8 +153,15 @@ class Recorder:
                 **(saved_meta or {}),
             },
         )
-        self.on_round(record.round, val.get(self.metric), self.best_round, self.best_val)
+        unit = "epoch" if cfg.centralized else "round"
+        total = total_rounds(cfg)
+        end = RoundEnd(record.round, total, unit, self.metric, row, self.best_round, self.best_val)
+        self.watcher.round_end(end)
         return val
+
+    def progress(self, done: int, total: int) -> None:
+        """Within a round: ``done`` of ``total`` clients replied, or steps of an epoch."""
+        self.watcher.progress(done, total)
 
     def evaluates(self, round_: int) -> bool:
         """Whether the global state after ``round_`` is evaluated on validation."""
@@ -202,6 +207,8 @@ class Recorder:
             "test_metric": test[self.metric],
             "test_accuracy": test["accuracy"],
             "test_macro_f1": test["macro_f1"],
+            # the accuracy of always predicting the test split's most frequent label
+            "test_majority": float(np.bincount(exp.test.labels).max() / len(exp.test)),
             "trainable_params": exp.trainable_params,
             "total_params": exp.total_params,
             **summary_totals(t, cfg.privacy.enabled),
@@ -225,4 +232,5 @@ class Recorder:
                 clip=cfg.privacy.clip,
             )
         self.run.write_json("summary.json", summary)
+        self.watcher.finish(summary)
         return summary

@@ -8,6 +8,7 @@ runtimes only carry the payloads between it and
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -128,6 +129,8 @@ class Intake:
     lora: LoraError | None = None
     counts: RoundCounts = field(default_factory=RoundCounts)
     accepted: list[int] = field(default_factory=list)
+    report: Callable[[int, int], None] = lambda done, total: None
+    heard: int = 0  # clients that replied or were lost late or failed, for ``report``
 
     @property
     def received(self) -> TrainableState:
@@ -145,6 +148,7 @@ class Intake:
 
         Returns whether it was aggregated (only then may the client keep its new state).
         """
+        self._heard()
         self.counts.bytes_up += len(reply.payload)
         self.count(reply.num_examples, reply.loss)
         view = self.algorithm.client_view(self.received, client)
@@ -197,6 +201,12 @@ class Intake:
         """Record a client whose update is lost: ``failed``, ``late`` or ``rejected``."""
         lost = getattr(self.counts, kind)
         lost.append({"client": client, "attempt": self.attempt, "reason": reason})
+        if kind != "rejected":  # a rejected reply was counted as it arrived
+            self._heard()
+
+    def _heard(self) -> None:
+        self.heard += 1
+        self.report(self.heard, len(self.clients))
 
 
 def round_record(round_: int, attempts: list[Intake], skipped: bool, start: float) -> RoundRecord:

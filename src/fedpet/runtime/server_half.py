@@ -111,6 +111,7 @@ class ServerHalf:
             attempt=attempt,
             # the error is computed from single updates: none under secure aggregation or DP
             lora=None if self.secure or withholds_stats(self.stages) else lora_error(exp),
+            report=self.recorder.progress,
         )
 
     def saved(self, client: int) -> TrainableState:

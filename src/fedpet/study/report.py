@@ -8,22 +8,24 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from matplotlib.figure import Figure
 
 from fedpet.rundir import atomic_write
+from fedpet.study import plots
 from fedpet.study.results import (
     data_setting,
     group_keys,
     mean_std,
     relative_to_baseline,
     run_row,
+    short,
 )
 from fedpet.study.spec import PlannedRun
 
 PLOTS = {
     "acc_vs_bytes.png": "test metric against total communicated MB (log scale)",
     "acc_vs_alpha.png": "test metric against the Dirichlet alpha",
-    "convergence.png": "validation metric against round and against cumulative MB",
+    "convergence.png": "validation metric against round and against cumulative MB, and "
+    "training loss against round (every run's metrics.jsonl, finished or not)",
     "data_scale.png": "test metric against the amount of training data",
     "lora_error.png": "LoRA aggregation error per round: how far averaging B and A separately "
     "is from averaging the products B A (log scale)",
@@ -38,11 +40,10 @@ def write_report(study_dir: Path, runs: list[Entry]) -> list[str]:
     """Write ``results.csv``, ``report.md`` and the plots that apply; their names."""
     results = pd.DataFrame([run_row(run, run_dir) for run, run_dir in runs])
     atomic_write(study_dir / "results.csv", lambda tmp: results.to_csv(tmp, index=False))
-    done = results[results["status"] == "done"]
-    plots = _plots(study_dir, done, runs) if len(done) else []
-    text = render_markdown(results, plots)
+    drawn = _plots(study_dir, results, runs)
+    text = render_markdown(results, drawn)
     atomic_write(study_dir / "report.md", lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    return ["results.csv", "report.md", *plots]
+    return ["results.csv", "report.md", *drawn]
 
 
 def _pct(x: float) -> str:
@@ -54,7 +55,7 @@ def _value(v: Any) -> str:
     return "none" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
 
 
-def render_markdown(results: pd.DataFrame, plots: list[str]) -> str:
+def render_markdown(results: pd.DataFrame, drawn: list[str]) -> str:
     """The report: per task a table of settings x methods, then communication, then plots."""
     done = results[results["status"] == "done"]
     lines = ["# Study report" if len(results) > 1 else "# Run report", ""]
@@ -64,7 +65,7 @@ def render_markdown(results: pd.DataFrame, plots: list[str]) -> str:
         f"{counts.get('partial', 0)} partial, {counts.get('pending', 0)} pending."
     )
     if done.empty:
-        return "\n".join([*lines, ""])
+        return "\n".join([*lines, "", *_plot_lines(drawn), ""])
     metric = str(done["metric_name"].iloc[0])
     lines += [
         "",
@@ -107,9 +108,13 @@ def render_markdown(results: pd.DataFrame, plots: list[str]) -> str:
             lines.append(f"| {setting} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += _communication(done)
-    lines += ["## Plots", ""]
-    lines += [f"- `{name}`: {PLOTS[name]}\n\n  ![{name}]({name})" for name in plots]
-    return "\n".join([*lines, ""])
+    return "\n".join([*lines, *_plot_lines(drawn), ""])
+
+
+def _plot_lines(drawn: list[str]) -> list[str]:
+    if not drawn:
+        return []
+    return ["## Plots", "", *(f"- `{n}`: {PLOTS[n]}\n\n  ![{n}]({n})" for n in drawn)]
 
 
 def _communication(done: pd.DataFrame) -> list[str]:
@@ -137,43 +142,99 @@ def _communication(done: pd.DataFrame) -> list[str]:
     return [*lines, ""]
 
 
-def _plots(study_dir: Path, done: pd.DataFrame, runs: list[Entry]) -> list[str]:
+def _plots(study_dir: Path, results: pd.DataFrame, runs: list[Entry]) -> list[str]:
+    """Draw the plots that apply to the runs' results (done or not); their names."""
     written = []
+    done = results[results["status"] == "done"]
     tasks = list(dict.fromkeys(done["task"]))
     federated = done[done["setting"] != "centralized"]
+    refs = _centralized(done)
+    majority = _majority(done)
     if not federated.empty:
         federated = federated.assign(method=series_labels(federated))
-        _by_task(
+        plots.by_task(
             study_dir / "acc_vs_bytes.png",
             tasks,
             plot_cells(federated, "mb_total", lines="setting"),
-            "total MB (log)",
+            "total MB, up + down (log)",
             log=True,
+            refs=refs,
+            majority=majority,
         )
         written.append("acc_vs_bytes.png")
         if federated["alpha"].nunique() > 1:
             cells = plot_cells(federated, "alpha", lines=None)
-            _by_task(study_dir / "acc_vs_alpha.png", tasks, cells, "alpha (log)", log=True)
+            plots.by_task(
+                study_dir / "acc_vs_alpha.png",
+                tasks,
+                cells,
+                "Dirichlet alpha (log)",
+                log=True,
+                refs=refs,
+                majority=majority,
+            )
             written.append("acc_vs_alpha.png")
-        curves = _curves(runs, federated)
-        if curves:
-            _convergence(study_dir / "convergence.png", curves)
-            written.append("convergence.png")
+    curves = _curves(runs, results)
+    if curves:
+        metric = _metric(runs)
+        plots.convergence(study_dir / "convergence.png", curves, metric)
+        written.append("convergence.png")
         lora = {
-            key: {label: f for label, f in methods.items() if f["lora_error"].notna().any()}
-            for key, methods in curves.items()
+            key: {label: f for label, f in series.items() if f["lora_error"].notna().any()}
+            for key, series in curves.items()
         }
-        lora = {key: methods for key, methods in lora.items() if methods}
+        lora = {key: series for key, series in lora.items() if series}
         if lora:
-            _lora_error(study_dir / "lora_error.png", lora)
+            plots.lora_error(study_dir / "lora_error.png", lora)
             written.append("lora_error.png")
     for field in SCALE_FIELDS:
         if field in done.columns and done[field].nunique() > 1:
             cells = plot_cells(done.assign(method=series_labels(done)), field, lines="setting")
-            _by_task(study_dir / "data_scale.png", tasks, cells, field, log=False)
+            name = "fraction of the training set" if field == "train_fraction" else field
+            plots.by_task(
+                study_dir / "data_scale.png", tasks, cells, name, log=False, majority=majority
+            )
             written.append("data_scale.png")
             break
     return written
+
+
+def _centralized(done: pd.DataFrame) -> pd.DataFrame:
+    """The centralized runs' test metric per task and method (mean over seeds)."""
+    central = done[done["setting"] == "centralized"]
+    return (
+        central.groupby(["task", "method"], sort=False)["test_metric"]
+        .mean()
+        .rename("mean")
+        .reset_index()
+    )
+
+
+def _majority(done: pd.DataFrame) -> dict[str, float]:
+    """Per task, the test accuracy of always predicting the most frequent label.
+
+    Only where the metric is accuracy (a majority line means nothing for MCC).
+    """
+    if "test_majority" not in done or done["metric_name"].iloc[0] != "accuracy":
+        return {}
+    known = done.dropna(subset=["test_majority"])
+    return {str(t): float(v) for t, v in known.groupby("task")["test_majority"].first().items()}
+
+
+def _metric(runs: list[Entry]) -> str:
+    """The runs' metric name (their config's task decides it; accuracy unless given)."""
+    for _, run_dir in runs:
+        summary = run_dir / "summary.json"
+        if summary.exists():
+            return str(json.loads(summary.read_text(encoding="utf-8"))["metric_name"])
+    for _, run_dir in runs:
+        metrics = run_dir / "metrics.jsonl"
+        if metrics.exists():
+            for line in metrics.read_text(encoding="utf-8").splitlines():
+                found = [k for k in json.loads(line) if k.startswith("val_")]
+                if found:
+                    return "mcc" if "val_mcc" in found and len(found) == 1 else "accuracy"
+    return "accuracy"
 
 
 def plot_cells(rows: pd.DataFrame, x: str, lines: str | None) -> pd.DataFrame:
@@ -213,98 +274,53 @@ def series_labels(rows: pd.DataFrame) -> pd.Series:
     return label
 
 
-def _by_task(path: Path, tasks: list[str], cells: pd.DataFrame, xlabel: str, log: bool) -> None:
-    """One panel per task of :func:`plot_cells`' points, a line per series."""
-    fig = Figure(figsize=(5 * len(tasks), 4))
-    axes = fig.subplots(1, len(tasks), squeeze=False)
-    seeds = sorted(set(cells["n"]))
-    for ax, task in zip(axes[0], tasks, strict=True):
-        part = cells[cells["task"] == task]
-        for label, line in part.groupby("series", sort=False):
-            line = line.sort_values("x")
-            ax.errorbar(
-                line["x"], line["mean"], yerr=line["std"], marker="o", capsize=3, label=label
-            )
-        ax.set_xscale("log" if log else "linear")
-        ax.set_title(task)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(f"test {cells['metric_name'].iloc[0]}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    spread = (
-        f"error bars: sample std over the {'/'.join(map(str, seeds))} seeds of each setting"
-        if max(seeds) > 1
-        else "one seed per setting: no error bars"
-    )
-    fig.suptitle(spread, fontsize=9)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+def _curves(runs: list[Entry], results: pd.DataFrame) -> dict[tuple[str, str], dict[str, Any]]:
+    """Per (task, setting) and line, seed means per round: validation metric, MB, loss, error.
 
-
-def _curves(runs: list[Entry], done: pd.DataFrame) -> dict[tuple[str, str], dict[str, Any]]:
-    """Per (task, setting) and method, seed means per round: validation metric, MB, LoRA error.
-
-    Runs with an algorithm other than FedAvg are their own line, ``method + algorithm``.
+    Every run with a ``metrics.jsonl`` counts, finished or not. A line is a method, with
+    its algorithm where not FedAvg, and the other grid values that tell runs apart
+    (seeds are averaged over).
     """
-    names = set(done["run"])
+    metric = f"val_{_metric(runs)}"
     curves: dict[tuple[str, str], dict[str, Any]] = {}
     for run, run_dir in runs:
-        if run.name not in names:
+        metrics = run_dir / "metrics.jsonl"
+        if not metrics.exists():
             continue
-        lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-        rows = [json.loads(line) for line in lines]
+        rows = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines()]
+        if not rows:
+            continue
         cfg = run.config
-        metric = f"val_{done['metric_name'].iloc[0]}"
         frame = pd.DataFrame(
             {
                 "round": [r["round"] for r in rows],
                 "val": [r.get(metric, float("nan")) for r in rows],  # (not evaluated)
                 "mb": pd.Series([r["bytes_up"] + r["bytes_down"] for r in rows]).cumsum() / 1e6,
+                "loss": [r.get("train_loss", float("nan")) for r in rows],
                 "lora_error": [r.get("lora_aggregation_error", float("nan")) for r in rows],
             }
         )
         key = (cfg.data.task, data_setting(cfg))
-        algorithm = cfg.algorithm.name
-        label = cfg.method.name + ("" if algorithm == "fedavg" else f" + {algorithm}")
-        curves.setdefault(key, {}).setdefault(label, []).append(frame)
+        curves.setdefault(key, {}).setdefault(line_label(run), []).append(frame)
     return {
-        key: {m: pd.concat(fs).groupby("round").mean() for m, fs in methods.items()}
-        for key, methods in curves.items()
+        key: {m: pd.concat(fs).groupby("round").mean() for m, fs in series.items()}
+        for key, series in curves.items()
     }
 
 
-def _convergence(path: Path, curves: dict[tuple[str, str], dict[str, Any]]) -> None:
-    fig = Figure(figsize=(10, 3.2 * len(curves)))
-    axes = fig.subplots(len(curves), 2, squeeze=False)
-    for (ax_round, ax_mb), ((task, setting), methods) in zip(axes, curves.items(), strict=True):
-        for method, curve in methods.items():
-            frame = curve.dropna(subset=["val"])  # the rounds evaluated (federation.eval_every)
-            ax_round.plot(frame.index, frame["val"], marker=".", label=method)
-            ax_mb.plot(frame["mb"], frame["val"], marker=".", label=method)
-        ax_round.set_title(f"{task}, {setting}")
-        ax_round.set_xlabel("round")
-        ax_mb.set_xlabel("cumulative MB (log)")
-        ax_mb.set_xscale("log")
-        for ax in (ax_round, ax_mb):
-            ax.set_ylabel("validation metric")
-            ax.grid(alpha=0.3)
-        ax_round.legend(fontsize=8)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+LINE_SKIP = ("data.task", "data.alpha", "data.partition", "seed", "centralized", "method.name")
 
 
-def _lora_error(path: Path, curves: dict[tuple[str, str], dict[str, Any]]) -> None:
-    fig = Figure(figsize=(5, 3.2 * len(curves)))
-    axes = fig.subplots(len(curves), 1, squeeze=False)
-    for (ax,), ((task, setting), methods) in zip(axes, curves.items(), strict=True):
-        for label, frame in methods.items():
-            # an exact aggregation (FFA-LoRA) is 0 up to rounding: floored for the log axis
-            ax.plot(frame.index, frame["lora_error"].clip(lower=1e-12), marker=".", label=label)
-        ax.set_title(f"{task}, {setting}")
-        ax.set_xlabel("round")
-        ax.set_ylabel("relative error of averaged B A")
-        ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+def line_label(run: PlannedRun) -> str:
+    """A run's line: method, algorithm (unless FedAvg), then the other values it varies."""
+    cfg = run.config
+    algorithm = cfg.algorithm.name
+    label = cfg.method.name + (
+        "" if cfg.centralized or algorithm == "fedavg" else f" + {algorithm}"
+    )
+    others = [
+        f"{short(k)}={v}"
+        for k, v in run.varied.items()
+        if k not in LINE_SKIP and k != "algorithm.name"
+    ]
+    return ", ".join([label, *others])

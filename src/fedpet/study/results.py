@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from fedpet.config import Config
+from fedpet.data.partition import ALPHA_PARTITIONS
 from fedpet.study.spec import SHORT_NAMES, PlannedRun
 
 FIGURES = (
@@ -36,9 +37,6 @@ BASELINE = "full"  # relative figures are against federated full fine-tuning (Fe
 def short(field: str) -> str:
     """The column name of a dotted config field (its last part, or a fixed short name)."""
     return SHORT_NAMES.get(field, field.rsplit(".", 1)[-1])
-
-
-ALPHA_PARTITIONS = ("dirichlet", "dirichlet-classwise", "quantity")
 
 
 def data_setting(cfg: Config) -> str:

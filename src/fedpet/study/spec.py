@@ -25,6 +25,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from fedpet.config import Config, load_yaml
 from fedpet.configure import build_config, resolve
 from fedpet.errors import FedpetError
@@ -64,13 +66,17 @@ class Study:
         }
 
 
+def preset_text(name: str) -> str:
+    """The packaged study file ``name``, as written (with its comments)."""
+    if name not in PRESETS:
+        raise FedpetError(f"--preset {name!r}: choose one of {', '.join(PRESETS)}")
+    return (resources.files("fedpet.presets") / f"{name}.yaml").read_text(encoding="utf-8")
+
+
 def load_study(path: str | Path | None = None, preset: str | None = None) -> Study:
     """Read a study file, or a packaged preset by name."""
     if preset is not None:
-        if preset not in PRESETS:
-            raise FedpetError(f"--preset {preset!r}: choose one of {', '.join(PRESETS)}")
-        with resources.as_file(resources.files("fedpet.presets") / f"{preset}.yaml") as file:
-            return parse_study(load_yaml(file), f"preset {preset}")
+        return parse_study(yaml.safe_load(preset_text(preset)), f"preset {preset}")
     if path is None:
         raise FedpetError("give a study file (--config study.yaml) or --preset NAME")
     return parse_study(load_yaml(path), str(path))
@@ -114,8 +120,15 @@ def _federated(field: str) -> bool:
 
 
 def _slug(varied: Mapping[str, Any]) -> str:
-    parts = [f"{SHORT_NAMES.get(k, k.rsplit('.', 1)[-1])}={v}" for k, v in varied.items()]
-    return re.sub(r"[^A-Za-z0-9=.,_+-]", "_", ",".join(parts)) or "run"
+    """A folder name a shell handles as it is: ``lora-alpha0.1-seed0`` (no = , or spaces).
+
+    The method, task and algorithm are named by their value; other fields by their last
+    part and value.
+    """
+    parts = [
+        str(v) if k in SHORT_NAMES else f"{k.rsplit('.', 1)[-1]}{v}" for k, v in varied.items()
+    ]
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", "-".join(parts)).strip("_") or "run"
 
 
 def _matches(when: Mapping[str, Any], values: Mapping[str, Any]) -> bool:
@@ -154,7 +167,7 @@ def plan(study: Study) -> list[PlannedRun]:
             seen.add(values)
             varied = dict(zip(kept, values, strict=True))
             extra = {"centralized": True, **study.centralized}
-            name = "centralized," + _slug(varied) if varied else "centralized"
+            name = "centralized-" + _slug(varied) if varied else "centralized"
             cfg = _config(study, name, varied, extra)
             runs.append(PlannedRun(name, {**varied, "centralized": True}, cfg))
     names = [r.name for r in runs]

@@ -1,0 +1,132 @@
+"""Loading a trained classifier from a run directory or from an export, for inference."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from fedpet.algorithms import get_algorithm
+from fedpet.config import Config, load_yaml
+from fedpet.configure import build_config
+from fedpet.errors import FedpetError
+from fedpet.export.formats import load_encoder, quiet_transformers
+from fedpet.model import TextClassifier, build_model, model_path
+from fedpet.rundir import load_checkpoint
+from fedpet.state import TrainableState, load_, trainable_parameters
+
+EXPORT_FILE = "fedpet.json"
+HEAD_FILE = "head.safetensors"
+ROUNDS = ("best", "last")
+
+
+@dataclass
+class Loaded:
+    """A classifier ready for inference, with what it needs to read text.
+
+    ``meta`` holds the task's data section (``data``), the method, the model and the round
+    the state is from, as :func:`~fedpet.export.write.export_run` records them.
+    """
+
+    model: TextClassifier
+    tokenizer: PreTrainedTokenizerBase
+    labels: tuple[str, ...]
+    max_length: int
+    meta: dict[str, Any]
+
+
+def open_model(path: Path, round_: str = "best") -> Loaded:
+    """The classifier in ``path``: an export (its ``fedpet.json``) or a run directory.
+
+    For a run, ``round_`` picks the best validated round's state or the last round's.
+    The model is on the CPU, in eval mode, with nothing requiring grad.
+    """
+    if (path / EXPORT_FILE).is_file():
+        loaded = open_export(path)
+    elif (path / "config.yaml").is_file():
+        loaded = open_run(path, round_)
+    else:
+        raise FedpetError(
+            f"{str(path)!r} is neither a run directory (no config.yaml) nor an export "
+            f"(no {EXPORT_FILE}); give one of them"
+        )
+    loaded.model.eval().requires_grad_(False)
+    return loaded
+
+
+def run_labels(path: Path) -> tuple[str, ...]:
+    """The label names a run trained on, from its ``partition.json``."""
+    try:
+        report = json.loads((path / "partition.json").read_text(encoding="utf-8"))
+        return tuple(str(name) for name in report["labels"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise FedpetError(
+            f"run directory {str(path)!r}: partition.json cannot be read "
+            f"({exc.__class__.__name__}); it is written before the first round"
+        ) from None
+
+
+def cpu_config(path: Path) -> Config:
+    """A run's config, on the CPU whatever device it trained on."""
+    return build_config(load_yaml(path / "config.yaml"), [("device", "cpu")])
+
+
+def run_state(path: Path, round_: str) -> tuple[TrainableState, int]:
+    """The global state after the best (or last) round of the run in ``path``, and the round."""
+    if round_ not in ROUNDS:
+        raise FedpetError(f"--round {round_!r} is not allowed: choose best or last")
+    checkpoint = load_checkpoint(path)
+    if round_ == "last":
+        return checkpoint.tensors["global"], checkpoint.round
+    best = int(checkpoint.state["best_round"])
+    if best == 0 or not checkpoint.tensors["best"]:
+        raise FedpetError(
+            f"run directory {str(path)!r}: no round has been validated yet (the checkpoint "
+            f"is of round {checkpoint.round}); use --round last"
+        )
+    return checkpoint.tensors["best"], best
+
+
+def open_run(path: Path, round_: str) -> Loaded:
+    """Rebuild the run's model (same seed, so the same frozen values) and load its state."""
+    cfg = cpu_config(path)
+    labels = run_labels(path)
+    state, done = run_state(path, round_)
+    with quiet_transformers():
+        model, tokenizer = build_model(cfg, len(labels))
+    algorithm = get_algorithm(cfg.algorithm)
+    params = {n: p for n, p in trainable_parameters(model).items() if algorithm.trainable(n)}
+    load_(params, state)
+    meta = {
+        "method": cfg.method.name,
+        "model": cfg.model,
+        "data": load_yaml(path / "config.yaml")["data"],
+        "round": done,
+        "state": round_,
+        "run": str(path),
+    }
+    return Loaded(model, tokenizer, labels, cfg.data.max_length, meta)
+
+
+def open_export(path: Path) -> Loaded:
+    """Load an export with its library (peft, adapters or transformers) and add the head."""
+    try:
+        meta = json.loads((path / EXPORT_FILE).read_text(encoding="utf-8"))
+        labels = tuple(meta["labels"])
+        kind, pooling, normalize = meta["format"], meta["pooling"], meta["normalize"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise FedpetError(
+            f"export {str(path)!r}: {EXPORT_FILE} cannot be read ({exc.__class__.__name__}); "
+            "write the export again with fedpet export"
+        ) from None
+    encoder = load_encoder(kind, path, model_path(meta["model"]))
+    config: Any = encoder.config
+    hidden = int(getattr(config, "hidden_size", None) or config.dim)
+    model = TextClassifier(encoder, hidden, len(labels), pooling, normalize, dropout=0.0)
+    model.head.load_state_dict(load_file(str(path / HEAD_FILE)))
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    return Loaded(model, tokenizer, labels, int(meta["max_length"]), meta)

