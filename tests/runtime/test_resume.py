@@ -158,3 +158,44 @@ def test_resume_refuses_other_flags_and_missing_checkpoints(
     assert "give no other flags than --rounds N" in capsys.readouterr().err
     assert main(["run", "--resume", str(tmp_path / "nothing")]) == 2
     assert "config: cannot read" in capsys.readouterr().err
+
+
+def test_resume_with_rounds_extends_a_finished_run_to_the_run_planned_for_that_many(
+    tiny_config, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from safetensors.torch import load_file
+
+    from fedpet.launch import start_run
+
+    every = {"federation.eval_every": 1}
+    short, planned = tmp_path / "short", tmp_path / "planned"
+    start_run(tiny_config(**every, **{"federation.rounds": 2}), short)
+    start_run(tiny_config(**every, **{"federation.rounds": 4}), planned)
+    assert main(["run", "--resume", str(short), "--rounds", "1"]) == 2
+    assert "--rounds 1 is not allowed: the run in" in capsys.readouterr().err
+    assert main(["run", "--resume", str(short), "--rounds", "4"]) == 0
+    for name in ("global", "best"):
+        a = load_file(str(short / "checkpoint" / f"{name}.safetensors"))
+        b = load_file(str(planned / "checkpoint" / f"{name}.safetensors"))
+        assert all(torch.equal(a[k], b[k]) for k in b), name
+    timing = ("train_seconds", "eval_seconds")
+    rows = [
+        [{k: v for k, v in json.loads(x).items() if k not in timing} for x in lines]
+        for lines in ((d / "metrics.jsonl").read_text().splitlines() for d in (short, planned))
+    ]
+    assert rows[0] == rows[1] and len(rows[0]) == 4
+    summaries = [json.loads((d / "summary.json").read_text()) for d in (short, planned)]
+    for key in ("test_metric", "best_round", "bytes_up_total", "rounds_completed"):
+        assert summaries[0][key] == summaries[1][key], key
+
+
+def test_extending_a_run_whose_schedule_spans_its_epochs_is_refused(
+    tiny_config, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fedpet.launch import start_run
+
+    out = tmp_path / "central"
+    cfg = tiny_config(**{"centralized": True, "train.epochs": 1, "train.schedule": "linear"})
+    start_run(cfg, out)
+    assert main(["run", "--resume", str(out), "--epochs", "2"]) == 2
+    assert "linear learning-rate schedule spans the planned epochs" in capsys.readouterr().err

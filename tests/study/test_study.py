@@ -271,3 +271,55 @@ def test_a_single_seed_shows_no_spread_in_the_report() -> None:
     report = render_markdown(rows, [])
     table = [line for line in report.splitlines() if line.startswith("| alpha=")]
     assert "| alpha=1 | 80.00 | 70.00 (87.5%) |" in table and not any("±" in x for x in table)
+
+
+def _mini_study(model: Path, path: Path) -> Path:
+    path.write_text(
+        json.dumps(
+            {
+                "base": {
+                    "model": str(model),
+                    "data": {"max_train_samples": 48, "max_eval_samples": 32, "max_length": 32},
+                    "federation": {"clients": 4, "clients_per_round": 2, "rounds": 2},
+                },
+                "grid": {"method.name": ["lora", "bitfit"], "seed": [0, 1]},
+            }
+        )
+    )
+    return path
+
+
+def test_dry_run_lists_the_runs_and_estimates_them_writing_nothing(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = _mini_study(tiny_model_dir, tmp_path / "mini.yaml")
+    out = tmp_path / "study"
+    argv = ["study", "--config", str(spec), "--out", str(out), "--dry-run"]
+    assert main([*argv, "--set", "grid.seed=[0]"]) == 0
+    said = capsys.readouterr().out.splitlines()
+    assert said[0] == f"2 runs planned in {out}; 0 finished, 2 to run"
+    assert sum(line.startswith("measured rotten_tomatoes · ") for line in said) == 2
+    assert [line.split(":")[0].strip() for line in said if line.startswith("  ")] == [
+        "lora-seed0",
+        "bitfit-seed0",
+    ]
+    assert said[-1].startswith("estimate: ") and "for the 2 runs left" in said[-1]
+    assert not out.exists()
+
+
+def test_report_compares_run_directories_and_draws_an_unfinished_run(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(run_argv(tiny_model_dir, a, samples=48)) == 0
+    assert main(run_argv(tiny_model_dir, b, "--method", "bitfit", samples=48)) == 0
+    out = tmp_path / "cmp"
+    assert main(["report", str(a), str(b), "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert "2 runs planned: 2 done" in report
+    assert "| lora |" in report and "| bitfit |" in report  # the communication table
+    assert (out / "convergence.png").read_bytes()[:4] == b"\x89PNG"
+    (b / "summary.json").unlink()  # as a run still going, or stopped
+    assert main(["report", str(b)]) == 0
+    assert "1 runs planned: 0 done, 1 partial" in (b / "report.md").read_text()
+    assert (b / "convergence.png").read_bytes()[:4] == b"\x89PNG"

@@ -143,8 +143,9 @@ def cmd_run(args: argparse.Namespace) -> None:
     else:
         cfg = config(args)
         if args.dry_run:
+            checked = check_data(cfg)
             print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
-            print(f"# {check_data(cfg)}")  # a comment: the output stays a config file
+            print(f"# {checked}")  # a comment: the output stays a config file
             return
         out = Path(cfg.out) if cfg.out else default_run_dir(cfg)
         try:

@@ -31,7 +31,7 @@ def format_of(encoder: nn.Module) -> str:
 
     if isinstance(encoder, PeftModel):
         return "peft"
-    if getattr(encoder, "active_adapters", None):
+    if hasattr(encoder, "adapters_config"):  # set by adapters.init
         return "adapters"
     return "transformers"
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +31,26 @@ class AdapterOptions(MethodOptions):
     reduction_factor: int = option(16, "hidden size / bottleneck units", at_least(1))
 
 
+class _NotInactive(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "none are activated" not in record.getMessage()
+
+
+@contextmanager
+def without_inactive_warning() -> Iterator[None]:
+    """Drop the adapters library's "none are activated" warning within the block.
+
+    ``train_adapter`` looks at the active adapters before it activates the one it trains,
+    so that warning, about the very adapter being activated, is wrong there.
+    """
+    logger, quiet = logging.getLogger("adapters.model_mixin"), _NotInactive()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
 class Adapter(MethodBase):
     """Bottleneck adapters with hidden size / ``reduction_factor`` units."""
 
@@ -44,6 +67,7 @@ class Adapter(MethodBase):
         adapters.init(encoder)
         model: Any = encoder  # adapters.init adds the adapter methods to the instance
         model.add_adapter(ADAPTER_NAME, config=kind(reduction_factor=options.reduction_factor))
-        model.train_adapter(ADAPTER_NAME)
+        with without_inactive_warning():  # it warns before it activates the adapter
+            model.train_adapter(ADAPTER_NAME)
         model.set_active_adapters(ADAPTER_NAME)
         return encoder

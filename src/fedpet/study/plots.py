@@ -39,14 +39,18 @@ def tick_at(ax: Axes, values: list[float], axis: str = "x") -> None:
         return
     target = ax.xaxis if axis == "x" else ax.yaxis
     target.set_major_locator(FixedLocator(shown))
-    target.set_major_formatter(lambda v, _: f"{v:g}")
+    target.set_major_formatter(lambda v, _: f"{v:.3g}")
     target.set_minor_locator(NullLocator())
     target.set_minor_formatter(NullFormatter())
 
 
-def integer_rounds(ax: Axes) -> None:
-    """Ticks at whole rounds only."""
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+def integer_rounds(ax: Axes, rounds: list[float]) -> None:
+    """Ticks at whole rounds only: at each round when there are few."""
+    shown = sorted(set(rounds))
+    if 0 < len(shown) <= 8:
+        ax.set_xticks(shown, [f"{r:g}" for r in shown])
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def offsets(n: int, log: bool, span: float) -> list[float]:
@@ -66,9 +70,11 @@ def style(i: int) -> dict[str, Any]:
 
 def reference_lines(ax: Axes, refs: pd.DataFrame, colors: dict[str, str]) -> None:
     """Dashed lines at the centralized test metric of each method (its series' colour)."""
-    for _, ref in refs.iterrows():
+    for i, (_, ref) in enumerate(refs.iterrows()):
         color = colors.get(str(ref["method"]), "gray")
-        ax.axhline(ref["mean"], ls="--", lw=1, color=color, label=f"{ref['method']} centralized")
+        dashes = (0, (5, 2 + 2 * i))  # lines at the same height stay told apart
+        label = f"{ref['method']} centralized"
+        ax.axhline(ref["mean"], ls=dashes, lw=1.2, color=color, label=label)
 
 
 def by_task(
@@ -79,6 +85,7 @@ def by_task(
     log: bool,
     refs: pd.DataFrame | None = None,
     majority: dict[str, float] | None = None,
+    at_values: bool = True,
 ) -> None:
     """One panel per task: a line per series of :func:`~fedpet.study.report.plot_cells`."""
     fig = Figure(figsize=(5.5 * len(tasks), 4.2))
@@ -103,7 +110,8 @@ def by_task(
         if majority and task in majority:
             ax.axhline(majority[task], ls=":", color="gray", label="majority class")
         ax.set_xscale("log" if log else "linear")
-        tick_at(ax, list(xs))
+        if not log or xs.max() < 10 * xs.min() or (xs.nunique() <= 4 and at_values):
+            tick_at(ax, list(xs))  # few values, or a log axis within a decade
         ax.set_title(task)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"test {metric}")
@@ -125,27 +133,37 @@ def convergence(path: Path, curves: dict[tuple[str, str], dict[str, Any]], metri
     for (ax_round, ax_mb, ax_loss), ((task, setting), series) in zip(
         axes, curves.items(), strict=True
     ):
+        rounds: list[float] = []
+        central = setting == "centralized"
         for i, (label, curve) in enumerate(series.items()):
             look = style(i)
             frame = curve.dropna(subset=["val"])  # the rounds evaluated (federation.eval_every)
             ax_round.plot(frame.index, frame["val"], label=label, **look)
-            ax_mb.plot(frame["mb"], frame["val"], label=label, **look)
+            if not central:
+                ax_mb.plot(frame["mb"], frame["val"], label=label, **look)
             loss = curve.dropna(subset=["loss"])
             ax_loss.plot(loss.index, loss["loss"], label=label, **look)
+            rounds.extend(float(r) for r in curve.index)
         title = f"{task}, {setting}"
+        unit = "epoch" if central else "round"
         for ax, what in ((ax_round, "validation"), (ax_mb, "validation"), (ax_loss, "loss")):
             ax.set_title(f"{title}: {what}", fontsize=9)
             ax.grid(alpha=0.3)
+        for ax in (ax_round, ax_loss):
             ax.legend(fontsize=7)
-        ax_round.set_xlabel("round")
+            ax.set_xlabel(unit)
+            integer_rounds(ax, rounds)
         ax_round.set_ylabel(f"validation {metric}")
-        ax_mb.set_xlabel("cumulative MB, up + down (log)")
-        ax_mb.set_ylabel(f"validation {metric}")
-        ax_mb.set_xscale("log")
-        ax_loss.set_xlabel("round")
-        ax_loss.set_ylabel("training loss (mean over clients' examples)")
-        integer_rounds(ax_round)
-        integer_rounds(ax_loss)
+        ax_loss.set_ylabel("training loss (mean over the examples trained)")
+        if central:  # nothing travels: no communication axis
+            ax_mb.text(0.5, 0.5, "centralized: no communication", ha="center", va="center")
+            ax_mb.set_xticks([])
+            ax_mb.set_yticks([])
+        else:
+            ax_mb.legend(fontsize=7)
+            ax_mb.set_xlabel("cumulative MB, up + down (log)")
+            ax_mb.set_ylabel(f"validation {metric}")
+            ax_mb.set_xscale("log")
     save(fig, path)
 
 
@@ -166,7 +184,7 @@ def lora_error(path: Path, curves: dict[tuple[str, str], dict[str, Any]]) -> Non
         ax.set_yscale("log")
         if values and max(values) / min(values) < 10:
             ax.yaxis.set_minor_formatter(lambda v, _: f"{v:.2g}")  # label within the decade
-        integer_rounds(ax)
+        integer_rounds(ax, [float(r) for f in series.values() for r in f.index])
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     save(fig, path)

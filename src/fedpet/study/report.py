@@ -148,9 +148,8 @@ def _plots(study_dir: Path, results: pd.DataFrame, runs: list[Entry]) -> list[st
     done = results[results["status"] == "done"]
     tasks = list(dict.fromkeys(done["task"]))
     federated = done[done["setting"] != "centralized"]
-    refs = _centralized(done)
-    majority = _majority(done)
     if not federated.empty:
+        refs, majority = _centralized(done), _majority(done)
         federated = federated.assign(method=series_labels(federated))
         plots.by_task(
             study_dir / "acc_vs_bytes.png",
@@ -160,6 +159,7 @@ def _plots(study_dir: Path, results: pd.DataFrame, runs: list[Entry]) -> list[st
             log=True,
             refs=refs,
             majority=majority,
+            at_values=False,
         )
         written.append("acc_vs_bytes.png")
         if federated["alpha"].nunique() > 1:
@@ -192,7 +192,12 @@ def _plots(study_dir: Path, results: pd.DataFrame, runs: list[Entry]) -> list[st
             cells = plot_cells(done.assign(method=series_labels(done)), field, lines="setting")
             name = "fraction of the training set" if field == "train_fraction" else field
             plots.by_task(
-                study_dir / "data_scale.png", tasks, cells, name, log=False, majority=majority
+                study_dir / "data_scale.png",
+                tasks,
+                cells,
+                name,
+                log=False,
+                majority=_majority(done),
             )
             written.append("data_scale.png")
             break

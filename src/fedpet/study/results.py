@@ -70,6 +70,7 @@ def run_row(run: PlannedRun, run_dir: Path) -> dict[str, Any]:
     row["status"] = "done"
     row["metric_name"] = summary["metric_name"]
     row.update({k: summary[k] for k in FIGURES})
+    row["test_majority"] = summary.get("test_majority")  # absent from older runs
     total_mb = (summary["bytes_up_total"] + summary["bytes_down_total"]) / 1e6
     row["mb_total"] = total_mb
     row["mb_per_round"] = total_mb / max(1, summary["rounds_completed"])
@@ -82,6 +83,7 @@ def group_keys(results: pd.DataFrame) -> list[str]:
     Seeds are what a cell averages over.
     """
     fixed = ["run", "seed", "status", "alpha", "metric_name", "mb_total", "mb_per_round"]
+    fixed += ["test_majority"]
     fixed += list(FIGURES)
     return [c for c in results.columns if c not in fixed]
 

@@ -1,0 +1,135 @@
+"""What a user meets day to day: round lines in a log, --quiet, templates, dry runs, names."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import run_argv
+
+from fedpet.cli import main
+from fedpet.config import load_yaml
+from fedpet.progress import RoundEnd, duration, round_line
+from fedpet.rundir import default_run_dir
+
+
+def test_round_lines_reach_a_log_file_as_each_round_ends(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    log = tmp_path / "log.txt"
+    argv = run_argv(tiny_model_dir, tmp_path / "run", "--set", "federation.eval_every=2", rounds=3)
+    with log.open("w") as fh:  # stdout is a file, as under nohup or SLURM
+        proc = subprocess.run(
+            [sys.executable, "-m", "fedpet.cli", *argv], stdout=fh, stderr=subprocess.STDOUT
+        )
+    assert proc.returncode == 0
+    lines = log.read_text().splitlines()
+    assert lines[0].startswith("fedpet: rotten_tomatoes · lora on ")
+    assert "4 clients, 2 per round, 3 rounds, fedavg · cpu fp32" in lines[0]
+    rounds = [line for line in lines if line.startswith("round ")]
+    assert [r.split(" · ")[0] for r in rounds] == ["round 1/3", "round 2/3", "round 3/3"]
+    assert "not validated" in rounds[0] and "val accuracy" in rounds[1]
+    assert "ETA" in rounds[1] and "ETA" not in rounds[2]
+    metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert f"loss {metrics[0]['train_loss']:.4f}" in rounds[0]
+    assert f"{metrics[0]['bytes_up'] / 1e6:.2f} MB up" in rounds[0]
+    assert not any("\x1b[" in line for line in lines)  # no terminal codes in a file
+
+
+def test_quiet_prints_only_the_result(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
+    assert main(run_argv(tiny_model_dir, tmp_path / "run", "--quiet")) == 0
+    out = capsys.readouterr().out
+    assert "round 1/2" not in out and "fedpet: rotten_tomatoes" not in out
+    assert "test accuracy" in out and "run directory" in out
+
+
+def test_round_line_and_duration() -> None:
+    end = RoundEnd(3, 10, "round", "mcc", {"val_mcc": 0.25, "train_seconds": 2.0}, 3, 0.25)
+    assert (
+        round_line(end, 75.0) == "round 3/10 · val mcc 0.2500 (best 0.2500 @ 3) · 2.0 s · ETA 1m15s"
+    )
+    assert (duration(59), duration(3700)) == ("59s", "1h01m")
+
+
+def test_a_config_yaml_as_a_template_gets_the_new_method_s_lr(
+    tiny_model_dir: Path, tmp_path: Path, capsys
+) -> None:
+    run = tmp_path / "run"
+    assert main(run_argv(tiny_model_dir, run, rounds=1)) == 0
+    saved = load_yaml(run / "config.yaml")
+    assert saved["train"]["lr"] == 2e-3 and "train.lr" in saved["filled"]
+    capsys.readouterr()
+    assert (
+        main(["run", "--config", str(run / "config.yaml"), "--method", "adapter", "--dry-run"]) == 0
+    )
+    dry = yaml.safe_load(capsys.readouterr().out)
+    assert dry["train"]["lr"] == 1e-3  # the adapter's default, not LoRA's
+    assert dry["federation"]["rounds"] == 1  # the rest of the template is kept
+    explicit = tmp_path / "explicit"
+    assert main(run_argv(tiny_model_dir, explicit, "--lr", "0.05", rounds=1)) == 0
+    capsys.readouterr()
+    argv = ["run", "--config", str(explicit / "config.yaml"), "--method", "adapter", "--dry-run"]
+    assert main(argv) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["train"]["lr"] == 0.05  # given, so kept
+
+
+def test_dry_run_checks_the_data(tmp_path: Path, capsys) -> None:
+    data = tmp_path / "reviews.csv"
+    data.write_text("review,label\n" + "".join(f"text {i},{i % 2}\n" for i in range(200)))
+    argv = ["run", "--task", f"file:{data}", "--clients", "4", "--dry-run"]
+    assert main(argv) == 2
+    assert "has no text column 'text'" in capsys.readouterr().err
+    argv += ["--set", "data.text_column=review"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "# checked: 160 train / 20 validation / 20 test examples, labels ['0', '1']" in out
+
+
+def test_a_file_task_s_run_folder_is_one_plain_name(tmp_path: Path) -> None:
+    from fedpet.configure import build_config
+
+    cfg = build_config({"data": {"task": f"file:{tmp_path}/my reviews.v2.csv"}})
+    path = default_run_dir(cfg)
+    assert path.parent == Path("runs")
+    assert path.name.startswith("my_reviews.v2-lora-") and ":" not in path.name
+
+
+def test_version_and_a_study_without_arguments(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == "fedpet 0.1.0"
+    assert main(["study"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "fedpet study: error: give the study to run: --preset NAME (fedpet presets lists "
+        "them) or --config study.yaml"
+    )
+
+
+def test_help_of_registered_names_lists_them(capsys) -> None:
+    from fedpet.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--help"])
+    help_ = " ".join(capsys.readouterr().out.split())
+    for name in ("rotten_tomatoes", "sst2", "file:PATH", "dirichlet", "natural", "scaffold"):
+        assert name in help_
+    assert "runs/<task>-<partition>-partition-<time>" in help_
+
+
+def test_presets_list_show_and_copy(tmp_path: Path, capsys) -> None:
+    assert main(["presets"]) == 0
+    listed = capsys.readouterr().out
+    assert listed.startswith("quick ") and "fedpetuning-glue" in listed
+    assert main(["presets", "cpu"]) == 0
+    assert (
+        "method.name: [full, adapter, lora, prefix, bitfit, prompt, ia3]" in capsys.readouterr().out
+    )
+    copy = tmp_path / "mine.yaml"
+    assert main(["presets", "quick", "--copy", str(copy)]) == 0
+    assert main(["study", "--config", str(copy), "--dry-run", "--set", "grid.method.name=[]"]) == 2
+    assert "give at least one value" in capsys.readouterr().err
+    assert main(["presets", "quick", "--copy", str(copy)]) == 2
+    assert "exists" in capsys.readouterr().err
