@@ -129,3 +129,19 @@ def test_max_length_beyond_the_model_positions_is_refused(
     assert exit_code([*argv, "--max-train-samples", "20", "--clients", "2"]) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1
+
+
+def test_an_uncached_hub_id_with_the_hub_unreachable_is_refused_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # offline, but not told so
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    began = time.perf_counter()
+    assert main(["run", "--model", "someone/not-cached", "--out", str(tmp_path / "r")]) == 2
+    seconds = time.perf_counter() - began
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fedpet run: error: model = 'someone/not-cached' could not be loaded")
+    assert "offline only a local directory or a cached model" in err
+    print(f"refused after {seconds:.2f} s")  # the hub client's retries took ~27 s here

@@ -133,3 +133,78 @@ def test_presets_list_show_and_copy(tmp_path: Path, capsys) -> None:
     assert "give at least one value" in capsys.readouterr().err
     assert main(["presets", "quick", "--copy", str(copy)]) == 2
     assert "exists" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_ctrl_c_says_which_round_is_kept_and_how_to_continue(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    argv = run_argv(tiny_model_dir, out, "--quiet", rounds=200)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedpet.cli", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    state = out / "checkpoint" / "state.json"
+    deadline = time.monotonic() + 120
+    while not state.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert state.exists(), proc.communicate()
+    proc.send_signal(signal.SIGINT)  # the run has 200 rounds: it is still going
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    done = json.loads(state.read_text())["round"]
+    assert f"fedpet: round {done} is checkpointed in {out}; continue with: " in err
+    assert f"fedpet run --resume {out}" in err and err.strip().endswith("fedpet: interrupted")
+
+
+def test_an_adapter_model_is_built_without_the_none_activated_warning(tiny_config) -> None:
+    import logging
+
+    from fedpet.model import build_model
+
+    class Kept(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.messages: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.messages.append(record.getMessage())
+
+    kept, logger = Kept(), logging.getLogger("adapters.model_mixin")
+    logger.addHandler(kept)
+    try:
+        build_model(tiny_config(**{"method.name": "adapter"}), 2)
+    finally:
+        logger.removeHandler(kept)
+    assert not [m for m in kept.messages if "none are activated" in m]
+
+
+def test_the_bar_follows_the_clients_on_a_terminal() -> None:
+    import io
+
+    from rich.console import Console
+
+    from fedpet.progress import RunDisplay, RunStart
+
+    screen = io.StringIO()
+    display = RunDisplay(console=Console(file=screen, force_terminal=True, width=120))
+    start = RunStart(
+        "t", "m", "lora", 10, 100, 4, 2, 3, "round", "fedavg", "cpu", "fp32", "o", 0, {}
+    )
+    display.start(start)
+    display.progress(1, 2)
+    assert display.bar is not None
+    [task] = display.bar.tasks
+    assert (task.completed, task.total, task.description) == (1, 2, "round 1/3")
+    row = {"train_loss": 0.5, "train_seconds": 1.0}
+    display.round_end(RoundEnd(1, 3, "round", "accuracy", row, 0, float("-inf")))
+    [task] = display.bar.tasks
+    assert (task.completed, task.description) == (0, "round 2/3")  # reset for the next
+    display.close()
+    assert "round 1/3 · not validated · loss 0.5000" in screen.getvalue()

@@ -20,7 +20,7 @@ from fedpet.errors import FedpetError
 from fedpet.experiment import Experiment
 from fedpet.launch import resume_run, start_run
 from fedpet.rundir import Checkpoint
-from fedpet.runtime.flower import query_reply, run_strategy, train_reply
+from fedpet.runtime.flower import query_reply, quiet_flower, run_strategy, train_reply
 from fedpet.runtime.recorder import Recorder
 from fedpet.runtime.secagg import secure_mod
 
@@ -68,7 +68,9 @@ def _deployed_server(grid: Grid, context: Context) -> None:
     def runner(exp: Experiment, recorder: Recorder, resume: Checkpoint | None) -> None:
         run_strategy(exp, recorder, grid, resume)
 
-    if context.run_config.get("resume") and (out / "checkpoint" / "state.json").exists():
-        resume_run(out, runner=runner)
-    else:
-        start_run(config_from_run_config(context.run_config), out, overwrite=True, runner=runner)
+    with quiet_flower():  # fedpet's round lines, not Flower's banners, reach the log
+        if context.run_config.get("resume") and (out / "checkpoint" / "state.json").exists():
+            resume_run(out, runner=runner)
+        else:
+            cfg = config_from_run_config(context.run_config)
+            start_run(cfg, out, overwrite=True, runner=runner)

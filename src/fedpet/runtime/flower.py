@@ -10,8 +10,11 @@ equal the simulation's.
 
 from __future__ import annotations
 
+import logging
+import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 from flwr.app import (
@@ -345,9 +348,36 @@ def run_flower_simulation(
     """Run the experiment on Flower's simulation engine (Ray), one virtual node per client."""
     from flwr.simulation import run_simulation
 
-    run_simulation(
-        server_app=make_server_app(exp, recorder, resume),
-        client_app=make_client_app(exp.cfg),
-        num_supernodes=len(exp.clients),
-        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
-    )
+    # actors asking for no GPU keep seeing the machine's GPUs (a cuda run's clients use
+    # them); this is Ray's coming default, and it silences Ray's warning about it
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    with quiet_flower():
+        run_simulation(
+            server_app=make_server_app(exp, recorder, resume),
+            client_app=make_client_app(exp.cfg),
+            num_supernodes=len(exp.clients),
+            backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
+        )
+
+
+class _NotDeprecated(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "DEPRECATED FEATURE" not in record.getMessage()
+
+
+@contextmanager
+def quiet_flower() -> Iterator[None]:
+    """Leave out Flower's round banners (INFO) and its notice that a simulation is deprecated.
+
+    fedpet's round lines are then what a run prints; Flower's warnings stay.
+    ``run_simulation`` is the in-process engine ``flower-sim`` is built on, on purpose.
+    """
+    logger = logging.getLogger("flwr")
+    level, quiet = logger.level, _NotDeprecated()
+    logger.setLevel(logging.WARNING)
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        logger.removeFilter(quiet)
