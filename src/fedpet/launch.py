@@ -21,6 +21,7 @@ from fedpet.rundir import (
     Checkpoint,
     RunDir,
     check_out_dir,
+    checkpoint_round,
     finished_summary,
     keep_metrics,
     load_checkpoint,
@@ -112,7 +113,7 @@ def extend_run(out: Path, rounds: int) -> None:
     epsilon for the planned rounds.
     """
     cfg = run_config(out)
-    done = load_checkpoint(out).round
+    done = checkpoint_round(out)
     flag = "--epochs" if cfg.centralized else "--rounds"
     if rounds <= done:
         raise FedpetError(

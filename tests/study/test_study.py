@@ -144,23 +144,27 @@ def test_plot_lines_split_by_algorithm_and_codec_only_where_they_vary() -> None:
 
 
 @pytest.mark.integration
+def _mini_study(model: Path, path: Path, grid: dict, centralized: dict | None = None) -> Path:
+    """A study file over the tiny model and a small slice of rotten_tomatoes."""
+    study = {
+        "base": {
+            "model": str(model),
+            "data": {"max_train_samples": 48, "max_eval_samples": 32, "max_length": 32},
+            "federation": {"clients": 4, "clients_per_round": 2, "rounds": 2},
+        },
+        "grid": grid,
+    }
+    path.write_text(
+        json.dumps(study if centralized is None else {**study, "centralized": centralized})
+    )
+    return path
+
+
 def test_a_study_runs_resumes_and_reports_identically(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    spec = tmp_path / "mini.yaml"
-    spec.write_text(
-        json.dumps(
-            {
-                "base": {
-                    "model": str(tiny_model_dir),
-                    "data": {"max_train_samples": 48, "max_eval_samples": 32, "max_length": 32},
-                    "federation": {"clients": 4, "clients_per_round": 2, "rounds": 2},
-                },
-                "grid": {"method.name": ["full", "lora"], "data.alpha": [0.5, 5.0], "seed": [0, 1]},
-                "centralized": {},
-            }
-        )
-    )
+    grid = {"method.name": ["full", "lora"], "data.alpha": [0.5, 5.0], "seed": [0, 1]}
+    spec = _mini_study(tiny_model_dir, tmp_path / "mini.yaml", grid, centralized={})
     out = tmp_path / "study"
     assert main(["study", "--config", str(spec), "--out", str(out)]) == 0
     results = pd.read_csv(out / "results.csv")
@@ -273,26 +277,11 @@ def test_a_single_seed_shows_no_spread_in_the_report() -> None:
     assert "| alpha=1 | 80.00 | 70.00 (87.5%) |" in table and not any("±" in x for x in table)
 
 
-def _mini_study(model: Path, path: Path) -> Path:
-    path.write_text(
-        json.dumps(
-            {
-                "base": {
-                    "model": str(model),
-                    "data": {"max_train_samples": 48, "max_eval_samples": 32, "max_length": 32},
-                    "federation": {"clients": 4, "clients_per_round": 2, "rounds": 2},
-                },
-                "grid": {"method.name": ["lora", "bitfit"], "seed": [0, 1]},
-            }
-        )
-    )
-    return path
-
-
 def test_dry_run_lists_the_runs_and_estimates_them_writing_nothing(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    spec = _mini_study(tiny_model_dir, tmp_path / "mini.yaml")
+    grid = {"method.name": ["lora", "bitfit"], "seed": [0, 1]}
+    spec = _mini_study(tiny_model_dir, tmp_path / "mini.yaml", grid)
     out = tmp_path / "study"
     argv = ["study", "--config", str(spec), "--out", str(out), "--dry-run"]
     assert main([*argv, "--set", "grid.seed=[0]"]) == 0

@@ -105,7 +105,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     from fedpet.config import to_dict
     from fedpet.launch import extend_run, resume_run, run_config, start_run
     from fedpet.progress import print_summary
-    from fedpet.rundir import default_run_dir, finished_summary, load_checkpoint
+    from fedpet.rundir import checkpoint_round, default_run_dir, finished_summary
     from fedpet.runtime.recorder import total_rounds
     from fedpet.tracking import check_tracker
 
@@ -127,7 +127,7 @@ def cmd_run(args: argparse.Namespace) -> None:
                 print_summary(finished)
             print(f"{out}: the run has finished; nothing to resume, nothing was changed")
             return
-        done = load_checkpoint(out).round
+        done = checkpoint_round(out)  # state.json alone: the tensors are read once, to resume
         if args.dry_run:
             planned = extend[0] if extend else total_rounds(cfg)
             print(f"{out}: would resume after round {done} of {planned}")

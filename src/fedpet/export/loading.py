@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from fedpet.algorithms import get_algorithm
-from fedpet.config import Config, load_yaml
+from fedpet.config import Config, load_yaml, to_dict
 from fedpet.configure import build_config
 from fedpet.errors import FedpetError
 from fedpet.export.formats import load_encoder, quiet_transformers
@@ -104,7 +104,7 @@ def open_run(path: Path, round_: str) -> Loaded:
     meta = {
         "method": cfg.method.name,
         "model": cfg.model,
-        "data": load_yaml(path / "config.yaml")["data"],
+        "data": to_dict(cfg)["data"],
         "round": done,
         "state": round_,
         "run": str(path),
