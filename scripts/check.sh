@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Lint, format check, type check, the import layers, then the tests (after scripts/setup.sh --dev).
+# Lint, format check, type check, the import layers, the documentation site (mkdocs build
+# --strict: a broken link or a stale generated page fails), then the tests (after
+# scripts/setup.sh --dev).
 # --quick: unit tests only (no test marked integration), fewer examples per property test,
 # on two pytest-xdist workers, for the inner loop; other arguments go to pytest.
 set -euo pipefail
@@ -15,4 +17,5 @@ fi
 .venv/bin/ruff format --check src tests benchmarks
 .venv/bin/mypy
 .venv/bin/lint-imports
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet
 .venv/bin/python -m pytest -q "${marks[@]}" "$@"

@@ -174,13 +174,13 @@ def test_a_plugin_that_cannot_be_imported_is_bad_input(tmp_path: Path, capsys) -
 
 @pytest.mark.integration
 @pytest.mark.e2e
-def test_the_readme_example_runs_on_the_packaged_model(tmp_path: Path, monkeypatch) -> None:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme[readme.index("## Python API and extensions") :]
+def test_the_python_api_page_example_runs_on_the_packaged_model(tmp_path: Path, monkeypatch) -> None:
+    page = Path(__file__).resolve().parents[1] / "docs" / "guides" / "python-api.md"
+    section = page.read_text()
     code = section[section.index("```python\n") + 10 : section.index("```\n", 10)]
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
-    exec(compile(code, "README.md", "exec"), scope)
+    exec(compile(code, "python-api.md", "exec"), scope)
     result, baseline = scope["result"], scope["baseline"]
     assert len(result.rounds) == 2 and result.summary["rounds_completed"] == 2
     assert result.series("bytes_up")[0] == result.summary["bytes_up_total"] / 2 > 0

@@ -1,15 +1,14 @@
 """Every config field as declared once, and what is written from the declarations.
 
 The CLI's flags take their help text, type and default from the fields they set;
-``docs/config.md`` (every field of every section, method and algorithm) and the flag table
-in the README are rendered from the same declarations: ``python -m fedpet.reference``
-rewrites both, and a test checks that they are current.
+``docs/reference/config.md`` (every field of every section, method and algorithm) is
+rendered from the same declarations, and the CLI reference from the parser built on them
+(:mod:`fedpet.cli.pages` writes both).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import sys
 import types
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -98,9 +97,9 @@ def _kind(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
-def _cell(text: str) -> str:
-    """Text for a Markdown table cell."""
-    return text.replace("|", "\\|")
+def cell(text: str) -> str:
+    """Text for a Markdown table cell (a bracket would start a link)."""
+    return text.replace("|", "\\|").replace("[", "\\[")
 
 
 def _yaml(value: Any) -> str:
@@ -211,12 +210,12 @@ def render_reference() -> str:
     lines = [
         "# Configuration reference",
         "",
-        "Written by `python -m fedpet.reference` from the fields' own declarations "
+        "Written by `python -m fedpet.cli.pages` from the fields' own declarations "
         "(`src/fedpet/config/`, and each method's and algorithm's options class); do not "
         "edit by hand. A field is set in a YAML file (`fedpet run --config`), with "
         "`--set section.field=value`, or with a flag of `fedpet run` where it has one "
-        "(the README lists them). Fields of another method's or algorithm's options are "
-        "ignored by a run that does not use it.",
+        "(the [command-line reference](cli.md) lists them). Fields of another method's or "
+        "algorithm's options are ignored by a run that does not use it.",
         "",
     ]
     docs = field_docs()
@@ -236,8 +235,8 @@ def render_reference() -> str:
                 f"`{d.dotted}`{owner}",
                 d.kind,
                 f"`{d.shown_default}`",
-                _cell(allowed),
-                _cell(d.help),
+                cell(allowed),
+                cell(d.help),
                 f"`{flags[d.dotted]}`" if d.dotted in flags else "",
             ]
             lines.append("| " + " | ".join(row) + " |")
@@ -245,36 +244,4 @@ def render_reference() -> str:
     return "\n".join(lines)
 
 
-BEGIN, END = "<!-- flags: begin (python -m fedpet.reference) -->", "<!-- flags: end -->"
-
-
-def render_flags() -> str:
-    """The README's table of ``fedpet run`` flags."""
-    lines = ["| flag | config field | what (default) |", "|---|---|---|"]
-    for flag, field in FLAGS.items():
-        what = _cell(flag_help(flag))
-        lines.append(f"| `{flag}` | `{field}` | {what} |")
-    return "\n".join(lines)
-
-
-def with_flags(readme: str) -> str:
-    """``readme`` with its flag table, between the markers, rendered anew."""
-    head, _, rest = readme.partition(BEGIN)
-    _, _, tail = rest.partition(END)
-    return f"{head}{BEGIN}\n{render_flags()}\n{END}{tail}"
-
-
 REPO = Path(__file__).resolve().parents[2]
-
-
-def main(root: Path = REPO) -> int:
-    """Rewrite ``docs/config.md`` and the README's flag table under ``root``."""
-    (root / "docs").mkdir(exist_ok=True)
-    (root / "docs" / "config.md").write_text(render_reference(), encoding="utf-8")
-    readme = root / "README.md"
-    readme.write_text(with_flags(readme.read_text(encoding="utf-8")), encoding="utf-8")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,7 +12,7 @@ from helpers import run_argv
 from fedpet.cli import main
 from fedpet.errors import FedpetError
 from fedpet.study.results import mean_std, relative_to_baseline
-from fedpet.study.spec import load_study, parse_study, plan
+from fedpet.study.spec import PRESETS, load_study, parse_study, plan
 
 
 def test_plan_expands_the_grid_applies_rules_and_adds_centralized_baselines() -> None:
@@ -60,7 +60,7 @@ def test_bad_studies_are_one_clear_error(data: dict, needle: str) -> None:
 def test_presets_plan_without_errors() -> None:
     sizes = {
         name: len(plan(load_study(preset=name)))
-        for name in ("quick", "cpu", "algorithms", "privacy", "fedpetuning-glue")
+        for name in PRESETS
     }
     assert sizes == {
         "quick": 15,
@@ -68,6 +68,9 @@ def test_presets_plan_without_errors() -> None:
         "algorithms": 2 * 2 * 10 * 3,
         "privacy": 2 * 3,
         "fedpetuning-glue": 6 * 5 * 3 * 5,
+        "paper-heterogeneity": 7 * 4 * 3 + 7 * 3,  # iid and three alphas; centralized
+        "paper-scale": 7 * 3,
+        "paper-scenarios": 7 * 2 + 7,
     }
 
 

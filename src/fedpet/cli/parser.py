@@ -139,7 +139,9 @@ def _add_models(sub: Subparsers) -> None:
     )
     export.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     predict = sub.add_parser("predict", help="label texts with a run's or an export's model")
-    predict.add_argument("model", metavar="RUN_DIR|EXPORT_DIR")
+    predict.add_argument(
+        "model", metavar="RUN_DIR|EXPORT_DIR", help="a run directory or a fedpet export"
+    )
     given = predict.add_mutually_exclusive_group(required=True)
     given.add_argument("--text", action="append", help="a text to label (repeatable)")
     given.add_argument("--file", help="texts: .txt (one per line), .csv, .tsv, .jsonl, .parquet")
@@ -148,7 +150,9 @@ def _add_models(sub: Subparsers) -> None:
     predict.add_argument("--out", help="write the predictions here (.csv, .tsv or .jsonl)")
     predict.add_argument("--round", choices=ROUNDS, default="best", help="of a run: best or last")
     evaluate = sub.add_parser("evaluate", help="score a run's or an export's model")
-    evaluate.add_argument("model", metavar="RUN_DIR|EXPORT_DIR")
+    evaluate.add_argument(
+        "model", metavar="RUN_DIR|EXPORT_DIR", help="a run directory or a fedpet export"
+    )
     where = evaluate.add_mutually_exclusive_group()
     where.add_argument("--task", help="a task name or file:PATH (default: the model's own task)")
     where.add_argument("--file", help="a labelled file: score every row")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -11,15 +10,13 @@ import pandas as pd
 
 from fedpet.rundir import atomic_write
 from fedpet.study import plots
+from fedpet.study.curves import TARGET, Entry, curves, metric_of, to_target
 from fedpet.study.results import (
-    data_setting,
     group_keys,
     mean_std,
     relative_to_baseline,
     run_row,
-    short,
 )
-from fedpet.study.spec import PlannedRun
 
 PLOTS = {
     "acc_vs_bytes.png": "test metric against total communicated MB (log scale)",
@@ -33,15 +30,12 @@ PLOTS = {
 SCALE_FIELDS = ("train_fraction", "max_train_samples")
 
 
-Entry = tuple[PlannedRun, Path]  # a planned run and its directory
-
-
 def write_report(study_dir: Path, runs: list[Entry]) -> list[str]:
     """Write ``results.csv``, ``report.md`` and the plots that apply; their names."""
     results = pd.DataFrame([run_row(run, run_dir) for run, run_dir in runs])
     atomic_write(study_dir / "results.csv", lambda tmp: results.to_csv(tmp, index=False))
     drawn = _plots(study_dir, results, runs)
-    text = render_markdown(results, drawn)
+    text = render_markdown(results, drawn, to_target(curves(runs)))
     atomic_write(study_dir / "report.md", lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return ["results.csv", "report.md", *drawn]
 
@@ -55,14 +49,19 @@ def _value(v: Any) -> str:
     return "none" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
 
 
-def render_markdown(results: pd.DataFrame, drawn: list[str]) -> str:
-    """The report: per task a table of settings x methods, then communication, then plots."""
+def render_markdown(
+    results: pd.DataFrame, drawn: list[str], targets: list[dict[str, Any]] | None = None
+) -> str:
+    """The report: per task a table of settings x methods, communication, target, plots.
+
+    ``targets`` are :func:`fedpet.study.curves.to_target`'s rows (none: no such section).
+    """
     done = results[results["status"] == "done"]
     lines = ["# Study report" if len(results) > 1 else "# Run report", ""]
     counts = results["status"].value_counts().to_dict()
     lines.append(
         f"{len(results)} runs planned: {counts.get('done', 0)} done, "
-        f"{counts.get('partial', 0)} partial, {counts.get('pending', 0)} pending."
+        f"{counts.get('partial', 0)} partial, {counts.get('pending', 0)} pending." + _wall(results)
     )
     if done.empty:
         return "\n".join([*lines, "", *_plot_lines(drawn), ""])
@@ -107,7 +106,8 @@ def render_markdown(results: pd.DataFrame, drawn: list[str]) -> str:
                 cells.append(cell)
             lines.append(f"| {setting} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += _communication(done)
+    lines += _communication(done, extra)
+    lines += _targets(targets or [], metric)
     return "\n".join([*lines, *_plot_lines(drawn), ""])
 
 
@@ -117,28 +117,80 @@ def _plot_lines(drawn: list[str]) -> list[str]:
     return ["## Plots", "", *(f"- `{n}`: {PLOTS[n]}\n\n  ![{n}]({n})" for n in drawn)]
 
 
-def _communication(done: pd.DataFrame) -> list[str]:
+def _wall(results: pd.DataFrame) -> str:
+    """The finished runs' wall time, summed, as a sentence (nothing when none finished)."""
+    if "wall_seconds" not in results or results["wall_seconds"].isna().all():
+        return ""
+    seconds = round(float(results["wall_seconds"].sum()))
+    hours, rest = divmod(seconds, 3600)
+    clock = f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+    return f" The finished runs took {clock} of wall time ({seconds:,} s), one after another."
+
+
+def _communication(done: pd.DataFrame, extra: list[str]) -> list[str]:
+    """Bytes per method, split by the other grid fields only where they change them."""
     federated = done[done["setting"] != "centralized"]
     if federated.empty:
         return []
-    per = federated.groupby("method", sort=False).agg(
+    by = [
+        c
+        for c in extra
+        if federated.groupby(["method", c], dropna=False)["mb_total"]
+        .mean()
+        .groupby("method")
+        .nunique()
+        .max()
+        > 1
+    ]
+    per = federated.groupby(["method", *by], sort=False, dropna=False).agg(
         params=("trainable_params", "first"),
         per_round=("mb_per_round", "mean"),
         total=("mb_total", "mean"),
     )
-    base = per["total"].get("full", float("nan"))
+    per = per.reset_index()
     lines = [
         "## Communication",
         "",
         "Measured payload bytes, up + down, all clients; per round and per run (mean over runs).",
         "",
-        "| method | trainable params | MB per round | MB per run | % of FedFT |",
-        "|---|---|---|---|---|",
+        "| " + " | ".join(["method", *by]) + " | trainable params | MB per round | MB per run "
+        "| % of FedFT |",
+        "|---" * (len(by) + 5) + "|",
     ]
-    for method, r in per.iterrows():
+    for _, r in per.iterrows():
+        same = per[per["method"] == "full"]
+        for c in by:
+            same = same[same[c] == r[c]]
+        base = float(same["total"].iloc[0]) if len(same) else math.nan
         rel = "-" if math.isnan(base) else f"{100 * r['total'] / base:.2f}%"
         figures = f"{int(r['params']):,} | {r['per_round']:,.2f} | {r['total']:,.1f}"
-        lines.append(f"| {method} | {figures} | {rel} |")
+        keys = " | ".join([str(r["method"]), *(_value(r[c]) for c in by)])
+        lines.append(f"| {keys} | {figures} | {rel} |")
+    return [*lines, ""]
+
+
+def _targets(rows: list[dict[str, Any]], metric: str) -> list[str]:
+    """Rounds and MB each line took to reach the target, per task and setting."""
+    if not rows:
+        return []
+    lines = [
+        f"## Rounds and MB to {100 * TARGET:.0f}% of FedFT",
+        "",
+        f"Target: {100 * TARGET:.0f}% of federated full fine-tuning's final validation {metric} "
+        "(seed means) in the same setting. A cell is the first evaluated round whose seed-mean "
+        "validation metric reaches it, and the MB sent up to then; `not reached` gives the best.",
+        "",
+        "| task | setting | line | target | round | MB to target |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r["round"] is None:
+            reached = f"not reached (best {100 * r['best']:.2f}) | -"
+        else:
+            reached = f"{r['round']} | {r['mb']:,.1f}"
+        lines.append(
+            f"| {r['task']} | {r['setting']} | {r['line']} | {100 * r['target']:.2f} | {reached} |"
+        )
     return [*lines, ""]
 
 
@@ -174,14 +226,14 @@ def _plots(study_dir: Path, results: pd.DataFrame, runs: list[Entry]) -> list[st
                 majority=majority,
             )
             written.append("acc_vs_alpha.png")
-    curves = _curves(runs, results)
-    if curves:
-        metric = _metric(runs)
-        plots.convergence(study_dir / "convergence.png", curves, metric)
+    found = curves(runs)
+    if found:
+        metric = metric_of(runs)
+        plots.convergence(study_dir / "convergence.png", found, metric)
         written.append("convergence.png")
         lora = {
             key: {label: f for label, f in series.items() if f["lora_error"].notna().any()}
-            for key, series in curves.items()
+            for key, series in found.items()
         }
         lora = {key: series for key, series in lora.items() if series}
         if lora:
@@ -226,22 +278,6 @@ def _majority(done: pd.DataFrame) -> dict[str, float]:
     return {str(t): float(v) for t, v in known.groupby("task")["test_majority"].first().items()}
 
 
-def _metric(runs: list[Entry]) -> str:
-    """The runs' metric name (their config's task decides it; accuracy unless given)."""
-    for _, run_dir in runs:
-        summary = run_dir / "summary.json"
-        if summary.exists():
-            return str(json.loads(summary.read_text(encoding="utf-8"))["metric_name"])
-    for _, run_dir in runs:
-        metrics = run_dir / "metrics.jsonl"
-        if metrics.exists():
-            for line in metrics.read_text(encoding="utf-8").splitlines():
-                found = [k for k in json.loads(line) if k.startswith("val_")]
-                if found:
-                    return "mcc" if "val_mcc" in found and len(found) == 1 else "accuracy"
-    return "accuracy"
-
-
 def plot_cells(rows: pd.DataFrame, x: str, lines: str | None) -> pd.DataFrame:
     """The points of a plot: one per cell, the runs that differ only in their seed.
 
@@ -277,55 +313,3 @@ def series_labels(rows: pd.DataFrame) -> pd.Series:
         if rows[key].nunique() > 1:
             label = label + f" {key.removeprefix('codec_')}=" + rows[key].astype(str)
     return label
-
-
-def _curves(runs: list[Entry], results: pd.DataFrame) -> dict[tuple[str, str], dict[str, Any]]:
-    """Per (task, setting) and line, seed means per round: validation metric, MB, loss, error.
-
-    Every run with a ``metrics.jsonl`` counts, finished or not. A line is a method, with
-    its algorithm where not FedAvg, and the other grid values that tell runs apart
-    (seeds are averaged over).
-    """
-    metric = f"val_{_metric(runs)}"
-    curves: dict[tuple[str, str], dict[str, Any]] = {}
-    for run, run_dir in runs:
-        metrics = run_dir / "metrics.jsonl"
-        if not metrics.exists():
-            continue
-        rows = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines()]
-        if not rows:
-            continue
-        cfg = run.config
-        frame = pd.DataFrame(
-            {
-                "round": [r["round"] for r in rows],
-                "val": [r.get(metric, float("nan")) for r in rows],  # (not evaluated)
-                "mb": pd.Series([r["bytes_up"] + r["bytes_down"] for r in rows]).cumsum() / 1e6,
-                "loss": [r.get("train_loss", float("nan")) for r in rows],
-                "lora_error": [r.get("lora_aggregation_error", float("nan")) for r in rows],
-            }
-        )
-        key = (cfg.data.task, data_setting(cfg))
-        curves.setdefault(key, {}).setdefault(line_label(run), []).append(frame)
-    return {
-        key: {m: pd.concat(fs).groupby("round").mean() for m, fs in series.items()}
-        for key, series in curves.items()
-    }
-
-
-LINE_SKIP = ("data.task", "data.alpha", "data.partition", "seed", "centralized", "method.name")
-
-
-def line_label(run: PlannedRun) -> str:
-    """A run's line: method, algorithm (unless FedAvg), then the other values it varies."""
-    cfg = run.config
-    algorithm = cfg.algorithm.name
-    label = cfg.method.name + (
-        "" if cfg.centralized or algorithm == "fedavg" else f" + {algorithm}"
-    )
-    others = [
-        f"{short(k)}={v}"
-        for k, v in run.varied.items()
-        if k not in LINE_SKIP and k != "algorithm.name"
-    ]
-    return ", ".join([label, *others])

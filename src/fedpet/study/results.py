@@ -40,11 +40,17 @@ def short(field: str) -> str:
 
 
 def data_setting(cfg: Config) -> str:
-    """How a run's data is spread: ``centralized``, ``alpha=x`` or the partition's name."""
+    """How a run's data is spread: its row's name in the report's tables.
+
+    ``centralized``; ``alpha=x`` for the Dirichlet partition; ``quantity alpha=x`` for
+    another alpha partition; else the partition's name (``iid``).
+    """
     if cfg.centralized:
         return "centralized"
-    if cfg.data.partition in ALPHA_PARTITIONS:
+    if cfg.data.partition == "dirichlet":
         return f"alpha={cfg.data.alpha:g}"
+    if cfg.data.partition in ALPHA_PARTITIONS:
+        return f"{cfg.data.partition} alpha={cfg.data.alpha:g}"
     return cfg.data.partition
 
 
@@ -82,7 +88,9 @@ def group_keys(results: pd.DataFrame) -> list[str]:
 
     Seeds are what a cell averages over.
     """
-    fixed = ["run", "seed", "status", "alpha", "metric_name", "mb_total", "mb_per_round"]
+    # the setting already names the partition and its alpha
+    fixed = ["run", "seed", "status", "alpha", "partition", "metric_name", "mb_total"]
+    fixed += ["mb_per_round"]
     fixed += ["test_majority"]
     fixed += list(FIGURES)
     return [c for c in results.columns if c not in fixed]

@@ -14,7 +14,8 @@ from fedpet.model import Backbones
 from fedpet.privacy.report import write_leakage
 from fedpet.progress import RunDisplay, Watcher, duration
 from fedpet.rundir import atomic_write, finished_summary, storage_errors
-from fedpet.study.report import Entry, write_report
+from fedpet.study.curves import Entry
+from fedpet.study.report import write_report
 from fedpet.study.spec import PlannedRun, Study, parse_study, plan
 from fedpet.tracking import flatten, make_tracker
 

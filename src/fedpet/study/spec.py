@@ -5,7 +5,9 @@ base:                      # any run config (the sections of config.yaml)
   federation: {clients: 10, clients_per_round: 5, rounds: 8}
 grid:                      # dotted field -> values; every combination is one run
   method.name: [full, lora]
-  data.alpha: [0.1, 1.0]
+  partition:               # a linked axis: each value sets several fields together,
+    - {data.partition: iid}  # named by its fields' values, or by its name:
+    - {data.alpha: 0.1}
   seed: [0, 1]
 rules:                     # settings for the runs whose fields match ``when``
   - when: {method.name: full}
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -31,11 +33,25 @@ from fedpet.config import Config, load_yaml
 from fedpet.configure import build_config, resolve
 from fedpet.errors import FedpetError
 
-PRESETS = ("quick", "cpu", "algorithms", "privacy", "fedpetuning-glue")
+PRESETS = (
+    "quick",
+    "cpu",
+    "algorithms",
+    "privacy",
+    "fedpetuning-glue",
+    "paper-heterogeneity",
+    "paper-scale",
+    "paper-scenarios",
+)
 # fields that only mean something in a federation: a centralized baseline ignores them
 FEDERATED_FIELDS = ("data.alpha", "data.partition", "federation.", "algorithm.", "codec.")
 FEDERATED_ONLY = ("train.local_epochs", "faults.")
-SHORT_NAMES = {"method.name": "method", "data.task": "task", "algorithm.name": "algorithm"}
+SHORT_NAMES = {
+    "method.name": "method",
+    "data.task": "task",
+    "data.partition": "partition",
+    "algorithm.name": "algorithm",
+}
 
 
 @dataclass(frozen=True)
@@ -95,6 +111,8 @@ def parse_study(data: Mapping[str, Any], where: str) -> Study:
         raise FedpetError(f"{where}: base must be a mapping of config sections")
     if not isinstance(grid, Mapping) or not all(isinstance(v, list) and v for v in grid.values()):
         raise FedpetError(f"{where}: grid must map dotted fields to non-empty lists of values")
+    for axis, values in grid.items():
+        _check_linked(where, str(axis), values)
     rules = []
     for rule in data.get("rules") or []:
         if not (isinstance(rule, Mapping) and set(rule) == {"when", "set"}):
@@ -115,18 +133,65 @@ def parse_study(data: Mapping[str, Any], where: str) -> Study:
     )
 
 
+def _check_linked(where: str, axis: str, values: list[Any]) -> None:
+    """A linked axis (values that are mappings) sets dotted fields; named values all or none."""
+    linked = [isinstance(v, Mapping) for v in values]
+    if not any(linked):
+        return
+    if not all(linked):
+        raise FedpetError(
+            f"{where}: grid axis {axis!r} mixes mappings and plain values; a linked axis's "
+            "values are all mappings of dotted fields ({data.partition: iid})"
+        )
+    named = ["name" in v for v in values]
+    for value in values:
+        fields = [k for k in value if k != "name"]
+        if not fields or not all(isinstance(k, str) for k in fields):
+            raise FedpetError(
+                f"{where}: grid axis {axis!r}: each value maps dotted fields to values"
+            )
+    if any(named) and not all(named):
+        raise FedpetError(f"{where}: grid axis {axis!r}: give every value a name, or none")
+    if all(named) and len({str(v["name"]) for v in values}) != len(values):
+        raise FedpetError(f"{where}: grid axis {axis!r}: two values share a name")
+
+
+def _expand(axis: str, value: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One grid value as (what the run is named and tabled by, further settings).
+
+    A plain value is its field's; a linked one's fields are shown, or hidden behind its
+    ``name`` (which the axis's column then holds).
+    """
+    if not isinstance(value, Mapping):
+        return {axis: value}, {}
+    fields = {str(k): v for k, v in value.items() if k != "name"}
+    if "name" in value:
+        return {axis: value["name"]}, fields
+    return fields, {}
+
+
 def _federated(field: str) -> bool:
     return field.startswith(FEDERATED_FIELDS) or field.startswith(FEDERATED_ONLY)
 
 
-def _slug(varied: Mapping[str, Any]) -> str:
+def _centralized_part(axis: str, value: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What a grid value leaves for a centralized baseline: its non-federated fields."""
+    varied, extra = _expand(axis, value)
+    extra = {k: v for k, v in extra.items() if not _federated(k)}
+    if isinstance(value, Mapping) and "name" in value:
+        return (varied, extra) if extra else ({}, {})
+    return {k: v for k, v in varied.items() if not _federated(k)}, extra
+
+
+def _slug(varied: Mapping[str, Any], labels: set[str]) -> str:
     """A folder name a shell handles as it is: ``lora-alpha0.1-seed0`` (no = , or spaces).
 
-    The method, task and algorithm are named by their value; other fields by their last
-    part and value.
+    The method, task, partition, algorithm and a named value (``labels``: the axes that
+    hold names) are named by their value; other fields by their last part and value.
     """
     parts = [
-        str(v) if k in SHORT_NAMES else f"{k.rsplit('.', 1)[-1]}{v}" for k, v in varied.items()
+        str(v) if k in SHORT_NAMES or k in labels else f"{k.rsplit('.', 1)[-1]}{v}"
+        for k, v in varied.items()
     ]
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", "-".join(parts)).strip("_") or "run"
 
@@ -135,9 +200,19 @@ def _matches(when: Mapping[str, Any], values: Mapping[str, Any]) -> bool:
     return all(values.get(k) == v for k, v in when.items())
 
 
+def _named_axes(study: Study) -> set[str]:
+    """The linked axes whose values carry a name: a label, not a config field."""
+    return {
+        axis
+        for axis, values in study.grid.items()
+        if isinstance(values[0], Mapping) and "name" in values[0]
+    }
+
+
 def _config(study: Study, name: str, varied: dict[str, Any], extra: Mapping[str, Any]) -> Config:
-    overrides = [*varied.items(), *extra.items()]
-    flat = dict(overrides)
+    labels = _named_axes(study)
+    overrides = [*((k, v) for k, v in varied.items() if k not in labels), *extra.items()]
+    flat = {**varied, **extra}  # rules may match a named value too
     for when, settings in study.rules:
         if _matches(when, flat):
             overrides.extend(settings.items())
@@ -147,27 +222,39 @@ def _config(study: Study, name: str, varied: dict[str, Any], extra: Mapping[str,
         raise FedpetError(f"study run {name}: {exc}") from None
 
 
+def _combine(
+    parts: Iterable[tuple[dict[str, Any], dict[str, Any]]],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    varied: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for shown, hidden in parts:
+        varied.update(shown)
+        extra.update(hidden)
+    return varied, extra
+
+
 def plan(study: Study) -> list[PlannedRun]:
     """Every run of the study, in order, with its config built and validated.
 
     Centralized baselines come last: one per combination of the grid's non-federated fields.
     """
-    fields = list(study.grid)
+    axes, labels = list(study.grid), _named_axes(study)
+    combinations = list(itertools.product(*study.grid.values()))
     runs: list[PlannedRun] = []
-    for values in itertools.product(*study.grid.values()):
-        varied = dict(zip(fields, values, strict=True))
-        name = _slug(varied)
-        runs.append(PlannedRun(name, varied, _config(study, name, varied, {})))
+    for values in combinations:
+        varied, extra = _combine(_expand(a, v) for a, v in zip(axes, values, strict=True))
+        name = _slug(varied, labels)
+        runs.append(PlannedRun(name, varied, _config(study, name, varied, extra)))
     if study.centralized is not None:
-        kept = [f for f in fields if not _federated(f)]
-        seen: set[tuple[Any, ...]] = set()
-        for values in itertools.product(*(study.grid[f] for f in kept)):
-            if values in seen:
+        seen: set[str] = set()
+        for values in combinations:
+            parts = (_centralized_part(a, v) for a, v in zip(axes, values, strict=True))
+            varied, extra = _combine(parts)
+            if repr((varied, extra)) in seen:
                 continue
-            seen.add(values)
-            varied = dict(zip(kept, values, strict=True))
-            extra = {"centralized": True, **study.centralized}
-            name = "centralized-" + _slug(varied) if varied else "centralized"
+            seen.add(repr((varied, extra)))
+            extra = {**extra, "centralized": True, **study.centralized}
+            name = "centralized-" + _slug(varied, labels) if varied else "centralized"
             cfg = _config(study, name, varied, extra)
             runs.append(PlannedRun(name, {**varied, "centralized": True}, cfg))
     names = [r.name for r in runs]
