@@ -174,7 +174,9 @@ def test_a_plugin_that_cannot_be_imported_is_bad_input(tmp_path: Path, capsys) -
 
 @pytest.mark.integration
 @pytest.mark.e2e
-def test_the_python_api_page_example_runs_on_the_packaged_model(tmp_path: Path, monkeypatch) -> None:
+def test_the_python_api_page_example_runs_on_the_packaged_model(
+    tmp_path: Path, monkeypatch
+) -> None:
     page = Path(__file__).resolve().parents[1] / "docs" / "guides" / "python-api.md"
     section = page.read_text()
     code = section[section.index("```python\n") + 10 : section.index("```\n", 10)]

@@ -146,6 +146,16 @@ def test_a_scenario_study_reports_bytes_per_scenario_and_rounds_to_target(
     assert f"{lora_silo}{silo_mb:,.1f} | {100 * silo_mb / full_mb:.2f}% |" in comm
     assert len(comm) == 2 + 4  # one row per method and scenario
     assert "## Rounds and MB to 95% of FedFT" in report
-    target_rows = [x for x in report.splitlines() if x.startswith("| t") or "scenario=" in x]
-    assert any(x.startswith("| rotten_tomatoes | alpha=1 | lora, scenario=silo |") for x in target_rows)
+    lora_silo_row = "| rotten_tomatoes | alpha=1 | lora, scenario=silo |"
+    assert any(x.startswith(lora_silo_row) for x in report.splitlines())
     assert "of wall time" in report.splitlines()[2]
+
+
+def test_an_iid_run_has_no_alpha_so_no_point_on_the_alpha_axis(tmp_path: Path) -> None:
+    from fedpet.study.results import run_row
+
+    study = parse_study(
+        {"grid": {"partition": [{"data.partition": "iid"}, {"data.alpha": 0.1}]}}, "s"
+    )
+    rows = [run_row(run, tmp_path / run.name) for run in plan(study)]
+    assert [(r["setting"], r["alpha"]) for r in rows] == [("iid", None), ("alpha=0.1", 0.1)]

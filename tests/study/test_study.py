@@ -58,10 +58,7 @@ def test_bad_studies_are_one_clear_error(data: dict, needle: str) -> None:
 
 
 def test_presets_plan_without_errors() -> None:
-    sizes = {
-        name: len(plan(load_study(preset=name)))
-        for name in PRESETS
-    }
+    sizes = {name: len(plan(load_study(preset=name))) for name in PRESETS}
     assert sizes == {
         "quick": 15,
         "cpu": 7 * 3 * 3 * 3 + 7 * 3 * 3,
@@ -266,6 +263,21 @@ def test_plot_error_bars_spread_over_the_seeds_of_one_setting_only() -> None:
     assert point["lora, alpha=1"].std == pytest.approx(math.sqrt(2 * 0.05**2))
     assert point["lora, alpha=1"].x == 3.0 and point["lora, alpha=1"].n == 2
     assert len(cells) == 4
+
+
+def test_a_data_scale_plot_has_a_point_per_size_not_a_mean_over_sizes() -> None:
+    from fedpet.study.report import plot_cells
+
+    rows = pd.DataFrame(
+        [
+            {"task": "t", "method": "lora", "setting": "alpha=1", "max_train_samples": size}
+            | {"seed": seed, "test_metric": acc, "metric_name": "accuracy"}
+            for size, seed, acc in [(200, 0, 0.5), (200, 1, 0.6), (2000, 0, 0.8), (2000, 1, 0.8)]
+        ]
+    )
+    cells = plot_cells(rows, "max_train_samples", lines="setting")
+    assert cells[["x", "mean", "n"]].values.tolist() == [[200, 0.55, 2], [2000, 0.8, 2]]
+    assert cells["std"].tolist() == pytest.approx([math.sqrt(2 * 0.05**2), 0.0])
 
 
 def test_a_single_seed_shows_no_spread_in_the_report() -> None:

@@ -16,6 +16,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullFormatter, NullLocator
+from matplotlib.transforms import blended_transform_factory
 
 from fedpet.rundir import atomic_write
 
@@ -26,7 +27,7 @@ COLORS = tuple(f"C{i}" for i in range(10))
 def save(fig: Figure, path: Path) -> None:
     """Write ``fig`` as a PNG, atomically."""
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight"))
 
 
 def tick_at(ax: Axes, values: list[float], axis: str = "x") -> None:
@@ -39,7 +40,8 @@ def tick_at(ax: Axes, values: list[float], axis: str = "x") -> None:
         return
     target = ax.xaxis if axis == "x" else ax.yaxis
     target.set_major_locator(FixedLocator(shown))
-    target.set_major_formatter(lambda v, _: f"{v:.3g}")
+    # 3 significant digits, but whole numbers in full (2000, not 2e+03)
+    target.set_major_formatter(lambda v, _: f"{v:,.0f}" if v >= 100 else f"{v:.3g}")
     target.set_minor_locator(NullLocator())
     target.set_minor_formatter(NullFormatter())
 
@@ -86,10 +88,16 @@ def by_task(
     refs: pd.DataFrame | None = None,
     majority: dict[str, float] | None = None,
     at_values: bool = True,
+    named: bool = False,
 ) -> None:
-    """One panel per task: a line per series of :func:`~fedpet.study.report.plot_cells`."""
-    fig = Figure(figsize=(5.5 * len(tasks), 4.2))
+    """One panel per task: a line per series of :func:`~fedpet.study.report.plot_cells`.
+
+    ``named``: write each point's method above the panel at its x (when the lines are
+    settings and each method has an x of its own, as its bytes).
+    """
+    fig = Figure(figsize=(8 * len(tasks), 4.2))  # room for the legend beside each panel
     axes = fig.subplots(1, len(tasks), squeeze=False)
+    cells = cells[cells["x"].notna()]  # (a run the x does not apply to: iid on alpha)
     seeds = sorted(set(cells["n"]))
     metric = str(cells["metric_name"].iloc[0])
     for ax, task in zip(axes[0], tasks, strict=True):
@@ -105,6 +113,10 @@ def by_task(
             look = style(i)
             colors.setdefault(str(line["method"].iloc[0]), look["color"])
             ax.errorbar(x, line["mean"], yerr=line["std"], capsize=3, label=name, **look)
+        if named:
+            at = blended_transform_factory(ax.transData, ax.transAxes)
+            for x, method in part.groupby("x")["method"].first().items():
+                ax.text(float(x), 1.01, str(method), transform=at, ha="center", fontsize=7)
         if refs is not None:
             reference_lines(ax, refs[refs["task"] == task], colors)
         if majority and task in majority:
@@ -112,11 +124,11 @@ def by_task(
         ax.set_xscale("log" if log else "linear")
         if not log or xs.max() < 10 * xs.min() or (xs.nunique() <= 4 and at_values):
             tick_at(ax, list(xs))  # few values, or a log axis within a decade
-        ax.set_title(task)
+        ax.set_title(task, pad=14 if named else 6)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"test {metric}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     spread = (
         f"error bars: sample std over the {'/'.join(map(str, seeds))} seeds of each setting"
         if max(seeds) > 1

@@ -27,6 +27,7 @@ PLOTS = {
     "lora_error.png": "LoRA aggregation error per round: how far averaging B and A separately "
     "is from averaging the products B A (log scale)",
 }
+MAX_SERIES = 10  # lines a legend holds readably
 SCALE_FIELDS = ("train_fraction", "max_train_samples")
 
 
@@ -203,15 +204,21 @@ def _plots(study_dir: Path, results: pd.DataFrame, runs: list[Entry]) -> list[st
     if not federated.empty:
         refs, majority = _centralized(done), _majority(done)
         federated = federated.assign(method=series_labels(federated))
+        cells = plot_cells(federated, "mb_total", lines="setting")
+        # past a legend's worth of method x setting lines: a line per setting across the
+        # methods, each method named at its bytes (the centralized references are in
+        # acc_vs_alpha and the tables)
+        many = cells["series"].nunique() > MAX_SERIES and cells["setting"].nunique() > 1
         plots.by_task(
             study_dir / "acc_vs_bytes.png",
             tasks,
-            plot_cells(federated, "mb_total", lines="setting"),
+            cells.assign(series=cells["setting"]) if many else cells,
             "total MB, up + down (log)",
             log=True,
-            refs=refs,
+            refs=None if many else refs,
             majority=majority,
             at_values=False,
+            named=many,
         )
         written.append("acc_vs_bytes.png")
         if federated["alpha"].nunique() > 1:
@@ -286,7 +293,7 @@ def plot_cells(rows: pd.DataFrame, x: str, lines: str | None) -> pd.DataFrame:
     the ``lines`` column where that varies; the std is over the seeds of that one cell,
     never over settings, and is 0 (no error bar) for one seed.
     """
-    keys = [k for k in group_keys(rows) if k != x]
+    keys = group_keys(rows)  # with x where it is a grid field: a point per value of x
     cells = (
         rows.groupby(keys, dropna=False, sort=False)
         .agg(

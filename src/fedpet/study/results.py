@@ -54,6 +54,10 @@ def data_setting(cfg: Config) -> str:
     return cfg.data.partition
 
 
+def _has_alpha(cfg: Config) -> bool:
+    return not cfg.centralized and cfg.data.partition in ALPHA_PARTITIONS
+
+
 def run_row(run: PlannedRun, run_dir: Path) -> dict[str, Any]:
     """One row of ``results.csv``: the run's grid values, setting and figures (if finished)."""
     cfg = run.config
@@ -62,7 +66,8 @@ def run_row(run: PlannedRun, run_dir: Path) -> dict[str, Any]:
         "task": cfg.data.task,
         "method": cfg.method.name,
         "setting": data_setting(cfg),
-        "alpha": None if cfg.centralized else cfg.data.alpha,
+        # alpha only where the partition has one (iid, shards, natural: none)
+        "alpha": cfg.data.alpha if _has_alpha(cfg) else None,
         "seed": cfg.seed,
     }
     row.update(
