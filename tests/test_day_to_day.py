@@ -144,11 +144,15 @@ def test_ctrl_c_says_which_round_is_kept_and_how_to_continue(
 
     out = tmp_path / "run"
     argv = run_argv(tiny_model_dir, out, "--quiet", rounds=200)
+    # a child inherits an ignored SIGINT (an earlier test's Ray or Flower may leave the
+    # suite ignoring it), and Python then never raises KeyboardInterrupt: start it as a
+    # terminal would, with the default disposition
     proc = subprocess.Popen(
         [sys.executable, "-m", "fedpet.cli", *argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     state = out / "checkpoint" / "state.json"
     deadline = time.monotonic() + 120
