@@ -112,7 +112,7 @@ def study(
 ) -> StudyResult:
     """Run (or continue) a study: a study file's path, its content as a mapping, or a preset.
 
-    See the README's Studies section for the file's fields (``base``, ``grid``, ``rules``,
+    See docs/guides/studies.md for the file's fields (``base``, ``grid``, ``rules``,
     ``centralized``); the runs and the report go into ``out``.
     """
     if isinstance(spec, Mapping):

@@ -2,7 +2,7 @@
 
 ``[tool.flwr.app.components]`` in ``pyproject.toml`` names them. The fedpet config travels
 as YAML text under the run-config key ``fedpet``; the ServerApp writes the run directory
-``out`` (README, "Across machines").
+``out`` (docs/concepts/flower.md).
 """
 
 from __future__ import annotations

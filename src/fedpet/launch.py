@@ -69,7 +69,7 @@ def check_runner(cfg: Config, runner: Runner | None) -> None:
     if cfg.runtime == "flower" and runner is None:
         raise FedpetError(
             "runtime = 'flower' is a Flower deployment: start or resume it with flwr run "
-            "(README, Across machines), or use --runtime simulation or flower-sim"
+            "(docs/concepts/flower.md), or use --runtime simulation or flower-sim"
         )
 
 

@@ -206,7 +206,7 @@ def argparse_options(flag: str) -> dict[str, Any]:
 
 
 def render_reference() -> str:
-    """``docs/config.md``: every field, section by section."""
+    """``docs/reference/config.md``: every field, section by section."""
     lines = [
         "# Configuration reference",
         "",

@@ -2,7 +2,7 @@
 
 :func:`option` puts the help text and a :class:`Rule` in the field's metadata; the parser
 checks every value against its rule, and the CLI's help and the reference page
-(``docs/config.md``) are written from the same metadata.
+(``docs/reference/config.md``) are written from the same metadata.
 """
 
 from __future__ import annotations
