@@ -42,3 +42,13 @@ def refusal(args: list[str], capsys) -> str:
     err: str = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     return err
+
+
+def tiny_study_base(model: Path, **federation: object) -> dict:
+    """A study's ``base``: the tiny model on a small slice of rotten_tomatoes, 4 clients, 2
+    a round, 2 rounds; ``federation`` changes or adds federation fields."""
+    return {
+        "model": str(model),
+        "data": {"max_train_samples": 48, "max_eval_samples": 32, "max_length": 32},
+        "federation": {"clients": 4, "clients_per_round": 2, "rounds": 2, **federation},
+    }

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import refusal, run_argv
+from helpers import refusal, run_argv, tiny_study_base
 from safetensors.torch import load_file
 
 from fedpet import api
@@ -194,11 +194,7 @@ def test_a_study_from_a_mapping_returns_each_runs_results(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     spec = {
-        "base": {
-            "model": str(tiny_model_dir),
-            "data": {"max_train_samples": 48, "max_eval_samples": 32, "max_length": 32},
-            "federation": {"clients": 4, "clients_per_round": 2, "rounds": 1},
-        },
+        "base": tiny_study_base(tiny_model_dir, rounds=1),
         "grid": {"method.name": ["bitfit", "lora"]},
     }
     done = api.study(spec, out=tmp_path / "study")

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import tiny_study_base
 
 from fedpet.cli import main
 from fedpet.errors import FedpetError
@@ -117,12 +118,9 @@ def test_rounds_and_mb_to_target_by_hand() -> None:
 def test_a_scenario_study_reports_bytes_per_scenario_and_rounds_to_target(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
+    # the scenarios set the clients and clients per round
     study = {
-        "base": {
-            "model": str(tiny_model_dir),
-            "data": {"max_train_samples": 48, "max_eval_samples": 32, "max_length": 32},
-            "federation": {"rounds": 2, "eval_every": 1},
-        },
+        "base": tiny_study_base(tiny_model_dir, eval_every=1),
         "grid": {"method.name": ["full", "lora"], "scenario": SCENARIOS},
     }
     spec = tmp_path / "scenarios.yaml"

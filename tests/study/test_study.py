@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import run_argv
+from helpers import run_argv, tiny_study_base
 
 from fedpet.cli import main
 from fedpet.errors import FedpetError
@@ -146,14 +146,7 @@ def test_plot_lines_split_by_algorithm_and_codec_only_where_they_vary() -> None:
 @pytest.mark.integration
 def _mini_study(model: Path, path: Path, grid: dict, centralized: dict | None = None) -> Path:
     """A study file over the tiny model and a small slice of rotten_tomatoes."""
-    study = {
-        "base": {
-            "model": str(model),
-            "data": {"max_train_samples": 48, "max_eval_samples": 32, "max_length": 32},
-            "federation": {"clients": 4, "clients_per_round": 2, "rounds": 2},
-        },
-        "grid": grid,
-    }
+    study = {"base": tiny_study_base(model), "grid": grid}
     path.write_text(
         json.dumps(study if centralized is None else {**study, "centralized": centralized})
     )

@@ -10,7 +10,7 @@ import pandas as pd
 
 from fedpet.rundir import atomic_write
 from fedpet.study import plots
-from fedpet.study.curves import TARGET, Entry, curves, metric_of, to_target
+from fedpet.study.curves import TARGET, Curves, Entry, curves, metric_of, to_target
 from fedpet.study.results import (
     group_keys,
     mean_std,
@@ -35,8 +35,9 @@ def write_report(study_dir: Path, runs: list[Entry]) -> list[str]:
     """Write ``results.csv``, ``report.md`` and the plots that apply; their names."""
     results = pd.DataFrame([run_row(run, run_dir) for run, run_dir in runs])
     atomic_write(study_dir / "results.csv", lambda tmp: results.to_csv(tmp, index=False))
-    drawn = _plots(study_dir, results, runs)
-    text = render_markdown(results, drawn, to_target(curves(runs)))
+    found = curves(runs)  # every run's metrics.jsonl, read once for the plots and targets
+    drawn = _plots(study_dir, results, runs, found)
+    text = render_markdown(results, drawn, to_target(found))
     atomic_write(study_dir / "report.md", lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return ["results.csv", "report.md", *drawn]
 
@@ -195,8 +196,11 @@ def _targets(rows: list[dict[str, Any]], metric: str) -> list[str]:
     return [*lines, ""]
 
 
-def _plots(study_dir: Path, results: pd.DataFrame, runs: list[Entry]) -> list[str]:
-    """Draw the plots that apply to the runs' results (done or not); their names."""
+def _plots(study_dir: Path, results: pd.DataFrame, runs: list[Entry], found: Curves) -> list[str]:
+    """Draw the plots that apply to the runs' results (done or not); their names.
+
+    ``found``: the runs' seed-mean curves (:func:`fedpet.study.curves.curves`).
+    """
     written = []
     done = results[results["status"] == "done"]
     tasks = list(dict.fromkeys(done["task"]))
@@ -233,7 +237,6 @@ def _plots(study_dir: Path, results: pd.DataFrame, runs: list[Entry]) -> list[st
                 majority=majority,
             )
             written.append("acc_vs_alpha.png")
-    found = curves(runs)
     if found:
         metric = metric_of(runs)
         plots.convergence(study_dir / "convergence.png", found, metric)
