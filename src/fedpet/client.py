@@ -24,6 +24,8 @@ from fedpet.data.batching import (
     shuffled_batches,
 )
 from fedpet.devices import autocast, grad_scaler
+from fedpet.generative.lm import CausalLM
+from fedpet.generative.scoring import evaluate_generative
 from fedpet.metrics import classification_metrics
 from fedpet.state import TrainableState, extract
 
@@ -70,6 +72,19 @@ def reporting(
         report(done, len(batches))
 
 
+def batch_loss(model: nn.Module, batch: dict[str, torch.Tensor], hook: ClientHook) -> torch.Tensor:
+    """The task loss of a batch.
+
+    The cross-entropy of the (hook-adjusted) class logits, or for a generative batch (it has
+    ``targets``) the mean cross-entropy of its response tokens.
+    """
+    if "targets" in batch:
+        assert isinstance(model, CausalLM)
+        return model.response_loss(batch["input_ids"], batch["attention_mask"], batch["targets"])
+    logits = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+    return F.cross_entropy(hook.logits(logits), batch["labels"])
+
+
 def train_epoch(
     model: nn.Module,
     params: dict[str, nn.Parameter],
@@ -84,7 +99,8 @@ def train_epoch(
 ) -> float:
     """One pass over ``batches``; returns the summed (example-weighted) task loss.
 
-    ``hook`` adjusts the logits before the task loss and the loss before the gradient. The
+    ``hook`` adjusts the logits before the task loss (:func:`batch_loss`) and the loss before
+    the gradient. The
     batches go to the parameters' device and the forward pass runs at ``precision`` (see
     :func:`fedpet.devices.autocast`); ``scaler`` scales fp16 losses (a step whose scaled
     gradients overflowed is skipped, as :class:`torch.amp.GradScaler` does).
@@ -95,8 +111,7 @@ def train_epoch(
     for idx in batches:
         batch = collate(data, idx, device)
         with autocast(device, precision):
-            logits = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-            task_loss = F.cross_entropy(hook.logits(logits), batch["labels"])
+            task_loss = batch_loss(model, batch, hook)
         loss = hook.loss(task_loss, params)
         if scaler is None:
             loss.backward()
@@ -230,11 +245,14 @@ class LocalTraining:
 def evaluate(
     model: nn.Module, data: Encoded, batch_size: int, num_labels: int, precision: str = "fp32"
 ) -> dict[str, float]:
-    """Classification metrics of the model on ``data``, in batches of similar length.
+    """Metrics of the model on ``data``, in batches of similar length.
 
     The forward pass runs on the model's device at ``precision``, as in training. See
-    :func:`fedpet.metrics.classification_metrics` for which metrics.
+    :func:`fedpet.metrics.classification_metrics` for which metrics, and
+    :func:`fedpet.generative.scoring.evaluate_generative` for a causal LM's.
     """
+    if isinstance(model, CausalLM):
+        return evaluate_generative(model, data, batch_size, precision)
     model.eval()
     device = next(model.parameters()).device
     preds = np.empty(len(data), dtype=np.int64)

@@ -23,12 +23,13 @@ from fedpet.config import (
     parse,
     with_overrides,
 )
-from fedpet.data.checks import check_data
+from fedpet.data.checks import check_data, check_objective
 from fedpet.devices import check_device, resolve_device
 from fedpet.errors import FedpetError, require
 from fedpet.methods import METHODS
 from fedpet.privacy.dp import count_noise
 from fedpet.privacy.rules import check_privacy, check_secure_aggregation
+from fedpet.quantization import check_quantization
 from fedpet.runtime.faults import check_faults
 
 
@@ -73,6 +74,8 @@ def validate(cfg: Config) -> None:
     check_data(cfg)
     check_codecs(cfg)
     check_device(cfg)
+    check_quantization(cfg)
+    check_objective(cfg)
     f = cfg.federation
     require(
         f.clients_per_round <= f.clients,

@@ -18,6 +18,8 @@ from fedpet.data.partition import PartitionSpec, partition
 from fedpet.data.splits import Split, Task, check_labels, stratified_subsample
 from fedpet.data.tasks import load_task
 from fedpet.devices import resolve_device
+from fedpet.generative.lm import CausalLM
+from fedpet.generative.prompts import encode_generative
 from fedpet.model import Backbones, TextClassifier, build_model, head_parameter_names
 from fedpet.seeding import derive_seed
 from fedpet.state import TrainableState, load_, trainable_parameters
@@ -43,7 +45,7 @@ class Experiment:
     validation: Encoded
     test: Encoded
     clients: list[np.ndarray]
-    model: TextClassifier
+    model: TextClassifier | CausalLM
     params: dict[str, nn.Parameter]
     head_names: set[str]
     device: torch.device
@@ -167,13 +169,18 @@ def prepare(
             params[name] = param
         else:  # frozen by the algorithm (FFA-LoRA's A): neither trained nor sent
             param.requires_grad_(False)
-    n = cfg.data.max_length
+
+    def tokens(split: Split) -> Encoded:
+        if task.generative:
+            return encode_generative(tokenizer, split, cfg.data.max_length, task.options)
+        return encode(tokenizer, split, cfg.data.max_length)
+
     return Experiment(
         cfg=cfg,
         task=task,
-        train=encode(tokenizer, task.train, n),
-        validation=encode(tokenizer, task.validation, n),
-        test=encode(tokenizer, task.test, n),
+        train=tokens(task.train),
+        validation=tokens(task.validation),
+        test=tokens(task.test),
         clients=clients,
         model=model,
         params=params,

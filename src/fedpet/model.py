@@ -1,4 +1,8 @@
-"""The classifier every method trains: an encoder (with the method attached) and a linear head."""
+"""The models the methods train, each built from one loaded backbone.
+
+A classifier (the backbone with the method attached, and a linear head) or a causal LM
+(:mod:`fedpet.generative.lm`).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,14 @@ import copy
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 from transformers import (
     AutoConfig,
     AutoModel,
+    AutoModelForCausalLM,
     AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -20,6 +25,7 @@ from transformers import (
 
 from fedpet.config import DEFAULT_MODEL, Config
 from fedpet.errors import FedpetError
+from fedpet.generative.lm import CausalLM
 from fedpet.methods import METHODS
 
 DROPOUT_KEYS = (
@@ -40,7 +46,8 @@ class TextClassifier(nn.Module):
     hidden_size, num_labels
         Head dimensions.
     pooling
-        ``"mean"`` over real tokens or ``"cls"`` (the first token).
+        ``"mean"`` over real tokens, ``"cls"`` (the first token) or ``"last"`` (the last
+        real token, where a decoder has read the whole text; left or right padding).
     normalize
         L2-normalize the pooled vector (as sentence-transformers models such as
         all-MiniLM-L6-v2 were trained to be used).
@@ -98,6 +105,10 @@ class TextClassifier(nn.Module):
         pooled: torch.Tensor
         if self.pooling == "cls":
             pooled = hidden[:, 0]
+        elif self.pooling == "last":
+            positions = torch.arange(hidden.shape[1], device=hidden.device)
+            last = (attention_mask * positions).argmax(1)
+            pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
         else:
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
@@ -196,20 +207,53 @@ def load_encoder_config(name: str, dropout: float | None) -> tuple[str, Any]:
 class Backbones:
     """Pretrained encoders kept in memory across the runs of one process (a study).
 
-    Keyed by (model path, dropout); only the latest is kept, and each run gets a copy, so the
-    methods' in-place changes never reach the cached one.
+    Keyed by (model path, dropout, with the LM head); only the latest is kept, and each run
+    gets a copy, so the methods' in-place changes never reach the cached one.
     """
 
     def __init__(self) -> None:
-        self.loaded: dict[tuple[str, float | None], PreTrainedModel] = {}
+        self.loaded: dict[tuple[str, float | None, bool], PreTrainedModel] = {}
 
-    def get(self, path: str, config: Any, dropout: float | None) -> PreTrainedModel:
-        """A fresh copy of the pretrained encoder at ``path`` (loaded on first use)."""
-        key = (path, dropout)
+    def get(
+        self, path: str, config: Any, dropout: float | None, causal: bool = False
+    ) -> PreTrainedModel:
+        """A fresh copy of the pretrained model at ``path`` (loaded on first use).
+
+        The base model, or with ``causal`` the causal LM (base model and LM head).
+        """
+        key = (path, dropout, causal)
         if key not in self.loaded:
             self.loaded.clear()
-            self.loaded[key] = AutoModel.from_pretrained(path, config=config)
+            self.loaded[key] = load_pretrained(path, config, causal)
         return copy.deepcopy(self.loaded[key])
+
+
+def load_pretrained(
+    path: str,
+    config: Any,
+    causal: bool,
+    attention: str | None = None,
+    quantization: str = "none",
+) -> PreTrainedModel:
+    """The base model at ``path``, or with ``causal`` the causal LM (``AutoModelForCausalLM``).
+
+    ``quantization`` loads the weights in 4 or 8 bits through bitsandbytes (QLoRA).
+    """
+    options: dict[str, Any] = {"config": config}
+    if attention is not None:
+        options["attn_implementation"] = attention
+    if quantization != "none":
+        from fedpet.quantization import quantization_config
+
+        options["quantization_config"] = quantization_config(quantization)
+    auto = AutoModelForCausalLM if causal else AutoModel
+    try:
+        return auto.from_pretrained(path, **options)  # type: ignore[no-any-return]
+    except ValueError as exc:  # no causal LM class for this model type
+        raise FedpetError(
+            f"data.objective = 'generate' is not allowed with model type "
+            f"{config.model_type!r}: {str(exc).splitlines()[0]}"
+        ) from None
 
 
 def check_max_length(cfg: Config, config: Any, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -233,23 +277,30 @@ def check_max_length(cfg: Config, config: Any, tokenizer: PreTrainedTokenizerBas
 
 
 @torch.no_grad()
-def check_bidirectional(name: str, encoder: PreTrainedModel) -> None:
-    """Refuse a decoder: a backbone whose first token does not see the tokens after it.
+def is_causal(backbone: PreTrainedModel) -> bool:
+    """Whether ``backbone`` is a decoder: its first token does not see the tokens after it.
 
-    fedpet classifies with a pooling of the last hidden states of a bidirectional encoder;
-    over a causal decoder that pooling is another model (decoders are not supported yet).
-    The check runs the encoder on two short inputs that differ only in their last token.
+    The check runs the backbone on two short inputs that differ only in their last token,
+    so it holds for any architecture, whatever its config says.
     """
-    ids = torch.tensor([[1, 2, 3, 4], [1, 2, 3, 5]])
-    training = encoder.training
-    encoder.eval()
-    hidden = encoder(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
-    encoder.train(training)
-    if torch.allclose(hidden[0, 0], hidden[1, 0], rtol=1e-6, atol=1e-6):
-        raise FedpetError(
-            f"model = {name!r} is not allowed: it is a decoder (causal attention), and fedpet "
-            "classifies with a bidirectional encoder (BERT, RoBERTa, DistilBERT, ...)"
-        )
+    ids = torch.tensor([[1, 2, 3, 4], [1, 2, 3, 5]], device=backbone.device)
+    training = backbone.training
+    backbone.eval()
+    hidden = backbone(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+    backbone.train(training)
+    return torch.allclose(hidden[0, 0], hidden[1, 0], rtol=1e-5, atol=1e-5)
+
+
+def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
+    """The model's tokenizer, with a padding token.
+
+    One without a padding token pads with its end-of-sequence token (padded positions are
+    masked, so any id would do).
+    """
+    tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def build_model(
@@ -257,44 +308,69 @@ def build_model(
     num_labels: int,
     backbones: Backbones | None = None,
     attention: str | None = None,
-) -> tuple[TextClassifier, PreTrainedTokenizerBase]:
-    """Load the encoder once, attach the configured method, add a seeded head.
+) -> tuple[TextClassifier | CausalLM, PreTrainedTokenizerBase]:
+    """Load the backbone once, attach the configured method, add a seeded head.
 
-    The method's and the head's initial values derive from ``cfg.seed``. With
-    ``backbones``, a pretrained encoder already in memory is copied instead of loaded.
-    ``attention`` picks transformers' attention implementation (``"eager"`` can be
-    differentiated twice, as gradient-matching attacks need); None keeps the default.
+    A classifier (a head on pooled states) for ``data.objective = classify``: an encoder
+    pools as its sentence-transformers metadata says, a decoder at its last real token. A
+    :class:`~fedpet.generative.lm.CausalLM` for ``generate``. The method's and the head's
+    initial values derive from ``cfg.seed``. With ``backbones``, a pretrained model already
+    in memory is copied instead of loaded. ``attention`` picks transformers' attention
+    implementation (``"eager"`` can be differentiated twice, as gradient-matching attacks
+    need); None keeps the default.
     """
     path, config = load_encoder_config(cfg.model, cfg.train.dropout)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = load_tokenizer(path)
     check_max_length(cfg, config, tokenizer)
-    if attention is not None:
-        encoder = AutoModel.from_pretrained(path, config=config, attn_implementation=attention)
-    elif backbones is None:
-        encoder = AutoModel.from_pretrained(path, config=config)
+    causal = cfg.data.objective == "generate"
+    if attention is not None or backbones is None or cfg.quantization != "none":
+        loaded = load_pretrained(path, config, causal, attention, cfg.quantization)
     else:
-        encoder = backbones.get(path, config, cfg.train.dropout)
-    check_bidirectional(cfg.model, encoder)
-    if getattr(encoder, "pooler", None) is not None:
-        encoder.pooler = None  # our head pools; the unused pooler would only be sent
-    encoder.requires_grad_(False)
+        loaded = backbones.get(path, config, cfg.train.dropout, causal)
+    backbone = cast(PreTrainedModel, loaded.base_model if causal else loaded)
+    decoder = is_causal(backbone)
+    if causal and not decoder:
+        raise FedpetError(
+            f"data.objective = 'generate' is not allowed with model {cfg.model!r}: it is a "
+            "bidirectional encoder; a generative task needs a decoder (GPT-2, Llama, ...)"
+        )
+    if getattr(backbone, "pooler", None) is not None:
+        backbone.pooler = None  # type: ignore[assignment]  # our head pools; unused, it is sent
+    loaded.requires_grad_(False)
+    if cfg.quantization != "none":
+        from fedpet.quantization import prepare_quantized
+
+        prepare_quantized(loaded)
+    if cfg.train.gradient_checkpointing:
+        loaded.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     torch.manual_seed(cfg.seed)
-    attached = METHODS[cfg.method.name].attach(encoder, cfg.method)
+    attached = METHODS[cfg.method.name].attach(backbone, cfg.method)
     if not any(p.requires_grad for p in attached.parameters()):
         raise FedpetError(
             f"method.name = {cfg.method.name!r} is not allowed with model {cfg.model!r}: it "
-            "adds or unfreezes no parameter of this backbone, so only the head would train; "
-            "choose another method"
+            "adds or unfreezes no parameter of this backbone (a model without bias terms has "
+            "nothing for bitfit), so only the head would train; choose another method"
         )
+    if causal:
+        lm_head = loaded.get_output_embeddings()
+        assert isinstance(lm_head, nn.Module)
+        if cfg.method.name == "full":
+            lm_head.requires_grad_(True)
+        return CausalLM(attached, lm_head), tokenizer
     hidden = getattr(config, "hidden_size", None) or config.dim
     head_dropout = cfg.train.dropout if cfg.train.dropout is not None else 0.1
-    pooling, normalize = sentence_pooling(path)
+    pooling, normalize = ("last", False) if decoder else sentence_pooling(path)
     if cfg.pooling != "auto":
         pooling, normalize = cfg.pooling, cfg.normalize_embeddings
     model = TextClassifier(attached, hidden, num_labels, pooling, normalize, head_dropout)
     return model, tokenizer
 
 
-def head_parameter_names(model: TextClassifier) -> set[str]:
-    """Names (as in ``model.named_parameters()``) of the classification head's parameters."""
+def head_parameter_names(model: TextClassifier | CausalLM) -> set[str]:
+    """Names (as in ``model.named_parameters()``) of the classification head's parameters.
+
+    A causal LM has none: its output layer is pretrained.
+    """
+    if isinstance(model, CausalLM):
+        return set()
     return {f"head.{n}" for n, _ in model.head.named_parameters()}

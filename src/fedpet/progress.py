@@ -245,6 +245,10 @@ def _fault_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     return [(label, f"{s[key]:,}") for key, label in FAULTS.items() if s.get(key)]
 
 
+GENERATIVE = ("perplexity", "token_accuracy", "exact_match")
+"""The test figures of a generative run the summary table shows."""
+
+
 def print_summary(s: dict[str, Any]) -> None:
     """The end-of-run table: metric, bytes, time, memory."""
     table = Table(
@@ -255,7 +259,8 @@ def print_summary(s: dict[str, Any]) -> None:
     rows = [
         (f"best val {s['metric_name']}", f"{s['best_val_metric']:.4f} (round {s['best_round']})"),
         (f"test {s['metric_name']}", f"{s['test_metric']:.4f}"),
-        ("test macro-F1", f"{s['test_macro_f1']:.4f}"),
+        *([("test macro-F1", f"{s['test_macro_f1']:.4f}")] if s.get("test_macro_f1") else []),
+        *[(f"test {k}", f"{s[f'test_{k}']:.4f}") for k in GENERATIVE if f"test_{k}" in s],
         ("trainable / total params", f"{s['trainable_params']:,} / {s['total_params']:,}"),
         ("bytes up (total)", _mb(s["bytes_up_total"])),
         ("bytes down (total)", _mb(s["bytes_down_total"])),

@@ -165,19 +165,3 @@ def test_a_method_that_finds_nothing_to_train_is_refused(tmp_path, tiny_config, 
     assert main([*args, "--max-train-samples", "64", "--clients", "2"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "adds or unfreezes no parameter" in err
-
-
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
-def test_decoders_are_refused(tmp_path, tiny_config, family: str) -> None:
-    from transformers import GPT2Config, GPT2Model, LlamaConfig, LlamaModel
-
-    if family == "llama":
-        config = LlamaConfig(vocab_size=30522, num_key_value_heads=2, **TINY)
-        model = _saved(tmp_path, LlamaModel(config))
-    else:
-        model = _saved(
-            tmp_path, GPT2Model(GPT2Config(vocab_size=30522, n_embd=32, n_layer=2, n_head=2))
-        )
-    for method in ("lora", "bitfit"):
-        with pytest.raises(FedpetError, match="is a decoder \\(causal attention\\)"):
-            build_model(tiny_config(model=model, **{"method.name": method}), 2)

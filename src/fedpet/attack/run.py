@@ -32,7 +32,7 @@ from fedpet.config import Config
 from fedpet.data.batching import collate
 from fedpet.errors import FedpetError
 from fedpet.experiment import Experiment, prepare
-from fedpet.model import model_path
+from fedpet.model import TextClassifier, model_path
 from fedpet.privacy.dp import client_noise_std
 from fedpet.rundir import load_checkpoint
 from fedpet.runtime.client_half import ClientHalf
@@ -140,6 +140,7 @@ def recover(
     labels = labels_from_bias(observed[HEAD_BIAS], len(batch["labels"]))
     known = known_positions(batch["attention_mask"])
     probe = {**batch, "input_ids": torch.where(known, batch["input_ids"], 0), "labels": labels}
+    assert isinstance(exp.model, TextClassifier)
     embeds = match_gradients(
         exp.model, exp.params, observed, probe, known, spec.steps, spec.lr, seed
     )
@@ -162,6 +163,11 @@ def attack(
     config's device. ``report(done, total, mean F1 so far)`` is called after each update.
     """
     spec.check()
+    if cfg.data.objective != "classify":
+        raise FedpetError(
+            f"data.objective = {cfg.data.objective!r} is not allowed with fedpet attack: the "
+            "attacks read a classifier's updates (its head's bias and pooled embeddings)"
+        )
     exp = prepare(dataclasses.replace(cfg, device="cpu"), attention="eager")
     rounds = 0
     if run is not None:

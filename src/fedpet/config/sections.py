@@ -37,6 +37,27 @@ class DataConfig:
     text_pair_column: str | None = option(None, "a second text column (sentence pairs)")
     label_column: str = option("label", "the label column of a file:PATH task")
     client_column: str | None = option(None, "the column naming each row's client (natural)")
+    objective: str = option(
+        "classify",
+        "classify (a head on the pooled states) or generate (a causal LM writes the response; "
+        "packaged tasks answer with their label words, file:PATH tasks with their response "
+        "column)",
+        one_of("classify", "generate"),
+    )
+    instruction_column: str = option(
+        "instruction", "the instruction column of a generative file:PATH task"
+    )
+    input_column: str | None = option(
+        "input", "the input column of a generative file:PATH task (null: none; may be absent)"
+    )
+    response_column: str = option(
+        "response", "the response column of a generative file:PATH task (Alpaca: output)"
+    )
+    options: tuple[str, ...] | None = option(
+        None,
+        "the closed answer set of a generative file:PATH task: scored by each option's "
+        "log-likelihood and by exact match (null: open answers, scored by token accuracy)",
+    )
     validation_file: str | None = option(None, "validation rows of a file:PATH task")
     test_file: str | None = option(None, "test rows of a file:PATH task")
     data_dir: str | None = option(None, "the directory holding the GLUE files (SST-2/...)")
@@ -115,6 +136,9 @@ class TrainConfig:
         or_null(within(0, 1, "a number in [0, 1)", high_open=True)),
     )
     epochs: int = option(1, "epochs of centralized training", POSITIVE_INT)
+    gradient_checkpointing: bool = option(
+        False, "recompute the backbone's activations in the backward pass: less memory"
+    )
     eval_batch_size: int = option(128, "examples per evaluation batch", POSITIVE_INT)
 
 
@@ -145,6 +169,12 @@ class FederationConfig:
     )
     short_round: str = option("skip", "what a short round does", one_of("retry", "skip"))
     max_retries: int = option(2, "retries of a short round", at_least(0))
+    max_round_mb: float | None = option(
+        None,
+        "refuse a run whose rounds would send more than this many MB (up and down, every "
+        "sampled client; null: no budget)",
+        or_null(above(0, "MB")),
+    )
 
 
 @dataclass(frozen=True)
@@ -280,8 +310,17 @@ class Config:
     model: str = option(
         DEFAULT_MODEL, "the packaged all-MiniLM-L6-v2, a local model directory or a hub id"
     )
+    quantization: str = option(
+        "none",
+        "load the frozen base weights quantized (QLoRA): 4bit or 8bit need bitsandbytes and a "
+        "CUDA device (pip install fedpet[qlora])",
+        one_of("none", "4bit", "8bit"),
+    )
     pooling: str = option(
-        "auto", "how the head pools the encoder's states", one_of("auto", "mean", "cls")
+        "auto",
+        "how the head pools the backbone's states: auto (the model's sentence pooling; the "
+        "last real token for a decoder), mean, cls or last",
+        one_of("auto", "mean", "cls", "last"),
     )
     normalize_embeddings: bool = option(False, "L2-normalize the pooled vector (pooling set)")
     centralized: bool = option(False, "train on the union of the clients' data instead")

@@ -16,13 +16,17 @@ class Encoded:
     """Token ids of every example of a split (unpadded) and their labels.
 
     For sentence pairs, also the segment ids where the tokenizer gives them (BERT does,
-    RoBERTa and DistilBERT do not).
+    RoBERTa and DistilBERT do not). For a generative task each example is its prompt's
+    tokens followed by its response's: ``prompt_lengths`` says where the response starts,
+    and ``options`` holds the token ids of each answer of a closed answer set.
     """
 
     input_ids: list[np.ndarray]
     labels: np.ndarray
     pad_id: int
     token_type_ids: list[np.ndarray] | None = None
+    prompt_lengths: np.ndarray | None = None
+    options: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -65,7 +69,9 @@ def collate(
 ) -> dict[str, torch.Tensor]:
     """A batch padded to its longest example, on ``device`` (None: the CPU).
 
-    Holds input_ids, attention_mask and labels, and token_type_ids for sentence pairs.
+    Holds input_ids, attention_mask and labels, and token_type_ids for sentence pairs. A
+    generative batch also holds ``targets``: the ids with prompt and padding positions set
+    to :data:`~fedpet.generative.lm.IGNORE` (-100), so that only responses are scored.
     """
     rows = [data.input_ids[i] for i in indices]
     width = max(len(r) for r in rows)
@@ -84,6 +90,11 @@ def collate(
         for i, j in enumerate(indices):
             segments[i, : len(data.token_type_ids[j])] = data.token_type_ids[j]
         batch["token_type_ids"] = torch.from_numpy(segments)
+    if data.prompt_lengths is not None:
+        targets = np.where(mask == 1, ids, -100)
+        for i, j in enumerate(indices):
+            targets[i, : data.prompt_lengths[j]] = -100
+        batch["targets"] = torch.from_numpy(targets)
     if device is None or device.type == "cpu":
         return batch
     return {k: v.to(device) for k, v in batch.items()}

@@ -13,13 +13,16 @@ from fedpet.errors import FedpetError
 class Split:
     """Texts (and, for sentence-pair tasks, second texts) and integer labels of one split.
 
-    ``groups`` names, per example, the client it came from, where the data says so.
+    ``groups`` names, per example, the client it came from, where the data says so. In a
+    generative task the texts are prompts and ``responses`` their answers; the labels then
+    index the answer in a closed answer set (all 0 for open answers).
     """
 
     texts: list[str]
     labels: np.ndarray
     pairs: list[str] | None = None
     groups: np.ndarray | None = None  # the client each example belongs to (natural partition)
+    responses: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -28,12 +31,18 @@ class Split:
         """The examples at ``indices``, in that order."""
         pairs = None if self.pairs is None else [self.pairs[i] for i in indices]
         groups = None if self.groups is None else self.groups[indices]
-        return Split([self.texts[i] for i in indices], self.labels[indices], pairs, groups)
+        responses = None if self.responses is None else [self.responses[i] for i in indices]
+        texts = [self.texts[i] for i in indices]
+        return Split(texts, self.labels[indices], pairs, groups, responses)
 
 
 @dataclass(frozen=True)
 class Task:
-    """A classification task: its label names, splits, metric and how the splits were made."""
+    """A task: its label names, splits, metric and how the splits were made.
+
+    A generative task (``generative``) is answered by writing the response; its label names
+    are its closed answer set, empty for open answers.
+    """
 
     name: str
     label_names: tuple[str, ...]
@@ -42,11 +51,17 @@ class Task:
     test: Split
     split_rule: str
     metric: str = "accuracy"
+    generative: bool = False
 
     @property
     def num_labels(self) -> int:
-        """Number of classes."""
+        """Number of classes (of options, for a generative task; 0 for open answers)."""
         return len(self.label_names)
+
+    @property
+    def options(self) -> tuple[str, ...] | None:
+        """The closed answer set of a generative task; None otherwise."""
+        return self.label_names if self.generative and self.label_names else None
 
 
 def seeded_split(
@@ -81,8 +96,11 @@ def check_labels(task: Task) -> None:
     """Refuse splits on which a classifier learns, or is measured on, nothing.
 
     Training, validation and test each need at least two labels: on a split of one label
-    every metric says only whether the model predicts that label.
+    every metric says only whether the model predicts that label. A generative task with
+    open answers has no labels to check.
     """
+    if task.generative and not task.label_names:
+        return
     splits = {"training": task.train, "validation": task.validation, "test": task.test}
     for name, split in splits.items():
         present = np.unique(split.labels)

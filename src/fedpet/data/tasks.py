@@ -7,6 +7,7 @@ from collections.abc import Callable
 from fedpet.config import DataConfig
 from fedpet.data.files import PREFIX, load_file_task
 from fedpet.data.glue import GLUE, load_glue
+from fedpet.data.instructions import generative_form, load_instruction_file
 from fedpet.data.packaged import load_bbc_news, load_rotten_tomatoes, load_tweet_sentiment
 from fedpet.data.splits import Task
 from fedpet.errors import FedpetError
@@ -28,10 +29,16 @@ def check_task(name: str) -> None:
 
 
 def load_task(data: DataConfig) -> Task:
-    """Load the configured task (a registered name or ``file:PATH``)."""
+    """Load the configured task (a registered name or ``file:PATH``).
+
+    For ``data.objective = generate`` the task comes in its generative form
+    (:mod:`fedpet.data.instructions`).
+    """
     check_task(data.task)
+    generate = data.objective == "generate"
     if data.task.startswith(PREFIX):
+        if generate:
+            return load_instruction_file(data.task, data)
         return load_file_task(data.task, data)
-    if data.task in GLUE:
-        return load_glue(data.task, data)
-    return TASKS[data.task](data.split_seed)
+    task = load_glue(data.task, data) if data.task in GLUE else TASKS[data.task](data.split_seed)
+    return generative_form(task) if generate else task

@@ -94,6 +94,12 @@ def run_state(path: Path, round_: str) -> tuple[TrainableState, int]:
 def open_run(path: Path, round_: str) -> Loaded:
     """Rebuild the run's model (same seed, so the same frozen values) and load its state."""
     cfg = cpu_config(path)
+    if cfg.data.objective != "classify":
+        raise FedpetError(
+            f"run {str(path)!r} is generative (data.objective = {cfg.data.objective}): export, "
+            "predict and evaluate read classifier runs; a generative run's adapter state is in "
+            "its checkpoint"
+        )
     labels = run_labels(path)
     state, done = run_state(path, round_)
     with quiet_transformers():
@@ -109,6 +115,7 @@ def open_run(path: Path, round_: str) -> Loaded:
         "state": round_,
         "run": str(path),
     }
+    assert isinstance(model, TextClassifier)
     return Loaded(model, tokenizer, labels, cfg.data.max_length, meta)
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from fedpet.config import MethodOptions, option
 from fedpet.config.fields import at_least, one_of
+from fedpet.errors import FedpetError
 from fedpet.methods.base import MethodBase
 
 if TYPE_CHECKING:
@@ -64,7 +65,15 @@ class Adapter(MethodBase):
         from adapters import DoubleSeqBnConfig, SeqBnConfig
 
         kind = DoubleSeqBnConfig if options.adapter == "houlsby" else SeqBnConfig
-        adapters.init(encoder)
+        try:
+            adapters.init(encoder)
+        except ValueError:  # a model type the adapters library has no interface for
+            raise FedpetError(
+                f"method.name = 'adapter' is not allowed with model type "
+                f"{encoder.config.model_type!r}: the adapters library does not support it "
+                "(it does BERT, RoBERTa, DistilBERT, GPT-2, GPT-J, Llama, Mistral, ...); "
+                "use lora, ia3, prefix or prompt"
+            ) from None
         model: Any = encoder  # adapters.init adds the adapter methods to the instance
         model.add_adapter(ADAPTER_NAME, config=kind(reduction_factor=options.reduction_factor))
         with without_inactive_warning():  # it warns before it activates the adapter

@@ -89,6 +89,17 @@ def prompt_dims(encoder: PreTrainedModel) -> dict[str, Any]:
     }
 
 
+def uses_conv1d(model: nn.Module) -> bool:
+    """Whether the model's linear layers are transformers' ``Conv1D`` (GPT-2's).
+
+    Conv1D stores its weights transposed, which peft's LoRA and IA3 must be told
+    (``fan_in_fan_out``).
+    """
+    from transformers.pytorch_utils import Conv1D
+
+    return any(isinstance(m, Conv1D) for m in model.modules())
+
+
 def attach_peft(encoder: PreTrainedModel, config: PeftConfig) -> nn.Module:
     """Wrap an encoder with a peft tuner; peft freezes everything but the tuner's tensors."""
     from peft import get_peft_model

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fedpet.methods.base import MethodBase, attach_peft
+from fedpet.methods.base import MethodBase, attach_peft, uses_conv1d
 
 if TYPE_CHECKING:
     from torch import nn
@@ -28,6 +28,7 @@ class IA3(MethodBase):
         config = IA3Config(
             target_modules=targets,
             feedforward_modules=feedforward,
+            fan_in_fan_out=uses_conv1d(encoder),
             task_type=TaskType.FEATURE_EXTRACTION,
         )
         return attach_peft(encoder, config)

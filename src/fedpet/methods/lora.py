@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from fedpet.config import MethodOptions, option
 from fedpet.config.fields import at_least, within
 from fedpet.errors import FedpetError
-from fedpet.methods.base import MethodBase, attach_peft
+from fedpet.methods.base import MethodBase, attach_peft, uses_conv1d
 
 if TYPE_CHECKING:
     from torch import nn
@@ -59,6 +59,7 @@ class Lora(MethodBase):
             lora_alpha=options.lora_alpha,
             lora_dropout=options.lora_dropout,
             target_modules=targets,
+            fan_in_fan_out=uses_conv1d(encoder),
             task_type=TaskType.FEATURE_EXTRACTION,
         )
         try:

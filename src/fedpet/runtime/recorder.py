@@ -30,6 +30,15 @@ def total_rounds(cfg: Config) -> int:
     return cfg.train.epochs if cfg.centralized else cfg.federation.rounds
 
 
+CLASSIFICATION = ("accuracy", "macro_f1", "mcc", "f1")
+"""The test metrics of a classifier; a generative model's others are added to the summary."""
+
+
+def majority(labels: np.ndarray) -> float:
+    """The accuracy of always predicting the most frequent label."""
+    return float(np.bincount(labels).max() / len(labels))
+
+
 @dataclass
 class RoundRecord:
     """What one round (or centralized epoch) did, before evaluation.
@@ -205,10 +214,11 @@ class Recorder:
             "best_round": self.best_round,
             "best_val_metric": self.best_val,
             "test_metric": test[self.metric],
-            "test_accuracy": test["accuracy"],
-            "test_macro_f1": test["macro_f1"],
+            "test_accuracy": test.get("accuracy"),  # None for open generative answers
+            "test_macro_f1": test.get("macro_f1"),
+            **{f"test_{k}": v for k, v in test.items() if k not in CLASSIFICATION},
             # the accuracy of always predicting the test split's most frequent label
-            "test_majority": float(np.bincount(exp.test.labels).max() / len(exp.test)),
+            "test_majority": majority(exp.test.labels) if exp.task.num_labels else None,
             "trainable_params": exp.trainable_params,
             "total_params": exp.total_params,
             **summary_totals(t, cfg.privacy.enabled),

@@ -1,0 +1,134 @@
+"""Decoder backbones (GPT-2, Llama, OPT): every method, both objectives, exact bytes."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import DECODER_FAMILIES
+from helpers import run_argv
+from safetensors.torch import load_file
+
+from fedpet.cli import main
+from fedpet.generative.lm import CausalLM
+from fedpet.model import TextClassifier, build_model
+
+METHODS = ("full", "adapter", "lora", "prefix", "prompt", "ia3", "bitfit")
+REFUSED = {
+    ("llama", "bitfit"): "adds or unfreezes no parameter of this backbone (a model without bias",
+    ("opt", "adapter"): "the adapters library does not support it",
+}
+GENERATE = ("--set", "data.objective=generate")
+LORA_TARGETS = {"gpt2": {"c_attn"}, "llama": {"q_proj", "v_proj"}, "opt": {"q_proj", "v_proj"}}
+
+
+def one_round(model: Path, out: Path, *extra: str) -> int:
+    """A federated round of two clients on a slice of rotten_tomatoes."""
+    argv = run_argv(model, out, *extra, samples=24, clients=2, per_round=2, rounds=1)
+    return int(main([*argv, "--quiet", "--set", "data.max_eval_samples=8"]))
+
+
+def read(out: Path) -> tuple[dict, dict, dict[str, torch.Tensor]]:
+    """The run's summary, its one metrics line and its global state."""
+    summary = json.loads((out / "summary.json").read_text())
+    [row] = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return summary, row, load_file(out / "checkpoint" / "global.safetensors")
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("family", DECODER_FAMILIES)
+def test_every_method_tunes_every_decoder_family_sending_exactly_its_tensors(
+    tiny_decoder_dirs: dict[str, Path], tmp_path: Path, family: str, method: str, capsys
+) -> None:
+    out = tmp_path / "run"
+    code = one_round(tiny_decoder_dirs[family], out, "--method", method, *GENERATE)
+    if (family, method) in REFUSED:
+        assert code == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and REFUSED[family, method] in err
+        assert not out.exists()
+        return
+    assert code == 0
+    summary, row, state = read(out)
+    n = summary["trainable_params"]
+    assert n == sum(t.numel() for t in state.values()) < summary["total_params"] or (
+        method == "full" and n == summary["total_params"]
+    )
+    assert row["bytes_up"] == row["bytes_down"] == 2 * 4 * n  # two clients, fp32 tensors only
+    assert summary["metric_name"] == "accuracy" and 0 <= summary["test_accuracy"] <= 1
+    assert summary["test_perplexity"] > 1 and "val_loss" in row
+    if method == "lora":
+        adapted = {k.split(".lora_")[0].rsplit(".", 1)[-1] for k in state}
+        assert adapted == LORA_TARGETS[family]  # peft's targets for the family
+
+
+@pytest.mark.parametrize("method", ["lora", "prompt"])
+@pytest.mark.parametrize("family", DECODER_FAMILIES)
+def test_a_decoder_classifies_with_a_head_on_its_last_token(
+    tiny_decoder_dirs: dict[str, Path], tmp_path: Path, family: str, method: str
+) -> None:
+    out = tmp_path / "run"
+    assert one_round(tiny_decoder_dirs[family], out, "--method", method) == 0
+    summary, row, state = read(out)
+    assert {"head.weight", "head.bias"} <= set(state) and state["head.weight"].shape == (2, 32)
+    assert row["bytes_up"] == 2 * 4 * summary["trainable_params"]
+    assert "test_perplexity" not in summary and 0 <= summary["test_macro_f1"] <= 1
+
+
+def test_last_token_pooling_reads_the_last_real_token_left_or_right_padded(
+    tiny_decoder_dirs: dict[str, Path], tiny_config
+) -> None:
+    model, tokenizer = build_model(tiny_config(model=str(tiny_decoder_dirs["gpt2"])), 2)
+    assert isinstance(model, TextClassifier) and model.pooling == "last"
+    assert tokenizer.pad_token == tokenizer.eos_token  # the tokenizer had no padding token
+    model.eval()
+    ids = torch.tensor([[5, 6, 7, 8, 0, 0], [0, 0, 5, 6, 7, 8]])  # right-, then left-padded
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 1]])
+    with torch.no_grad():
+        pooled = model.embed(ids, mask)
+        hidden = model.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        alone = model.embed(ids[:1, :4], mask[:1, :4])
+    assert torch.equal(pooled[0], hidden[0, 3]) and torch.equal(pooled[1], hidden[1, 5])
+    assert torch.allclose(pooled[0], alone[0], atol=1e-6)  # pads after it change nothing
+    assert not torch.allclose(pooled[0], hidden[0, 5])
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(
+    tiny_decoder_dirs: dict[str, Path], tiny_config
+) -> None:
+    grads = []
+    for checkpointing in (False, True):
+        cfg = tiny_config(
+            model=str(tiny_decoder_dirs["llama"]),
+            **{"data.objective": "generate", "train.gradient_checkpointing": checkpointing},
+        )
+        model, _ = build_model(cfg, 2)
+        assert isinstance(model, CausalLM)
+        model.train()
+        ids = torch.arange(3, 15).reshape(2, 6)
+        targets = ids.clone()
+        targets[:, :3] = -100
+        model.response_loss(ids, torch.ones_like(ids), targets).backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    assert all(torch.allclose(grads[0][k], grads[1][k], atol=1e-6) for k in grads[0])
+
+
+def test_a_generative_objective_on_an_encoder_is_refused(
+    tiny_model_dir: Path, tmp_path: Path, capsys
+) -> None:
+    assert one_round(tiny_model_dir, tmp_path / "run", *GENERATE) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "is a bidirectional encoder; a generative task needs a decoder" in err
+
+
+def test_quantization_is_refused_without_cuda(tiny_decoder_dirs, capsys) -> None:
+    from helpers import refusal
+
+    model = str(tiny_decoder_dirs["llama"])
+    err = refusal(["--model", model, "--device", "cpu", "--set", "quantization=4bit"], capsys)
+    assert err.endswith(
+        "quantization = '4bit' is not allowed: none on device cpu: 4bit base weights need "
+        "bitsandbytes and a CUDA device"
+    )
