@@ -58,6 +58,7 @@ def prompt_of(data: Encoded, i: int) -> np.ndarray:
     return data.input_ids[i][: data.prompt_lengths[i]]
 
 
+@torch.inference_mode()
 def option_scores(model: CausalLM, data: Encoded, batch_size: int, precision: str) -> np.ndarray:
     """Log-likelihood of every option after every prompt: shape (examples, options)."""
     assert data.options is not None
@@ -78,6 +79,7 @@ def option_scores(model: CausalLM, data: Encoded, batch_size: int, precision: st
     return scores.reshape(len(data), k)
 
 
+@torch.inference_mode()
 def greedy_matches(model: CausalLM, data: Encoded, batch_size: int, precision: str) -> np.ndarray:
     """Whether the greedy continuation of each prompt is its reference response, exactly."""
     device = next(model.parameters()).device
