@@ -135,7 +135,9 @@ def test_exact_match_is_the_greedy_continuation_token_for_token(
     answers[1][1] = (answers[1][1] + 1) % len(tokenizer)
     answers[3][0] = (answers[3][0] + 1) % len(tokenizer)
     data = Encoded(
-        input_ids=[np.concatenate([p, a]).astype(np.int32) for p, a in zip(prompts, answers)],
+        input_ids=[
+            np.concatenate([p, a]).astype(np.int32) for p, a in zip(prompts, answers, strict=True)
+        ],
         labels=np.zeros(4, dtype=np.int64),
         pad_id=0,
         prompt_lengths=np.array([len(p) for p in prompts]),
