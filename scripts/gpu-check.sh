@@ -3,7 +3,9 @@
 #   1. the GPU-marked tests (training, fp16 and bf16 autocast and resume on CUDA);
 #   2. fedpet's step against a plain transformers + peft loop on a BERT-base-sized encoder
 #      (RoBERTa-base's size, random weights from a config), batch 32, length 128, per precision;
-#   3. peak GPU memory of a run with 10 clients against one with 1,000 (10 sampled a round).
+#   3. peak GPU memory of a run with 10 clients against one with 1,000 (10 sampled a round);
+#   4. QLoRA: a tiny Llama's LoRA round on 4-bit base weights (needs bitsandbytes; the GPU
+#      tests of step 1 include it, this names it).
 # Without CUDA it says so in one line and exits 0. Budget: under 8 minutes on one H200.
 #
 # Python: $PYTHON, else .venv/bin/python, else python3. On a machine without fedpet's
@@ -30,5 +32,8 @@ echo "== 2. step time vs a plain loop (BERT-base-sized, batch 32, length 128)"
 
 echo "== 3. peak GPU memory, 10 vs 1,000 clients"
 "$PYTHON" benchmarks/sim_overhead.py --parts b --rounds 2 --device cuda
+
+echo "== 4. QLoRA (4-bit base weights, bitsandbytes)"
+"$PYTHON" -m pytest -q -m gpu -p no:cacheprovider -rs tests/generative -k qlora
 
 echo "gpu-check: done in $((SECONDS - start)) s"

@@ -90,3 +90,26 @@ def test_a_bf16_run_sends_and_checkpoints_fp32_and_records_its_precision(
     summary = json.loads((out / "summary.json").read_text())
     assert summary["bytes_up_total"] == 2 * 2 * 4 * summary["trainable_params"]  # fp32 codec
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["precision"] == "bf16"
+
+
+def test_max_steps_caps_a_client_s_local_steps(tiny_config) -> None:
+    from fedpet.algorithms.base import PlainTraining
+    from fedpet.client import LocalTraining
+    from fedpet.experiment import prepare
+
+    exp = prepare(tiny_config(**{"train.max_steps": 3, "train.local_epochs": 2}))
+    steps: list[int] = []
+    training = LocalTraining(
+        exp.model,
+        exp.params,
+        exp.head_names,
+        exp.train,
+        np.arange(40),
+        exp.cfg.train,
+        PlainTraining(),
+        seed=0,
+        epochs=2,
+    )
+    training.report = lambda done, total: steps.append(done)
+    result = training.run()
+    assert result.steps == 3 and steps == [1, 2, 3]  # 40 examples of 8: 5 a epoch uncapped

@@ -160,6 +160,9 @@ class LocalTraining:
         self.rng = np.random.default_rng(seed)
         self.epochs = epochs
         self.steps = epochs * math.ceil(len(indices) / train.batch_size)
+        if train.max_steps is not None:  # FlowerTune's "max-steps" per round
+            self.steps = min(self.steps, train.max_steps)
+        self.done = self.seen = 0  # steps taken, examples trained on by run()
         self.optimizer, self.scheduler = make_optimizer(params, head_names, train, self.steps)
         self.optimizer.zero_grad(set_to_none=True)  # a crashed client may have left gradients
         self.scaler = grad_scaler(self.device, train.precision)
@@ -173,6 +176,9 @@ class LocalTraining:
             batches = length_grouped_batches(self.indices, self.lengths, size, self.rng)
         else:
             batches = shuffled_batches(self.indices, size, self.rng)
+        batches = batches[: self.steps - self.done]
+        self.done += len(batches)
+        seen = sum(len(b) for b in batches)
         loss = train_epoch(
             self.model,
             self.params,
@@ -186,13 +192,14 @@ class LocalTraining:
             self.scaler,
         )
         self.epoch += 1
+        self.seen += seen
         return loss
 
     def run(self) -> TrainResult:
         """Train the remaining epochs; the trained state, examples and mean task loss."""
-        done = self.epoch
-        loss = sum(self.run_epoch() for _ in range(done, self.epochs))
-        mean = loss / ((self.epochs - done) * len(self.indices))
+        self.seen = 0
+        loss = sum(self.run_epoch() for _ in range(self.epoch, self.epochs))
+        mean = loss / max(1, self.seen)
         return TrainResult(extract(self.params), len(self.indices), mean, self.steps)
 
     def snapshot(self) -> tuple[TrainableState, dict[str, Any]]:
@@ -214,6 +221,7 @@ class LocalTraining:
                     scalars[f"{index}.{key}"] = value
         meta = {
             "epoch": self.epoch,
+            "steps_done": self.done,
             "param_groups": state["param_groups"],
             "optimizer_scalars": scalars,
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
@@ -239,6 +247,7 @@ class LocalTraining:
         if self.scaler is not None:
             self.scaler.load_state_dict(meta["scaler"])
         self.epoch = int(meta["epoch"])
+        self.done = int(meta.get("steps_done", 0))
 
 
 @torch.inference_mode()

@@ -14,6 +14,7 @@ from fedpet.algorithms.base import ClientHook
 from fedpet.client import LocalTraining, TrainResult
 from fedpet.config import Config
 from fedpet.data.batching import Encoded, encode
+from fedpet.data.checks import check_skew
 from fedpet.data.partition import PartitionSpec, partition
 from fedpet.data.splits import Split, Task, check_labels, stratified_subsample
 from fedpet.data.tasks import load_task
@@ -120,6 +121,8 @@ def load_data(cfg: Config) -> tuple[Task, list[np.ndarray]]:
     """
     task = subsample(load_task(cfg.data), cfg)
     check_labels(task)
+    if not cfg.centralized:
+        check_skew(task, cfg.data.partition)
     if cfg.centralized:
         clients = [np.arange(len(task.train))]
     else:

@@ -27,6 +27,7 @@ from fedpet.rundir import (
     load_checkpoint,
     storage_errors,
 )
+from fedpet.runtime.budget import check_plan
 from fedpet.runtime.centralized import run_centralized
 from fedpet.runtime.recorder import Recorder, total_rounds
 from fedpet.runtime.simulation import run_simulation
@@ -53,6 +54,7 @@ def start_run(
     reset_peak()  # the run's memory figure starts here, whatever ran before in this process
     reset_device_peak(cfg.device)
     exp = prepare(cfg, backbones)
+    check_plan(exp)
     run = RunDir(out)
     run.create(overwrite)
     run.write_config(exp.cfg)  # with what the data decided (the natural partition's clients)

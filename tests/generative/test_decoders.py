@@ -132,3 +132,18 @@ def test_quantization_is_refused_without_cuda(tiny_decoder_dirs, capsys) -> None
         "quantization = '4bit' is not allowed: none on device cpu: 4bit base weights need "
         "bitsandbytes and a CUDA device"
     )
+
+
+@pytest.mark.gpu
+def test_qlora_trains_fp32_lora_on_4bit_base_weights_sending_what_lora_sends(
+    tiny_decoder_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    pytest.importorskip("bitsandbytes", reason="QLoRA needs bitsandbytes (fedpet[qlora])")
+    model = tiny_decoder_dirs["llama"]
+    plain, quantized = tmp_path / "plain", tmp_path / "4bit"
+    assert one_round(model, plain, *GENERATE, "--device", "cuda") == 0
+    flags = ("--device", "cuda", "--set", "quantization=4bit", "--set", "train.precision=bf16")
+    assert one_round(model, quantized, *GENERATE, *flags) == 0
+    (_, row_plain, state_plain), (s_q, row_q, state_q) = read(plain), read(quantized)
+    assert state_q.keys() == state_plain.keys() and row_q["bytes_up"] == row_plain["bytes_up"]
+    assert s_q["peak_gpu_mb"] > 0 and s_q["test_perplexity"] > 1

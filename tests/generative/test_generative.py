@@ -183,6 +183,10 @@ def test_an_instruction_file_trains_on_a_natural_partition(
             "data.partition = 'dirichlet' is not allowed: iid, quantity",
         ),
         (["--set", "algorithm.fedrs=0.5"], "null with data.objective = generate"),
+        (
+            ["--task", "rotten_tomatoes", "--set", "data.options=[a,b]"],
+            "null for task 'rotten_tomatoes': its answers are its label names",
+        ),
     ],
 )
 def test_bad_generative_input_is_refused_in_one_line(
@@ -191,7 +195,6 @@ def test_bad_generative_input_is_refused_in_one_line(
     from helpers import refusal
 
     path = tmp_path / "i.csv"
-    pd.DataFrame({"instruction": ["a", "b", "c"] * 4, "response": ["red", "blue", "green"] * 4})
     pd.DataFrame(
         {"instruction": ["a", "b", "c"] * 4, "response": ["red", "blue", "green"] * 4}
     ).to_csv(path, index=False)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from helpers import run_argv, tiny_study_base
 
 from fedpet.cli import main
@@ -58,7 +59,7 @@ def test_bad_studies_are_one_clear_error(data: dict, needle: str) -> None:
 
 
 def test_presets_plan_without_errors() -> None:
-    sizes = {name: len(plan(load_study(preset=name))) for name in PRESETS}
+    sizes = {name: len(plan(load_study(preset=name))) for name in PRESETS if name != "flowertune"}
     assert sizes == {
         "quick": 15,
         "cpu": 7 * 3 * 3 * 3 + 7 * 3 * 3,
@@ -69,6 +70,29 @@ def test_presets_plan_without_errors() -> None:
         "paper-scale": 7 * 3,
         "paper-scenarios": 7 * 2 + 7,
     }
+
+
+def test_the_flowertune_preset_is_flowertune_s_template_and_needs_a_gpu() -> None:
+    import yaml
+
+    from fedpet.study.spec import preset_text
+
+    if not torch.cuda.is_available():  # 4-bit base weights: one line, before any run
+        with pytest.raises(FedpetError, match="quantization = '4bit' is not allowed: none on"):
+            plan(load_study(preset="flowertune"))
+    data = yaml.safe_load(preset_text("flowertune"))
+    data["base"]["quantization"] = "none"  # what it plans, wherever it runs
+    [run] = plan(parse_study(data, "flowertune"))
+    cfg = run.config
+    assert (cfg.method.name, cfg.method.r, cfg.method.lora_alpha) == ("lora", 32, 64)
+    fed, train = cfg.federation, cfg.train
+    assert (fed.clients, fed.clients_per_round, fed.rounds) == (20, 2, 200)
+    assert (train.batch_size, train.max_steps, train.lr) == (16, 10, 5e-5)
+    assert train.gradient_checkpointing and cfg.data.max_length == 512
+    # Mistral-7B's LoRA (r 32 on q_proj 4096x4096 and v_proj 4096x1024, 32 layers) in fp32,
+    # both ways, two clients: within the preset's budget
+    values = 32 * (32 * (4096 + 4096) + 32 * (4096 + 1024))
+    assert values == 13_631_488 and 2 * 2 * 4 * values / 1e6 < fed.max_round_mb == 220
 
 
 def _rows() -> pd.DataFrame:

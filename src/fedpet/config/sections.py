@@ -135,6 +135,12 @@ class TrainConfig:
         "overrides the model's dropout (0 disables; null: the model's)",
         or_null(within(0, 1, "a number in [0, 1)", high_open=True)),
     )
+    max_steps: int | None = option(
+        None,
+        "local steps per round (or of centralized training) at most, as FlowerTune's "
+        "max-steps (null: every batch of the epochs)",
+        or_null(POSITIVE_INT),
+    )
     epochs: int = option(1, "epochs of centralized training", POSITIVE_INT)
     gradient_checkpointing: bool = option(
         False, "recompute the backbone's activations in the backward pass: less memory"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fedpet.config import Config
 from fedpet.data.files import PREFIX
 from fedpet.data.partition import PARTITIONERS
+from fedpet.data.splits import Task
 from fedpet.data.tasks import check_task
 from fedpet.errors import require
 
@@ -25,22 +26,14 @@ def check_data(cfg: Config) -> None:
 
 
 def check_objective(cfg: Config) -> None:
-    """A generative task's limits: label skew needs labels, FedRS class logits, options.
+    """A generative task's limits: FedRS restricts class logits, options are a file's.
 
-    Open answers have no labels to skew, FedRS restricts class logits (a generative model
-    has vocabulary logits), and each option of a closed answer set is named once.
+    A generative model has vocabulary logits, not class logits; a packaged or GLUE task's
+    answers are its label names; each option of a closed answer set is named once.
     """
     d = cfg.data
     if d.objective != "generate":
         return
-    open_answers = d.task.startswith(PREFIX) and d.options is None
-    require(
-        not (open_answers and d.partition in LABEL_SKEW),
-        "data.partition",
-        d.partition,
-        "iid, quantity or natural for a generative task with open answers (it has no labels "
-        "to skew; give data.options for a closed answer set)",
-    )
     require(
         cfg.algorithm.fedrs is None,
         "algorithm.fedrs",
@@ -49,8 +42,25 @@ def check_objective(cfg: Config) -> None:
     )
     if d.options is not None:
         require(
+            d.task.startswith(PREFIX),
+            "data.options",
+            list(d.options),
+            f"null for task {d.task!r}: its answers are its label names",
+        )
+        require(
             len(set(d.options)) == len(d.options) >= 2,
             "data.options",
             list(d.options),
             "two or more different answers",
         )
+
+
+def check_skew(task: Task, partition: str) -> None:
+    """Refuse a label-skew partition of a task without labels (open generative answers)."""
+    require(
+        bool(task.label_names) or partition not in LABEL_SKEW,
+        "data.partition",
+        partition,
+        "iid, quantity or natural for a generative task with open answers (it has no labels "
+        "to skew; give data.options for a closed answer set)",
+    )

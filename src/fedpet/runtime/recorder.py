@@ -15,6 +15,7 @@ from fedpet.experiment import Experiment
 from fedpet.memory import tree_peak_mb
 from fedpet.progress import RoundEnd, Watcher
 from fedpet.rundir import Checkpoint, RunDir
+from fedpet.runtime.budget import check_round
 from fedpet.runtime.counts import RoundCounts, summary_totals, totalled
 from fedpet.state import TrainableState, load_
 
@@ -166,6 +167,7 @@ class Recorder:
         total = total_rounds(cfg)
         end = RoundEnd(record.round, total, unit, self.metric, row, self.best_round, self.best_val)
         self.watcher.round_end(end)
+        check_round(cfg, row)
         return val
 
     def progress(self, done: int, total: int) -> None:

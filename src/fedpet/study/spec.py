@@ -42,6 +42,7 @@ PRESETS = (
     "paper-heterogeneity",
     "paper-scale",
     "paper-scenarios",
+    "flowertune",
 )
 # fields that only mean something in a federation: a centralized baseline ignores them
 FEDERATED_FIELDS = ("data.alpha", "data.partition", "federation.", "algorithm.", "codec.")
