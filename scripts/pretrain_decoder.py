@@ -67,6 +67,7 @@ def perplexity(model: GPT2LMHeadModel, data: torch.Tensor) -> float:
 
 
 def main() -> None:
+    """Train the tokenizer, then the model for ``--minutes``; save both."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--minutes", type=float, default=12.0)
@@ -115,7 +116,7 @@ def main() -> None:
             optimizer.zero_grad(set_to_none=True)
             step += 1
             if step % 200 == 0:
-                print(f"step {step}: loss {float(loss):.3f} ({time.monotonic() - start:.0f} s)")
+                print(f"step {step}: loss {loss.item():.3f} ({time.monotonic() - start:.0f} s)")
     print(f"step {step}: held-out perplexity {perplexity(model, val):.1f}")
     model.save_pretrained(args.out)
     tokenizer.save_pretrained(args.out)

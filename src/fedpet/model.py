@@ -205,7 +205,7 @@ def load_encoder_config(name: str, dropout: float | None) -> tuple[str, Any]:
 
 
 class Backbones:
-    """Pretrained encoders kept in memory across the runs of one process (a study).
+    """Pretrained backbones kept in memory across the runs of one process (a study).
 
     Keyed by (model path, dropout, with the LM head); only the latest is kept, and each run
     gets a copy, so the methods' in-place changes never reach the cached one.

@@ -24,6 +24,7 @@ from fedpet.methods import METHODS
 
 FLAGS: dict[str, str] = {
     "--task": "data.task",
+    "--objective": "data.objective",
     "--data-dir": "data.data_dir",
     "--model": "model",
     "--method": "method.name",

@@ -147,3 +147,26 @@ def test_qlora_trains_fp32_lora_on_4bit_base_weights_sending_what_lora_sends(
     (_, row_plain, state_plain), (s_q, row_q, state_q) = read(plain), read(quantized)
     assert state_q.keys() == state_plain.keys() and row_q["bytes_up"] == row_plain["bytes_up"]
     assert s_q["peak_gpu_mb"] > 0 and s_q["test_perplexity"] > 1
+
+
+@pytest.mark.parametrize("family", ["mistral", "qwen2"])
+def test_llama_style_families_take_lora_on_their_attention_projections(
+    tiny_decoder_dirs: dict[str, Path], tmp_path: Path, family: str
+) -> None:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    llama = tiny_decoder_dirs["llama"]
+    tokenizer = AutoTokenizer.from_pretrained(llama)
+    sizes = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2}
+    config = AutoConfig.for_model(
+        family, vocab_size=len(tokenizer), num_key_value_heads=1, intermediate_size=64, **sizes
+    )
+    torch.manual_seed(0)
+    path = tmp_path / family
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    out = tmp_path / "run"
+    assert one_round(path, out, *GENERATE) == 0
+    summary, row, state = read(out)
+    assert {k.split(".lora_")[0].rsplit(".", 1)[-1] for k in state} == {"q_proj", "v_proj"}
+    assert row["bytes_up"] == 2 * 4 * summary["trainable_params"]
