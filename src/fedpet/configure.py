@@ -148,7 +148,13 @@ def template(tree: Mapping[str, Any]) -> dict[str, Any]:
     So a ``config.yaml`` given as ``--config`` with another method gets that method's
     learning rate, not the old one's, and a device or DP noise resolved afresh.
     """
-    unfilled = [(name, UNFILLED[name]) for name in tree.get("filled") or () if name in UNFILLED]
+    filled = tree.get("filled") or []
+    if not isinstance(filled, list) or not all(isinstance(name, str) for name in filled):
+        raise FedpetError(
+            f"filled = {filled!r} is not allowed: a list of the field names fedpet filled "
+            "(e.g. [train.lr, device]), as a run's config.yaml holds"
+        )
+    unfilled = [(name, UNFILLED[name]) for name in filled if name in UNFILLED]
     rest = {key: value for key, value in tree.items() if key != "filled"}
     return with_overrides(rest, unfilled)
 

@@ -147,3 +147,16 @@ def test_simulated_faults_and_retries_are_refused_on_flower(key, value, message)
     with pytest.raises(FedpetError, match=message):
         build_config({}, [("runtime", "flower-sim"), (key, value)])
     build_config({}, [(key, value)])  # the in-process simulation has them
+
+
+@pytest.mark.parametrize("filled", ["true", "train.lr", "[1, device]"])
+def test_a_config_file_whose_filled_is_not_a_list_of_names_is_one_line(
+    tmp_path: Path, filled: str, capsys
+) -> None:
+    from fedpet.cli import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text(f"filled: {filled}\n")
+    assert main(["run", "--dry-run", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is not allowed: a list of the field names" in err
