@@ -52,3 +52,21 @@ def tiny_study_base(model: Path, **federation: object) -> dict:
         "data": {"max_train_samples": 48, "max_eval_samples": 32, "max_length": 32},
         "federation": {"clients": 4, "clients_per_round": 2, "rounds": 2, **federation},
     }
+
+
+def in_process_one_thread(argv: list[str]) -> None:
+    """``fedpet ARGV`` with the in-process runtime as Ray runs each ClientApp: one thread.
+
+    Then every float sum reduces in the same order as on Flower, and the states are
+    bitwise equal.
+    """
+    import torch
+
+    from fedpet.cli import main
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)

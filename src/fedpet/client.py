@@ -100,10 +100,9 @@ def train_epoch(
     """One pass over ``batches``; returns the summed (example-weighted) task loss.
 
     ``hook`` adjusts the logits before the task loss (:func:`batch_loss`) and the loss before
-    the gradient. The
-    batches go to the parameters' device and the forward pass runs at ``precision`` (see
-    :func:`fedpet.devices.autocast`); ``scaler`` scales fp16 losses (a step whose scaled
-    gradients overflowed is skipped, as :class:`torch.amp.GradScaler` does).
+    the gradient. The batches go to the parameters' device and the forward pass runs at
+    ``precision`` (see :func:`fedpet.devices.autocast`); ``scaler`` scales fp16 losses (a
+    step whose scaled gradients overflowed is skipped, as :class:`torch.amp.GradScaler` does).
     """
     model.train()
     device = next(iter(params.values())).device

@@ -121,12 +121,11 @@ def load_data(cfg: Config) -> tuple[Task, list[np.ndarray]]:
     """
     task = subsample(load_task(cfg.data), cfg)
     check_labels(task)
-    if not cfg.centralized:
-        check_skew(task, cfg.data.partition)
     if cfg.centralized:
         clients = [np.arange(len(task.train))]
     else:
         d = cfg.data
+        check_skew(task, d.partition)
         spec = PartitionSpec(
             num_clients=cfg.federation.clients,
             alpha=d.alpha,

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_argv
+from helpers import in_process_one_thread, run_argv
 from safetensors.torch import load_file
 
 from fedpet.cli import main
@@ -20,19 +20,6 @@ def _argv(model: Path, out: Path, *extra: str) -> list[str]:
 def _metrics(out: Path) -> list[dict]:
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
-
-
-def _in_process(argv: list[str]) -> None:
-    """Run ``argv`` with the in-process runtime as Ray runs each ClientApp: one thread.
-
-    Then every float sum reduces in the same order as on Flower, and the states are
-    bitwise equal."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(argv) == 0
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _lost(out: Path) -> list[tuple[int, list, list]]:
@@ -65,7 +52,7 @@ def test_flower_simulation_equals_the_in_process_runtime(
     printed = said.out + said.err
     assert "round 1/2 · " in printed  # fedpet's round lines, not buried by Flower's
     assert "Starting FedpetStrategy" not in printed and "DEPRECATED FEATURE" not in printed
-    _in_process(_argv(tiny_model_dir, local, *flags))
+    in_process_one_thread(_argv(tiny_model_dir, local, *flags))
     a = load_file(flower / "checkpoint" / "global.safetensors")
     b = load_file(local / "checkpoint" / "global.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), _lost(flower)
@@ -142,7 +129,7 @@ def test_flower_sim_resumes_after_its_last_checkpoint(tiny_model_dir: Path, tmp_
     (flower / "config.yaml").write_text(yaml.safe_dump(config))
     (flower / "summary.json").unlink()
     assert main(["run", "--resume", str(flower)]) == 0  # rounds 3-4 on Flower again
-    _in_process(_argv(tiny_model_dir, local, "--rounds", "4"))
+    in_process_one_thread(_argv(tiny_model_dir, local, "--rounds", "4"))
     a = load_file(flower / "checkpoint" / "global.safetensors")
     b = load_file(local / "checkpoint" / "global.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a), _lost(flower)
@@ -163,7 +150,9 @@ def test_secure_aggregation_matches_the_plain_round_within_its_quantization(
     flags = ("--rounds", "1", *dp)
     secure_flags = ("--runtime", "flower-sim", "--secure-aggregation")
     assert main(_argv(tiny_model_dir, secure, *flags, *secure_flags)) == 0
-    _in_process(_argv(tiny_model_dir, plain, *flags))  # the plain round, as Flower runs it
+    in_process_one_thread(
+        _argv(tiny_model_dir, plain, *flags)
+    )  # the plain round, as Flower runs it
     a = load_file(secure / "checkpoint" / "global.safetensors")
     b = load_file(plain / "checkpoint" / "global.safetensors")
     # each client's update (clipped and noised by the client under DP), scaled by n_k / max n

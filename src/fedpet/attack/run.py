@@ -110,6 +110,7 @@ def client_update(exp: Experiment, batch: dict[str, torch.Tensor]) -> TrainableS
 
 def embedding_name(exp: Experiment) -> str | None:
     """The name of the word-embedding matrix among the trainable tensors, if it trains."""
+    assert isinstance(exp.model, TextClassifier)  # attack() refuses generative runs
     weight = exp.model.word_embeddings().weight
     return next((n for n, p in exp.params.items() if p is weight), None)
 

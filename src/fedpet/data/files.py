@@ -86,12 +86,11 @@ def _read_delimited(path: Path) -> pd.DataFrame:
     return frame
 
 
-def _columns(frame: pd.DataFrame, path: Path, data: DataConfig) -> pd.DataFrame:
-    wanted = {"text": data.text_column, "label": data.label_column}
-    if data.text_pair_column:
-        wanted["pair"] = data.text_pair_column
-    if data.client_column:
-        wanted["client"] = data.client_column
+def require_columns(frame: pd.DataFrame, path: Path, wanted: dict[str, str]) -> None:
+    """Refuse a file that lacks one of the ``wanted`` columns (role -> column name).
+
+    The error names the field that sets the role's column (``data.<role>_column``).
+    """
     for role, column in wanted.items():
         if column not in frame.columns:
             have = ", ".join(map(str, frame.columns[:8]))
@@ -99,6 +98,15 @@ def _columns(frame: pd.DataFrame, path: Path, data: DataConfig) -> pd.DataFrame:
                 f"data file {str(path)!r} has no {role} column {column!r} "
                 f"(set data.{role if role != 'pair' else 'text_pair'}_column); it has: {have}"
             )
+
+
+def _columns(frame: pd.DataFrame, path: Path, data: DataConfig) -> pd.DataFrame:
+    wanted = {"text": data.text_column, "label": data.label_column}
+    if data.text_pair_column:
+        wanted["pair"] = data.text_pair_column
+    if data.client_column:
+        wanted["client"] = data.client_column
+    require_columns(frame, path, wanted)
     picked = frame[list(wanted.values())].copy()
     picked.columns = list(wanted)
     if picked["label"].isna().any():

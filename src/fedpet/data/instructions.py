@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from fedpet.config import DataConfig
-from fedpet.data.files import PREFIX, load_file_task, read_table
+from fedpet.data.files import PREFIX, load_file_task, read_table, require_columns
 from fedpet.data.splits import Split, Task, seeded_split
 from fedpet.errors import FedpetError
 
@@ -60,13 +60,7 @@ def _instructions(frame: pd.DataFrame, path: Path, data: DataConfig) -> Split:
     wanted = {"instruction": data.instruction_column, "response": data.response_column}
     if data.client_column:
         wanted["client"] = data.client_column
-    for role, column in wanted.items():
-        if column not in frame.columns:
-            have = ", ".join(map(str, frame.columns[:8]))
-            raise FedpetError(
-                f"data file {str(path)!r} has no {role} column {column!r} "
-                f"(set data.{role}_column); it has: {have}"
-            )
+    require_columns(frame, path, wanted)
 
     def text(column: str) -> list[str]:
         return [str(x) for x in frame[column].fillna("")]

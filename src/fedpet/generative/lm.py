@@ -43,12 +43,6 @@ class CausalLM(nn.Module):
         logits: torch.Tensor = self.lm_head(self.hidden(input_ids, attention_mask))
         return logits
 
-    def word_embeddings(self) -> nn.Embedding:
-        """The decoder's word-embedding module, whatever wrapper the method put around it."""
-        module = self.decoder.get_input_embeddings()  # type: ignore[operator]
-        assert isinstance(module, nn.Embedding)
-        return module
-
     def token_losses(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, targets: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
