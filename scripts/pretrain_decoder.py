@@ -6,7 +6,10 @@ of the packaged tasks (rotten_tomatoes, tweet_sentiment and bbc_news; their vali
 test splits are left out, so fedpet's held-out scores stay held out). The labels are never
 read. Usage::
 
-    .venv/bin/python scripts/pretrain_decoder.py OUT_DIR [--minutes 12] [--layers 4]
+    .venv/bin/python scripts/pretrain_decoder.py OUT_DIR [--steps N | --minutes 12] [--layers 4]
+
+``--steps`` makes the model depend only on the script's arguments (the same weights on any
+machine); ``--minutes`` trains for a wall-clock budget instead.
 
 It prints the training loss and the held-out perplexity on rotten_tomatoes' validation
 texts, and saves the model and tokenizer to OUT_DIR for ``fedpet run --model OUT_DIR``.
@@ -67,10 +70,11 @@ def perplexity(model: GPT2LMHeadModel, data: torch.Tensor) -> float:
 
 
 def main() -> None:
-    """Train the tokenizer, then the model for ``--minutes``; save both."""
+    """Train the tokenizer, then the model for ``--steps`` (or ``--minutes``); save both."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--minutes", type=float, default=12.0)
+    parser.add_argument("--steps", type=int, default=None, help="a fixed number of steps")
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--vocab", type=int, default=8000)
@@ -100,9 +104,15 @@ def main() -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     start, deadline = time.monotonic(), time.monotonic() + 60 * args.minutes
     step, warmup = 0, 100
-    while time.monotonic() < deadline:
+
+    def progress() -> float:  # the share of the budget used: steps, or else time
+        if args.steps is not None:
+            return step / args.steps
+        return (time.monotonic() - start) / (deadline - start)
+
+    while progress() < 1:
         for idx in torch.randperm(len(data)).split(args.batch):
-            elapsed = (time.monotonic() - start) / (deadline - start)
+            elapsed = progress()
             if elapsed >= 1:
                 break
             scale = min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * elapsed))

@@ -120,6 +120,10 @@ def test_partition_that_cannot_meet_the_minimum_is_one_line(
             ["--max-length", "120", "--method", "prompt"],
             "takes at most 128 tokens, 118 after method prompt's 10 virtual tokens",
         ),
+        (
+            ["--max-length", "128", "--method", "prefix"],
+            "takes at most 128 tokens, 118 after method prefix's 10 virtual tokens",
+        ),
     ],
 )
 def test_max_length_beyond_the_model_positions_is_refused(
@@ -129,6 +133,21 @@ def test_max_length_beyond_the_model_positions_is_refused(
     assert exit_code([*argv, "--max-train-samples", "20", "--clients", "2"]) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1
+
+
+def test_prefix_tuning_at_its_longest_length_fits_the_positions_and_one_more_does_not(
+    tiny_config,
+) -> None:
+    import torch
+
+    from fedpet.model import build_model
+
+    model, _ = build_model(tiny_config(**{"method.name": "prefix", "data.max_length": 118}), 2)
+    ids = torch.ones(1, 118, dtype=torch.long)
+    assert model(ids, torch.ones_like(ids)).shape == (1, 2)  # positions 10 to 127
+    ids = torch.ones(1, 119, dtype=torch.long)
+    with pytest.raises((IndexError, RuntimeError)):  # the 10 prefix positions come first
+        model(ids, torch.ones_like(ids))
 
 
 def test_an_uncached_hub_id_with_the_hub_unreachable_is_refused_at_once(

@@ -15,8 +15,20 @@ from fedpet.client import batch_loss
 from fedpet.data.batching import Encoded, collate
 from fedpet.data.splits import Split
 from fedpet.generative.lm import CausalLM
-from fedpet.generative.prompts import encode_generative, render
-from fedpet.generative.scoring import evaluate_generative, greedy_matches, option_scores
+from fedpet.errors import FedpetError
+from fedpet.generative.prompts import (
+    answer_ids,
+    encode_generative,
+    prompt_floor,
+    prompt_ids,
+    render,
+)
+from fedpet.generative.scoring import (
+    evaluate_generative,
+    greedy_matches,
+    option_scores,
+    prompt_of,
+)
 from fedpet.model import build_model
 
 GENERATE = {"data.objective": "generate"}
@@ -69,6 +81,72 @@ def test_a_long_prompt_gives_up_its_start_and_keeps_the_response(
     assert len(ids) == 16 and ids[n:].tolist() == answer
     turn = tokenizer(render(tokenizer, "word"))["input_ids"]
     assert ids[:n].tolist()[-3:] == turn[-3:]  # the prompt's end (the turn to answer) stays
+
+
+def test_a_long_response_keeps_half_the_length_for_its_prompt(
+    tiny_decoder_dirs, tiny_config
+) -> None:
+    _, tokenizer = causal(tiny_decoder_dirs, tiny_config)
+    prompt = "Summarise the review: the plot is thin and the acting is worse"
+    split = Split([prompt], np.zeros(1, dtype=np.int64), responses=["word " * 200])
+    data = encode_generative(tokenizer, split, 64, None)
+    ids, n = data.input_ids[0], data.prompt_lengths[0]
+    full_prompt = prompt_ids(tokenizer, [prompt])[0]
+    response = answer_ids(tokenizer, ["word " * 200])[0]
+    assert len(full_prompt) > 32 and len(ids) == 64
+    assert n == prompt_floor(64) == 32  # the prompt keeps half; its end stays by the answer
+    assert ids[:n].tolist() == full_prompt[-32:]
+    assert ids[n:].tolist() == response[:32]  # the response gives up its end
+    short = Split(["Hi"], np.zeros(1), responses=["word " * 200])
+    short = encode_generative(tokenizer, short, 64, None)
+    assert short.prompt_lengths[0] == len(prompt_ids(tokenizer, ["Hi"])[0])  # all of it
+
+
+LONG_OPTIONS = ("no", "yes, without any doubt at all")
+
+
+def test_every_option_is_scored_after_one_prompt_whatever_the_gold_answer(
+    tiny_decoder_dirs, tiny_config
+) -> None:
+    _, tokenizer = causal(tiny_decoder_dirs, tiny_config)
+    texts = ["word " * 80, "a fine film", "word " * 30 + "dull"]
+    encoded = [
+        encode_generative(
+            tokenizer,
+            Split(texts, np.full(3, k), responses=[LONG_OPTIONS[k]] * 3),
+            48,
+            LONG_OPTIONS,
+        )
+        for k in range(2)
+    ]
+    lengths = {len(x) for x in answer_ids(tokenizer, LONG_OPTIONS)}
+    assert len(lengths) == 2  # the gold answers differ in length
+    for i in range(3):
+        prompts = [prompt_of(data, i).tolist() for data in encoded]
+        assert prompts[0] == prompts[1]  # the same prompt, whichever answer is gold
+        assert len(prompts[0]) <= 48 - max(lengths)  # room for the longest option
+    assert encoded[0].prompt_lengths[0] == 48 - max(lengths)  # a long prompt fills it
+
+
+def test_options_longer_than_the_gold_answer_fit_the_model_s_positions(
+    tiny_decoder_dirs, tiny_config
+) -> None:
+    # 128 is the tiny GPT-2's n_positions; the gold answer is the short option
+    model, tokenizer = causal(tiny_decoder_dirs, tiny_config, **{"data.max_length": 128})
+    split = Split(["word " * 200] * 2, np.zeros(2, dtype=np.int64), responses=["no", "no"])
+    data = encode_generative(tokenizer, split, 128, LONG_OPTIONS)
+    assert option_scores(model, data, 4, "fp32").shape == (2, 2)  # no position past 128
+    assert greedy_matches(model, data, 4, "fp32").shape == (2,)
+    assert max(len(prompt_of(data, 0)) + len(o) for o in data.options) == 128
+
+
+def test_options_that_leave_a_prompt_less_than_half_the_length_are_refused(
+    tiny_decoder_dirs, tiny_config
+) -> None:
+    _, tokenizer = causal(tiny_decoder_dirs, tiny_config)
+    split = Split(["hi"], np.zeros(1, dtype=np.int64), responses=["no"])
+    with pytest.raises(FedpetError, match=r"data.max_length = 12 is not allowed: the longest"):
+        encode_generative(tokenizer, split, 12, LONG_OPTIONS)
 
 
 def test_a_tokenizer_s_chat_template_renders_the_prompt(tiny_decoder_dirs, tiny_config) -> None:

@@ -76,6 +76,20 @@ class VirtualTokens(MethodOptions):
     num_virtual_tokens: int = option(10, "virtual tokens learned", at_least(1))
 
 
+class VirtualTokenMethod(MethodBase):
+    """A method that learns virtual tokens: they take positions before the input's.
+
+    Prompt tuning prepends them to the input; prefix tuning passes them as past keys and
+    values, after which BERT and GPT-2 number the input's positions.
+    """
+
+    options: ClassVar[type[MethodOptions]] = VirtualTokens
+
+    def extra_positions(self, options: VirtualTokens) -> int:
+        """One position per virtual token."""
+        return options.num_virtual_tokens
+
+
 def prompt_dims(encoder: PreTrainedModel) -> dict[str, Any]:
     """Sizes peft's prompt-learning configs need, read through the config's attribute map.
 

@@ -6,19 +6,18 @@ import inspect
 from typing import TYPE_CHECKING
 
 from fedpet.errors import FedpetError
-from fedpet.methods.base import MethodBase, VirtualTokens, attach_peft, prompt_dims
+from fedpet.methods.base import VirtualTokenMethod, VirtualTokens, attach_peft, prompt_dims
 
 if TYPE_CHECKING:
     from torch import nn
     from transformers import PreTrainedModel
 
 
-class Prefix(MethodBase):
+class Prefix(VirtualTokenMethod):
     """``num_virtual_tokens`` key/value prefixes per layer."""
 
     name = "prefix"
     default_lr = 1e-2
-    options = VirtualTokens
 
     def attach(self, encoder: PreTrainedModel, options: VirtualTokens) -> nn.Module:
         """Add the prefix encoder."""

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fedpet.methods.base import MethodBase, VirtualTokens, attach_peft, prompt_dims
+from fedpet.methods.base import VirtualTokenMethod, VirtualTokens, attach_peft, prompt_dims
 
 if TYPE_CHECKING:
     from torch import nn
     from transformers import PreTrainedModel
 
 
-class Prompt(MethodBase):
+class Prompt(VirtualTokenMethod):
     """``num_virtual_tokens`` soft prompt embeddings prepended to every input."""
 
     name = "prompt"
     default_lr = 3e-2
-    options = VirtualTokens
 
     def attach(self, encoder: PreTrainedModel, options: VirtualTokens) -> nn.Module:
         """Add the soft prompt."""
@@ -28,7 +27,3 @@ class Prompt(MethodBase):
             **prompt_dims(encoder),
         )
         return attach_peft(encoder, config)
-
-    def extra_positions(self, options: VirtualTokens) -> int:
-        """The soft tokens take positions before the input."""
-        return options.num_virtual_tokens
