@@ -1,10 +1,14 @@
 """Client updates are checked before aggregation; rejected ones leave the global state alone."""
 
 import json
+import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from helpers import run_argv
 from safetensors.torch import load_file
 
@@ -63,8 +67,9 @@ def test_rejected_updates_leave_the_global_state_untouched(
     assert all(torch.equal(kept[k], initial[k]) for k in kept)
 
 
-def _intake(like: dict[str, torch.Tensor]):
-    """An intake of round 1 for clients 4, 7 and 9, which were sent ``like`` (FedAvg, fp32)."""
+def _intake(like: dict[str, torch.Tensor], spec: str = "fp32"):
+    """An intake of round 1 for clients 4, 7 and 9, which were sent ``like`` (FedAvg, fp32
+    downloads); uploads use the codec ``spec``."""
     from fedpet.algorithms import Aggregate
     from fedpet.algorithms.fedavg import FedAvg
     from fedpet.codecs import get_codec
@@ -74,7 +79,8 @@ def _intake(like: dict[str, torch.Tensor]):
 
     algorithm, codec = FedAvg(AlgorithmOptions()), get_codec("fp32")
     downloads = Downloads(algorithm, codec, like, seed=0)
-    return Intake([4, 7, 9], algorithm, downloads, Aggregate(), codec, [UpdateChecks(None)])
+    up = get_codec(spec)
+    return Intake([4, 7, 9], algorithm, downloads, Aggregate(), up, [UpdateChecks(None)])
 
 
 def test_malformed_payloads_are_rejected_not_raised() -> None:
@@ -89,6 +95,85 @@ def test_malformed_payloads_are_rejected_not_raised() -> None:
     assert intake.counts.rejected == [{"client": 7, "attempt": 0, "reason": reason}]
     assert intake.accepted == [4] and torch.equal(intake.aggregate.mean()["a"], GOOD["a"])
     assert intake.counts.bytes_up == 2 * len(payload) - 4
+
+
+def _crafted(spec: str, change) -> bytes:
+    """An honest upload of ``spec`` for a state of one 300-value tensor, after ``change``."""
+    from fedpet.codecs import get_codec
+
+    payload = bytearray(get_codec(spec).encode({"w": torch.linspace(-1, 1, 300)}))
+    change(payload)
+    return bytes(payload)
+
+
+def _put(offset: int, value: bytes):
+    def change(payload: bytearray) -> None:
+        payload[offset : offset + len(value)] = value
+
+    return change
+
+
+NAN, INF, MINUS = (struct.pack("<f", x) for x in (float("nan"), float("inf"), -1.0))
+
+
+@pytest.mark.parametrize(
+    ("spec", "change", "reason"),
+    [
+        # top-k of 300 values keeps 30 as uint16 indices (ascending), then their values
+        ("topk:0.1", _put(58, struct.pack("<H", 300)), "not ascending, distinct and below 300"),
+        ("topk:0.1", _put(58, struct.pack("<H", 65535)), "not ascending, distinct and below"),
+        ("topk:0.1", _put(2, struct.pack("<H", 0)), "not ascending, distinct and below 300"),
+        ("topk:0.1", lambda p: p.__setitem__(slice(0, 4), p[2:4] + p[0:2]), "not ascending"),
+        ("int8", _put(0, NAN), "w: an int8 scale is negative, NaN or infinite"),
+        ("int8", _put(0, INF), "an int8 scale is negative, NaN or infinite"),
+        ("int8", _put(0, MINUS), "an int8 scale is negative, NaN or infinite"),
+        ("topk:0.1+int8", _put(60, NAN), "an int8 scale is negative, NaN or infinite"),
+    ],
+)
+def test_a_crafted_upload_is_rejected_with_why(spec: str, change, reason: str) -> None:
+    from fedpet.runtime.rounds import ClientReply
+
+    intake = _intake({"w": torch.zeros(300)}, spec)
+    assert intake.receive(4, ClientReply(_crafted(spec, lambda p: None), 10, 0.5))
+    assert not intake.receive(7, ClientReply(_crafted(spec, change), 10, 0.5))
+    assert intake.accepted == [4] and len(intake.counts.rejected) == 1
+    assert intake.counts.rejected[0]["reason"].startswith("malformed payload: w: ")
+    assert reason in intake.counts.rejected[0]["reason"]
+
+
+SPECS = ["fp32", "fp16", "bf16", "int8", "int8:row:sr", "topk:0.2", "topk:0.5+int8:row", "raises"]
+
+
+@pytest.fixture(scope="module")
+def _raising_codec():
+    """A registered value codec whose reader fails the way a buggy plugin's might."""
+    from fedpet.codecs import CODECS, Floats, register_codec
+
+    class Raises(Floats):
+        def unpack(self, buf: bytes, shape: tuple[int, ...]) -> torch.Tensor:
+            return super().unpack(buf, shape)[len(buf)]  # IndexError
+
+    register_codec("raises", Raises("fp32"))
+    yield
+    del CODECS["raises"]
+
+
+@given(spec=st.sampled_from(SPECS), seed=st.integers(0, 2**32 - 1))
+def test_random_bytes_of_the_right_length_never_raise_from_the_intake(
+    _raising_codec, spec: str, seed: int
+) -> None:
+    from fedpet.codecs import get_codec
+    from fedpet.runtime.rounds import ClientReply
+
+    like = {"a": torch.zeros(7, 5), "b": torch.zeros(300), "c": torch.zeros(1)}
+    size = sum(get_codec(spec).values.nbytes(tuple(t.shape)) for t in like.values())
+    payload = np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes()
+    intake = _intake(like, spec)
+    if intake.receive(9, ClientReply(payload, 3, 0.5)):  # random bytes can be a fair update
+        decoded = get_codec(spec).decode(payload, schema(like))
+        assert update_problem(decoded, schema(like), None) is None
+    else:  # malformed, or decoded to NaN or Inf
+        assert len(intake.counts.rejected) == 1 and intake.accepted == []
 
 
 class _Payload:

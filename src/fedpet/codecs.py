@@ -47,7 +47,10 @@ class Values(Protocol):
         ...
 
     def unpack(self, buf: bytes, shape: tuple[int, ...]) -> torch.Tensor:
-        """The fp32 tensor of ``shape`` read back from exactly :meth:`nbytes` bytes."""
+        """The fp32 tensor of ``shape`` read back from exactly :meth:`nbytes` bytes.
+
+        ValueError for bytes that :meth:`pack` could not have written.
+        """
         ...
 
 
@@ -119,6 +122,8 @@ class Int8:
         """Each value times its scale."""
         rows = _rows(shape, self.per_row)
         scale = torch.from_numpy(np.frombuffer(buf, dtype="<f4", count=rows).astype(np.float32))
+        if not bool((scale >= 0).all() and torch.isfinite(scale).all()):  # NaN fails >= 0
+            raise ValueError("an int8 scale is negative, NaN or infinite")
         q = torch.from_numpy(np.frombuffer(buf, dtype=np.int8, offset=4 * rows).copy())
         return (q.reshape(rows, -1).to(torch.float32) * scale[:, None]).reshape(shape)
 
@@ -157,11 +162,13 @@ class TopK:
         return wire + self.values.pack(flat[index], gen)
 
     def unpack(self, buf: bytes, shape: tuple[int, ...]) -> torch.Tensor:
-        """Zeros but at the kept indices."""
+        """Zeros but at the kept indices; ValueError unless they are as :meth:`pack` writes."""
         n = math.prod(shape)
         k = self.kept(n)
         kind = _index_type(n)
         index = torch.from_numpy(np.frombuffer(buf, dtype=kind, count=k).astype(np.int64))
+        if int(index[-1]) >= n or bool((index[1:] <= index[:-1]).any()):
+            raise ValueError(f"top-k indices are not ascending, distinct and below {n}")
         kept = self.values.unpack(buf[k * np.dtype(kind).itemsize :], (k,))
         out = torch.zeros(n)
         out[index] = kept
@@ -187,7 +194,8 @@ class Codec:
         """Split the payload by each tensor's size and read the tensors back, in schema order.
 
         Tensors travel sorted by name, so the order a state's dict happens to have never
-        matters.
+        matters. A payload is a client's word: ValueError (naming the tensor) for one that
+        the codec could not have written, whatever went wrong reading it.
         """
         shapes = dict(schema)
         sizes = {name: self.values.nbytes(shape) for name, shape in schema}
@@ -199,7 +207,11 @@ class Codec:
         read: TrainableState = {}
         offset = 0
         for name in sorted(shapes):
-            read[name] = self.values.unpack(payload[offset : offset + sizes[name]], shapes[name])
+            part = payload[offset : offset + sizes[name]]
+            try:
+                read[name] = self.values.unpack(part, shapes[name])
+            except Exception as exc:  # a registered codec's reader may raise anything
+                raise ValueError(f"{name}: {exc}") from None
             offset += sizes[name]
         return {name: read[name] for name in shapes}
 
