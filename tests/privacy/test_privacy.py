@@ -265,6 +265,7 @@ def test_dp_runs_release_no_statistic_of_single_clients(
 
 
 Z = ["--dp", "--dp-noise", "1"]
+DISTRIBUTED = ["--set", "privacy.noise=distributed", "--set", "privacy.sampling=fixed"]
 DP_ERRORS = [
     (["--dp"], "privacy.noise_multiplier = None is not allowed: a number >= 0, or set"),
     ([*Z, "--algorithm", "median"], "algorithm.name = 'median' is not allowed: one of fedavg"),
@@ -276,6 +277,9 @@ DP_ERRORS = [
      "privacy.accountant = 'pld' is not allowed: rdp with privacy.sampling fixed"),
     ([*Z, "--set", "privacy.noise=distributed"],
      "privacy.noise = 'distributed' is not allowed: central with Poisson sampling"),
+    *[([*Z, *DISTRIBUTED, "--codec-up", spec],
+       f"codec.up = '{spec}' is not allowed: fp32 with privacy.noise distributed")
+      for spec in ("int8", "bf16", "fp16")],
     ([*Z, "--set", "privacy.target_quantile=0.5"],
      "privacy.noise_multiplier = 1.0 is not allowed: below 2 x count_noise = 1 "),
     ([*Z, "--runtime", "flower-sim", "--secure-aggregation"],

@@ -41,6 +41,13 @@ def check_privacy(cfg: Config, algorithm: Algorithm) -> None:
         "central with Poisson sampling (a smaller cohort would add less noise than accounted); "
         "distributed needs privacy.sampling fixed",
     )
+    require(
+        p.noise == "central" or cfg.codec.up == "fp32",
+        "codec.up",
+        cfg.codec.up,
+        "fp32 with privacy.noise distributed (a lossy codec rounds the clipped, noised update "
+        "after the clip, so one client could move the sum by more than the noise covers)",
+    )
     if p.target_quantile is not None:
         require(p.noise == "central", "privacy.noise", p.noise, "central with adaptive clipping")
         sigma = count_noise(cfg)
