@@ -1,6 +1,9 @@
 """fedpet export / predict / evaluate: a run's model in its library's format, and back."""
 
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,7 +26,7 @@ def _run(model: Path, out: Path, method: str = "lora") -> Path:
 def _logits(loaded, texts: list[str]) -> torch.Tensor:
     batch = loaded.tokenizer(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
-        return loaded.model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        return loaded.model(batch["input_ids"], batch["attention_mask"])  # as predict does
 
 
 def test_a_lora_export_loads_with_peft_alone_and_gives_fedpets_logits(
@@ -59,19 +62,80 @@ def test_a_lora_export_loads_with_peft_alone_and_gives_fedpets_logits(
     torch.testing.assert_close(_logits(open_model(export), TEXTS), by_fedpet)
 
 
+FORMATS = {
+    "lora": "peft",
+    "prefix": "peft",
+    "prompt": "peft",
+    "ia3": "peft",
+    "adapter": "adapters",
+    "bitfit": "transformers",
+    "full": "transformers",
+}
+
+
+def _card_logits(export: Path, texts: list[str]) -> torch.Tensor:
+    """The logits of the model card's own recipe, run as written in a fresh interpreter."""
+    card = (export / "README.md").read_text()
+    [code] = re.findall(r"```python\n(.*?)```", card, re.S)
+    assert "texts = [" in code and "print(" in code
+    code = re.sub(r"texts = \[.*?\]\n", f"texts = {texts!r}\n", code)
+    code += "print(json.dumps(logits.tolist()))\n"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    )
+    return torch.tensor(json.loads(done.stdout.splitlines()[-1]))
+
+
 @pytest.mark.parametrize(
-    ("method", "kind"),
-    [("adapter", "adapters"), ("bitfit", "transformers"), ("prompt", "peft"), ("ia3", "peft")],
+    ("method", "family"),
+    [*((m, "bert") for m in FORMATS), ("lora", "gpt2"), ("prompt", "llama")],
 )
-def test_each_library_format_round_trips(
-    tiny_model_dir: Path, tmp_path: Path, method: str, kind: str
+def test_every_method_s_export_round_trips_and_its_card_s_recipe_gives_fedpet_s_logits(
+    tiny_model_dir: Path, tiny_decoder_dirs, tmp_path: Path, method: str, family: str
 ) -> None:
-    run = _run(tiny_model_dir, tmp_path / "run", method)
+    model = tiny_model_dir if family == "bert" else tiny_decoder_dirs[family]
+    run = _run(model, tmp_path / "run", method)
     export = tmp_path / "export"
     assert main(["export", str(run), "--out", str(export), "--round", "last"]) == 0
-    assert json.loads((export / "fedpet.json").read_text())["format"] == kind
+    meta = json.loads((export / "fedpet.json").read_text())
+    assert meta["format"] == FORMATS[method]
+    assert meta["pooling"] == ("mean" if family == "bert" else "last")
+    assert meta["leading_positions"] == (10 if method == "prompt" else 0)
+    files = {p.name for p in export.iterdir()}
+    assert not any(f.endswith((".bin", ".pt", ".pkl")) for f in files), files  # no pickles
     by_run = _logits(open_model(run, "last"), TEXTS)
     torch.testing.assert_close(_logits(open_model(export), TEXTS), by_run)
+    torch.testing.assert_close(_card_logits(export, TEXTS), by_run, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("damage", "says"),
+    [
+        (lambda e: (e / "head.safetensors").unlink(), "head.safetensors cannot be read"),
+        (lambda e: (e / "head.safetensors").write_text("x"), "head.safetensors cannot be read"),
+        (lambda e: (e / "adapter_model.safetensors").unlink(), "no adapter_model.safetensors"),
+        (lambda e: (e / "adapter_config.json").write_text("{"), "its peft encoder cannot be"),
+        (lambda e: _edit_labels(e, ["rotten", "fresh", "meh"]), "were the labels edited?"),
+        (lambda e: _edit_labels(e, "rf"), "fedpet.json cannot be read (ValueError: labels"),
+        (lambda e: (e / "tokenizer.json").unlink() or (e / "vocab.txt").unlink(), "tokenizer"),
+    ],
+)
+def test_a_damaged_export_is_refused_in_one_line(
+    tiny_model_dir: Path, tmp_path: Path, capsys, damage, says: str
+) -> None:
+    run = _run(tiny_model_dir, tmp_path / "run")
+    export = tmp_path / "export"
+    assert main(["export", str(run), "--out", str(export)]) == 0
+    damage(export)
+    capsys.readouterr()
+    assert main(["predict", str(export), "--text", "fine"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and says in err, err
+
+
+def _edit_labels(export: Path, labels) -> None:
+    meta = json.loads((export / "fedpet.json").read_text())
+    (export / "fedpet.json").write_text(json.dumps({**meta, "labels": labels}))
 
 
 def test_predict_and_evaluate(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from fedpet.config import Config
+from fedpet.config import Config, read_yaml
 from fedpet.configure import build_config, resolve
 from fedpet.errors import FedpetError
 from fedpet.experiment import Experiment
@@ -35,7 +34,7 @@ def config_from_run_config(run_config: Values, node_config: Values | None = None
     device resolves on that node (``auto``: the node's CUDA device if it has one).
     """
     text = str(run_config.get("fedpet", ""))
-    data = yaml.safe_load(text) if text.strip() else {}
+    data = read_yaml(text) if text.strip() else {}
     if not isinstance(data, dict):
         raise FedpetError("run config 'fedpet' must hold a fedpet config as YAML text")
     node = {"device": str(node_config["device"])} if node_config and "device" in node_config else {}

@@ -320,6 +320,12 @@ def build_model(
     need); None keeps the default.
     """
     path, config = load_encoder_config(cfg.model, cfg.train.dropout)
+    if getattr(config, "is_encoder_decoder", False):
+        raise FedpetError(
+            f"model = {cfg.model!r} is not allowed: it is an encoder-decoder "
+            f"({config.model_type}); fedpet tunes encoders (BERT, RoBERTa, ...) and decoders "
+            "(GPT-2, Llama, ...)"
+        )
     tokenizer = load_tokenizer(path)
     check_max_length(cfg, config, tokenizer)
     causal = cfg.data.objective == "generate"

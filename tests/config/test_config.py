@@ -60,6 +60,18 @@ def test_parse_override_reads_yaml_values() -> None:
         parse_override("no-equals-sign")
 
 
+def test_yes_no_on_and_off_are_words_and_only_true_and_false_booleans(tmp_path: Path) -> None:
+    cfg = build_config({}, [parse_override("data.options=[yes, no, on, Off, y, N]")])
+    assert cfg.data.options == ("yes", "no", "on", "Off", "y", "N")
+    assert build_config({}, [parse_override("train.group_by_length=true")]).train.group_by_length
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  options: [yes, no]\ntrain:\n  group_by_length: True\n")
+    from_file = build_config(load_yaml(path))
+    assert from_file.data.options == ("yes", "no") and from_file.train.group_by_length
+    with pytest.raises(FedpetError, match="train.group_by_length = 'yes': expected true or false"):
+        build_config({}, [parse_override("train.group_by_length=yes")])
+
+
 @pytest.mark.parametrize(
     "key,value,message",
     [

@@ -123,6 +123,26 @@ def test_a_generative_objective_on_an_encoder_is_refused(
     assert "is a bidirectional encoder; a generative task needs a decoder" in err
 
 
+def test_an_encoder_decoder_model_is_refused_in_one_line(
+    tiny_model_dir: Path, tmp_path: Path, capsys
+) -> None:
+    from transformers import AutoTokenizer, T5Config, T5Model
+
+    path = tmp_path / "tiny-t5"
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    config = T5Config(
+        vocab_size=tokenizer.vocab_size, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=2
+    )
+    T5Model(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    for objective in ("classify", "generate"):
+        flags = ("--set", f"data.objective={objective}")
+        assert one_round(path, tmp_path / objective, *flags) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1
+        assert "is not allowed: it is an encoder-decoder (t5)" in err
+
+
 def test_quantization_is_refused_without_cuda(tiny_decoder_dirs, capsys) -> None:
     from helpers import refusal
 

@@ -11,6 +11,7 @@ from fedpet.config.parse import (
     load_yaml,
     parse,
     parse_override,
+    read_yaml,
     to_dict,
     with_overrides,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "option",
     "parse",
     "parse_override",
+    "read_yaml",
     "rule_of",
     "to_dict",
     "with_overrides",

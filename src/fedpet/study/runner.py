@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from fedpet.config import to_dict
+from fedpet.config import read_yaml, to_dict
 from fedpet.errors import FedpetError
 from fedpet.launch import resume_run, run_config, start_run
 from fedpet.model import Backbones
@@ -27,7 +27,7 @@ def claim(out: Path, study: Study) -> None:
     text = yaml.safe_dump(study.to_dict(), sort_keys=False)
     saved = out / STUDY_FILE
     if saved.exists():
-        if yaml.safe_load(saved.read_text(encoding="utf-8")) != yaml.safe_load(text):
+        if read_yaml(saved.read_text(encoding="utf-8")) != read_yaml(text):
             raise FedpetError(
                 f"{out} holds a different study; give the same study to continue it, "
                 "or another --out"
@@ -102,7 +102,7 @@ def report(path: Path) -> list[str]:
     """
     written = write_leakage(path)
     if (path / STUDY_FILE).exists():
-        study = parse_study(yaml.safe_load((path / STUDY_FILE).read_text()), str(path))
+        study = parse_study(read_yaml((path / STUDY_FILE).read_text()), str(path))
         return write_report(path, entries(path, plan(study))) + written
     if (path / "config.yaml").exists() and (path / "metrics.jsonl").exists():
         run = PlannedRun(path.name, {}, run_config(path))

@@ -27,9 +27,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from fedpet.config import Config, load_yaml
+from fedpet.config import Config, load_yaml, read_yaml
 from fedpet.configure import build_config, resolve
 from fedpet.errors import FedpetError
 
@@ -93,7 +91,7 @@ def preset_text(name: str) -> str:
 def load_study(path: str | Path | None = None, preset: str | None = None) -> Study:
     """Read a study file, or a packaged preset by name."""
     if preset is not None:
-        return parse_study(yaml.safe_load(preset_text(preset)), f"preset {preset}")
+        return parse_study(read_yaml(preset_text(preset)), f"preset {preset}")
     if path is None:
         raise FedpetError("give a study file (--config study.yaml) or --preset NAME")
     return parse_study(load_yaml(path), str(path))
