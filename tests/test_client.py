@@ -113,3 +113,21 @@ def test_max_steps_caps_a_client_s_local_steps(tiny_config) -> None:
     training.report = lambda done, total: steps.append(done)
     result = training.run()
     assert result.steps == 3 and steps == [1, 2, 3]  # 40 examples of 8: 5 a epoch uncapped
+    assert (result.seen, result.num_examples) == (24, 40)  # trained on 3 x 8; weighs 40
+
+
+def test_a_capped_run_counts_the_examples_its_steps_saw(tiny_model_dir, tmp_path) -> None:
+    import json
+
+    from helpers import run_argv
+
+    from fedpet.cli import main
+
+    # 4 clients of 16 examples, 2 a round, 2 epochs of batches of 8: 4 steps, capped at 1
+    out = tmp_path / "capped"
+    flags = ("--batch-size", "8", "--set", "train.local_epochs=2", "--set", "train.max_steps=1")
+    assert main(run_argv(tiny_model_dir, out, *flags)) == 0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["examples"] for r in rows] == [2 * 8, 2 * 8]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["train_examples_seen"] == 2 * 2 * 8  # not 2 rounds x 2 x 16 x 2 epochs

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import run_argv
 from hypothesis import given
 from hypothesis import strategies as st
-from helpers import run_argv
 from safetensors.torch import load_file
 
 from fedpet.cli import main
@@ -80,7 +80,8 @@ def _intake(like: dict[str, torch.Tensor], spec: str = "fp32"):
     algorithm, codec = FedAvg(AlgorithmOptions()), get_codec("fp32")
     downloads = Downloads(algorithm, codec, like, seed=0)
     up = get_codec(spec)
-    return Intake([4, 7, 9], algorithm, downloads, Aggregate(), up, [UpdateChecks(None)])
+    sizes = [10] * 10
+    return Intake([4, 7, 9], sizes, algorithm, downloads, Aggregate(), up, [UpdateChecks(None)])
 
 
 def test_malformed_payloads_are_rejected_not_raised() -> None:
@@ -169,7 +170,7 @@ def test_random_bytes_of_the_right_length_never_raise_from_the_intake(
     size = sum(get_codec(spec).values.nbytes(tuple(t.shape)) for t in like.values())
     payload = np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes()
     intake = _intake(like, spec)
-    if intake.receive(9, ClientReply(payload, 3, 0.5)):  # random bytes can be a fair update
+    if intake.receive(9, ClientReply(payload, 10, 0.5)):  # random bytes can be a fair update
         decoded = get_codec(spec).decode(payload, schema(like))
         assert update_problem(decoded, schema(like), None) is None
     else:  # malformed, or decoded to NaN or Inf

@@ -32,12 +32,18 @@ from fedpet.state import TrainableState, extract
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What one client's local training produced."""
+    """What one client's local training produced.
+
+    ``num_examples`` is the client's partition size (its FedAvg weight), ``seen`` the
+    examples its steps trained on, every epoch's (fewer under ``train.max_steps``), and
+    ``loss`` their mean task loss.
+    """
 
     state: TrainableState
     num_examples: int
     loss: float
     steps: int
+    seen: int
 
 
 def make_optimizer(
@@ -199,7 +205,7 @@ class LocalTraining:
         self.seen = 0
         loss = sum(self.run_epoch() for _ in range(self.epoch, self.epochs))
         mean = loss / max(1, self.seen)
-        return TrainResult(extract(self.params), len(self.indices), mean, self.steps)
+        return TrainResult(extract(self.params), len(self.indices), mean, self.steps, self.seen)
 
     def snapshot(self) -> tuple[TrainableState, dict[str, Any]]:
         """Tensors (optimizer state, torch RNGs) and JSON data (the rest) to restore from.

@@ -68,7 +68,7 @@ def test_yes_no_on_and_off_are_words_and_only_true_and_false_booleans(tmp_path: 
     path.write_text("data:\n  options: [yes, no]\ntrain:\n  group_by_length: True\n")
     from_file = build_config(load_yaml(path))
     assert from_file.data.options == ("yes", "no") and from_file.train.group_by_length
-    with pytest.raises(FedpetError, match="train.group_by_length = 'yes': expected true or false"):
+    with pytest.raises(FedpetError, match=r"train.group_by_length = 'yes': expected true or false"):
         build_config({}, [parse_override("train.group_by_length=yes")])
 
 

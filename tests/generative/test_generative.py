@@ -14,8 +14,8 @@ from fedpet.cli import main
 from fedpet.client import batch_loss
 from fedpet.data.batching import Encoded, collate
 from fedpet.data.splits import Split
-from fedpet.generative.lm import CausalLM
 from fedpet.errors import FedpetError
+from fedpet.generative.lm import CausalLM
 from fedpet.generative.prompts import (
     answer_ids,
     encode_generative,

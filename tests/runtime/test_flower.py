@@ -109,12 +109,34 @@ def test_malformed_replies_are_refused() -> None:
         content = RecordDict({"arrays": to_record(b"\0" * 8), "metrics": MetricRecord(metrics)})
         return _message(content)
 
-    good = parse_reply(reply({"num-examples": 12, "loss": 0.5}))
-    assert (good.payload, good.num_examples, good.loss) == (b"\0" * 8, 12, 0.5)
+    good = parse_reply(reply({"num-examples": 12, "loss": 0.5, "examples-seen": 8}))
+    assert (good.payload, good.num_examples, good.loss, good.seen) == (b"\0" * 8, 12, 0.5, 8)
     with pytest.raises(ValueError, match="num-examples 0 is not a positive integer"):
-        parse_reply(reply({"num-examples": 0, "loss": 0.5}))
+        parse_reply(reply({"num-examples": 0, "loss": 0.5, "examples-seen": 8}))
+    with pytest.raises(ValueError, match="examples-seen -1 is not a natural number"):
+        parse_reply(reply({"num-examples": 2, "loss": 0.5, "examples-seen": -1}))
     with pytest.raises(KeyError):
-        parse_reply(reply({"loss": 0.5}))
+        parse_reply(reply({"loss": 0.5, "examples-seen": 8}))
+
+
+def test_a_client_s_claimed_weight_must_be_its_partition_s_size() -> None:
+    from test_validation import GOOD, _intake
+
+    from fedpet.codecs import get_codec
+    from fedpet.runtime.rounds import ClientReply
+
+    intake = _intake({n: torch.zeros_like(t) for n, t in GOOD.items()})  # partitions of 10
+    payload = get_codec("fp32").encode(GOOD)
+    assert intake.receive(4, ClientReply(payload, 10, 0.5, 10))
+    assert not intake.receive(7, ClientReply(payload, 1000, 0.5, 10))  # to outweigh the rest
+    assert not intake.receive(9, ClientReply(payload, 10, 0.5, 11))  # one epoch of 10
+    reasons = [r["reason"] for r in intake.counts.rejected]
+    assert reasons == [
+        "claims 1000 examples, its partition holds 10",
+        "claims to have trained on 11 examples, more than its 10 x 1 local epochs",
+    ]
+    assert intake.accepted == [4] and intake.aggregate.total_weight == 10
+    assert intake.counts.examples == 10  # a refused claim counts nothing
 
 
 @pytest.mark.integration
@@ -198,11 +220,11 @@ def test_under_dp_a_flower_client_sends_its_update_alone(tiny_config) -> None:
     assert dict(private.content.metric_records["metrics"]) == {}
     assert parse_reply(private, private=True).num_examples is None
     plain = train_reply(tiny_config(), ask(tiny_config()))
-    assert set(plain.content.metric_records["metrics"]) == {"num-examples", "loss"}
+    assert set(plain.content.metric_records["metrics"]) == {"num-examples", "loss", "examples-seen"}
     # a secure round's reply: the masked values, and no unmasked statistics under DP
     msg = ask(dp)
     res = recorddict_compat.recorddict_to_fitres(
-        masked_reply(msg, {"w": torch.ones(3)}, None, None, 1).content, keep_input=False
+        masked_reply(msg, {"w": torch.ones(3)}, None, None, None, 1).content, keep_input=False
     )
     assert res.metrics == {} and res.num_examples == 1
 
@@ -231,10 +253,12 @@ class _StartingGrid:
     answers a question ``latency`` seconds after it was asked (a SuperNode starts its
     ClientApp first), with an error if it was asked before its ClientApp had ``started``."""
 
-    def __init__(self, nodes: int, registered: float, started: float, latency: float) -> None:
+    def __init__(
+        self, nodes: int, registered: float, started: float, latency: float, claims=None
+    ) -> None:
         import time as clock
 
-        self.clock, self.nodes = clock, nodes
+        self.clock, self.nodes, self.claims = clock, nodes, claims or {}
         self.registered, self.started, self.latency = registered, started, latency
         self.t0 = clock.monotonic()
         self.sent: dict = {}
@@ -262,7 +286,8 @@ class _StartingGrid:
             if at - self.t0 < self.started:
                 replies.append(Message(Error(0, "ClientApp still starting"), reply_to=message))
                 continue
-            client = message.metadata.dst_node_id - 1
+            node = message.metadata.dst_node_id
+            client = self.claims.get(node, node - 1)
             content = RecordDict({"metrics": MetricRecord({"partition-id": client})})
             replies.append(Message(content, reply_to=message))
         return replies
@@ -300,3 +325,34 @@ def test_the_server_waits_for_every_client_s_node_to_answer(
     late.discover(slow, patience=0.0)  # type: ignore[arg-type]
     assert late.nodes == {} and len(slow.sent) == 4
     assert clock.monotonic() - start < QUERY_TIMEOUT + 1.0
+
+
+def test_out_of_range_and_duplicate_client_claims_are_refused_and_logged(
+    tiny_config, tmp_path: Path, monkeypatch, caplog
+) -> None:
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedpet.experiment import prepare
+    from fedpet.rundir import RunDir
+    from fedpet.runtime.flower import FedpetStrategy
+    from fedpet.runtime.recorder import Recorder
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 0)
+    exp = prepare(tiny_config())  # clients 0 to 3
+    strategy = FedpetStrategy(exp, Recorder(exp, RunDir(tmp_path / "run")))
+    # nodes 1 to 3 hold clients 0 to 2; node 4 claims client 9, node 5 client 1 (node 2's),
+    # node 6 claims -1 (no partition-id set); client 3 is nobody's
+    grid = _StartingGrid(6, 0.0, 0.0, 0.0, claims={4: 9, 5: 1, 6: -1})
+    with caplog.at_level("WARNING", logger="fedpet"):
+        strategy.discover(grid, patience=1.0)  # type: ignore[arg-type]
+    assert strategy.nodes == {0: 1, 1: 2, 2: 3}  # not counted as every client mapped
+    assert strategy.refused == {4, 5, 6}
+    said = [r.getMessage() for r in caplog.records]
+    assert "fedpet: node 4 refused: partition-id 9 is not a client of this run (0 to 3)" in said
+    assert "fedpet: node 5 refused: client 1 is already held by node 2" in said
+    assert "fedpet: node 6 refused: partition-id -1 is not a client of this run (0 to 3)" in said
+    asked = len(grid.sent)
+    strategy.discover(grid, patience=0.0)  # type: ignore[arg-type]
+    assert len(grid.sent) == asked  # a refused node is not asked again

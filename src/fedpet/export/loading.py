@@ -108,7 +108,7 @@ def open_run(path: Path, round_: str) -> Loaded:
         model, tokenizer = build_model(cfg, len(labels))
     algorithm = get_algorithm(cfg.algorithm)
     params = {n: p for n, p in trainable_parameters(model).items() if algorithm.trainable(n)}
-    if dict(schema(state)) != dict(schema(params)):
+    if dict(schema(state)) != {n: tuple(p.shape) for n, p in params.items()}:
         raise FedpetError(
             f"run directory {str(path)!r}: its checkpoint does not fit the model that "
             f"config.yaml and the {len(labels)} labels of partition.json describe; were they "

@@ -44,11 +44,11 @@ def run_centralized(exp: Experiment, recorder: Recorder, resume: Checkpoint | No
         session.restore(resume.tensors["trainer"], resume.state["trainer"])
         recorder.restore(resume)
     while session.epoch < cfg.train.epochs:
-        start = time.perf_counter()
+        start, before = time.perf_counter(), session.seen
         loss = session.run_epoch()
         record = RoundRecord(
             round=session.epoch,
-            counts=RoundCounts(examples=len(indices), trained=len(indices), loss_sum=loss),
+            counts=RoundCounts(examples=session.seen - before, loss_sum=loss),
             train_seconds=time.perf_counter() - start,
             clients=[0],
             aggregated=1,

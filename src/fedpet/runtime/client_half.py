@@ -30,12 +30,16 @@ Tamper = Callable[[TrainableState], TrainableState]
 
 @dataclass(frozen=True)
 class Trained:
-    """A client's local training: its update, examples, mean loss and new algorithm state."""
+    """A client's local training: its update, weight, mean loss and new algorithm state.
+
+    ``seen`` is the examples its steps trained on, every epoch's.
+    """
 
     update: TrainableState
     num_examples: int
     loss: float
     state: TrainableState
+    seen: int
 
 
 def split_memory(saved: TrainableState, stages: list[Stage]) -> dict[str, TrainableState]:
@@ -126,7 +130,7 @@ class ClientHalf:
         update, new_state = self.algorithm.client_update(
             received, mine, state, trained.steps, exp.learning_rates, trained.num_examples
         )
-        return Trained(update, trained.num_examples, trained.loss, new_state)
+        return Trained(update, trained.num_examples, trained.loss, new_state, trained.seen)
 
     def prepare(
         self, update: TrainableState, round_: int, client: int, memory: dict[str, TrainableState]
@@ -139,10 +143,14 @@ class ClientHalf:
             sides.append(side)
         return update, sides
 
-    def stats(self, trained: Trained) -> tuple[int | None, float | None]:
-        """What the client reports besides its update: examples and loss, unless withheld."""
-        withheld = withholds_stats(self.stages)
-        return (None, None) if withheld else (trained.num_examples, trained.loss)
+    def stats(self, trained: Trained) -> tuple[int | None, float | None, int | None]:
+        """What the client reports besides its update, unless withheld.
+
+        Its weight (the partition size), its mean loss and the examples its steps saw.
+        """
+        if withholds_stats(self.stages):
+            return None, None, None
+        return trained.num_examples, trained.loss, trained.seen
 
     def run(
         self,

@@ -27,15 +27,14 @@ def counter(metric: str | None, total: str | None, private: bool = False) -> Any
 class RoundCounts:
     """What a round (all its attempts) moved, trained and lost.
 
-    ``examples`` counts every local epoch's examples, ``trained`` each client's examples
-    once (the weights of the mean ``loss_sum / trained``); ``failed``, ``late`` and
+    ``examples`` counts the examples local training saw, every epoch's (the weights of the
+    mean ``loss_sum / examples``); ``failed``, ``late`` and
     ``rejected`` list the clients whose update was lost, each with its attempt and reason.
     """
 
     bytes_up: int = counter("bytes_up", "bytes_up_total")
     bytes_down: int = counter("bytes_down", "bytes_down_total")
     examples: int = counter("examples", "train_examples_seen", private=True)
-    trained: int = counter(None, None)
     loss_sum: float = counter(None, None)
     failed: list[dict[str, object]] = field(
         default_factory=list, metadata=shown("failed", "clients_failed")
@@ -55,7 +54,7 @@ class RoundCounts:
     @property
     def train_loss(self) -> float | None:
         """The clients' mean training loss, weighted by their examples; None if none trained."""
-        return self.loss_sum / self.trained if self.trained else None
+        return self.loss_sum / self.examples if self.examples else None
 
     def metrics(self, private: bool) -> dict[str, Any]:
         """The counters as ``metrics.jsonl`` logs them, with the mean training loss.

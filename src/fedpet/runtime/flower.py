@@ -48,6 +48,7 @@ from fedpet.runtime.server_half import ServerHalf
 from fedpet.state import schema
 
 PAYLOAD = "payload"
+LOG = logging.getLogger("fedpet")
 QUERY_TIMEOUT = 2.0
 """Seconds a later round waits for new nodes to say which client they hold."""
 _CLIENTS: dict[str, ClientHalf] = {}  # per process: the backbone and data, loaded once
@@ -74,24 +75,29 @@ def parse_reply(reply: Message, private: bool = False) -> ClientReply:
     """A client's train reply as a :class:`ClientReply`; ValueError or KeyError if malformed.
 
     The example count is the client's claim: it weights FedAvg (the robust algorithms
-    ignore it), so it must be a positive integer. Under DP (``private``) a reply is its
-    update alone, and anything else it carries is ignored.
+    ignore it), so it must be a positive integer (the intake checks it against the
+    partition's size), as the count of examples trained on must be a natural number. Under
+    DP (``private``) a reply is its update alone, and anything else it carries is ignored.
     """
     payload = from_record(reply.content.array_records["arrays"])
     if private:
         return ClientReply(payload)
     metrics = reply.content.metric_records["metrics"]
     examples, loss = number(metrics["num-examples"]), number(metrics["loss"])
+    seen = number(metrics["examples-seen"])
     if examples < 1 or not examples.is_integer():
         raise ValueError(f"num-examples {examples:g} is not a positive integer")
-    return ClientReply(payload, int(examples), loss)
+    if seen < 0 or not seen.is_integer():
+        raise ValueError(f"examples-seen {seen:g} is not a natural number")
+    return ClientReply(payload, int(examples), loss, int(seen))
 
 
 def reply_metrics(reply: ClientReply) -> MetricRecord:
     """The statistics a reply carries beside its payload (none under DP)."""
-    if reply.num_examples is None or reply.loss is None:
+    if reply.num_examples is None or reply.loss is None or reply.seen is None:
         return MetricRecord({})
-    return MetricRecord({"num-examples": reply.num_examples, "loss": reply.loss})
+    stats: dict[str, int | float] = {"num-examples": reply.num_examples, "loss": reply.loss}
+    return MetricRecord({**stats, "examples-seen": reply.seen})
 
 
 def cached_client(cfg: Config) -> ClientHalf:
@@ -165,6 +171,7 @@ class FedpetStrategy(Strategy):
         self.nodes: dict[int, int] = {}
         self.waited = False
         self.unresponsive: set[int] = set()
+        self.refused: set[int] = set()  # nodes whose claim was refused: never asked again
         self.sent: dict[int, int] = {}
         self.intake: Intake | None = None
 
@@ -176,13 +183,15 @@ class FedpetStrategy(Strategy):
         again when it answers with an error; a question not answered yet stays open (a
         SuperNode's first answer waits for its ClientApp to start). With no patience, the
         nodes not mapped yet are asked once and given :data:`QUERY_TIMEOUT` seconds. A node
-        that stopped answering during training is not asked again.
+        that stopped answering during training is not asked again, nor is one whose claim
+        was refused (see :meth:`claim`).
         """
         deadline = time.monotonic() + max(patience, QUERY_TIMEOUT)
         asked: dict[str, int] = {}  # open question (message id) -> node
         again = True
         while len(self.nodes) < len(self.exp.clients):
-            known = set(self.nodes.values()) | self.unresponsive | set(asked.values())
+            known = set(self.nodes.values()) | self.unresponsive | self.refused
+            known |= set(asked.values())
             for node in grid.get_node_ids() if again else ():
                 if node not in known:
                     query = Message(content=RecordDict(), dst_node_id=node, message_type="query")
@@ -191,11 +200,31 @@ class FedpetStrategy(Strategy):
             for reply in grid.pull_messages(list(asked)):
                 node = asked.pop(reply.metadata.reply_to_message_id)
                 if not reply.has_error():  # (an error: still starting; asked again)
-                    partition = number(reply.content.metric_records["metrics"]["partition-id"])
-                    self.nodes[int(partition)] = node
+                    self.claim(node, reply)
             if time.monotonic() >= deadline or not (asked or again):
                 return
             time.sleep(0.2)
+
+    def claim(self, node: int, reply: Message) -> None:
+        """Map ``node`` to the client it says it holds, unless that cannot be so.
+
+        A node's ``partition-id`` is its own word. A claim outside the federation's clients,
+        or of a client another node already holds (the first claim stands), is refused: the
+        node is logged and never routed to.
+        """
+        n = len(self.exp.clients)
+        try:
+            k = number(reply.content.metric_records["metrics"]["partition-id"])
+            if not (k.is_integer() and 0 <= k < n):
+                raise ValueError(f"partition-id {k:g} is not a client of this run (0 to {n - 1})")
+            if int(k) in self.nodes:
+                raise ValueError(f"client {int(k)} is already held by node {self.nodes[int(k)]}")
+        except (KeyError, TypeError, ValueError) as exc:
+            why = str(exc) if isinstance(exc, ValueError) else "its answer has no partition-id"
+            self.refused.add(node)
+            LOG.warning("fedpet: node %d refused: %s", node, why)
+            return
+        self.nodes[int(k)] = node
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -256,8 +285,8 @@ class FedpetStrategy(Strategy):
         summed, weight = [], 0.0
         for node, k in targets.items():
             if node in outcome.replies:
-                examples, loss = outcome.replies[node]
-                intake.count(examples, loss)
+                examples, loss, seen = outcome.replies[node]
+                intake.count(examples, loss, seen)
                 summed.append(k)
                 weight += secure_weight(stages, examples)
             elif node in outcome.silent:

@@ -101,13 +101,16 @@ class Downloads:
 class ClientReply:
     """What a client sends back: its encoded update and how much it trained on.
 
-    Under a stage that withholds them (DP) the reply is the update alone: the example count
-    and the training loss are statistics of the client's data that no noise covers.
+    ``num_examples`` is its partition size, the FedAvg weight; ``seen`` the examples its
+    local steps trained on (fewer under ``train.max_steps``), and ``loss`` their mean. Under
+    a stage that withholds them (DP) the reply is the update alone: these are statistics of
+    the client's data that no noise covers.
     """
 
     payload: bytes
     num_examples: int | None = None
     loss: float | None = None
+    seen: int | None = None
 
 
 @dataclass
@@ -116,9 +119,12 @@ class Intake:
 
     ``received`` is what the server sent, before each client's view of it was cut; each
     decoded update goes through the ``stages``' server halves before it is aggregated.
+    ``sizes`` holds every client's partition size: a reply's example count is the client's
+    claim, checked against it.
     """
 
     clients: list[int]
+    sizes: list[int]
     algorithm: Algorithm
     downloads: Downloads
     aggregate: Aggregate
@@ -150,7 +156,11 @@ class Intake:
         """
         self._heard()
         self.counts.bytes_up += len(reply.payload)
-        self.count(reply.num_examples, reply.loss)
+        claim = self.claim_problem(client, reply)
+        if claim is not None:
+            self.lose("rejected", client, claim)
+            return False
+        self.count(reply.num_examples, reply.loss, reply.seen)
         view = self.algorithm.client_view(self.received, client)
         arrival = Arrival(client, schema(view))
         weight = None if reply.num_examples is None else float(reply.num_examples)
@@ -171,16 +181,31 @@ class Intake:
             self.lora.add(pad(add(view, update), self.received), weight)
         return True
 
-    def count(self, num_examples: int | None, loss: float | None) -> None:
-        """Count a client's training: its examples (per epoch) and its mean loss.
+    def claim_problem(self, client: int, reply: ClientReply) -> str | None:
+        """Why the counts a reply claims cannot be so, or None.
+
+        The server knows the client's partition size: the weight must be it, and the
+        examples trained on at most it times the local epochs.
+        """
+        size, claimed, seen = self.sizes[client], reply.num_examples, reply.seen
+        if claimed is not None and claimed != size:
+            return f"claims {claimed} examples, its partition holds {size}"
+        if seen is not None and not 0 <= seen <= size * self.local_epochs:
+            return (
+                f"claims to have trained on {seen} examples, more than its {size} x "
+                f"{self.local_epochs} local epochs"
+            )
+        return None
+
+    def count(self, num_examples: int | None, loss: float | None, seen: int | None) -> None:
+        """Count a client's training: the examples its steps saw, and their mean loss.
 
         A reply without them (under DP) counts nothing.
         """
-        if num_examples is None or loss is None:
+        if num_examples is None or loss is None or seen is None:
             return
-        self.counts.examples += num_examples * self.local_epochs
-        self.counts.trained += num_examples
-        self.counts.loss_sum += loss * num_examples
+        self.counts.examples += seen
+        self.counts.loss_sum += loss * seen
 
     def receive_mean(self, clients: list[int], mean: TrainableState | None, weight: float) -> None:
         """Aggregate the weighted mean update of ``clients`` (secure aggregation's output).

@@ -74,18 +74,20 @@ def masked_reply(
     update: TrainableState,
     examples: int | None,
     loss: float | None,
+    seen: int | None,
     weight: int,
 ) -> Message:
     """The client's update in the form the SecAgg+ mod masks (it replaces the values).
 
     The mod scales the update by ``weight`` (the example count, or 1 under DP) before
-    masking; the example count and loss travel unmasked as metrics, so under DP they are
-    None and the reply carries neither (see :func:`~fedpet.runtime.rounds.client_stats`).
+    masking; the example count, loss and examples trained on travel unmasked as metrics, so
+    under DP they are None and the reply carries none of them
+    (:meth:`~fedpet.runtime.client_half.ClientHalf.stats`).
     """
     arrays = [t.detach().to(torch.float32).numpy() for t in update.values()]
     metrics: dict[str, Scalar] = {}
-    if examples is not None and loss is not None:
-        metrics = {"loss": loss, "examples": examples}
+    if examples is not None and loss is not None and seen is not None:
+        metrics = {"loss": loss, "examples": examples, "seen": seen}
     res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), weight, metrics)
     return Message(content=compat.fitres_to_recorddict(res, keep_input=False), reply_to=msg)
 
@@ -164,10 +166,11 @@ class SecureOutcome:
     """The weighted mean update of the clients in ``replies``; None if unmasking failed.
 
     The weights are example counts, or 1 under DP."""
-    replies: dict[int, tuple[int | None, float | None]] = field(default_factory=dict)
-    """Node id -> (examples, mean loss) of each client whose masked update is in the sum.
+    replies: dict[int, tuple[int | None, float | None, int | None]] = field(default_factory=dict)
+    """Node id -> (examples, mean loss, examples trained on) of each client whose masked
+    update is in the sum.
 
-    Both are None for a client that sent neither (under DP)."""
+    All are None for a client that sent none of them (under DP)."""
     silent: set[int] = field(default_factory=set)
     bytes_up: int = 0
     bytes_down: int = 0
@@ -214,12 +217,10 @@ def secure_round(
         bytes_down=counting.bytes_down,
     )
     for proxy, res in cohort.results:
-        loss, examples = res.metrics.get("loss"), res.metrics.get("examples")
-        stats = (
-            (int(cast(int, examples)), float(cast(float, loss)))
-            if examples is not None and loss is not None
-            else (None, None)
-        )
+        loss, examples, seen = (res.metrics.get(k) for k in ("loss", "examples", "seen"))
+        stats: tuple[int | None, float | None, int | None] = (None, None, None)
+        if examples is not None and loss is not None and seen is not None:
+            stats = (int(cast(int, examples)), float(cast(float, loss)), int(cast(int, seen)))
         outcome.replies[int(proxy.node_id)] = stats
     return outcome
 

@@ -102,6 +102,7 @@ class ServerHalf:
         seed = derive_seed(cfg.seed, "codec-down", round_, attempt)
         return Intake(
             cohort.tolist(),
+            [len(c) for c in exp.clients],
             self.algorithm,
             Downloads(self.algorithm, self.down, sent, seed),
             Aggregate(keep_updates=self.algorithm.keeps_updates, population=len(exp.clients)),
