@@ -16,6 +16,7 @@ from fedpet.errors import FedpetError
 from fedpet.experiment import Experiment, prepare
 from fedpet.memory import map_large_blocks, reset_peak
 from fedpet.model import Backbones
+from fedpet.privacy.release import released_partition
 from fedpet.progress import RunDisplay, RunStart, Watcher, Watchers
 from fedpet.rundir import (
     Checkpoint,
@@ -60,9 +61,10 @@ def start_run(
     run.write_config(exp.cfg)  # with what the data decided (the natural partition's clients)
     info = get_algorithm(cfg.algorithm).client_info
     report = describe_partition(exp.task, exp.clients, cfg, info)
-    run.write_json("partition.json", report)
-    with storage_errors(out):
-        plot_partition(report, out)
+    run.write_json("partition.json", released_partition(cfg, report))
+    if not cfg.privacy.enabled:  # the plots show every client's size and labels
+        with storage_errors(out):
+            plot_partition(report, out)
     return train(exp, out, runner=runner, watchers=watchers)
 
 

@@ -245,6 +245,24 @@ def _fault_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     return [(label, f"{s[key]:,}") for key, label in FAULTS.items() if s.get(key)]
 
 
+TIMES = {"train_seconds": "train time", "wall_seconds": "wall time"}
+"""The run's times, which a DP run withholds (they add up what its cohorts held)."""
+
+
+def _bytes_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
+    """The bytes sent in all; under DP (totals withheld), one client's payload instead."""
+    if "bytes_up_total" in s:
+        return [
+            ("bytes up (total)", _mb(s["bytes_up_total"])),
+            ("bytes down (total)", _mb(s["bytes_down_total"])),
+        ]
+    return [
+        ("bytes up (per client)", _mb(s["bytes_per_client_up"])),
+        ("bytes down (per client)", _mb(s["bytes_per_client_down"])),
+        ("epsilon", f"{s['epsilon']:.2f} ({s['dp_randomness']})"),
+    ]
+
+
 GENERATIVE = ("perplexity", "token_accuracy", "exact_match")
 """The test figures of a generative run the summary table shows."""
 
@@ -262,16 +280,14 @@ def print_summary(s: dict[str, Any]) -> None:
         *([("test macro-F1", f"{s['test_macro_f1']:.4f}")] if s.get("test_macro_f1") else []),
         *[(f"test {k}", f"{s[f'test_{k}']:.4f}") for k in GENERATIVE if f"test_{k}" in s],
         ("trainable / total params", f"{s['trainable_params']:,} / {s['total_params']:,}"),
-        ("bytes up (total)", _mb(s["bytes_up_total"])),
-        ("bytes down (total)", _mb(s["bytes_down_total"])),
+        *_bytes_rows(s),
         *(
             [("train examples seen", f"{s['train_examples_seen']:,}")]
             if "train_examples_seen" in s
             else []
         ),
         *_fault_rows(s),
-        ("train time", f"{s['train_seconds']:.1f} s"),
-        ("wall time", f"{s['wall_seconds']:.1f} s"),
+        *[(label, f"{s[key]:.1f} s") for key, label in TIMES.items() if key in s],
         ("peak RSS", f"{s['peak_rss_mb']:.0f} MB"),
         *([("peak GPU memory", f"{s['peak_gpu_mb']:.0f} MB")] if "peak_gpu_mb" in s else []),
     ]

@@ -77,6 +77,21 @@ def test_lora_aware_algorithms_codecs_and_dp_run_on_a_decoder_as_on_an_encoder(
     assert not same(sent, state(plain))
 
 
+def test_dp_on_a_decoder_adds_noise_of_the_stated_std(
+    tiny_decoder_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    # one round, cohorts and clipping drawn alike (the run seed): the states differ by the
+    # noise alone, std z C / m on the mean of m = 2 expected clients
+    dp = ("--dp", "--dp-clip", "0.1", "--set", "privacy.reproducible=true")
+    runs = {z: tmp_path / f"z{z}" for z in ("0", "0.5")}
+    for z, out in runs.items():
+        assert main(argv(tiny_decoder_dirs["gpt2"], out, *dp, "--dp-noise", z, rounds=1)) == 0
+    clipped, noised = state(runs["0"]), state(runs["0.5"])
+    noise = torch.cat([(noised[k] - clipped[k]).flatten() for k in noised])
+    assert noise.numel() > 1000
+    assert abs(float(noise.std()) / (0.5 * 0.1 / 2) - 1) < 0.1
+
+
 @pytest.mark.integration
 def test_flower_sim_equals_the_in_process_runtime_and_secure_aggregation_its_sum(
     tiny_decoder_dirs: dict[str, Path], tmp_path: Path

@@ -106,6 +106,17 @@ def _dp_run(model: Path, out: Path, *flags: str) -> tuple[list[dict], dict]:
     return rows, json.loads((out / "summary.json").read_text())
 
 
+SEEDED = ("--set", "privacy.reproducible=true")
+"""DP drawn from the run seed, so that a test can know each round's cohort (not private)."""
+
+
+def _cohort_sizes(rounds: int) -> list[int]:
+    """The Poisson cohorts of a seeded :func:`_dp_run` (seed 2, 4 of 8 a round), by round."""
+    from fedpet.runtime.rounds import sample_cohort
+
+    return [len(sample_cohort(2, r, 8, 4, poisson=True)) for r in range(1, rounds + 1)]
+
+
 def _moved(out: Path) -> dict[str, torch.Tensor]:
     """How far a run's final global state is from its initial one, per tensor."""
     from fedpet.experiment import prepare
@@ -124,19 +135,18 @@ def _flat(state: dict[str, torch.Tensor]) -> torch.Tensor:
 def test_dp_bounds_each_client_and_adds_noise_of_the_stated_std(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    # no noise, a tiny clip: every round moves the state by at most aggregated x C / 4
+    # no noise, a tiny clip: every round moves the state by at most its cohort x C / 4
     rows, summary = _dp_run(
-        tiny_model_dir, tmp_path / "clip", "--dp-noise", "0", "--dp-clip", "1e-3"
+        tiny_model_dir, tmp_path / "clip", "--dp-noise", "0", "--dp-clip", "1e-3", *SEEDED
     )
     moved = l2_norm(_moved(tmp_path / "clip"))
-    assert 0 < moved <= sum(r["aggregated"] for r in rows) * 1e-3 / 4 + 1e-7
+    assert 0 < moved <= sum(_cohort_sizes(2)) * 1e-3 / 4 + 1e-7
     assert all(r["epsilon"] == math.inf for r in rows)  # no noise: no guarantee
     # noise, a clip that makes the updates negligible: each released round adds noise of
     # std z C / 4 (a Poisson cohort can be empty: that round is skipped, nothing released)
-    rows, summary = _dp_run(
-        tiny_model_dir, tmp_path / "noise", "--dp-noise", "2", "--dp-clip", "1e-6", "--rounds", "3"
-    )
-    released = sum(not r["skipped"] for r in rows)
+    flags = ("--dp-noise", "2", "--dp-clip", "1e-6", "--rounds", "3", *SEEDED)
+    rows, summary = _dp_run(tiny_model_dir, tmp_path / "noise", *flags)
+    released = sum(n > 0 for n in _cohort_sizes(3))
     assert released >= 1
     change = _flat(_moved(tmp_path / "noise"))
     std = 2 * 1e-6 / 4 * math.sqrt(released)
@@ -151,7 +161,7 @@ def test_distributed_noise_adds_up_to_the_stated_std(
     out = tmp_path / "distributed"
     fixed = ["--set", "privacy.sampling=fixed", "--set", "privacy.noise=distributed"]
     faults = ["--client-failure-rate", str(failure_rate)]
-    rows, _ = _dp_run(
+    _dp_run(
         tiny_model_dir,
         out,
         "--dp-noise",
@@ -163,10 +173,12 @@ def test_distributed_noise_adds_up_to_the_stated_std(
         *fixed,
         *faults,
     )
+    # a DP run releases no count of its cohort: the server's own checkpoint holds it
+    failed = json.loads((out / "checkpoint" / "state.json").read_text())["totals"]["failed"]
     if failure_rate:  # some clients, and their shares of the noise, are lost
-        assert 1 <= rows[0]["aggregated"] < 4, rows[0]["failed"]
+        assert 1 <= 4 - failed < 4
     else:
-        assert rows[0]["aggregated"] == 4  # a fixed cohort of 4 clients
+        assert failed == 0  # a fixed cohort of 4 clients, all aggregated
     # each client's share has std z C / 2; the server adds the shares of those that did not
     # arrive: the sum has std z C, the mean over 4 std z C / 4, as with central noise
     std = 2 * 1e-6 / 4
@@ -186,13 +198,13 @@ def test_adaptive_clipping_follows_the_noised_quantile(
     # within, that sum over the expected 4 plus 1/2, moves the clip by
     # exp(-0.2 (fraction - 0.5)) (the noise is 0.05 of the fraction)
     flags = ["--dp-noise", "0.1", "--dp-clip", "1000", "--set", "privacy.target_quantile=0.5"]
-    rows, _ = _dp_run(tiny_model_dir, tmp_path / "adaptive", *flags, "--rounds", "4")
+    rows, _ = _dp_run(tiny_model_dir, tmp_path / "adaptive", *flags, "--rounds", "4", *SEEDED)
     clips = [r["dp_clip"] for r in rows]
     assert clips[0] == 1000.0 and len(set(clips)) > 1
-    for r, (a, b) in zip(rows, itertools.pairwise(clips), strict=False):
+    for n, (a, b) in zip(_cohort_sizes(4), itertools.pairwise(clips), strict=False):
         within = 0.5 - math.log(b / a) / 0.2
-        expected = r["aggregated"] / 2 / 4 + 0.5
-        assert a == b if r["skipped"] else abs(within - expected) < 0.2
+        expected = n / 2 / 4 + 0.5
+        assert a == b if n == 0 else abs(within - expected) < 0.2
 
 
 def test_adaptive_clipping_spends_what_its_two_gaussian_releases_compose_to() -> None:
@@ -205,6 +217,7 @@ def test_adaptive_clipping_spends_what_its_two_gaussian_releases_compose_to() ->
     from fedpet.algorithms import Aggregate
     from fedpet.configure import build_config, resolve
     from fedpet.privacy.dp import release
+    from fedpet.privacy.randomness import Draws
 
     fields = {"noise_multiplier": 1.0, "target_quantile": 0.5, "count_noise": 2.0}
     cfg = resolve(
@@ -221,7 +234,7 @@ def test_adaptive_clipping_spends_what_its_two_gaussian_releases_compose_to() ->
         aggregate = Aggregate()
         for _ in range(counted):
             aggregate.add({"w": torch.zeros(100_000)}, 1.0)
-        next_clip = release(cfg, aggregate, clip_bound, within, round_)
+        next_clip = release(cfg, aggregate, clip_bound, within, round_, Draws(0, False))
         fraction = 0.5 - math.log(next_clip / clip_bound) / lr  # the noised fraction within
         return (fraction - 0.5) * m, aggregate.weighted_sum["w"]  # sum of b_k - 1/2, noised
 
@@ -242,26 +255,143 @@ def test_adaptive_clipping_spends_what_its_two_gaussian_releases_compose_to() ->
     assert reported == pytest.approx(accountant.get_epsilon(cfg.privacy.delta), rel=0.01)
 
 
-def test_dp_runs_release_no_statistic_of_single_clients(
-    tiny_model_dir: Path, tmp_path: Path, tiny_config
+ROUND_LEAKS = {
+    "clients", "aggregated", "attempts", "skipped", "failed", "late", "rejected",
+    "bytes_up", "bytes_down", "train_seconds", "train_loss", "examples",
+    "lora_aggregation_error",
+}  # fmt: skip
+SUMMARY_LEAKS = {
+    "bytes_up_total", "bytes_down_total", "clients_failed", "clients_late", "updates_rejected",
+    "rounds_skipped", "rounds_retried", "train_seconds", "wall_seconds", "train_examples_seen",
+}  # fmt: skip
+
+
+def _leaks(out: Path, export: Path, said: str) -> dict[str, set[str]]:
+    """What each output of a run tells of its cohorts or of single clients."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from fedpet.tracking import tag
+
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])  # the rounds' grouped names, the summary's final/
+    partition = json.loads((out / "partition.json").read_text())
+    card = (export / "README.md").read_text()
+    return {
+        "metrics.jsonl": ROUND_LEAKS.intersection(*[set(r) for r in rows]),
+        "summary.json": SUMMARY_LEAKS & set(json.loads((out / "summary.json").read_text())),
+        "tracker": tags & {tag(k) for k in ROUND_LEAKS}
+        | tags & {f"final/{k}" for k in SUMMARY_LEAKS},
+        "partition.json": {"clients", "label_skew"} & set(partition)
+        | {p.name for p in out.glob("partition_*.png")},
+        "round lines": {x for x in ("MB up", "MB down", "loss ") if x in said},
+        "model card": {"bytes sent"} & {line.split(" | ")[0][2:] for line in card.splitlines()},
+    }
+
+
+def test_a_dp_run_s_outputs_tell_no_cohort_and_no_client(
+    tiny_model_dir: Path, tmp_path: Path, capsys
 ) -> None:
+    found = {}
+    for dp in (False, True):
+        out, export = tmp_path / f"run-{dp}", tmp_path / f"export-{dp}"
+        flags = ("--dp", "--dp-noise", "1") if dp else ()
+        argv = run_argv(tiny_model_dir, out, "--clients", "8", "--tracker", "tensorboard", *flags)
+        assert main(argv) == 0
+        assert main(["export", str(out), "--out", str(export), "--round", "last"]) == 0
+        found[dp] = _leaks(out, export, capsys.readouterr().out)
+    assert all(found[False].values()), found[False]  # the audit sees them where they are
+    assert not any(found[True].values()), found[True]
+    summary = json.loads((tmp_path / "run-True" / "summary.json").read_text())
+    assert summary["dp_randomness"] == "secret" and summary["epsilon"] > 0
+    # one client's payload, fixed by the state and the codecs: fp32 of every trainable value
+    assert summary["bytes_per_client_up"] == summary["bytes_per_client_down"]
+    assert summary["bytes_per_client_up"] == 4 * summary["trainable_params"]
+    assert json.loads((tmp_path / "run-True" / "partition.json").read_text())["num_clients"] == 8
+    card = (tmp_path / "export-True" / "README.md").read_text()
+    assert "| differential privacy | epsilon" in card and "noise drawn from secret" in card
+
+
+def test_a_dp_client_sends_its_update_alone(tiny_config) -> None:
     from fedpet.experiment import prepare
     from fedpet.runtime.client_half import ClientHalf
     from fedpet.state import extract
 
-    rows, summary = _dp_run(tiny_model_dir, tmp_path / "dp", "--dp-noise", "1")
-    assert any(r["aggregated"] for r in rows)
-    unnoised = {"train_loss", "examples", "lora_aggregation_error"}
-    assert all(unnoised.isdisjoint(r) for r in rows), rows[0].keys()
-    assert "train_examples_seen" not in summary
     # what a client sends back: the update alone, on every runtime (both call ClientHalf.run)
     for private in (False, True):
         cfg = tiny_config(**{"privacy.enabled": private, "privacy.noise_multiplier": 1.0})
         half = ClientHalf.of(prepare(cfg))
         reply, _ = half.run(half.down.encode(extract(half.exp.params)), 1, 0)
-        stats = (reply.num_examples, reply.loss)
-        assert reply.payload and (stats == (None, None)) == private
+        stats = (reply.num_examples, reply.loss, reply.seen)
+        assert reply.payload and (stats == (None, None, None)) == private
         assert private or reply.num_examples == len(half.exp.clients[0])
+
+
+def _distributed(tiny_config, z: float, reproducible: bool):
+    return tiny_config(
+        **{
+            "privacy.enabled": True,
+            "privacy.noise_multiplier": z,
+            "privacy.noise": "distributed",
+            "privacy.sampling": "fixed",
+            "privacy.reproducible": reproducible,
+        }
+    )
+
+
+def test_a_server_with_the_run_s_config_cannot_undo_a_client_s_noise(tiny_config) -> None:
+    from fedpet.experiment import prepare
+    from fedpet.privacy.dp import client_noise_std, gaussian_noise
+    from fedpet.runtime.client_half import ClientHalf
+    from fedpet.seeding import derive_seed
+    from fedpet.state import extract
+
+    def share(cfg) -> dict[str, torch.Tensor]:
+        """Client 0's noised share of round 1, as the server decodes it."""
+        half = ClientHalf.of(prepare(cfg))
+        reply, _ = half.run(half.down.encode(extract(half.exp.params)), 1, 0)
+        return half.up.decode(reply.payload, half.layout(0))
+
+    clipped = share(_distributed(tiny_config, 0.0, True))  # the update, clipped, no noise
+    for reproducible in (True, False):
+        cfg = _distributed(tiny_config, 2.0, reproducible)
+        noised = share(cfg)
+        # the server's attack: the client's noise, drawn as the config's seed would draw it
+        std = client_noise_std(cfg)
+        guess = gaussian_noise(noised, std, derive_seed(cfg.seed, "dp-noise", 1, 0))
+        error = _flat({k: noised[k] - guess[k] - clipped[k] for k in noised})
+        if reproducible:  # from the run seed: undone exactly (the attack works)
+            assert float(error.abs().max()) < 1e-5
+        else:  # from the client's secret: what is left is two noise draws, std sqrt(2) x std
+            assert abs(float(error.std()) / (math.sqrt(2) * std) - 1) < 0.05
+
+
+def test_a_server_with_the_run_s_config_cannot_predict_the_dp_cohort(
+    tiny_config, tmp_path: Path
+) -> None:
+    from fedpet.experiment import prepare
+    from fedpet.rundir import RunDir
+    from fedpet.runtime.recorder import Recorder
+    from fedpet.runtime.rounds import sample_cohort
+    from fedpet.runtime.server_half import ServerHalf
+
+    for reproducible in (True, False):
+        cfg = tiny_config(
+            **{
+                "privacy.enabled": True,
+                "privacy.noise_multiplier": 1.0,
+                "privacy.reproducible": reproducible,
+            }
+        )
+        exp = prepare(cfg)  # 4 clients, 2 a round: Poisson with q = 1/2
+        server = ServerHalf(exp, Recorder(exp, RunDir(tmp_path / str(reproducible))))
+        drawn = [server.open(r).clients for r in range(1, 21)]
+        # the attacker's prediction: the cohort as the config's seed would draw it
+        guess = [sample_cohort(cfg.seed, r, 4, 2, poisson=True).tolist() for r in range(1, 21)]
+        hits = sum(d == g for d, g in zip(drawn, guess, strict=True))
+        # by chance a round's guess is right with probability 1/16
+        assert hits == 20 if reproducible else hits <= 6, hits
 
 
 Z = ["--dp", "--dp-noise", "1"]

@@ -36,6 +36,6 @@ def test_the_planned_round_is_what_fedavg_sends_and_a_plan_over_budget_is_refuse
 
 def test_a_round_that_sent_more_than_the_budget_stops_the_run(tiny_config) -> None:
     cfg = tiny_config(**{"federation.max_round_mb": 1.0})
-    check_round(cfg, {"round": 3, "bytes_up": 600_000, "bytes_down": 400_000})
+    check_round(cfg, 3, 600_000 + 400_000)
     with pytest.raises(FedpetError, match=r"round 3 sent 1\.000 MB, over budget"):
-        check_round(cfg, {"round": 3, "bytes_up": 600_001, "bytes_down": 400_000})
+        check_round(cfg, 3, 600_001 + 400_000)

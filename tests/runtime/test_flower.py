@@ -27,7 +27,7 @@ def _lost(out: Path) -> list[tuple[int, list, list]]:
     return [
         (r["round"], r["failed"], r["rejected"])
         for r in _metrics(out)
-        if r["failed"] or r["rejected"]
+        if r.get("failed") or r.get("rejected")  # (a DP run releases neither)
     ]
 
 
@@ -36,9 +36,10 @@ def _lost(out: Path) -> list[tuple[int, list, list]]:
 RANKED = ("--algorithm", "flexlora", "--set", "algorithm.ranks=[2,8]")
 RANKED += ("--codec-up", "int8:row:sr", "--codec-down", "bf16")
 # DP with central noise, Poisson cohorts and an adaptive clip: sampling, clipping, noise and
-# the clip's update all happen on the server side of either runtime
+# the clip's update all happen on the server side of either runtime (drawn from the run
+# seed, so that two runs can be compared)
 CENTRAL_DP = ("--dp", "--dp-noise", "0.1", "--dp-clip", "0.05")
-CENTRAL_DP += ("--set", "privacy.target_quantile=0.5")
+CENTRAL_DP += ("--set", "privacy.target_quantile=0.5", "--set", "privacy.reproducible=true")
 
 
 @pytest.mark.parametrize("flags", [RANKED, CENTRAL_DP], ids=["flexlora-codecs", "central-dp"])
@@ -161,6 +162,12 @@ def test_flower_sim_resumes_after_its_last_checkpoint(tiny_model_dir: Path, tmp_
 
 DISTRIBUTED_DP = ("--dp", "--dp-noise", "1", "--dp-clip", "0.05")
 DISTRIBUTED_DP += ("--set", "privacy.noise=distributed", "--set", "privacy.sampling=fixed")
+DISTRIBUTED_DP += ("--set", "privacy.reproducible=true")  # the same noise in both runs
+
+
+def _totals(out: Path) -> dict:
+    """The server's running totals, from its checkpoint (a DP run releases none of them)."""
+    return json.loads((out / "checkpoint" / "state.json").read_text())["totals"]
 
 
 @pytest.mark.parametrize("dp", [(), DISTRIBUTED_DP], ids=["fedavg", "distributed-dp"])
@@ -183,15 +190,17 @@ def test_secure_aggregation_matches_the_plain_round_within_its_quantization(
     diff = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert 0 < diff < 2 * 16 / 2**22, (_lost(secure), _lost(plain))
     [row], [plain_row] = _metrics(secure), _metrics(plain)
-    assert row["aggregated"] == 2 and row["clients"] == plain_row["clients"]
+    totals, plain_totals = _totals(secure), _totals(plain)
+    assert totals["failed"] == totals["rejected"] == 0  # both clients in the sum
     if dp:  # the clients send no statistic of their data, masked or not
         assert {"train_loss", "examples"}.isdisjoint(row) and row["epsilon"] > 0
         assert row["epsilon"] == plain_row["epsilon"]
     else:
+        assert row["aggregated"] == 2 and row["clients"] == plain_row["clients"]
         assert row["train_loss"] == plain_row["train_loss"]  # same local training
         assert row["examples"] == plain_row["examples"]  # counts travel apart from weights
     # the upload is masked int64 vectors plus the key exchange, more than 2x the fp32 payload
-    assert row["bytes_up"] > 2 * plain_row["bytes_up"]
+    assert totals["bytes_up"] > 2 * plain_totals["bytes_up"]
 
 
 def test_a_deployment_config_runs_only_under_flwr_run(capsys) -> None:
@@ -356,3 +365,27 @@ def test_out_of_range_and_duplicate_client_claims_are_refused_and_logged(
     asked = len(grid.sent)
     strategy.discover(grid, patience=0.0)  # type: ignore[arg-type]
     assert len(grid.sent) == asked  # a refused node is not asked again
+
+
+def test_secure_aggregation_masks_use_the_whole_seed_on_both_sides() -> None:
+    import sys
+
+    import numpy as np
+    from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
+    from flwr.server.workflow.secure_aggregation import secaggplus_workflow
+
+    from fedpet.runtime.secagg import masks
+
+    # two 32-byte seeds whose 4-byte words XOR to the same 32 bits
+    a = bytes(range(32))
+    b = bytes(x ^ 0xFF if i < 8 else x for i, x in enumerate(a))
+    shapes = [(3, 4), ()]
+    flowers = [pseudo_rand_gen(s, 2**32, shapes) for s in (a, b)]
+    assert all(np.array_equal(x, y) for x, y in zip(*flowers, strict=True))  # Flower's: alike
+    ours = [masks(s, 2**32, shapes) for s in (a, b)]
+    assert not np.array_equal(ours[0][0], ours[1][0])
+    assert [m.shape for m in ours[0]] == [(3, 4), ()] and ours[0][0].dtype == np.int64
+    assert all(0 <= int(v) < 2**32 - 1 for v in ours[0][0].flatten())
+    assert np.array_equal(masks(a, 2**32, shapes)[0], ours[0][0])  # a seed gives one mask
+    client = sys.modules["flwr.client.mod.secure_aggregation.secaggplus_mod"]
+    assert client.pseudo_rand_gen is masks and secaggplus_workflow.pseudo_rand_gen is masks

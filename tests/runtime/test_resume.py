@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,6 +47,8 @@ SETUPS = {
         "0.1",
         "--set",
         "privacy.target_quantile=0.5",
+        "--set",
+        "privacy.reproducible=true",  # two runs draw alike (see the private-DP test below)
     ],
     # and training under bf16 autocast
     "fedavgm-fedrs-bf16": [
@@ -149,6 +152,59 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(
         "rounds_completed",
     ):
         assert sa.get(key) == sb.get(key), key
+
+
+class _CopyAfter:
+    """A watcher that copies the run directory once round ``after`` is checkpointed."""
+
+    def __init__(self, out: Path, copy: Path, after: int) -> None:
+        self.out, self.copy, self.after = out, copy, after
+
+    def start(self, run) -> None: ...
+
+    def progress(self, done: int, total: int) -> None: ...
+
+    def round_end(self, end) -> None:
+        if end.round == self.after:
+            shutil.copytree(self.out, self.copy)
+
+    def finish(self, summary) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@pytest.mark.parametrize(
+    "dp",
+    [
+        {"privacy.noise": "central"},  # the server's secret: Poisson cohorts and the noise
+        {"privacy.noise": "distributed", "privacy.sampling": "fixed"},  # and the clients'
+    ],
+    ids=["central", "distributed"],
+)
+def test_a_private_dp_run_resumed_ends_as_the_run_it_was_copied_from(
+    tiny_config, tmp_path: Path, dp: dict
+) -> None:
+    from safetensors.torch import load_file
+
+    from fedpet.launch import resume_run, start_run
+
+    cfg = tiny_config(
+        **{"privacy.enabled": True, "privacy.noise_multiplier": 1.0, "federation.rounds": 4},
+        **{"data.max_eval_samples": 32},
+        **dp,
+    )
+    whole, copy, other = tmp_path / "whole", tmp_path / "copy", tmp_path / "other"
+    start_run(cfg, whole, watchers=[_CopyAfter(whole, copy, after=2)])
+    resume_run(copy, watchers=[])  # rounds 3 and 4 again, from the secrets kept in the copy
+    a = load_file(str(whole / "checkpoint" / "global.safetensors"))
+    b = load_file(str(copy / "checkpoint" / "global.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert metrics(whole) == metrics(copy)
+    start_run(cfg, other, watchers=[])  # the same config: other secrets, other noise
+    c = load_file(str(other / "checkpoint" / "global.safetensors"))
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    secret = json.loads((whole / "checkpoint" / "state.json").read_text())["dp_secret"]
+    assert str(secret) not in (whole / "config.yaml").read_text()
 
 
 def test_resume_refuses_other_flags_and_missing_checkpoints(

@@ -284,6 +284,11 @@ class PrivacyConfig:
     )
     sampling: str = option("poisson", "how a round's cohort is drawn", one_of("poisson", "fixed"))
     accountant: str = option("rdp", "the privacy accountant", one_of("rdp", "pld"))
+    reproducible: bool = option(
+        False,
+        "draw DP's noise and cohorts from the run seed: reproducible, NOT private (anyone "
+        "with config.yaml can undo the noise and knows the cohorts); false: from secrets",
+    )
 
 
 @dataclass(frozen=True)

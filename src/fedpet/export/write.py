@@ -174,8 +174,19 @@ def model_card(meta: dict[str, Any], summary: dict[str, Any], out: Path) -> str:
                 f"{summary['trainable_params']:,} / {summary['total_params']:,}",
             )
         )
-        up, down = summary["bytes_up_total"], summary["bytes_down_total"]
-        rows.append(("bytes sent", f"{up:,} up, {down:,} down"))
+        if "bytes_up_total" in summary:
+            up, down = summary["bytes_up_total"], summary["bytes_down_total"]
+            rows.append(("bytes sent", f"{up:,} up, {down:,} down"))
+        if "epsilon" in summary:  # a DP run: its guarantee, and no total that tells cohorts
+            up, down = summary["bytes_per_client_up"], summary["bytes_per_client_down"]
+            rows.append(("bytes per sampled client", f"{up:,} up, {down:,} down"))
+            rows.append(
+                (
+                    "differential privacy",
+                    f"epsilon {summary['epsilon']:.2f} at delta {summary['delta']:g}; noise "
+                    f"drawn from {summary['dp_randomness']}",
+                )
+            )
     if "test_metric" in meta:
         rows.append((f"test {meta['metric_name']}", f"{meta['test_metric']:.4f}"))
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)

@@ -20,7 +20,7 @@ import torch
 
 from fedpet.algorithms.base import Aggregate
 from fedpet.config import Config
-from fedpet.seeding import derive_seed
+from fedpet.privacy.randomness import Draws
 from fedpet.state import TrainableState
 
 COUNT_SENSITIVITY = 0.5
@@ -105,9 +105,16 @@ def server_noise_std(cfg: Config, clip_bound: float, noised: int) -> float:
 
 
 def release(
-    cfg: Config, aggregate: Aggregate, clip_bound: float, within_clip: int, round_: int
+    cfg: Config,
+    aggregate: Aggregate,
+    clip_bound: float,
+    within_clip: int,
+    round_: int,
+    draws: Draws,
 ) -> float:
     """DP's server step on a round's sum (clipped at ``clip_bound``); the next round's clip.
+
+    The noise comes from the server's ``draws``.
 
     The server's noise (:func:`server_noise_std`) goes on the sum, and the mean divides by
     the expected cohort size whatever the number aggregated, so one client moves it by at
@@ -119,13 +126,13 @@ def release(
     if std > 0 and aggregate.weighted_sum:
         # the clients' distributed shares are drawn from "dp-noise" (round, client)
         stream = "dp-noise" if dp.noise == "central" else "dp-topup"
-        noise = gaussian_noise(aggregate.weighted_sum, std, derive_seed(cfg.seed, stream, round_))
+        noise = gaussian_noise(aggregate.weighted_sum, std, draws.seed(stream, round_))
         for name, acc in aggregate.weighted_sum.items():
             acc.add_(noise[name])
     aggregate.total_weight = float(m)
     if dp.target_quantile is None:
         return clip_bound
-    gen = np.random.default_rng(derive_seed(cfg.seed, "dp-count", round_))
+    gen = np.random.default_rng(draws.seed("dp-count", round_))
     released = noised_count(within_clip, aggregate.num_clients, count_noise(cfg), gen)
     within = released / m + COUNT_SENSITIVITY
     return next_clip(clip_bound, within, dp.target_quantile, dp.clip_lr)

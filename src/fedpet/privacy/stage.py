@@ -14,19 +14,23 @@ from typing import Any, ClassVar
 from fedpet.algorithms.base import Aggregate
 from fedpet.config import Config
 from fedpet.privacy.dp import client_noise_std, clip, gaussian_noise, l2_norm, release
-from fedpet.seeding import derive_seed
+from fedpet.privacy.randomness import Draws
 from fedpet.stages.base import Arrival, ClientSide, Stage
 from fedpet.state import TrainableState, add
 
 
 class DifferentialPrivacy(Stage):
-    """DP-FedAvg's halves, with central or distributed noise and a fixed or adaptive clip."""
+    """DP-FedAvg's halves, with central or distributed noise and a fixed or adaptive clip.
+
+    ``draws`` is the randomness of the party the stage runs for: a client's noise share
+    comes from the client's, the server's noise from the server's.
+    """
 
     name: ClassVar[str] = "dp"
     withholds_stats: ClassVar[bool] = True
 
-    def __init__(self, cfg: Config) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: Config, draws: Draws) -> None:
+        self.cfg, self.draws = cfg, draws
         self.clip = cfg.privacy.clip
         self.next_clip = self.clip
         self.within_clip = 0
@@ -36,7 +40,7 @@ class DifferentialPrivacy(Stage):
         dp = self.cfg.privacy
         if dp.noise != "distributed":
             return update  # the server clips
-        seed = derive_seed(self.cfg.seed, "dp-noise", side.round, side.client)
+        seed = self.draws.seed("dp-noise", side.round, side.client)
         noise = gaussian_noise(update, client_noise_std(self.cfg), seed)
         return add(clip(update, dp.clip), noise)
 
@@ -56,7 +60,9 @@ class DifferentialPrivacy(Stage):
 
     def release(self, aggregate: Aggregate, round_: int) -> None:
         """Noise the sum, fix the mean's denominator, and step an adaptive clip."""
-        self.next_clip = release(self.cfg, aggregate, self.clip, self.within_clip, round_)
+        self.next_clip = release(
+            self.cfg, aggregate, self.clip, self.within_clip, round_, self.draws
+        )
 
     def end_round(self) -> tuple[dict[str, float], dict[str, Any]]:
         """Log the round's clip; checkpoint (and move to) the next round's."""

@@ -9,8 +9,6 @@ round over budget stops the run once that round is checkpointed.
 
 from __future__ import annotations
 
-from typing import Any
-
 from fedpet.codecs import get_codec
 from fedpet.config import Config
 from fedpet.errors import FedpetError
@@ -42,14 +40,13 @@ def check_plan(exp: Experiment) -> None:
         )
 
 
-def check_round(cfg: Config, row: dict[str, Any]) -> None:
-    """Stop a run whose round (its metrics line ``row``) sent more than the budget."""
+def check_round(cfg: Config, round_: int, sent: int) -> None:
+    """Stop a run whose round sent (up and down) more than the budget."""
     budget = cfg.federation.max_round_mb
     if budget is None or cfg.centralized:
         return
-    sent = row.get("bytes_up", 0) + row.get("bytes_down", 0)
     if sent > budget * 1e6:
         raise FedpetError(
-            f"federation.max_round_mb = {budget}: round {row['round']} sent "
+            f"federation.max_round_mb = {budget}: round {round_} sent "
             f"{sent / 1e6:,.3f} MB, over budget; the run stopped with that round checkpointed"
         )

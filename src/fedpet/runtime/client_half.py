@@ -18,6 +18,7 @@ from fedpet.algorithms.fedrs import restricted
 from fedpet.codecs import Codec, get_codec
 from fedpet.devices import to_device
 from fedpet.experiment import Experiment
+from fedpet.privacy.randomness import Draws, fresh
 from fedpet.runtime.pipeline import stages_for, withholds_stats
 from fedpet.runtime.rounds import ClientReply
 from fedpet.seeding import derive_seed
@@ -78,13 +79,17 @@ class ClientHalf:
     layouts: dict[int, Schema] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, exp: Experiment) -> ClientHalf:
-        """The client half of ``exp``'s config."""
+    def of(cls, exp: Experiment, draws: Draws | None = None) -> ClientHalf:
+        """The client half of ``exp``'s config.
+
+        ``draws`` is the client's DP randomness (see :mod:`fedpet.privacy.randomness`):
+        by default a new secret of this process (the run seed where DP is reproducible).
+        """
         cfg = exp.cfg
         return cls(
             exp,
             get_algorithm(cfg.algorithm),
-            stages_for(cfg),
+            stages_for(cfg, draws or fresh(cfg)),
             get_codec(cfg.codec.up),
             get_codec(cfg.codec.down),
         )

@@ -2,8 +2,9 @@
 
 Each counter is a field of :class:`RoundCounts` whose metadata says how the recorder shows
 it: under which name in ``metrics.jsonl`` (none: not logged), under which name its running
-total goes into ``summary.json`` (none: not totalled), and whether it is a statistic of the
-clients' data that a DP run withholds. A list counter (clients whose update was lost) is
+total goes into ``summary.json`` (none: not totalled), and whether a DP run withholds it: a
+statistic of the clients' data, or a count that grows with the cohort or names its clients
+(see :mod:`fedpet.privacy.release`). A list counter (clients whose update was lost) is
 logged as the list and totalled as its length. Adding a counter is adding one field.
 """
 
@@ -32,18 +33,18 @@ class RoundCounts:
     ``rejected`` list the clients whose update was lost, each with its attempt and reason.
     """
 
-    bytes_up: int = counter("bytes_up", "bytes_up_total")
-    bytes_down: int = counter("bytes_down", "bytes_down_total")
+    bytes_up: int = counter("bytes_up", "bytes_up_total", private=True)
+    bytes_down: int = counter("bytes_down", "bytes_down_total", private=True)
     examples: int = counter("examples", "train_examples_seen", private=True)
     loss_sum: float = counter(None, None)
     failed: list[dict[str, object]] = field(
-        default_factory=list, metadata=shown("failed", "clients_failed")
+        default_factory=list, metadata=shown("failed", "clients_failed", private=True)
     )
     late: list[dict[str, object]] = field(
-        default_factory=list, metadata=shown("late", "clients_late")
+        default_factory=list, metadata=shown("late", "clients_late", private=True)
     )
     rejected: list[dict[str, object]] = field(
-        default_factory=list, metadata=shown("rejected", "updates_rejected")
+        default_factory=list, metadata=shown("rejected", "updates_rejected", private=True)
     )
 
     def __add__(self, other: RoundCounts) -> RoundCounts:

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 from fedpet.config import Config
+from fedpet.privacy.randomness import Draws
 from fedpet.privacy.stage import DifferentialPrivacy
 from fedpet.stages import ErrorFeedback, Stage, UpdateChecks
 
 
-def stages_for(cfg: Config) -> list[Stage]:
+def stages_for(cfg: Config, draws: Draws) -> list[Stage]:
     """Validation first, then DP (when on), then error feedback (when on).
+
+    ``draws`` is the DP randomness of the party the stages run for (server or client).
 
     Client halves run in this order before encoding, so error feedback sees the update DP
     clipped and noised; server halves too, so DP clips only updates that passed the checks.
     """
     stages: list[Stage] = [UpdateChecks(cfg.federation.max_update_norm)]
     if cfg.privacy.enabled:
-        stages.append(DifferentialPrivacy(cfg))
+        stages.append(DifferentialPrivacy(cfg, draws))
     if cfg.codec.feedback:
         stages.append(ErrorFeedback())
     return stages

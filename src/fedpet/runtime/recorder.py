@@ -13,9 +13,10 @@ from fedpet.config import Config
 from fedpet.devices import device_peak_mb
 from fedpet.experiment import Experiment
 from fedpet.memory import tree_peak_mb
+from fedpet.privacy.release import ROUND_WITHHELD, SUMMARY_WITHHELD, dp_summary, released
 from fedpet.progress import RoundEnd, Watcher
 from fedpet.rundir import Checkpoint, RunDir
-from fedpet.runtime.budget import check_round
+from fedpet.runtime.budget import check_round, client_bytes
 from fedpet.runtime.counts import RoundCounts, summary_totals, totalled
 from fedpet.state import TrainableState, load_
 
@@ -147,6 +148,7 @@ class Recorder:
             **({"epsilon": self.epsilon(record.round)} if private else {}),
             **record.extra,
         }
+        row = released(cfg, row, ROUND_WITHHELD)
         self.run.append_metrics(row)
         self.peak_rss_mb = max(self.peak_rss_mb, tree_peak_mb())
         tensors = {"global": global_state, "best": self.best_state}
@@ -167,7 +169,7 @@ class Recorder:
         total = total_rounds(cfg)
         end = RoundEnd(record.round, total, unit, self.metric, row, self.best_round, self.best_val)
         self.watcher.round_end(end)
-        check_round(cfg, row)
+        check_round(cfg, record.round, record.counts.bytes_up + record.counts.bytes_down)
         return val
 
     def progress(self, done: int, total: int) -> None:
@@ -237,12 +239,9 @@ class Recorder:
         if gpu is not None:  # of the process that finished the run
             summary["peak_gpu_mb"] = gpu
         if cfg.privacy.enabled:
-            summary.update(
-                epsilon=self.epsilon(int(t["rounds"])),
-                delta=cfg.privacy.delta,
-                noise_multiplier=cfg.privacy.noise_multiplier,
-                clip=cfg.privacy.clip,
-            )
+            epsilon = self.epsilon(int(t["rounds"]))
+            summary.update(dp_summary(cfg, epsilon, client_bytes(exp)))
+        summary = released(cfg, summary, SUMMARY_WITHHELD)
         self.run.write_json("summary.json", summary)
         self.watcher.finish(summary)
         return summary

@@ -17,6 +17,7 @@ from fedpet.algorithms import Aggregate, Algorithm
 from fedpet.codecs import Codec
 from fedpet.config import Config
 from fedpet.experiment import Experiment
+from fedpet.privacy.randomness import Draws
 from fedpet.rundir import Checkpoint
 from fedpet.runtime.counts import RoundCounts
 from fedpet.runtime.lora_error import LoraError
@@ -27,6 +28,23 @@ from fedpet.state import Schema, TrainableState, add, extract, load_, pad, schem
 from fedpet.validation import update_problem
 
 
+def cohort_keys(round_: int, attempt: int) -> tuple[int, ...]:
+    """The keys of a round attempt's ``sampling`` stream: a retry draws a fresh cohort."""
+    return (round_,) if attempt == 0 else (round_, attempt)
+
+
+def draw_cohort(seed: int, num_clients: int, per_round: int, poisson: bool) -> np.ndarray:
+    """A cohort drawn from ``seed``, sorted.
+
+    ``per_round`` clients uniformly without replacement, or with ``poisson`` each client
+    independently with probability ``per_round / num_clients``.
+    """
+    rng = np.random.default_rng(seed)
+    if poisson:
+        return np.flatnonzero(rng.random(num_clients) < per_round / num_clients)
+    return np.sort(rng.choice(num_clients, size=per_round, replace=False))
+
+
 def sample_cohort(
     seed: int,
     round_: int,
@@ -35,24 +53,29 @@ def sample_cohort(
     attempt: int = 0,
     poisson: bool = False,
 ) -> np.ndarray:
-    """The round's clients, seeded by (seed, round).
+    """The round's clients, seeded by (seed, round); see :func:`draw_cohort`.
 
-    ``per_round`` of them uniformly without replacement, or with ``poisson`` each client
-    independently with probability ``per_round / num_clients``. A retried round
-    (``attempt`` > 0) draws a fresh cohort from (seed, round, attempt).
+    A retried round (``attempt`` > 0) draws a fresh cohort from (seed, round, attempt).
     """
-    keys = (round_,) if attempt == 0 else (round_, attempt)
-    rng = np.random.default_rng(derive_seed(seed, "sampling", *keys))
-    if poisson:
-        return np.flatnonzero(rng.random(num_clients) < per_round / num_clients)
-    return np.sort(rng.choice(num_clients, size=per_round, replace=False))
+    keys = cohort_keys(round_, attempt)
+    return draw_cohort(derive_seed(seed, "sampling", *keys), num_clients, per_round, poisson)
 
 
-def round_cohort(cfg: Config, round_: int, num_clients: int, attempt: int = 0) -> np.ndarray:
-    """The round's cohort as the config draws it: Poisson sampling under DP that asks for it."""
-    poisson = cfg.privacy.enabled and cfg.privacy.sampling == "poisson"
+def round_cohort(
+    cfg: Config, round_: int, num_clients: int, attempt: int = 0, draws: Draws | None = None
+) -> np.ndarray:
+    """The round's cohort as the config draws it.
+
+    Under DP it comes from the server's ``draws`` (its secret: nobody can predict who is
+    sampled, as amplification by sampling assumes), with Poisson sampling where asked;
+    otherwise from the run seed.
+    """
     per_round = cfg.federation.clients_per_round
-    return sample_cohort(cfg.seed, round_, num_clients, per_round, attempt, poisson)
+    if not cfg.privacy.enabled:
+        return sample_cohort(cfg.seed, round_, num_clients, per_round, attempt)
+    assert draws is not None, "a DP cohort is drawn from the server's draws"
+    seed = draws.seed("sampling", *cohort_keys(round_, attempt))
+    return draw_cohort(seed, num_clients, per_round, cfg.privacy.sampling == "poisson")
 
 
 def starting_state(

@@ -7,6 +7,11 @@ private masks that cancel in the sum (Bell et al., 2020). Flower implements the 
 messages; this module feeds them fedpet's payloads and turns the unmasked mean back into a
 trainable state.
 
+The masks: Flower draws each client's private seed with ``os.urandom`` and its pairwise
+seeds by key agreement, but expands every seed through a generator seeded with 32 bits of
+it (``pseudo_rand_gen``), which a server could search. fedpet's ClientApp and ServerApp
+expand them with :func:`masks` instead (ChaCha20 keyed by the whole seed), on both sides.
+
 What it costs: updates are clipped to ``secagg.clipping_range`` and quantized (2**22
 levels), each client uploads 8-byte integers instead of 4-byte floats plus its key
 exchange, and the server cannot check a single update (no norm bound, no robust statistic).
@@ -14,12 +19,16 @@ exchange, and the server cannot check a single update (no norm bound, no robust 
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import numpy as np
 import torch
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.typing import ClientAppCallable
@@ -43,12 +52,34 @@ from flwr.server.strategy import Strategy as LegacyStrategy
 from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
 from flwr.server.workflow.constant import Key as WorkflowKey
+from flwr.server.workflow.secure_aggregation import secaggplus_workflow
 from flwr.serverapp import Grid
 
 from fedpet.config import SecAggConfig
 from fedpet.state import Schema, TrainableState
 
 FITINS = "fitins.parameters"
+
+
+def masks(seed: bytes, num_range: int, dimensions_list: list[tuple[int, ...]]) -> list[Any]:
+    """SecAgg+'s masks from a seed: values in ``[0, num_range - 1)``, as Flower draws them.
+
+    The stream is ChaCha20's, keyed by SHA-256 of the whole seed, so a mask is as hard to
+    guess as its seed (Flower's own generator keeps 32 bits of the seed).
+    """
+    key = hashlib.sha256(seed).digest()
+    stream = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor()
+    drawn = []
+    for shape in dimensions_list:
+        raw = np.frombuffer(stream.update(bytes(8 * math.prod(shape))), dtype="<u8")
+        drawn.append((raw % np.uint64(num_range - 1)).astype(np.int64).reshape(shape))
+    return drawn
+
+
+# the module, not the function of the same name its package exports
+_client_side = importlib.import_module("flwr.client.mod.secure_aggregation.secaggplus_mod")
+for _side in (_client_side, secaggplus_workflow):  # the client's side, and the server's
+    setattr(_side, "pseudo_rand_gen", masks)  # noqa: B010  # not exported, so not typed
 
 
 def secure_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:

@@ -25,6 +25,7 @@ import time
 from fedpet.algorithms import Aggregate, get_algorithm
 from fedpet.codecs import get_codec
 from fedpet.experiment import Experiment
+from fedpet.privacy.randomness import server_draws
 from fedpet.rundir import Checkpoint
 from fedpet.runtime.client_states import ClientStates
 from fedpet.runtime.pipeline import stages_for, withholds_stats
@@ -68,7 +69,8 @@ class ServerHalf:
         self.exp, self.recorder, self.cfg, self.secure = exp, recorder, cfg, secure
         self.algorithm = get_algorithm(cfg.algorithm)
         self.up, self.down = get_codec(cfg.codec.up), get_codec(cfg.codec.down)
-        self.stages = stages_for(cfg)
+        self.draws = server_draws(cfg, resume.state if resume is not None else {})
+        self.stages = stages_for(cfg, self.draws)
         self.global_state, self.server_state, self.done = starting_state(
             exp, self.algorithm, recorder, resume
         )
@@ -97,7 +99,7 @@ class ServerHalf:
             self.states.discard()  # an abandoned attempt's clients keep the state they had
         for stage in self.stages:
             stage.open()
-        cohort = round_cohort(cfg, round_, len(exp.clients), attempt)
+        cohort = round_cohort(cfg, round_, len(exp.clients), attempt, self.draws)
         sent = self.algorithm.download(self.global_state, self.server_state)
         seed = derive_seed(cfg.seed, "codec-down", round_, attempt)
         return Intake(
@@ -146,7 +148,7 @@ class ServerHalf:
             self.states.commit([] if skipped else final.accepted, round_)
         load_(self.exp.params, self.global_state)
         record = round_record(round_, attempts, skipped, self.started)
-        meta = {}
+        meta = self.draws.checkpoint()  # the server's DP secret, to draw the same on resume
         for stage in self.stages:
             extra, stage_meta = stage.end_round()
             record.extra.update(extra)

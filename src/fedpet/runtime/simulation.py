@@ -12,6 +12,7 @@ from __future__ import annotations
 from functools import partial
 
 from fedpet.experiment import Experiment
+from fedpet.privacy.randomness import simulated_clients_draws
 from fedpet.rundir import Checkpoint
 from fedpet.runtime.client_half import ClientHalf
 from fedpet.runtime.faults import ClientFailure, FailingHook, attack, local_steps, plan_faults
@@ -63,7 +64,8 @@ def run_simulation(exp: Experiment, recorder: Recorder, resume: Checkpoint | Non
     choice derives from (seed, round, client), so the rest of the run is the same as if it
     had never stopped.
     """
-    server, client = ServerHalf(exp, recorder, resume), ClientHalf.of(exp)
+    server = ServerHalf(exp, recorder, resume)
+    client = ClientHalf.of(exp, simulated_clients_draws(exp.cfg, recorder.run.path))
     for rnd in server.rounds():
         attempts = [run_attempt(server, client, rnd, 0)]
         while len(attempts) < server.tries and not server.enough(attempts[-1]):

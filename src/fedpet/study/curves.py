@@ -57,7 +57,7 @@ def curves(runs: list[Entry]) -> Curves:
             {
                 "round": [r["round"] for r in rows],
                 "val": [r.get(metric, float("nan")) for r in rows],  # (not evaluated)
-                "mb": pd.Series([r["bytes_up"] + r["bytes_down"] for r in rows]).cumsum() / 1e6,
+                "mb": pd.Series([_sent(r) for r in rows]).cumsum() / 1e6,
                 "loss": [r.get("train_loss", float("nan")) for r in rows],
                 "lora_error": [r.get("lora_aggregation_error", float("nan")) for r in rows],
             }
@@ -68,6 +68,11 @@ def curves(runs: list[Entry]) -> Curves:
         key: {m: pd.concat(fs).groupby("round").mean() for m, fs in series.items()}
         for key, series in found.items()
     }
+
+
+def _sent(row: dict[str, Any]) -> float:
+    """A round's bytes, up and down; NaN where a DP run withholds them."""
+    return float(row.get("bytes_up", math.nan) + row.get("bytes_down", math.nan))
 
 
 LINE_SKIP = ("data.task", "data.alpha", "data.partition", "seed", "centralized", "method.name")

@@ -80,11 +80,13 @@ def run_row(run: PlannedRun, run_dir: Path) -> dict[str, Any]:
     summary = json.loads(summary_file.read_text(encoding="utf-8"))
     row["status"] = "done"
     row["metric_name"] = summary["metric_name"]
-    row.update({k: summary[k] for k in FIGURES})
+    # a DP run withholds its byte totals and times (fedpet.privacy.release): left empty
+    row.update({k: summary.get(k) for k in FIGURES})
     row["test_majority"] = summary.get("test_majority")  # absent from older runs
-    total_mb = (summary["bytes_up_total"] + summary["bytes_down_total"]) / 1e6
-    row["mb_total"] = total_mb
-    row["mb_per_round"] = total_mb / max(1, summary["rounds_completed"])
+    if "bytes_up_total" in summary:
+        total_mb = (summary["bytes_up_total"] + summary["bytes_down_total"]) / 1e6
+        row["mb_total"] = total_mb
+        row["mb_per_round"] = total_mb / max(1, summary["rounds_completed"])
     return row
 
 

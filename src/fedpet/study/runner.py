@@ -71,6 +71,7 @@ def run_study(
             say(f"{head}: finished earlier, skipped")
             continue
         watchers: list[Watcher] = [RunDisplay(quiet=quiet)]
+        started = time.perf_counter()
         if tracker:
             watchers.append(make_tracker(tracker, run_dir, experiment))
         if (run_dir / "checkpoint" / "state.json").exists():
@@ -82,13 +83,14 @@ def run_study(
                 run.config, run_dir, overwrite=True, backbones=backbones, watchers=watchers
             )
         ran += 1
-        mb = (summary["bytes_up_total"] + summary["bytes_down_total"]) / 1e6
         left = (time.perf_counter() - began) / ran * (todo - ran)
         eta = f", study ETA {duration(left)}" if todo > ran else ""
-        say(
-            f"{head}: test {summary['metric_name']} {summary['test_metric']:.4f}, "
-            f"{mb:,.1f} MB, {summary['wall_seconds']:.0f} s{eta}"
-        )
+        sent = "bytes withheld under DP"
+        if "bytes_up_total" in summary:
+            sent = f"{(summary['bytes_up_total'] + summary['bytes_down_total']) / 1e6:,.1f} MB"
+        took = time.perf_counter() - started
+        test = f"test {summary['metric_name']} {summary['test_metric']:.4f}"
+        say(f"{head}: {test}, {sent}, {took:.0f} s{eta}")
         write_report(out, planned)
     return write_report(out, planned)
 
