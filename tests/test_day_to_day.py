@@ -1,8 +1,10 @@
 """What a user meets day to day: round lines in a log, --quiet, templates, dry runs, names."""
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,11 +22,21 @@ def test_round_lines_reach_a_log_file_as_each_round_ends(
 ) -> None:
     log = tmp_path / "log.txt"
     argv = run_argv(tiny_model_dir, tmp_path / "run", "--set", "federation.eval_every=2", rounds=3)
+    seen_early = False  # round 1's line in the file before round 3's was written
     with log.open("w") as fh:  # stdout is a file, as under nohup or SLURM
-        proc = subprocess.run(
-            [sys.executable, "-m", "fedpet.cli", *argv], stdout=fh, stderr=subprocess.STDOUT
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # as a user has
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fedpet.cli", *argv],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
-    assert proc.returncode == 0
+        while proc.poll() is None and not seen_early:
+            text = log.read_text()
+            seen_early = "round 1/3" in text and "round 3/3" not in text
+            time.sleep(0.02)
+        assert proc.wait(timeout=300) == 0
+    assert seen_early  # block-buffered output would arrive all at once, at exit
     lines = log.read_text().splitlines()
     assert lines[0].startswith("fedpet: rotten_tomatoes · lora on ")
     assert "4 clients, 2 per round, 3 rounds, fedavg · cpu fp32" in lines[0]

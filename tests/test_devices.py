@@ -120,7 +120,7 @@ def test_scaled_training_unscales_before_clipping_and_lowers_the_loss() -> None:
     assert scaler.get_scale() == 2.0**10  # no overflow, no step skipped at this scale
 
 
-def test_autocast_is_off_in_fp32_and_bf16_on_the_cpu() -> None:
+def test_autocast_is_off_in_fp32_and_on_in_bf16_on_the_cpu() -> None:
     cpu = torch.device("cpu")
     x = torch.ones(2, 2)
     with autocast(cpu, "fp32"):

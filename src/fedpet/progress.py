@@ -201,8 +201,8 @@ class RunDisplay(Watcher):
     def _print(self, line: str) -> None:
         if self.console.is_terminal:
             self.console.print(line, highlight=False, soft_wrap=True)
-        else:  # plain, unwrapped, and flushed at once into a log file
-            print(line, flush=True)
+        else:  # plain and unwrapped; the command's stdout is line-buffered (fedpet.cli.main)
+            print(line)
 
     def progress(self, done: int, total: int) -> None:
         """Advance the bar."""

@@ -10,8 +10,13 @@ from helpers import run_argv
 from safetensors.torch import load_file
 
 from fedpet.cli import main
+from fedpet.client import evaluate
+from fedpet.experiment import prepare
+from fedpet.export import open_model
 from fedpet.generative.lm import CausalLM
+from fedpet.launch import run_config
 from fedpet.model import TextClassifier, build_model
+from fedpet.state import extract
 
 METHODS = ("full", "adapter", "lora", "prefix", "prompt", "ia3", "bitfit")
 REFUSED = {
@@ -57,6 +62,13 @@ def test_every_method_tunes_every_decoder_family_sending_exactly_its_tensors(
     assert row["bytes_up"] == row["bytes_down"] == 2 * 4 * n  # two clients, fp32 tensors only
     assert summary["metric_name"] == "accuracy" and 0 <= summary["test_accuracy"] <= 1
     assert summary["test_perplexity"] > 1 and "val_loss" in row
+    # it trained: the state moved (no weight decay: only gradients move it), and the
+    # validation loss fell from the start's (one step of each client, so by a little)
+    exp = prepare(run_config(out))
+    start = extract(exp.params)
+    assert any(not torch.equal(start[k], state[k]) for k in state), "nothing moved"
+    before = evaluate(exp.model, exp.validation, 8, 0)["loss"]
+    assert row["val_loss"] < before, (before, row["val_loss"])
     if method == "lora":
         adapted = {k.split(".lora_")[0].rsplit(".", 1)[-1] for k in state}
         assert adapted == LORA_TARGETS[family]  # peft's targets for the family
@@ -73,6 +85,16 @@ def test_a_decoder_classifies_with_a_head_on_its_last_token(
     assert {"head.weight", "head.bias"} <= set(state) and state["head.weight"].shape == (2, 32)
     assert row["bytes_up"] == 2 * 4 * summary["trainable_params"]
     assert "test_perplexity" not in summary and 0 <= summary["test_macro_f1"] <= 1
+    # the trained classifier's logits are its head on the last token's hidden state
+    loaded = open_model(out, "last")
+    ids = loaded.tokenizer(["a fine film, if long"], return_tensors="pt")["input_ids"]
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        hidden = loaded.model.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        hidden = hidden[:, -ids.shape[1] :]  # (prompt tuning's virtual tokens come first)
+        logits = loaded.model(ids, mask)
+        assert torch.allclose(logits, loaded.model.head(hidden[:, -1]), atol=1e-6)
+        assert not torch.allclose(logits, loaded.model.head(hidden.mean(1)), atol=1e-4)
 
 
 def test_last_token_pooling_reads_the_last_real_token_left_or_right_padded(
