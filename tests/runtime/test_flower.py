@@ -104,7 +104,7 @@ def _message(content, message_type: str = "train"):
 def test_malformed_replies_are_refused() -> None:
     from flwr.app import MetricRecord, RecordDict
 
-    from fedpet.runtime.flower import parse_reply, to_record
+    from fedpet.runtime.messages import parse_reply, to_record
 
     def reply(metrics: dict):
         content = RecordDict({"arrays": to_record(b"\0" * 8), "metrics": MetricRecord(metrics)})
@@ -215,7 +215,8 @@ def test_under_dp_a_flower_client_sends_its_update_alone(tiny_config) -> None:
     from flwr.compat.common import recorddict_compat
 
     from fedpet.codecs import get_codec
-    from fedpet.runtime.flower import cached_experiment, parse_reply, to_record, train_reply
+    from fedpet.runtime.flower import cached_experiment, train_reply
+    from fedpet.runtime.messages import parse_reply, to_record
     from fedpet.runtime.secagg import masked_reply
     from fedpet.state import extract
 

@@ -4,8 +4,8 @@ The ClientApp answers a train message with :meth:`~fedpet.runtime.client_half.Cl
 on a backbone loaded once per process; the ServerApp drives :class:`FedpetStrategy`, a
 Flower ``Strategy`` that routes :class:`~fedpet.runtime.server_half.ServerHalf`'s downloads
 to the nodes holding the cohort's clients and hands it their replies. Payloads travel as
-one uint8 array in an ``ArrayRecord``: the exact bytes the codec produced, so byte counts
-equal the simulation's.
+the codec's exact bytes (:mod:`fedpet.runtime.messages`), so byte counts equal the
+simulation's.
 """
 
 from __future__ import annotations
@@ -16,9 +16,7 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
-import numpy as np
 from flwr.app import (
-    Array,
     ArrayRecord,
     ConfigRecord,
     Context,
@@ -34,9 +32,10 @@ from fedpet.config import Config, to_dict
 from fedpet.experiment import Experiment, prepare
 from fedpet.rundir import Checkpoint
 from fedpet.runtime.client_half import ClientHalf
+from fedpet.runtime.messages import from_record, number, parse_reply, reply_metrics, to_record
 from fedpet.runtime.pipeline import secure_weight, withholds_stats
 from fedpet.runtime.recorder import Recorder
-from fedpet.runtime.rounds import ClientReply, Intake
+from fedpet.runtime.rounds import Intake
 from fedpet.runtime.secagg import (
     is_secure,
     masked_reply,
@@ -47,57 +46,10 @@ from fedpet.runtime.secagg import (
 from fedpet.runtime.server_half import ServerHalf
 from fedpet.state import schema
 
-PAYLOAD = "payload"
 LOG = logging.getLogger("fedpet")
 QUERY_TIMEOUT = 2.0
 """Seconds a later round waits for new nodes to say which client they hold."""
 _CLIENTS: dict[str, ClientHalf] = {}  # per process: the backbone and data, loaded once
-
-
-def to_record(payload: bytes) -> ArrayRecord:
-    """A codec payload as an ArrayRecord of one uint8 array."""
-    return ArrayRecord({PAYLOAD: Array(np.frombuffer(payload, dtype=np.uint8))})
-
-
-def from_record(record: ArrayRecord) -> bytes:
-    """The codec payload inside an ArrayRecord made by :func:`to_record`."""
-    return bytes(record[PAYLOAD].numpy().tobytes())
-
-
-def number(value: object) -> float:
-    """A scalar read from a Config/MetricRecord (typed there as any record value)."""
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise TypeError(f"expected a number in the record, got {type(value).__name__}")
-    return float(value)
-
-
-def parse_reply(reply: Message, private: bool = False) -> ClientReply:
-    """A client's train reply as a :class:`ClientReply`; ValueError or KeyError if malformed.
-
-    The example count is the client's claim: it weights FedAvg (the robust algorithms
-    ignore it), so it must be a positive integer (the intake checks it against the
-    partition's size), as the count of examples trained on must be a natural number. Under
-    DP (``private``) a reply is its update alone, and anything else it carries is ignored.
-    """
-    payload = from_record(reply.content.array_records["arrays"])
-    if private:
-        return ClientReply(payload)
-    metrics = reply.content.metric_records["metrics"]
-    examples, loss = number(metrics["num-examples"]), number(metrics["loss"])
-    seen = number(metrics["examples-seen"])
-    if examples < 1 or not examples.is_integer():
-        raise ValueError(f"num-examples {examples:g} is not a positive integer")
-    if seen < 0 or not seen.is_integer():
-        raise ValueError(f"examples-seen {seen:g} is not a natural number")
-    return ClientReply(payload, int(examples), loss, int(seen))
-
-
-def reply_metrics(reply: ClientReply) -> MetricRecord:
-    """The statistics a reply carries beside its payload (none under DP)."""
-    if reply.num_examples is None or reply.loss is None or reply.seen is None:
-        return MetricRecord({})
-    stats: dict[str, int | float] = {"num-examples": reply.num_examples, "loss": reply.loss}
-    return MetricRecord({**stats, "examples-seen": reply.seen})
 
 
 def cached_client(cfg: Config) -> ClientHalf:
