@@ -216,6 +216,26 @@ def test_a_study_runs_resumes_and_reports_identically(
     assert ((out / "report.md").read_text(), (out / "results.csv").read_text()) == before
 
 
+def test_a_study_with_dp_runs_reports_what_they_withhold_as_withheld(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    grid = {"method.name": ["lora", "full"], "privacy.enabled": [False, True]}
+    spec = _mini_study(tiny_model_dir, tmp_path / "dp.yaml", grid)
+    study = json.loads(spec.read_text())
+    study["base"]["privacy"] = {"noise_multiplier": 0.5}
+    study["base"]["federation"]["eval_every"] = 1
+    spec.write_text(json.dumps(study))
+    out = tmp_path / "study"
+    assert main(["study", "--config", str(spec), "--out", str(out), "--quiet"]) == 0
+    results = pd.read_csv(out / "results.csv").set_index(["method", "enabled"])
+    assert results.loc[("lora", False), "mb_total"] > 0
+    assert math.isnan(results.loc[("lora", True), "mb_total"])
+    assert math.isnan(results.loc[("lora", True), "wall_seconds"])
+    report = (out / "report.md").read_text()
+    assert "one after another (runs under DP withhold theirs)." in report
+    assert "| lora, enabled=True |" in report and "| withheld (DP) |" in report
+
+
 def test_a_different_study_in_the_same_directory_is_refused(tmp_path: Path, capsys) -> None:
     from fedpet.study.runner import claim
 

@@ -126,7 +126,9 @@ def _wall(results: pd.DataFrame) -> str:
     seconds = round(float(results["wall_seconds"].sum()))
     hours, rest = divmod(seconds, 3600)
     clock = f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
-    return f" The finished runs took {clock} of wall time ({seconds:,} s), one after another."
+    done = results[results["status"] == "done"]
+    dp = " (runs under DP withhold theirs)" if done["wall_seconds"].isna().any() else ""
+    return f" The finished runs took {clock} of wall time ({seconds:,} s), one after another{dp}."
 
 
 def _communication(done: pd.DataFrame, extra: list[str]) -> list[str]:
@@ -189,7 +191,8 @@ def _targets(rows: list[dict[str, Any]], metric: str) -> list[str]:
         if r["round"] is None:
             reached = f"not reached (best {100 * r['best']:.2f}) | -"
         else:
-            reached = f"{r['round']} | {r['mb']:,.1f}"
+            mb = "withheld (DP)" if math.isnan(r["mb"]) else f"{r['mb']:,.1f}"
+            reached = f"{r['round']} | {mb}"
         lines.append(
             f"| {r['task']} | {r['setting']} | {r['line']} | {100 * r['target']:.2f} | {reached} |"
         )
