@@ -37,7 +37,7 @@ def load_(params: dict[str, nn.Parameter], state: TrainableState) -> None:
         p.copy_(state[name])
 
 
-def schema(state: TrainableState) -> Schema:
+def schema(state: Mapping[str, torch.Tensor]) -> Schema:
     """Names and shapes, in order: what both ends of the wire agree on before any round."""
     return tuple((name, tuple(t.shape)) for name, t in state.items())
 

@@ -108,7 +108,7 @@ def open_run(path: Path, round_: str) -> Loaded:
         model, tokenizer = build_model(cfg, len(labels))
     algorithm = get_algorithm(cfg.algorithm)
     params = {n: p for n, p in trainable_parameters(model).items() if algorithm.trainable(n)}
-    if dict(schema(state)) != {n: tuple(p.shape) for n, p in params.items()}:
+    if dict(schema(state)) != dict(schema(params)):
         raise FedpetError(
             f"run directory {str(path)!r}: its checkpoint does not fit the model that "
             f"config.yaml and the {len(labels)} labels of partition.json describe; were they "
@@ -151,8 +151,7 @@ def open_export(path: Path) -> Loaded:
     hidden = int(getattr(config, "hidden_size", None) or config.dim)
     model = TextClassifier(encoder, hidden, len(labels), pooling, normalize, dropout=0.0)
     head = _read(path, HEAD_FILE, lambda: load_file(str(path / HEAD_FILE)))
-    expected = {k: tuple(v.shape) for k, v in sorted(model.head.state_dict().items())}
-    found = {k: tuple(v.shape) for k, v in sorted(head.items())}
+    expected, found = (dict(sorted(schema(s))) for s in (model.head.state_dict(), head))
     if found != expected:
         raise FedpetError(
             f"export {str(path)!r}: {HEAD_FILE} holds {found}, but {len(labels)} labels in "

@@ -90,7 +90,7 @@ def joined(
     else:
         assert len(answer) <= reserve, "every answer of a closed set fits the reserve"
         room = max_length - reserve
-    prompt = prompt[len(prompt) - room :] if len(prompt) > room else prompt
+    prompt = prompt[max(0, len(prompt) - room) :]
     return np.asarray(prompt + answer, dtype=np.int32), len(prompt)
 
 
