@@ -70,3 +70,20 @@ def in_process_one_thread(argv: list[str]) -> None:
         assert main(argv) == 0
     finally:
         torch.set_num_threads(threads)
+
+
+def intake_of(like: dict, spec: str = "fp32"):
+    """An intake of round 1 for clients 4, 7 and 9 of ten, each holding 10 examples, which
+    were sent ``like`` (FedAvg, fp32 downloads); uploads use the codec ``spec``."""
+    from fedpet.algorithms import Aggregate
+    from fedpet.algorithms.fedavg import FedAvg
+    from fedpet.codecs import get_codec
+    from fedpet.config import AlgorithmOptions
+    from fedpet.runtime.rounds import Downloads, Intake
+    from fedpet.stages import UpdateChecks
+
+    algorithm, codec = FedAvg(AlgorithmOptions()), get_codec("fp32")
+    downloads = Downloads(algorithm, codec, like, seed=0)
+    up = get_codec(spec)
+    sizes = [10] * 10
+    return Intake([4, 7, 9], sizes, algorithm, downloads, Aggregate(), up, [UpdateChecks(None)])

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import run_argv
+from helpers import intake_of, run_argv
 from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.torch import load_file
@@ -67,28 +67,11 @@ def test_rejected_updates_leave_the_global_state_untouched(
     assert all(torch.equal(kept[k], initial[k]) for k in kept)
 
 
-def _intake(like: dict[str, torch.Tensor], spec: str = "fp32"):
-    """An intake of round 1 for clients 4, 7 and 9, which were sent ``like`` (FedAvg, fp32
-    downloads); uploads use the codec ``spec``."""
-    from fedpet.algorithms import Aggregate
-    from fedpet.algorithms.fedavg import FedAvg
-    from fedpet.codecs import get_codec
-    from fedpet.config import AlgorithmOptions
-    from fedpet.runtime.rounds import Downloads, Intake
-    from fedpet.stages import UpdateChecks
-
-    algorithm, codec = FedAvg(AlgorithmOptions()), get_codec("fp32")
-    downloads = Downloads(algorithm, codec, like, seed=0)
-    up = get_codec(spec)
-    sizes = [10] * 10
-    return Intake([4, 7, 9], sizes, algorithm, downloads, Aggregate(), up, [UpdateChecks(None)])
-
-
 def test_malformed_payloads_are_rejected_not_raised() -> None:
     from fedpet.codecs import get_codec
     from fedpet.runtime.rounds import ClientReply
 
-    intake = _intake({n: torch.zeros_like(t) for n, t in GOOD.items()})
+    intake = intake_of({n: torch.zeros_like(t) for n, t in GOOD.items()})
     payload = get_codec("fp32").encode(GOOD)
     assert intake.receive(4, ClientReply(payload, 10, 0.5))
     assert not intake.receive(7, ClientReply(payload[:-4], 10, 0.5))
@@ -134,7 +117,7 @@ NAN, INF, MINUS = (struct.pack("<f", x) for x in (float("nan"), float("inf"), -1
 def test_a_crafted_upload_is_rejected_with_why(spec: str, change, reason: str) -> None:
     from fedpet.runtime.rounds import ClientReply
 
-    intake = _intake({"w": torch.zeros(300)}, spec)
+    intake = intake_of({"w": torch.zeros(300)}, spec)
     assert intake.receive(4, ClientReply(_crafted(spec, lambda p: None), 10, 0.5))
     assert not intake.receive(7, ClientReply(_crafted(spec, change), 10, 0.5))
     assert intake.accepted == [4] and len(intake.counts.rejected) == 1
@@ -160,7 +143,7 @@ def _raising_codec():
 
 
 @given(spec=st.sampled_from(SPECS), seed=st.integers(0, 2**32 - 1))
-def test_random_bytes_of_the_right_length_never_raise_from_the_intake(
+def test_random_bytes_of_the_right_length_never_raise_from_theintake_of(
     _raising_codec, spec: str, seed: int
 ) -> None:
     from fedpet.codecs import get_codec
@@ -169,7 +152,7 @@ def test_random_bytes_of_the_right_length_never_raise_from_the_intake(
     like = {"a": torch.zeros(7, 5), "b": torch.zeros(300), "c": torch.zeros(1)}
     size = sum(get_codec(spec).values.nbytes(tuple(t.shape)) for t in like.values())
     payload = np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes()
-    intake = _intake(like, spec)
+    intake = intake_of(like, spec)
     if intake.receive(9, ClientReply(payload, 10, 0.5)):  # random bytes can be a fair update
         decoded = get_codec(spec).decode(payload, schema(like))
         assert update_problem(decoded, schema(like), None) is None
@@ -210,12 +193,12 @@ def test_a_secure_aggregate_is_checked_as_one_update() -> None:
     like = {"w": torch.zeros(2, 3), "b": torch.zeros(3)}
     mean = {"w": torch.full((2, 3), 0.5), "b": torch.ones(3)}
 
-    good = _intake(like)
+    good = intake_of(like)
     good.receive_mean([4, 7], mean, weight=30.0)
     assert good.aggregate.num_clients == 2 and good.aggregate.total_weight == 30.0
     assert all(torch.equal(good.aggregate.mean()[k], mean[k]) for k in mean)
     for bad, reason in [(None, "unmasking failed"), ({**mean, "b": mean["b"] / 0}, "Inf")]:
-        lost = _intake(like)
+        lost = intake_of(like)
         lost.receive_mean([4, 7], bad, weight=30.0)
         assert lost.aggregate.num_clients == 0
         assert [x["client"] for x in lost.counts.rejected] == [4, 7]

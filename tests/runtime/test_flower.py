@@ -121,13 +121,14 @@ def test_malformed_replies_are_refused() -> None:
 
 
 def test_a_client_s_claimed_weight_must_be_its_partition_s_size() -> None:
-    from test_validation import GOOD, _intake
+    from helpers import intake_of
 
     from fedpet.codecs import get_codec
     from fedpet.runtime.rounds import ClientReply
 
-    intake = _intake({n: torch.zeros_like(t) for n, t in GOOD.items()})  # partitions of 10
-    payload = get_codec("fp32").encode(GOOD)
+    update = {"a": torch.ones(2, 3), "b": torch.zeros(4)}
+    intake = intake_of({n: torch.zeros_like(t) for n, t in update.items()})  # partitions of 10
+    payload = get_codec("fp32").encode(update)
     assert intake.receive(4, ClientReply(payload, 10, 0.5, 10))
     assert not intake.receive(7, ClientReply(payload, 1000, 0.5, 10))  # to outweigh the rest
     assert not intake.receive(9, ClientReply(payload, 10, 0.5, 11))  # one epoch of 10
