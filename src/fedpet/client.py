@@ -46,6 +46,17 @@ class TrainResult:
     seen: int
 
 
+def planned_steps(examples: int, train: TrainConfig, epochs: int) -> int:
+    """Optimizer steps of local training on ``examples`` examples.
+
+    ``epochs`` passes of ``train.batch_size`` batches, at most ``train.max_steps`` (FlowerTune's
+    "max-steps" per round). Local training and the simulated faults (a planned crash's step,
+    a straggler's seconds) both count with this.
+    """
+    steps = epochs * math.ceil(examples / train.batch_size)
+    return steps if train.max_steps is None else min(steps, train.max_steps)
+
+
 def make_optimizer(
     params: dict[str, nn.Parameter], head_names: set[str], train: TrainConfig, total_steps: int
 ) -> tuple[Optimizer, LRScheduler | None]:
@@ -164,9 +175,7 @@ class LocalTraining:
         torch.manual_seed(seed)
         self.rng = np.random.default_rng(seed)
         self.epochs = epochs
-        self.steps = epochs * math.ceil(len(indices) / train.batch_size)
-        if train.max_steps is not None:  # FlowerTune's "max-steps" per round
-            self.steps = min(self.steps, train.max_steps)
+        self.steps = planned_steps(len(indices), train, epochs)
         self.done = self.seen = 0  # steps taken, examples trained on by run()
         self.optimizer, self.scheduler = make_optimizer(params, head_names, train, self.steps)
         self.optimizer.zero_grad(set_to_none=True)  # a crashed client may have left gradients

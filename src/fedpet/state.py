@@ -7,6 +7,7 @@ map (:func:`load_`), so optimizers built over the parameters stay valid.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -40,6 +41,11 @@ def load_(params: dict[str, nn.Parameter], state: TrainableState) -> None:
 def schema(state: Mapping[str, torch.Tensor]) -> Schema:
     """Names and shapes, in order: what both ends of the wire agree on before any round."""
     return tuple((name, tuple(t.shape)) for name, t in state.items())
+
+
+def l2_norm(state: Mapping[str, torch.Tensor]) -> float:
+    """The L2 norm of all of a state's values together (summed in float64)."""
+    return math.sqrt(sum(float(t.double().pow(2).sum()) for t in state.values()))
 
 
 def subtract(a: TrainableState, b: TrainableState) -> TrainableState:

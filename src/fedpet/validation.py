@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from fedpet.state import Schema, TrainableState
+from fedpet.state import Schema, TrainableState, l2_norm
 
 
 def update_problem(update: TrainableState, layout: Schema, max_norm: float | None) -> str | None:
@@ -23,7 +21,6 @@ def update_problem(update: TrainableState, layout: Schema, max_norm: float | Non
         return f"missing tensors {missing[:3]}"
     if unknown:
         return f"unknown tensors {unknown[:3]}"
-    squares = 0.0
     for name, shape in layout:
         tensor = update[name]
         if tuple(tensor.shape) != shape:
@@ -32,8 +29,6 @@ def update_problem(update: TrainableState, layout: Schema, max_norm: float | Non
             return f"{name} has dtype {tensor.dtype}, expected a floating dtype"
         if not bool(torch.isfinite(tensor).all()):
             return f"{name} holds NaN or Inf"
-        squares += float(tensor.double().pow(2).sum())
-    norm = math.sqrt(squares)
-    if max_norm is not None and norm > max_norm:
+    if max_norm is not None and (norm := l2_norm(update)) > max_norm:
         return f"update norm {norm:.4g} exceeds federation.max_update_norm {max_norm:g}"
     return None

@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 from fedpet.cli import main
 from fedpet.config import PrivacyConfig
 from fedpet.privacy.accountant import calibrate, epsilon
-from fedpet.privacy.dp import clip, gaussian_noise, l2_norm
+from fedpet.privacy.dp import clip, gaussian_noise
+from fedpet.state import l2_norm
 
 
 @pytest.mark.parametrize(("accountant", "expected"), [("rdp", 7.90), ("pld", 7.05)])

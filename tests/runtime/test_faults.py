@@ -142,3 +142,17 @@ def test_a_malicious_client_leaves_the_global_state_untouched(
     expected = add(start, agg.mean())
     kept = load_file(out / "checkpoint" / "global.safetensors")
     assert all(torch.equal(kept[k], expected[k]) for k in expected)
+
+
+def test_faults_are_planned_within_train_max_steps(tiny_model_dir: Path, tmp_path: Path) -> None:
+    # 10 examples per client at batch 8 would be 2 steps; train.max_steps caps them at 1, so
+    # every crash strikes at step 1 and a straggler needs 1 s x 10 instead of 2 s x 10
+    capped = ("--partition", "iid", "--set", "train.max_steps=1")
+    summary, rows = run(tiny_model_dir, tmp_path / "c", *capped, "--client-failure-rate", "1")
+    failed = [x for r in rows for x in r["failed"]]
+    assert summary["clients_failed"] == len(failed) == 15
+    assert {x["reason"] for x in failed} == {"injected crash at local step 1"}
+    slow = ("--straggler-rate", "1", "--round-deadline", "5")
+    summary, rows = run(tiny_model_dir, tmp_path / "s", *capped, *slow)
+    late = [x for r in rows for x in r["late"]]
+    assert len(late) == 15 and {x["reason"] for x in late} == {"needs 10 s, round_deadline is 5 s"}

@@ -21,7 +21,7 @@ import torch
 from fedpet.algorithms.base import Aggregate
 from fedpet.config import Config
 from fedpet.privacy.randomness import Draws
-from fedpet.state import TrainableState
+from fedpet.state import TrainableState, l2_norm
 
 COUNT_SENSITIVITY = 0.5
 """How far one client moves adaptive clipping's released count (indicators shifted by -1/2)."""
@@ -31,11 +31,6 @@ def count_noise(cfg: Config) -> float:
     """Std of the noise on adaptive clipping's count: ``privacy.count_noise`` or m / 20."""
     p = cfg.privacy
     return p.count_noise if p.count_noise is not None else cfg.federation.clients_per_round / 20
-
-
-def l2_norm(state: TrainableState) -> float:
-    """The L2 norm of all of a state's values together."""
-    return math.sqrt(sum(float(t.double().pow(2).sum()) for t in state.values()))
 
 
 def clip(update: TrainableState, bound: float) -> TrainableState:

@@ -13,10 +13,10 @@ from typing import Any, ClassVar
 
 from fedpet.algorithms.base import Aggregate
 from fedpet.config import Config
-from fedpet.privacy.dp import client_noise_std, clip, gaussian_noise, l2_norm, release
+from fedpet.privacy.dp import client_noise_std, clip, gaussian_noise, release
 from fedpet.privacy.randomness import Draws
 from fedpet.stages.base import Arrival, ClientSide, Stage
-from fedpet.state import TrainableState, add
+from fedpet.state import TrainableState, add, l2_norm
 
 
 class DifferentialPrivacy(Stage):

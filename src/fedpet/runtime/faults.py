@@ -9,7 +9,6 @@ simulated clock of ``faults.step_seconds`` per local step, which the server comp
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +19,7 @@ from fedpet.algorithms.base import ClientHook
 from fedpet.config import Config
 from fedpet.errors import require
 from fedpet.seeding import derive_seed
-from fedpet.state import TrainableState
+from fedpet.state import TrainableState, l2_norm
 
 
 class ClientFailure(RuntimeError):
@@ -89,11 +88,6 @@ def plan_faults(cfg: Config, round_: int, attempt: int, client: int, steps: int)
     )
 
 
-def local_steps(num_examples: int, batch_size: int, epochs: int) -> int:
-    """Optimizer steps of local training on ``num_examples``."""
-    return epochs * math.ceil(num_examples / batch_size)
-
-
 class FailingHook:
     """Wraps a client hook; raises :class:`ClientFailure` at the given step's loss."""
 
@@ -121,6 +115,5 @@ def attack(update: TrainableState, kind: str, norm: float) -> TrainableState:
     """
     if kind == "nan":
         return {name: torch.full_like(t, float("nan")) for name, t in update.items()}
-    current = math.sqrt(sum(float(t.double().pow(2).sum()) for t in update.values()))
-    scale = norm / max(current, 1e-12)
+    scale = norm / max(l2_norm(update), 1e-12)
     return {name: t * scale for name, t in update.items()}

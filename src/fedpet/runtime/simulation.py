@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from functools import partial
 
+from fedpet.client import planned_steps
 from fedpet.experiment import Experiment
 from fedpet.privacy.randomness import simulated_clients_draws
 from fedpet.rundir import Checkpoint
 from fedpet.runtime.client_half import ClientHalf
-from fedpet.runtime.faults import ClientFailure, FailingHook, attack, local_steps, plan_faults
+from fedpet.runtime.faults import ClientFailure, FailingHook, attack, plan_faults
 from fedpet.runtime.recorder import Recorder
 from fedpet.runtime.rounds import Intake
 from fedpet.runtime.server_half import ServerHalf
@@ -32,7 +33,7 @@ def run_attempt(server: ServerHalf, client: ClientHalf, round_: int, attempt: in
     intake = server.open(round_, attempt)
     for k in intake.clients:
         payload = intake.download(k)
-        steps = local_steps(len(server.exp.clients[k]), train.batch_size, train.local_epochs)
+        steps = planned_steps(len(server.exp.clients[k]), train, train.local_epochs)
         faults = plan_faults(cfg, round_, attempt, k, steps)
         if fed.round_deadline is not None and faults.seconds > fed.round_deadline:
             reason = f"needs {faults.seconds:g} s, round_deadline is {fed.round_deadline:g} s"
