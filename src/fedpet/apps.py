@@ -7,6 +7,7 @@ as YAML text under the run-config key ``fedpet``; the ServerApp writes the run d
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from flwr.app import Context, Message
@@ -21,6 +22,7 @@ from fedpet.launch import resume_run, start_run
 from fedpet.rundir import Checkpoint
 from fedpet.runtime.flower import query_reply, quiet_flower, run_strategy, train_reply
 from fedpet.runtime.recorder import Recorder
+from fedpet.runtime.roster import node_map
 from fedpet.runtime.secagg import secure_mod
 
 Values = dict[str, bool | float | int | str]
@@ -56,16 +58,25 @@ server_app = ServerApp()
 """The ServerApp of ``flwr run`` deployments: it writes the run directory ``out``.
 
 With the run-config value ``resume = true`` and a checkpoint in ``out``, it continues that
-run (with the config saved there) after its last complete round.
+run (with the config saved there) after its last complete round. The run-config value
+``nodes`` binds the SuperLink's registered node ids to clients
+(:func:`~fedpet.runtime.roster.node_map`); without one, each node's ``partition-id`` is
+its own claim, and a warning says so.
 """
 
 
 @server_app.main()
 def _deployed_server(grid: Grid, context: Context) -> None:
     out = Path(str(context.run_config.get("out", "runs/flower")))
+    bound = node_map(str(context.run_config.get("nodes", "")))
+    if bound is None:
+        logging.getLogger("fedpet").warning(
+            "fedpet: the run config binds no nodes: each node's partition-id is its own "
+            "claim (docs/concepts/flower.md)"
+        )
 
     def runner(exp: Experiment, recorder: Recorder, resume: Checkpoint | None) -> None:
-        run_strategy(exp, recorder, grid, resume)
+        run_strategy(exp, recorder, grid, resume, bound)
 
     with quiet_flower():  # fedpet's round lines, not Flower's banners, reach the log
         if context.run_config.get("resume") and (out / "checkpoint" / "state.json").exists():

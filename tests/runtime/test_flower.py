@@ -1,6 +1,7 @@
 """The Flower runtime reuses the simulation's pieces: same cohorts, bytes and global state."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -304,33 +305,32 @@ class _StartingGrid:
         return replies
 
 
-@pytest.mark.integration
-def test_the_server_waits_for_every_client_s_node_to_answer(
-    tiny_config, tmp_path: Path, monkeypatch
-) -> None:
-    import time as clock
-
+@pytest.fixture
+def as_serverapp(monkeypatch) -> None:
+    """The task identity the ServerApp's process has (messages are made in it)."""
     from flwr.supercore.task_identity import TaskIdentity
 
-    from fedpet.experiment import prepare
-    from fedpet.rundir import RunDir
-    from fedpet.runtime.flower import QUERY_TIMEOUT, FedpetStrategy
-    from fedpet.runtime.recorder import Recorder
-
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)  # as the ServerApp's process has them
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
     monkeypatch.setattr(TaskIdentity, "_node_id", 0)
     monkeypatch.setattr(TaskIdentity, "_task_id", 0)
-    exp = prepare(tiny_config())  # 4 clients
-    strategy = FedpetStrategy(exp, Recorder(exp, RunDir(tmp_path / "run")))
+
+
+@pytest.mark.integration
+def test_the_server_waits_for_every_client_s_node_to_answer(as_serverapp) -> None:
+    import time as clock
+
+    from fedpet.runtime.roster import QUERY_TIMEOUT, Roster
+
+    roster = Roster(clients=4)
     # no node has registered when the server starts; a question takes 2.5 s to answer, more
     # than QUERY_TIMEOUT, and those asked in the first second are answered with an error
     grid = _StartingGrid(nodes=4, registered=0.5, started=1.0, latency=2.5)
     start = clock.monotonic()
-    strategy.discover(grid, patience=60.0)  # type: ignore[arg-type]
-    assert strategy.nodes == {0: 1, 1: 2, 2: 3, 3: 4}
+    roster.discover(grid, patience=60.0)  # type: ignore[arg-type]
+    assert roster.nodes == {0: 1, 1: 2, 2: 3, 3: 4}
     assert clock.monotonic() - start < 8.0
     # with no patience (a later round): one question each, QUERY_TIMEOUT s, then on
-    late = FedpetStrategy(exp, Recorder(exp, RunDir(tmp_path / "late")))
+    late = Roster(clients=4)
     start = clock.monotonic()
     slow = _StartingGrid(nodes=4, registered=0.0, started=0.0, latency=60.0)
     late.discover(slow, patience=0.0)  # type: ignore[arg-type]
@@ -339,34 +339,61 @@ def test_the_server_waits_for_every_client_s_node_to_answer(
 
 
 def test_out_of_range_and_duplicate_client_claims_are_refused_and_logged(
-    tiny_config, tmp_path: Path, monkeypatch, caplog
+    as_serverapp, caplog
 ) -> None:
-    from flwr.supercore.task_identity import TaskIdentity
+    from fedpet.runtime.roster import Roster
 
-    from fedpet.experiment import prepare
-    from fedpet.rundir import RunDir
-    from fedpet.runtime.flower import FedpetStrategy
-    from fedpet.runtime.recorder import Recorder
-
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 0)
-    exp = prepare(tiny_config())  # clients 0 to 3
-    strategy = FedpetStrategy(exp, Recorder(exp, RunDir(tmp_path / "run")))
+    roster = Roster(clients=4)
     # nodes 1 to 3 hold clients 0 to 2; node 4 claims client 9, node 5 client 1 (node 2's),
     # node 6 claims -1 (no partition-id set); client 3 is nobody's
     grid = _StartingGrid(6, 0.0, 0.0, 0.0, claims={4: 9, 5: 1, 6: -1})
     with caplog.at_level("WARNING", logger="fedpet"):
-        strategy.discover(grid, patience=1.0)  # type: ignore[arg-type]
-    assert strategy.nodes == {0: 1, 1: 2, 2: 3}  # not counted as every client mapped
-    assert strategy.refused == {4, 5, 6}
+        roster.discover(grid, patience=1.0)  # type: ignore[arg-type]
+    assert roster.nodes == {0: 1, 1: 2, 2: 3}  # not counted as every client mapped
+    assert roster.refused == {4, 5, 6}
     said = [r.getMessage() for r in caplog.records]
     assert "fedpet: node 4 refused: partition-id 9 is not a client of this run (0 to 3)" in said
     assert "fedpet: node 5 refused: client 1 is already held by node 2" in said
     assert "fedpet: node 6 refused: partition-id -1 is not a client of this run (0 to 3)" in said
     asked = len(grid.sent)
-    strategy.discover(grid, patience=0.0)  # type: ignore[arg-type]
+    roster.discover(grid, patience=0.0)  # type: ignore[arg-type]
     assert len(grid.sent) == asked  # a refused node is not asked again
+
+
+def test_with_a_node_map_only_bound_nodes_hold_clients(as_serverapp, caplog) -> None:
+    from fedpet.runtime.roster import Roster
+
+    # the map binds node 2 to client 0 and node 1 to client 1; node 3 is not in it, and
+    # claims client 0 (first of all, as node 1 would without a map); node 4 claims client 2
+    # (nobody's); node 1 claims client 0 instead of its own client 1
+    roster = Roster(clients=3, bound={2: 0, 1: 1})
+    grid = _StartingGrid(4, 0.0, 0.0, 0.0, claims={1: 0, 2: 0, 3: 0, 4: 2})
+    with caplog.at_level("WARNING", logger="fedpet"):
+        roster.discover(grid, patience=1.0)  # type: ignore[arg-type]
+    assert roster.nodes == {0: 2} and roster.refused == {1, 3, 4}
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [
+        "fedpet: node 1 refused: it claims client 0, the node map binds it to client 1",
+        "fedpet: node 3 refused: not in the node map (it claims client 0, bound to node 2)",
+        "fedpet: node 4 refused: not in the node map (it claims client 2, bound to no node)",
+    ]
+
+
+def test_a_node_map_is_read_from_the_run_config_and_checked() -> None:
+    from fedpet.errors import FedpetError
+    from fedpet.runtime.roster import Roster, node_map
+
+    assert node_map("") is None and node_map("  ") is None
+    assert node_map("16317938773613128034=1  7=0") == {16317938773613128034: 1, 7: 0}
+    for text in ("abc=1", "5=", "5", "5=-1", "5=1.0", "-5=1"):
+        said = f"run config nodes: {text.split()[-1]!r} is not allowed: give <node id>=<client>"
+        with pytest.raises(FedpetError, match=re.escape(said)):
+            node_map(text)
+    for text in ("1=0 2=0", "1=0 1=1"):
+        with pytest.raises(FedpetError, match="binds a node or a client twice"):
+            node_map(text)
+    with pytest.raises(FedpetError, match="binds client 3: this run has clients 0 to 2"):
+        Roster(3, {1: 3})
 
 
 def test_secure_aggregation_masks_use_the_whole_seed_on_both_sides() -> None:

@@ -1,4 +1,7 @@
-"""A real Flower deployment on 127.0.0.1: a SuperLink, two SuperNodes, TLS, ``flwr run``.
+"""A real Flower deployment on 127.0.0.1: a SuperLink, SuperNodes, TLS, ``flwr run``.
+
+The SuperLink admits only registered SuperNodes (``--enable-supernode-auth``), and the run
+config binds their node ids to clients, as in docs/concepts/flower.md.
 
 Starts every process itself, ends every one of them (and what they spawned) by pid.
 """
@@ -81,6 +84,22 @@ def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
     return paths
 
 
+def make_node_key(path: Path) -> Path:
+    """A SuperNode's EC key pair in OpenSSH format (as ``ssh-keygen -t ecdsa`` writes it)."""
+    key = ec.generate_private_key(ec.SECP384R1())
+    openssh = serialization.Encoding.OpenSSH
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+    )
+    public = path.with_suffix(".pub")
+    public.write_bytes(key.public_key().public_bytes(openssh, serialization.PublicFormat.OpenSSH))
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -90,8 +109,8 @@ def free_port() -> int:
 class Deployment:
     """The processes of one test deployment; :meth:`close` ends all of them."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
+    def __init__(self, folder: Path, port: int, ca: Path) -> None:
+        self.folder, self.port, self.ca = folder, port, ca
         self.env = {
             **os.environ,
             "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
@@ -101,6 +120,34 @@ class Deployment:
         }
         self.procs: list[subprocess.Popen] = []
         self.nodes: list[subprocess.Popen] = []
+        self.node_ids: list[int] = []  # of the registered nodes, in order
+
+    def register(self, name: str) -> tuple[Path, int]:
+        """A new node key, registered with the SuperLink: its path and the node id."""
+        key = make_node_key(self.folder / name)
+        flwr = [str(BIN / "flwr"), "supernode", "register", str(key.with_suffix(".pub"))]
+        said = subprocess.run(
+            [*flwr, "test", "--format", "json"], env=self.env, capture_output=True, text=True
+        )
+        assert said.returncode == 0, said.stdout + said.stderr
+        return key, int(json.loads(said.stdout)["node-id"])
+
+    def node(self, partition: int, key: Path, log: str) -> subprocess.Popen:
+        """A SuperNode that signs with ``key`` and says it holds client ``partition``."""
+        return self.start(
+            str(BIN / "flower-supernode"),
+            "--superlink",
+            f"127.0.0.1:{self.port}",
+            "--root-certificates",
+            str(self.ca),
+            "--auth-supernode-private-key",
+            str(key),
+            "--port",
+            str(free_port()),
+            "--node-config",
+            f"partition-id={partition} num-partitions=2",
+            log=log,
+        )
 
     def start(self, *cmd: str, log: str) -> subprocess.Popen:
         out = (self.folder / log).open("w")
@@ -127,43 +174,33 @@ class Deployment:
 
 @pytest.fixture
 def deployment(tmp_path: Path) -> Iterator[Deployment]:
-    """A SuperLink with TLS and two SuperNodes holding clients 0 and 1."""
-    dep = Deployment(tmp_path)
+    """A SuperLink with TLS that admits registered SuperNodes; two hold clients 0 and 1."""
     ca, cert, key = make_certificates(tmp_path)
-    port = free_port()
+    dep = Deployment(tmp_path, free_port(), ca)
     (tmp_path / "flwr-home").mkdir()
     (tmp_path / "flwr-home" / "config.toml").write_text(
-        f'[superlink]\ndefault = "test"\n\n[superlink.test]\naddress = "127.0.0.1:{port}"\n'
+        f'[superlink]\ndefault = "test"\n\n[superlink.test]\naddress = "127.0.0.1:{dep.port}"\n'
         f'root-certificates = "{ca}"\n'
     )
     try:
         dep.start(
             str(BIN / "flower-superlink"),
             "--port",
-            str(port),
+            str(dep.port),
             "--ssl-ca-certfile",
             str(ca),
             "--ssl-certfile",
             str(cert),
             "--ssl-keyfile",
             str(key),
+            "--enable-supernode-auth",
             log="superlink.log",
         )
         time.sleep(3)
         for i in range(2):
-            node = dep.start(
-                str(BIN / "flower-supernode"),
-                "--superlink",
-                f"127.0.0.1:{port}",
-                "--root-certificates",
-                str(ca),
-                "--port",
-                str(free_port()),
-                "--node-config",
-                f"partition-id={i} num-partitions=2",
-                log=f"supernode{i}.log",
-            )
-            dep.nodes.append(node)
+            node_key, node_id = dep.register(f"node{i}")
+            dep.node_ids.append(node_id)
+            dep.nodes.append(dep.node(i, node_key, log=f"supernode{i}.log"))
         time.sleep(3)
         yield dep
     finally:
@@ -171,16 +208,19 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
 
 
 def run_config(
-    folder: Path,
+    dep: Deployment,
     model: Path,
     rounds: int,
     timeout: float,
     resume: bool = False,
     secure: bool = False,
 ) -> Path:
+    """A run.toml for ``dep``: its nodes bound to clients 0, 1, ... in registration order."""
+    folder = dep.folder
     path = folder / ("resume.toml" if resume else "run.toml")
+    nodes = " ".join(f"{node}={k}" for k, node in enumerate(dep.node_ids))
     path.write_text(
-        f"resume = {str(resume).lower()}\n"
+        f'resume = {str(resume).lower()}\nnodes = "{nodes}"\n'
         f'out = "{folder / "flower-run"}"\nfedpet = """\nmodel: {model}\nseed: 3\n'
         "data: {max_train_samples: 64, max_eval_samples: 32}\n"
         f"secagg: {{enabled: {str(secure).lower()}}}\n"
@@ -216,7 +256,7 @@ def wait_for_rounds(metrics: Path, rounds: int, seconds: float = 240) -> None:
 def test_secure_aggregation_over_tls_matches_fedavg_within_quantization(
     deployment: Deployment, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    config = run_config(tmp_path, tiny_model_dir, rounds=1, timeout=120, secure=True)
+    config = run_config(deployment, tiny_model_dir, rounds=1, timeout=120, secure=True)
     run = flwr_run(deployment, config)
     assert run.wait(timeout=300) == 0, (tmp_path / "flwr-run.log").read_text()[-2000:]
     out = tmp_path / "flower-run"
@@ -240,7 +280,7 @@ def test_a_supernode_killed_mid_run_is_a_recorded_failure(
     # on a loaded 2-core machine, and both nodes were dropped as unresponsive
     # two rounds: the second waits out the timeout for the killed node (each more round
     # would wait again, 60 s of the suite's time, and show nothing new)
-    config = run_config(tmp_path, tiny_model_dir, rounds=2, timeout=60)
+    config = run_config(deployment, tiny_model_dir, rounds=2, timeout=60)
     run = flwr_run(deployment, config)
     metrics = tmp_path / "flower-run" / "metrics.jsonl"
     wait_for_rounds(metrics, 1)
@@ -262,7 +302,7 @@ def test_a_killed_serverapp_resumes_to_the_in_process_result(
 ) -> None:
     # the TLS deployment, killed and resumed, ends with the in-process runtime's state and
     # byte counts (an uninterrupted deployment is the simpler case of the same path)
-    run = flwr_run(deployment, run_config(tmp_path, tiny_model_dir, rounds=3, timeout=60))
+    run = flwr_run(deployment, run_config(deployment, tiny_model_dir, rounds=3, timeout=60))
     out = tmp_path / "flower-run"
     wait_for_rounds(out / "metrics.jsonl", 1)
     superlink = psutil.Process(deployment.procs[0].pid)
@@ -272,7 +312,7 @@ def test_a_killed_serverapp_resumes_to_the_in_process_result(
     run.wait(timeout=30)
     assert not (out / "summary.json").exists()
     resumed = flwr_run(
-        deployment, run_config(tmp_path, tiny_model_dir, 3, 60, resume=True), log="resume.log"
+        deployment, run_config(deployment, tiny_model_dir, 3, 60, resume=True), log="resume.log"
     )
     assert resumed.wait(timeout=300) == 0, (tmp_path / "resume.log").read_text()[-2000:]
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -284,3 +324,31 @@ def test_a_killed_serverapp_resumes_to_the_in_process_result(
     local = json.loads((tmp_path / "local" / "summary.json").read_text())
     assert summary["rounds_completed"] == 3
     assert summary["bytes_up_total"] == local["bytes_up_total"] > 0
+
+
+def test_only_registered_nodes_take_part_as_the_clients_bound_to_them(
+    deployment: Deployment, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # a third node, registered with the SuperLink but not in the run's node map, claims
+    # client 0 (node0's); a fourth, never registered, claims client 1
+    key, impostor = deployment.register("impostor")
+    deployment.node(0, key, log="impostor.log")
+    stranger = deployment.node(1, make_node_key(tmp_path / "stranger"), log="stranger.log")
+    assert stranger.wait(timeout=60) != 0
+    run = flwr_run(deployment, run_config(deployment, tiny_model_dir, rounds=2, timeout=60))
+    assert run.wait(timeout=300) == 0, (tmp_path / "flwr-run.log").read_text()[-2000:]
+    out = tmp_path / "flower-run"
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["aggregated"], r["failed"], r["rejected"]) for r in rows] == [(2, [], [])] * 2
+    log = (tmp_path / "flwr-run.log").read_text()
+    node0 = deployment.node_ids[0]
+    refusal = f"fedpet: node {impostor} refused: not in the node map (it claims client 0, "
+    assert f"{refusal}bound to node {node0})" in log
+    assert log.count("refused") == 1
+    received = {
+        name: (tmp_path / f"{name}.log").read_text().count("Receiving: train message")
+        for name in ("supernode0", "supernode1", "impostor", "stranger")
+    }
+    assert received == {"supernode0": 2, "supernode1": 2, "impostor": 0, "stranger": 0}
+    stranger_log = (tmp_path / "stranger.log").read_text()
+    assert "Failed to activate SuperNode" in stranger_log and "Receiving" not in stranger_log

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 
 from flwr.app import (
@@ -35,6 +34,7 @@ from fedpet.runtime.client_half import ClientHalf
 from fedpet.runtime.messages import from_record, number, parse_reply, reply_metrics, to_record
 from fedpet.runtime.pipeline import secure_weight, withholds_stats
 from fedpet.runtime.recorder import Recorder
+from fedpet.runtime.roster import Roster
 from fedpet.runtime.rounds import Intake
 from fedpet.runtime.secagg import (
     is_secure,
@@ -46,9 +46,6 @@ from fedpet.runtime.secagg import (
 from fedpet.runtime.server_half import ServerHalf
 from fedpet.state import schema
 
-LOG = logging.getLogger("fedpet")
-QUERY_TIMEOUT = 2.0
-"""Seconds a later round waits for new nodes to say which client they hold."""
 _CLIENTS: dict[str, ClientHalf] = {}  # per process: the backbone and data, loaded once
 
 
@@ -109,74 +106,27 @@ def make_client_app(cfg: Config) -> ClientApp:
 class FedpetStrategy(Strategy):
     """Flower's strategy interface over fedpet's round: sampling, intake, algorithm, recorder.
 
-    Each SuperNode holds one client (its ``partition-id``); the cohort is sampled exactly as
-    in the simulation runtime and routed to the nodes holding those clients. A node that
-    does not answer, or answers with an error, is a failed client of the round.
+    Each SuperNode holds one client (its ``partition-id``, checked against the node map
+    ``bound`` when there is one: :class:`~fedpet.runtime.roster.Roster`); the cohort is
+    sampled exactly as in the simulation runtime and routed to the nodes holding those
+    clients. A node that does not answer, or answers with an error, is a failed client of
+    the round.
     """
 
     def __init__(
-        self, exp: Experiment, recorder: Recorder, resume: Checkpoint | None = None
+        self,
+        exp: Experiment,
+        recorder: Recorder,
+        resume: Checkpoint | None = None,
+        bound: Mapping[int, int] | None = None,
     ) -> None:
         self.exp, self.cfg = exp, exp.cfg
+        self.roster = Roster(len(exp.clients), bound)
         self.server = ServerHalf(exp, recorder, resume, secure=exp.cfg.secagg.enabled)
         self.offset = self.server.done
-        self.nodes: dict[int, int] = {}
         self.waited = False
-        self.unresponsive: set[int] = set()
-        self.refused: set[int] = set()  # nodes whose claim was refused: never asked again
         self.sent: dict[int, int] = {}
         self.intake: Intake | None = None
-
-    def discover(self, grid: Grid, patience: float) -> None:
-        """Ask the nodes not mapped yet which client they hold (client -> node id).
-
-        Until every client is mapped or ``patience`` seconds have passed, new nodes are
-        asked as they register with the SuperLink, and a node still starting is asked
-        again when it answers with an error; a question not answered yet stays open (a
-        SuperNode's first answer waits for its ClientApp to start). With no patience, the
-        nodes not mapped yet are asked once and given :data:`QUERY_TIMEOUT` seconds. A node
-        that stopped answering during training is not asked again, nor is one whose claim
-        was refused (see :meth:`claim`).
-        """
-        deadline = time.monotonic() + max(patience, QUERY_TIMEOUT)
-        asked: dict[str, int] = {}  # open question (message id) -> node
-        again = True
-        while len(self.nodes) < len(self.exp.clients):
-            known = set(self.nodes.values()) | self.unresponsive | self.refused
-            known |= set(asked.values())
-            for node in grid.get_node_ids() if again else ():
-                if node not in known:
-                    query = Message(content=RecordDict(), dst_node_id=node, message_type="query")
-                    asked.update((sent, node) for sent in grid.push_messages([query]))
-            again = patience > 0
-            for reply in grid.pull_messages(list(asked)):
-                node = asked.pop(reply.metadata.reply_to_message_id)
-                if not reply.has_error():  # (an error: still starting; asked again)
-                    self.claim(node, reply)
-            if time.monotonic() >= deadline or not (asked or again):
-                return
-            time.sleep(0.2)
-
-    def claim(self, node: int, reply: Message) -> None:
-        """Map ``node`` to the client it says it holds, unless that cannot be so.
-
-        A node's ``partition-id`` is its own word. A claim outside the federation's clients,
-        or of a client another node already holds (the first claim stands), is refused: the
-        node is logged and never routed to.
-        """
-        n = len(self.exp.clients)
-        try:
-            k = number(reply.content.metric_records["metrics"]["partition-id"])
-            if not (k.is_integer() and 0 <= k < n):
-                raise ValueError(f"partition-id {k:g} is not a client of this run (0 to {n - 1})")
-            if int(k) in self.nodes:
-                raise ValueError(f"client {int(k)} is already held by node {self.nodes[int(k)]}")
-        except (KeyError, TypeError, ValueError) as exc:
-            why = str(exc) if isinstance(exc, ValueError) else "its answer has no partition-id"
-            self.refused.add(node)
-            LOG.warning("fedpet: node %d refused: %s", node, why)
-            return
-        self.nodes[int(k)] = node
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -186,15 +136,15 @@ class FedpetStrategy(Strategy):
         intake = self.server.open(round_)
         cohort = intake.clients
         if not self.waited:  # the run starts once every client's node answers, or times out
-            self.discover(grid, patience=self.cfg.federation.round_timeout)
+            self.roster.discover(grid, patience=self.cfg.federation.round_timeout)
             self.waited = True
-        elif any(k not in self.nodes for k in cohort):
-            self.discover(grid, patience=0.0)
+        elif any(k not in self.roster.nodes for k in cohort):
+            self.roster.discover(grid, patience=0.0)
         self.intake, self.sent = intake, {}
         targets: dict[int, int] = {}  # node -> client
         for k in intake.clients:
-            if k in self.nodes:
-                targets[self.nodes[k]] = k
+            if k in self.roster.nodes:
+                targets[self.roster.nodes[k]] = k
             else:
                 intake.lose("failed", k, "no node holds this client")
         if self.cfg.secagg.enabled:
@@ -242,17 +192,12 @@ class FedpetStrategy(Strategy):
                 summed.append(k)
                 weight += secure_weight(stages, examples)
             elif node in outcome.silent:
-                self.forget(node)
+                self.roster.forget(node)
                 intake.lose("failed", k, f"node {node} did not answer")
             else:
                 intake.lose("failed", k, f"node {node} dropped out of secure aggregation")
         if summed:
             intake.receive_mean(summed, outcome.mean, weight)
-
-    def forget(self, node: int) -> None:
-        """Stop routing clients to a node that did not answer."""
-        self.nodes = {k: n for k, n in self.nodes.items() if n != node}
-        self.unresponsive.add(node)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -278,7 +223,7 @@ class FedpetStrategy(Strategy):
             self.server.receive(intake, k, parsed)
         for node, k in self.sent.items():
             if node not in answered:
-                self.forget(node)
+                self.roster.forget(node)
                 intake.lose("failed", k, f"node {node} did not answer")
         self.server.close(server_round + self.offset, [intake])
         global_state = to_record(self.server.down.encode(self.server.global_state))
@@ -301,10 +246,17 @@ class FedpetStrategy(Strategy):
 
 
 def run_strategy(
-    exp: Experiment, recorder: Recorder, grid: Grid, resume: Checkpoint | None = None
+    exp: Experiment,
+    recorder: Recorder,
+    grid: Grid,
+    resume: Checkpoint | None = None,
+    bound: Mapping[int, int] | None = None,
 ) -> None:
-    """Run the remaining rounds of ``exp`` on ``grid`` through :class:`FedpetStrategy`."""
-    strategy = FedpetStrategy(exp, recorder, resume)
+    """Run the remaining rounds of ``exp`` on ``grid`` through :class:`FedpetStrategy`.
+
+    ``bound`` is the deployment's node map (node id -> client), if it has one.
+    """
+    strategy = FedpetStrategy(exp, recorder, resume, bound)
     rounds = exp.cfg.federation.rounds - strategy.offset
     timeout = exp.cfg.federation.round_timeout
     strategy.start(grid, ArrayRecord(), num_rounds=rounds, timeout=timeout)
