@@ -8,7 +8,7 @@ import pytest
 from helpers import run_argv
 
 from fedpet.cli import main
-from fedpet.launch import start_run
+from fedpet.launch import resume_run, start_run
 from fedpet.progress import RoundEnd, Watcher
 from fedpet.tracking import flatten, grouped, make_tracker, tag
 
@@ -21,6 +21,9 @@ class Probe(Watcher):
 
     def round_end(self, end: RoundEnd) -> None:
         self.seen[end.round] = self.read()
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        self.final = summary
 
 
 def _rows(out: Path) -> list[dict[str, Any]]:
@@ -77,6 +80,59 @@ def test_mlflow_has_each_round_while_the_run_goes_then_params_and_files(
         "config.yaml",
         "summary.json",
     }
+
+
+class WandbSummary(Watcher):
+    """Reads the W&B run's ``final/test_metric`` once the tracker has logged the summary."""
+
+    def __init__(self, tracker) -> None:
+        self.tracker = tracker
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        self.logged = self.tracker.run.summary["final/test_metric"]
+
+
+class Interrupt(Watcher):
+    """Stops the run (as Ctrl-C would) when round ``at`` has ended and been logged."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def round_end(self, end: RoundEnd) -> None:
+        if end.round == self.at:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.integration  # wandb starts its own service process
+def test_wandb_has_each_round_while_the_run_goes_and_a_resumed_run_continues_it(
+    tiny_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")  # on this machine, nothing sent
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "run"
+    cfg = tiny_config(**{"federation.rounds": 3, "federation.eval_every": 1})
+    first = make_tracker("wandb", out, "fedpet-test")
+
+    def read(tracker) -> tuple[int, float, float]:
+        logged = tracker.run.summary  # what W&B's service holds for the run now
+        return logged["_step"], logged["val/accuracy"], logged["comm/bytes_up"]
+
+    probe = Probe(lambda: read(first))
+    with pytest.raises(KeyboardInterrupt):
+        start_run(cfg, out, watchers=[first, probe, Interrupt(at=2)])
+    assert first.run.config["federation.rounds"] == 3
+    second = make_tracker("wandb", out, "fedpet-test")
+    later, final = Probe(lambda: read(second)), WandbSummary(second)
+    resume_run(out, watchers=[second, later, final])
+    rows = _rows(out)
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    assert {**probe.seen, **later.seen} == {
+        r["round"]: (r["round"], r["val_accuracy"], float(r["bytes_up"])) for r in rows
+    }
+    assert second.run.id == first.run.id  # the same W&B run, continued
+    offline = sorted(p.name.rsplit("-", 1)[1] for p in (out / "wandb").glob("offline-run-*"))
+    assert offline == [first.run.id] * 2
+    assert final.logged == later.final["test_metric"]
 
 
 def test_the_cli_tracker_flag_logs_the_run(tiny_model_dir: Path, tmp_path: Path) -> None:

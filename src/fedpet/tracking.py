@@ -176,8 +176,8 @@ class WandbTracker(Tracker):
         self.save_id(self.run.id)
 
     def round_end(self, end: RoundEnd) -> None:
-        """Log the round's figures at step ``round``."""
-        self.run.log(grouped(end.row), step=end.round)
+        """Log the round's figures at step ``round``, committed now (not at the next step)."""
+        self.run.log(grouped(end.row), step=end.round, commit=True)
 
     def finish(self, summary: dict[str, Any]) -> None:
         """Put the summary's figures in the run's summary."""
