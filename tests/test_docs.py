@@ -39,7 +39,7 @@ def test_the_docs_build_and_a_page_outside_the_nav_or_a_broken_link_fail_them(
     orphan.write_text("# A page nobody links to\n")
     done = check(site)
     assert done.returncode == 1
-    assert "not included in the \"nav\" configuration" in done.stderr
+    assert 'not included in the "nav" configuration' in done.stderr
     assert "concepts/orphan.md" in done.stderr
     orphan.unlink()
     with (site / "docs" / "development.md").open("a") as page:
