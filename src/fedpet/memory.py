@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import gc
 import re
 import resource
@@ -47,9 +46,12 @@ def reset_peak() -> None:
 
 
 def _libc() -> ctypes.CDLL | None:
-    """The C library on Linux (glibc's malloc tunables), else None."""
-    name = ctypes.util.find_library("c")
-    return ctypes.CDLL(name) if name is not None and sys.platform.startswith("linux") else None
+    """The C library on Linux (glibc's malloc tunables), else None.
+
+    The process's own symbols, libc's among them: ``ctypes.util.find_library`` would start
+    a process (``ldconfig``) each time a run starts.
+    """
+    return ctypes.CDLL(None) if sys.platform.startswith("linux") else None
 
 
 def map_large_blocks(threshold: int = 16 << 20) -> bool:
