@@ -3,13 +3,17 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from hypothesis import settings
 from transformers import AutoTokenizer, BertConfig, BertModel
 
+from fedpet import launch
 from fedpet.config import Config
 from fedpet.configure import build_config, resolve
 from fedpet.model import model_path
@@ -18,6 +22,59 @@ from fedpet.model import model_path
 settings.register_profile("full", max_examples=100)
 settings.register_profile("quick", max_examples=12)
 settings.load_profile(os.environ.get("FEDPET_HYPOTHESIS", "full"))
+
+
+QUICK = os.environ.get("FEDPET_QUICK") == "1"  # scripts/check.sh --quick
+QUICK_RUNS = 4
+"""The most runs an unmarked test may train in the quick loop (a study needs the mark)."""
+QUICK_SECONDS = 60.0
+"""The longest an unmarked test may take in the quick loop (the slowest take about 12 s)."""
+
+
+@pytest.fixture(autouse=True)
+def _quick_tests_stay_small(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """In the quick loop, a test not marked integration fails if it starts a process or
+    trains more than :data:`QUICK_RUNS` runs (it fails even where a runner catches the
+    error)."""
+    if not QUICK or "integration" in request.keywords:
+        yield
+        return
+    said: list[str] = []
+
+    def no_process(self: subprocess.Popen, *args: object, **kwargs: object) -> None:
+        said.append("it starts a process")
+        raise AssertionError(said[-1])
+
+    train, runs = launch.train, []
+
+    def counted(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        runs.append(1)
+        if len(runs) > QUICK_RUNS:
+            said.append(f"it trains more than {QUICK_RUNS} runs")
+            raise AssertionError(said[-1])
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", no_process)
+    monkeypatch.setattr(launch, "train", counted)
+    yield
+    if said:
+        pytest.fail(f"{said[0]}: mark it @pytest.mark.integration", pytrace=False)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """In the quick loop, a test not marked integration that runs too long fails."""
+    report = yield
+    slow = call.when == "call" and call.duration > QUICK_SECONDS
+    if QUICK and slow and "integration" not in item.keywords and report.passed:
+        report.outcome = "failed"
+        report.longrepr = (
+            f"{item.nodeid} took {call.duration:.0f} s, more than the quick loop's "
+            f"{QUICK_SECONDS:g} s: mark it @pytest.mark.integration"
+        )
+    return report
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -17,6 +17,7 @@ from fedpet.progress import RoundEnd, duration, round_line
 from fedpet.rundir import default_run_dir
 
 
+@pytest.mark.integration  # a run in a subprocess
 def test_round_lines_reach_a_log_file_as_each_round_ends(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:

@@ -182,6 +182,7 @@ def test_a_supernode_takes_its_device_from_its_node_config() -> None:
             config_from_run_config(run_config, {"device": "cuda"})
 
 
+@pytest.mark.integration  # runs scripts/gpu-check.sh
 @pytest.mark.skipif(HAS_CUDA, reason="on CUDA the script runs the checks")
 def test_the_gpu_check_skips_in_one_line_without_cuda() -> None:
     import subprocess

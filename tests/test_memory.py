@@ -3,8 +3,12 @@
 import subprocess
 import sys
 
+import pytest
+
 PROBE = """
 import sys
+
+import pytest
 import psutil, torch
 from fedpet.memory import map_large_blocks
 if sys.argv[1] == "on":
@@ -36,6 +40,7 @@ def retained_mb(mode: str) -> float:
     return float(done.stdout)
 
 
+@pytest.mark.integration  # measures a fresh process
 def test_freed_large_blocks_return_to_the_system() -> None:
     # without the setting glibc keeps them in the heap (the case the setting is for)
     assert retained_mb("off") > 50

@@ -53,6 +53,7 @@ def test_tensorboard_has_each_round_while_the_run_goes(tiny_config, tmp_path: Pa
     )
 
 
+@pytest.mark.integration  # MLflow starts git to tag the run with its source version
 def test_mlflow_has_each_round_while_the_run_goes_then_params_and_files(
     tiny_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -167,7 +167,6 @@ def test_plot_lines_split_by_algorithm_and_codec_only_where_they_vary() -> None:
     assert series_labels(rows)[1] == "lora + fedprox up=int8"
 
 
-@pytest.mark.integration
 def _mini_study(model: Path, path: Path, grid: dict, centralized: dict | None = None) -> Path:
     """A study file over the tiny model and a small slice of rotten_tomatoes."""
     study = {"base": tiny_study_base(model), "grid": grid}
@@ -177,6 +176,7 @@ def _mini_study(model: Path, path: Path, grid: dict, centralized: dict | None = 
     return path
 
 
+@pytest.mark.integration  # 12 runs, then 2 more on resume
 def test_a_study_runs_resumes_and_reports_identically(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -216,6 +216,7 @@ def test_a_study_runs_resumes_and_reports_identically(
     assert ((out / "report.md").read_text(), (out / "results.csv").read_text()) == before
 
 
+@pytest.mark.integration  # 4 runs
 def test_a_study_with_dp_runs_reports_what_they_withhold_as_withheld(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
