@@ -36,11 +36,38 @@ def run_argv(
 
 def refusal(args: list[str], capsys) -> str:
     """``fedpet run --dry-run ARGS`` exits with status 2; its error, checked to be one line."""
+    return refused(["run", "--dry-run", *args], capsys)
+
+
+def files_under(folder: Path) -> dict[str, bytes | None]:
+    """Every file and folder under ``folder``: relative path -> bytes (None for a folder)."""
+    return {
+        str(path.relative_to(folder)): path.read_bytes() if path.is_file() else None
+        for path in sorted(folder.rglob("*"))
+    }
+
+
+def refused(argv: list[str], capsys, keep: Path | None = None) -> str:
+    """``fedpet ARGV`` is refused: exit status 2 and an error of one line, which is returned.
+
+    argparse's own errors (an unknown flag, a value of the wrong type) count, as exit status 2.
+
+    Every file under ``keep`` (a test's folder, or a run directory) is left exactly as it
+    was, and no file or folder appears there.
+    """
     from fedpet.cli import main
 
-    assert main(["run", "--dry-run", *args]) == 2
+    before = files_under(keep) if keep is not None else {}
+    capsys.readouterr()
+    try:
+        status = main(argv)
+    except SystemExit as exc:  # argparse's own errors
+        status = exc.code
+    assert status == 2
     err: str = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1
+    assert len(err.splitlines()) == 1, err
+    if keep is not None:
+        assert files_under(keep) == before, f"{argv} changed files under {keep}"
     return err
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import refusal, run_argv, tiny_study_base
+from helpers import refusal, refused, run_argv, tiny_study_base
 from safetensors.torch import load_file
 
 from fedpet import api
@@ -164,11 +164,11 @@ def test_a_users_extensions_run_from_the_cli_and_meet_the_generic_checks(
 def test_a_plugin_that_cannot_be_imported_is_bad_input(tmp_path: Path, capsys) -> None:
     broken = tmp_path / "broken.py"
     broken.write_text("raise RuntimeError('no GPU here')\n")
-    assert main(["run", "--dry-run", "--plugin", str(broken)]) == 2
-    err = capsys.readouterr().err.strip()
+    err = refused(["run", "--dry-run", "--plugin", str(broken)], capsys, keep=tmp_path)
     assert err.endswith("cannot be imported: RuntimeError: no GPU here") and "--plugin" in err
-    assert main(["run", "--dry-run", "--plugin", "no_such_module_here"]) == 2
-    assert "ModuleNotFoundError" in capsys.readouterr().err
+    assert "ModuleNotFoundError" in refused(
+        ["run", "--dry-run", "--plugin", "no_such_module_here"], capsys, keep=tmp_path
+    )
     assert "fedpet_plugin_broken" not in sys.modules
 
 
@@ -244,8 +244,7 @@ def test_installed_packages_extend_each_registry_through_entry_points(
         points["fedpet.algorithms"] = [("broken", "no_such_package:Thing")]
         monkeypatch.setattr(ALGORITHMS, "loaded", False)
         capsys.readouterr()
-        assert main(["run", "--dry-run", "--algorithm", "broken"]) == 2
-        err = capsys.readouterr().err
+        err = refused(["run", "--dry-run", "--algorithm", "broken"], capsys, keep=tmp_path)
         assert "entry point 'broken' of fedpet.algorithms cannot be loaded" in err
     finally:
         sys.modules.pop("ep_extensions", None)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import run_argv
+from helpers import refused, run_argv
 
 from fedpet.cli import main
 from fedpet.config import load_yaml
@@ -92,8 +92,7 @@ def test_dry_run_checks_the_data(tmp_path: Path, capsys) -> None:
     data = tmp_path / "reviews.csv"
     data.write_text("review,label\n" + "".join(f"text {i},{i % 2}\n" for i in range(200)))
     argv = ["run", "--task", f"file:{data}", "--clients", "4", "--dry-run"]
-    assert main(argv) == 2
-    assert "has no text column 'text'" in capsys.readouterr().err
+    assert "has no text column 'text'" in refused(argv, capsys, keep=tmp_path)
     argv += ["--set", "data.text_column=review"]
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -114,8 +113,7 @@ def test_version_and_a_study_without_arguments(capsys) -> None:
         main(["--version"])
     assert exit_.value.code == 0
     assert capsys.readouterr().out.strip() == "fedpet 0.1.0"
-    assert main(["study"]) == 2
-    assert capsys.readouterr().err.strip() == (
+    assert refused(["study"], capsys) == (
         "fedpet study: error: give the study to run: --preset NAME (fedpet presets lists "
         "them) or --config study.yaml"
     )
@@ -142,10 +140,12 @@ def test_presets_list_show_and_copy(tmp_path: Path, capsys) -> None:
     )
     copy = tmp_path / "mine.yaml"
     assert main(["presets", "quick", "--copy", str(copy)]) == 0
-    assert main(["study", "--config", str(copy), "--dry-run", "--set", "grid.method.name=[]"]) == 2
-    assert "give at least one value" in capsys.readouterr().err
-    assert main(["presets", "quick", "--copy", str(copy)]) == 2
-    assert "exists" in capsys.readouterr().err
+    assert "give at least one value" in refused(
+        ["study", "--config", str(copy), "--dry-run", "--set", "grid.method.name=[]"],
+        capsys,
+        keep=tmp_path,
+    )
+    assert "exists" in refused(["presets", "quick", "--copy", str(copy)], capsys, keep=tmp_path)
 
 
 @pytest.mark.integration

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_argv
+from helpers import refused, run_argv
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoTokenizer
 
@@ -136,9 +136,8 @@ def test_a_damaged_export_is_refused_in_one_line(
     shutil.copytree(_lora_export, export)
     damage(export)
     capsys.readouterr()
-    assert main(["predict", str(export), "--text", "fine"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and says in err, err
+    err = refused(["predict", str(export), "--text", "fine"], capsys, keep=tmp_path)
+    assert says in err, err
 
 
 def _edit_labels(export: Path, labels) -> None:
@@ -176,14 +175,17 @@ def test_predict_and_evaluate(tiny_model_dir: Path, tmp_path: Path, capsys) -> N
 
 
 def test_bad_model_input_is_one_line(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
-    assert main(["predict", str(tmp_path), "--text", "x"]) == 2
-    assert "neither a run directory (no config.yaml) nor an export" in capsys.readouterr().err
+    assert "neither a run directory (no config.yaml) nor an export" in refused(
+        ["predict", str(tmp_path), "--text", "x"], capsys, keep=tmp_path
+    )
     run = _run(tiny_model_dir, tmp_path / "run")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
-    assert main(["export", str(run), "--out", str(tmp_path / "full")]) == 2
-    assert "is not empty" in capsys.readouterr().err
+    assert "is not empty" in refused(
+        ["export", str(run), "--out", str(tmp_path / "full")], capsys, keep=tmp_path
+    )
     bad = tmp_path / "bad.csv"
     bad.write_text("text,label\nfine,meh\n")
-    assert main(["evaluate", str(run), "--file", str(bad)]) == 2
-    assert "labels ['meh'] are not the model's" in capsys.readouterr().err
+    assert "labels ['meh'] are not the model's" in refused(
+        ["evaluate", str(run), "--file", str(bad)], capsys, keep=tmp_path
+    )

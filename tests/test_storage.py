@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import run_argv
+from helpers import refused, run_argv
 
 from fedpet import rundir
 from fedpet.cli import main
@@ -59,6 +59,5 @@ def test_an_unwritable_out_dir_fails_before_any_work(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a-file").write_text("not a directory")
-    assert main(["run", "--out", where, "--model", "no-such-model"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "cannot create the directory" in err
+    err = refused(["run", "--out", where, "--model", "no-such-model"], capsys, keep=tmp_path)
+    assert "cannot create the directory" in err

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import run_argv
+from helpers import refused, run_argv
 
 from fedpet.cli import main
 from fedpet.launch import resume_run, start_run
@@ -162,8 +162,9 @@ def test_grouped_names() -> None:
 
 
 def test_unknown_tracker_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["run", "--dry-run", "--tracker", "comet"]) == 2
-    assert "--tracker 'comet': choose one of mlflow, tensorboard, wandb" in capsys.readouterr().err
+    assert "--tracker 'comet': choose one of mlflow, tensorboard, wandb" in refused(
+        ["run", "--dry-run", "--tracker", "comet"], capsys
+    )
 
 
 def test_a_tracker_that_is_not_installed_is_one_line(
@@ -172,8 +173,7 @@ def test_a_tracker_that_is_not_installed_is_one_line(
     from fedpet import tracking
 
     monkeypatch.setattr(tracking.importlib.util, "find_spec", lambda name: None)
-    assert main(["study", "--preset", "quick", "--tracker", "mlflow"]) == 2
-    err = capsys.readouterr().err.strip()
+    err = refused(["study", "--preset", "quick", "--tracker", "mlflow"], capsys)
     assert err == (
         "fedpet study: error: --tracker mlflow needs the mlflow package: "
         ".venv/bin/pip install -e '.[tracking]'"

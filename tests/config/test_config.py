@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+from helpers import refused
 
 from fedpet.config import Config, load_yaml, parse_override, to_dict
 from fedpet.configure import build_config, resolve
@@ -165,10 +166,8 @@ def test_simulated_faults_and_retries_are_refused_on_flower(key, value, message)
 def test_a_config_file_whose_filled_is_not_a_list_of_names_is_one_line(
     tmp_path: Path, filled: str, capsys
 ) -> None:
-    from fedpet.cli import main
 
     path = tmp_path / "c.yaml"
     path.write_text(f"filled: {filled}\n")
-    assert main(["run", "--dry-run", "--config", str(path)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "is not allowed: a list of the field names" in err
+    err = refused(["run", "--dry-run", "--config", str(path)], capsys, keep=tmp_path)
+    assert "is not allowed: a list of the field names" in err

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import refused
 
 from fedpet.cli import main
 from fedpet.config import DataConfig
@@ -180,9 +181,8 @@ def test_bad_data_file_from_the_command_line_is_exit_2_in_one_line(tmp_path: Pat
     path = tmp_path / "x.csv"
     path.write_bytes(b"text,label\nbad \xff byte,pos\n")
     out = tmp_path / "run"
-    assert main(["run", "--task", f"file:{path}", "--out", str(out)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "is not UTF-8" in err
+    err = refused(["run", "--task", f"file:{path}", "--out", str(out)], capsys, keep=tmp_path)
+    assert "is not UTF-8" in err
     assert not out.exists()
 
 
@@ -198,9 +198,8 @@ def test_single_label_data_is_refused(tiny_model_dir: Path, tmp_path: Path, caps
     one = write(frame([(f"review {i}", "pos") for i in range(60)]), tmp_path / "one.csv")
     out = tmp_path / "run"
     args = ["run", "--model", str(tiny_model_dir), "--task", f"file:{one}", "--out", str(out)]
-    assert main([*args, "--clients", "2"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and not out.exists()
+    err = refused([*args, "--clients", "2"], capsys, keep=tmp_path)
+    assert not out.exists()
     assert "the training split holds a single label ['pos']; a classifier needs at least two" in err
     # two labels in training, but an evaluation split of one: its accuracy says nothing
     two = write(frame(), tmp_path / "two.csv")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_argv
+from helpers import refused, run_argv
 from safetensors.torch import load_file
 
 from fedpet.cli import main
@@ -210,10 +210,12 @@ def test_a_private_dp_run_resumed_ends_as_the_run_it_was_copied_from(
 def test_resume_refuses_other_flags_and_missing_checkpoints(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["run", "--resume", str(tmp_path), "--lr", "0.1"]) == 2
-    assert "give no other flags than --rounds N" in capsys.readouterr().err
-    assert main(["run", "--resume", str(tmp_path / "nothing")]) == 2
-    assert "config: cannot read" in capsys.readouterr().err
+    assert "give no other flags than --rounds N" in refused(
+        ["run", "--resume", str(tmp_path), "--lr", "0.1"], capsys, keep=tmp_path
+    )
+    assert "config: cannot read" in refused(
+        ["run", "--resume", str(tmp_path / "nothing")], capsys, keep=tmp_path
+    )
 
 
 def test_resume_with_rounds_extends_a_finished_run_to_the_run_planned_for_that_many(
@@ -227,8 +229,9 @@ def test_resume_with_rounds_extends_a_finished_run_to_the_run_planned_for_that_m
     short, planned = tmp_path / "short", tmp_path / "planned"
     start_run(tiny_config(**every, **{"federation.rounds": 2}), short)
     start_run(tiny_config(**every, **{"federation.rounds": 4}), planned)
-    assert main(["run", "--resume", str(short), "--rounds", "1"]) == 2
-    assert "--rounds 1 is not allowed: the run in" in capsys.readouterr().err
+    assert "--rounds 1 is not allowed: the run in" in refused(
+        ["run", "--resume", str(short), "--rounds", "1"], capsys, keep=tmp_path
+    )
     assert main(["run", "--resume", str(short), "--rounds", "4"]) == 0
     for name in ("global", "best"):
         a = load_file(str(short / "checkpoint" / f"{name}.safetensors"))
@@ -253,5 +256,6 @@ def test_extending_a_run_whose_schedule_spans_its_epochs_is_refused(
     out = tmp_path / "central"
     cfg = tiny_config(**{"centralized": True, "train.epochs": 1, "train.schedule": "linear"})
     start_run(cfg, out)
-    assert main(["run", "--resume", str(out), "--epochs", "2"]) == 2
-    assert "linear learning-rate schedule spans the planned epochs" in capsys.readouterr().err
+    assert "linear learning-rate schedule spans the planned epochs" in refused(
+        ["run", "--resume", str(out), "--epochs", "2"], capsys, keep=tmp_path
+    )

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from helpers import run_argv, tiny_study_base
+from helpers import refused, run_argv, tiny_study_base
 
 from fedpet.cli import main
 from fedpet.errors import FedpetError
@@ -244,31 +244,30 @@ def test_a_different_study_in_the_same_directory_is_refused(tmp_path: Path, caps
     claim(out, parse_study({"grid": {"seed": [0]}}, "a"))
     other = tmp_path / "b.yaml"
     other.write_text("grid: {seed: [1]}\n")
-    assert main(["study", "--config", str(other), "--out", str(out)]) == 2
-    assert "holds a different study" in capsys.readouterr().err
+    assert "holds a different study" in refused(
+        ["study", "--config", str(other), "--out", str(out)], capsys, keep=tmp_path
+    )
     assert not (out / "runs").exists()
 
 
 def test_bad_study_input_is_one_line(tmp_path: Path, capsys) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("grid: {seed: [0]}\nbase: {data: {task: nope}}\n")
-    assert main(["study", "--config", str(bad), "--out", str(tmp_path / "s")]) == 2
-    assert "study run seed0: data.task = 'nope'" in capsys.readouterr().err
-    assert main(["study", "--preset", "fast"]) == 2
+    assert "study run seed0: data.task = 'nope'" in refused(
+        ["study", "--config", str(bad), "--out", str(tmp_path / "s")], capsys, keep=tmp_path
+    )
     assert (
         "--preset 'fast': choose one of quick, cpu, algorithms, privacy, fedpetuning-glue"
-        in capsys.readouterr().err
+        in refused(["study", "--preset", "fast"], capsys, keep=tmp_path)
     )
-    assert main(["report", str(tmp_path)]) == 2
-    assert "neither a study" in capsys.readouterr().err
+    assert "neither a study" in refused(["report", str(tmp_path)], capsys, keep=tmp_path)
 
 
 def test_set_overrides_the_base_of_a_preset(tmp_path: Path, capsys) -> None:
     # a bad override is caught for every run before anything is written
     out = tmp_path / "s"
     argv = ["study", "--preset", "quick", "--out", str(out), "--set", "federation.rounds=0"]
-    assert main(argv) == 2
-    assert "study run full-alpha0.1: federation.rounds = 0" in capsys.readouterr().err
+    assert "study run full-alpha0.1: federation.rounds = 0" in refused(argv, capsys, keep=tmp_path)
     assert not out.exists()
 
 
