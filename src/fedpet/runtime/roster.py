@@ -115,7 +115,8 @@ class Roster:
         stands). A refused node is logged and never routed to.
         """
         try:
-            k = self.problem(node, number(reply.content.metric_records["metrics"]["partition-id"]))
+            claimed = number(reply.content.metric_records["metrics"]["partition-id"])
+            k = self.client_of_claim(node, claimed)
         except (KeyError, TypeError, ValueError) as exc:
             why = str(exc) if isinstance(exc, ValueError) else "its answer has no partition-id"
             self.refused.add(node)
@@ -123,7 +124,7 @@ class Roster:
             return
         self.nodes[k] = node
 
-    def problem(self, node: int, claimed: float) -> int:
+    def client_of_claim(self, node: int, claimed: float) -> int:
         """The client ``node`` may hold for its claim; ValueError saying why it may not."""
         n = self.clients
         if not (claimed.is_integer() and 0 <= claimed < n):
