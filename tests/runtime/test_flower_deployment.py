@@ -106,6 +106,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_for_port(port: int, seconds: float = 60) -> None:
+    """Return once something listens on 127.0.0.1:``port`` (the SuperLink has started)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"nothing listens on port {port} after {seconds} s")
+
+
 class Deployment:
     """The processes of one test deployment; :meth:`close` ends all of them."""
 
@@ -196,12 +207,11 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
             "--enable-supernode-auth",
             log="superlink.log",
         )
-        time.sleep(3)
-        for i in range(2):
+        wait_for_port(dep.port)
+        for i in range(2):  # the ServerApp waits for their ClientApps to start
             node_key, node_id = dep.register(f"node{i}")
             dep.node_ids.append(node_id)
             dep.nodes.append(dep.node(i, node_key, log=f"supernode{i}.log"))
-        time.sleep(3)
         yield dep
     finally:
         dep.close()
