@@ -182,6 +182,26 @@ def test_a_supernode_takes_its_device_from_its_node_config() -> None:
             config_from_run_config(run_config, {"device": "cuda"})
 
 
+def test_a_supernode_resolves_a_run_s_config_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flwr.app import Context, RecordDict
+
+    from fedpet import apps
+
+    resolved = []
+    monkeypatch.setattr(apps, "resolve", lambda cfg: resolved.append(cfg) or cfg)
+    run_config = {"fedpet": "federation: {clients: 2}\n"}
+
+    def context(run: int, node_config: dict) -> Context:
+        return Context(run, 1, node_config, RecordDict(), run_config)
+
+    first = apps.node_run_config(context(7, {"partition-id": 0}))
+    assert apps.node_run_config(context(7, {"partition-id": 0})) is first  # a later message
+    assert len(resolved) == 1
+    apps.node_run_config(context(8, {"partition-id": 0}))  # the next run
+    apps.node_run_config(context(8, {"partition-id": 0, "device": "cpu"}))
+    assert len(resolved) == 3
+
+
 @pytest.mark.integration  # runs scripts/gpu-check.sh
 @pytest.mark.skipif(HAS_CUDA, reason="on CUDA the script runs the checks")
 def test_the_gpu_check_skips_in_one_line_without_cuda() -> None:

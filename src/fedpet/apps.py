@@ -43,13 +43,29 @@ def config_from_run_config(run_config: Values, node_config: Values | None = None
     return resolve(build_config({**data, **node, "runtime": "flower"}))
 
 
+_NODE_CONFIGS: dict[tuple[int, str], Config] = {}  # per process: the run's config, resolved
+
+
+def node_run_config(context: Context) -> Config:
+    """The config of ``context``'s run on this node, resolved once per run and node config.
+
+    Resolving can calibrate DP's noise, and every train message of the run carries the same
+    run config: each message used to resolve it again.
+    """
+    key = (context.run_id, repr(sorted(context.node_config.items())))
+    if key not in _NODE_CONFIGS:
+        _NODE_CONFIGS.clear()
+        _NODE_CONFIGS[key] = config_from_run_config(context.run_config, context.node_config)
+    return _NODE_CONFIGS[key]
+
+
 client_app = ClientApp(mods=[secure_mod])
 """The ClientApp of ``flwr run`` deployments."""
 
 
 @client_app.train()
 def _deployed_train(msg: Message, context: Context) -> Message:
-    return train_reply(config_from_run_config(context.run_config, context.node_config), msg)
+    return train_reply(node_run_config(context), msg)
 
 
 client_app.query()(query_reply)

@@ -202,7 +202,10 @@ class FedpetStrategy(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Check and aggregate the replies, update the global state, evaluate and checkpoint."""
+        """Check and aggregate the replies, update the global state, evaluate and checkpoint.
+
+        The global state stays with the server half: no arrays go back to Flower.
+        """
         intake = self.intake
         assert intake is not None, "configure_train runs first"
         answered = set()
@@ -226,8 +229,9 @@ class FedpetStrategy(Strategy):
                 self.roster.forget(node)
                 intake.lose("failed", k, f"node {node} did not answer")
         self.server.close(server_round + self.offset, [intake])
-        global_state = to_record(self.server.down.encode(self.server.global_state))
-        return global_state, MetricRecord({"aggregated": intake.aggregate.num_clients})
+        # no arrays: Flower would only hand them back to configure_train, which sends each
+        # client its own download (encoding the whole global state here cost a round's copy)
+        return None, MetricRecord({"aggregated": intake.aggregate.num_clients})
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
