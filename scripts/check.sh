@@ -11,7 +11,7 @@ marks=()
 if [[ "${1:-}" == "--quick" ]]; then
     shift
     marks=(-m "not integration" -n 2)
-    export FEDPET_HYPOTHESIS=quick FEDPET_QUICK=1
+    export FEDPET_QUICK=1
 fi
 .venv/bin/ruff check src tests benchmarks
 .venv/bin/ruff format --check src tests benchmarks

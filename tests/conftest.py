@@ -18,13 +18,13 @@ from fedpet.config import Config
 from fedpet.configure import build_config, resolve
 from fedpet.model import model_path
 
-# the full suite tries 100 examples per property; scripts/check.sh --quick sets "quick"
+QUICK = os.environ.get("FEDPET_QUICK") == "1"  # scripts/check.sh --quick
+
+# the full suite tries 100 examples per property, the quick loop 12
 settings.register_profile("full", max_examples=100)
 settings.register_profile("quick", max_examples=12)
-settings.load_profile(os.environ.get("FEDPET_HYPOTHESIS", "full"))
+settings.load_profile("quick" if QUICK else "full")
 
-
-QUICK = os.environ.get("FEDPET_QUICK") == "1"  # scripts/check.sh --quick
 QUICK_RUNS = 4
 """The most runs an unmarked test may train in the quick loop (a study needs the mark)."""
 QUICK_SECONDS = 60.0
