@@ -363,9 +363,9 @@ def test_out_of_range_and_duplicate_client_claims_are_refused_and_logged(
 def test_with_a_node_map_only_bound_nodes_hold_clients(as_serverapp, caplog) -> None:
     from fedpet.runtime.roster import Roster
 
-    # the map binds node 2 to client 0 and node 1 to client 1; node 3 is not in it, and
-    # claims client 0 (first of all, as node 1 would without a map); node 4 claims client 2
-    # (nobody's); node 1 claims client 0 instead of its own client 1
+    # the map binds node 2 to client 0 and node 1 to client 1; node 1 claims client 0
+    # instead of its own client 1; nodes 3 and 4 are not in the map (node 3 would claim
+    # client 0, before node 2: without a map it would hold it)
     roster = Roster(clients=3, bound={2: 0, 1: 1})
     grid = _StartingGrid(4, 0.0, 0.0, 0.0, claims={1: 0, 2: 0, 3: 0, 4: 2})
     with caplog.at_level("WARNING", logger="fedpet"):
@@ -373,10 +373,25 @@ def test_with_a_node_map_only_bound_nodes_hold_clients(as_serverapp, caplog) -> 
     assert roster.nodes == {0: 2} and roster.refused == {1, 3, 4}
     said = [r.getMessage() for r in caplog.records]
     assert said == [
+        "fedpet: node 3 refused: not in the node map",
+        "fedpet: node 4 refused: not in the node map",
         "fedpet: node 1 refused: it claims client 0, the node map binds it to client 1",
-        "fedpet: node 3 refused: not in the node map (it claims client 0, bound to node 2)",
-        "fedpet: node 4 refused: not in the node map (it claims client 2, bound to no node)",
     ]
+    asked = {message.metadata.dst_node_id for message, _ in grid.sent.values()}
+    assert asked == {1, 2}  # a node outside the map is sent no message at all
+
+
+def test_with_a_node_map_discovery_waits_only_for_the_bound_nodes(as_serverapp) -> None:
+    import time as clock
+
+    from fedpet.runtime.roster import Roster
+
+    # client 2 is bound to no node: no answer can map it, so nothing is left to wait for
+    roster = Roster(clients=3, bound={1: 0, 2: 1})
+    start = clock.monotonic()
+    roster.discover(_StartingGrid(2, 0.0, 0.0, 0.0), patience=10.0)  # type: ignore[arg-type]
+    assert roster.nodes == {0: 1, 1: 2}
+    assert clock.monotonic() - start < 5.0
 
 
 def test_a_node_map_is_read_from_the_run_config_and_checked() -> None:

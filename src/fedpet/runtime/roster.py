@@ -3,8 +3,8 @@
 Each SuperNode says which client it holds (its ``partition-id``). On its own that is the
 node's word. A deployment binds clients to the node ids its SuperLink registered (the
 ``nodes`` value of ``flwr run``'s run config, :func:`node_map`); a node's claim must then
-agree with the map, and a node outside it is refused. A refused node is logged as
-``fedpet: node N refused: ...`` and never sent a train message.
+agree with the map, and a node outside it is refused without being asked. A refused node
+is logged as ``fedpet: node N refused: ...`` and never sent a train message.
 """
 
 from __future__ import annotations
@@ -79,24 +79,30 @@ class Roster:
     def discover(self, grid: Grid, patience: float) -> None:
         """Ask the nodes not mapped yet which client they hold.
 
-        Until every client is mapped or ``patience`` seconds have passed, new nodes are
+        Until every client that can be held is mapped (with a node map: every bound
+        client) or ``patience`` seconds have passed, new nodes are
         asked as they register with the SuperLink, and a node still starting is asked
         again when it answers with an error; a question not answered yet stays open (a
         SuperNode's first answer waits for its ClientApp to start). With no patience, the
         nodes not mapped yet are asked once and given :data:`QUERY_TIMEOUT` seconds. A node
-        that stopped answering during training is not asked again, nor is one whose claim
-        was refused (see :meth:`claim`).
+        outside the node map is refused without a question. A node that stopped answering
+        during training is not asked again, nor is one that was refused (see :meth:`claim`).
         """
         deadline = time.monotonic() + max(patience, QUERY_TIMEOUT)
         asked: dict[str, int] = {}  # open question (message id) -> node
         again = True
-        while len(self.nodes) < self.clients:
+        holdable = self.clients if self.bound is None else len(self.bound)
+        while len(self.nodes) < holdable:
             known = set(self.nodes.values()) | self.unresponsive | self.refused
             known |= set(asked.values())
             for node in grid.get_node_ids() if again else ():
-                if node not in known:
-                    query = Message(content=RecordDict(), dst_node_id=node, message_type="query")
-                    asked.update((sent, node) for sent in grid.push_messages([query]))
+                if node in known:
+                    continue
+                if self.bound is not None and node not in self.bound:
+                    self.refuse(node, "not in the node map")  # not even asked
+                    continue
+                query = Message(content=RecordDict(), dst_node_id=node, message_type="query")
+                asked.update((sent, node) for sent in grid.push_messages([query]))
             again = patience > 0
             for reply in grid.pull_messages(list(asked)):
                 node = asked.pop(reply.metadata.reply_to_message_id)
@@ -109,18 +115,16 @@ class Roster:
     def claim(self, node: int, reply: Message) -> None:
         """Map ``node`` to the client it says it holds, unless that cannot be so.
 
-        A claim outside the run's clients is refused. With a node map, so is a node the
-        map does not hold, and a claim of another client than the map binds the node to;
-        without one, a claim of a client another node already holds (the first claim
-        stands). A refused node is logged and never routed to.
+        A claim outside the run's clients is refused. With a node map, so is a claim of
+        another client than the map binds the node to; without one, a claim of a client
+        another node already holds (the first claim stands).
         """
         try:
             claimed = number(reply.content.metric_records["metrics"]["partition-id"])
             k = self.client_of_claim(node, claimed)
         except (KeyError, TypeError, ValueError) as exc:
             why = str(exc) if isinstance(exc, ValueError) else "its answer has no partition-id"
-            self.refused.add(node)
-            LOG.warning("fedpet: node %d refused: %s", node, why)
+            self.refuse(node, why)
             return
         self.nodes[k] = node
 
@@ -130,18 +134,17 @@ class Roster:
         if not (claimed.is_integer() and 0 <= claimed < n):
             raise ValueError(f"partition-id {claimed:g} is not a client of this run (0 to {n - 1})")
         k = int(claimed)
-        if self.bound is None:
-            if k in self.nodes:
-                raise ValueError(f"client {k} is already held by node {self.nodes[k]}")
-            return k
-        if node not in self.bound:
-            holder = next((other for other, c in self.bound.items() if c == k), None)
-            held = "no node" if holder is None else f"node {holder}"
-            raise ValueError(f"not in the node map (it claims client {k}, bound to {held})")
-        if self.bound[node] != k:
+        if self.bound is None and k in self.nodes:
+            raise ValueError(f"client {k} is already held by node {self.nodes[k]}")
+        if self.bound is not None and self.bound[node] != k:
             bound = self.bound[node]
             raise ValueError(f"it claims client {k}, the node map binds it to client {bound}")
         return k
+
+    def refuse(self, node: int, why: str) -> None:
+        """Never ask or route to ``node`` again; log why, in one line."""
+        self.refused.add(node)
+        LOG.warning("fedpet: node %d refused: %s", node, why)
 
     def forget(self, node: int) -> None:
         """Stop routing clients to a node that did not answer."""
