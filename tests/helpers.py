@@ -114,3 +114,18 @@ def intake_of(like: dict, spec: str = "fp32"):
     up = get_codec(spec)
     sizes = [10] * 10
     return Intake([4, 7, 9], sizes, algorithm, downloads, Aggregate(), up, [UpdateChecks(None)])
+
+
+def client_round(half, folder: Path, round_: int = 1, client: int = 0, secure: bool = False):
+    """``client``'s reply in ``round_`` to the model's trainable state as the download.
+
+    ``half`` is a :class:`~fedpet.runtime.client_half.ClientHalf`; its states go to
+    ``folder``.
+    """
+    from fedpet.runtime.client_store import DiskStore
+    from fedpet.runtime.payloads import Download
+    from fedpet.state import extract, schema
+
+    state = half.algorithm.client_view(extract(half.exp.params), client)
+    download = Download(half.down.encode(state), schema(state))
+    return half.run(download, round_, client, DiskStore(folder), secure=secure)

@@ -69,12 +69,13 @@ def test_rejected_updates_leave_the_global_state_untouched(
 
 def test_malformed_payloads_are_rejected_not_raised() -> None:
     from fedpet.codecs import get_codec
-    from fedpet.runtime.rounds import ClientReply
+    from fedpet.runtime.payloads import ClientReply
+    from fedpet.stages import Report
 
     intake = intake_of({n: torch.zeros_like(t) for n, t in GOOD.items()})
     payload = get_codec("fp32").encode(GOOD)
-    assert intake.receive(4, ClientReply(payload, 10, 0.5))
-    assert not intake.receive(7, ClientReply(payload[:-4], 10, 0.5))
+    assert intake.receive(4, ClientReply(payload, Report(10, 0.5)))
+    assert not intake.receive(7, ClientReply(payload[:-4], Report(10, 0.5)))
     reason = "malformed payload: fp32 payload has 36 bytes, the schema needs 40"
     assert intake.counts.rejected == [{"client": 7, "attempt": 0, "reason": reason}]
     assert intake.accepted == [4] and torch.equal(intake.aggregate.mean()["a"], GOOD["a"])
@@ -115,11 +116,12 @@ NAN, INF, MINUS = (struct.pack("<f", x) for x in (float("nan"), float("inf"), -1
     ],
 )
 def test_a_crafted_upload_is_rejected_with_why(spec: str, change, reason: str) -> None:
-    from fedpet.runtime.rounds import ClientReply
+    from fedpet.runtime.payloads import ClientReply
+    from fedpet.stages import Report
 
     intake = intake_of({"w": torch.zeros(300)}, spec)
-    assert intake.receive(4, ClientReply(_crafted(spec, lambda p: None), 10, 0.5))
-    assert not intake.receive(7, ClientReply(_crafted(spec, change), 10, 0.5))
+    assert intake.receive(4, ClientReply(_crafted(spec, lambda p: None), Report(10, 0.5)))
+    assert not intake.receive(7, ClientReply(_crafted(spec, change), Report(10, 0.5)))
     assert intake.accepted == [4] and len(intake.counts.rejected) == 1
     assert intake.counts.rejected[0]["reason"].startswith("malformed payload: w: ")
     assert reason in intake.counts.rejected[0]["reason"]
@@ -147,13 +149,16 @@ def test_random_bytes_of_the_right_length_never_raise_from_theintake_of(
     _raising_codec, spec: str, seed: int
 ) -> None:
     from fedpet.codecs import get_codec
-    from fedpet.runtime.rounds import ClientReply
+    from fedpet.runtime.payloads import ClientReply
+    from fedpet.stages import Report
 
     like = {"a": torch.zeros(7, 5), "b": torch.zeros(300), "c": torch.zeros(1)}
     size = sum(get_codec(spec).values.nbytes(tuple(t.shape)) for t in like.values())
     payload = np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes()
     intake = intake_of(like, spec)
-    if intake.receive(9, ClientReply(payload, 10, 0.5)):  # random bytes can be a fair update
+    if intake.receive(
+        9, ClientReply(payload, Report(10, 0.5))
+    ):  # random bytes can be a fair update
         decoded = get_codec(spec).decode(payload, schema(like))
         assert update_problem(decoded, schema(like), None) is None
     else:  # malformed, or decoded to NaN or Inf
@@ -193,13 +198,19 @@ def test_a_secure_aggregate_is_checked_as_one_update() -> None:
     like = {"w": torch.zeros(2, 3), "b": torch.zeros(3)}
     mean = {"w": torch.full((2, 3), 0.5), "b": torch.ones(3)}
 
+    from fedpet.stages import Report
+
+    reports = {4: Report(10, 0.5, 10), 7: Report(10, 0.25, 10)}
     good = intake_of(like)
-    good.receive_mean([4, 7], mean, weight=30.0)
-    assert good.aggregate.num_clients == 2 and good.aggregate.total_weight == 30.0
+    good.receive_sum(reports, False, mean)
+    assert good.aggregate.num_clients == 2 and good.aggregate.total_weight == 20.0
     assert all(torch.equal(good.aggregate.mean()[k], mean[k]) for k in mean)
-    for bad, reason in [(None, "unmasking failed"), ({**mean, "b": mean["b"] / 0}, "Inf")]:
+    assert good.counts.examples == 20 and good.counts.loss_sum == 7.5
+    lying = {**reports, 7: Report(12, 0.25, 12)}  # a claim its partition cannot have
+    cases = [(reports, None, "unmasking failed"), (reports, {**mean, "b": mean["b"] / 0}, "Inf")]
+    for sent, bad, reason in [*cases, (lying, mean, "claims 12 examples")]:
         lost = intake_of(like)
-        lost.receive_mean([4, 7], bad, weight=30.0)
+        lost.receive_sum(sent, False, bad)
         assert lost.aggregate.num_clients == 0
         assert [x["client"] for x in lost.counts.rejected] == [4, 7]
         assert all(reason in str(x["reason"]) for x in lost.counts.rejected)

@@ -20,7 +20,8 @@ from fedpet.errors import FedpetError
 from fedpet.experiment import Experiment
 from fedpet.launch import resume_run, start_run
 from fedpet.rundir import Checkpoint
-from fedpet.runtime.flower import query_reply, quiet_flower, run_strategy, train_reply
+from fedpet.runtime.flower import quiet_flower, run_strategy
+from fedpet.runtime.flower_client import query_reply, train_reply
 from fedpet.runtime.recorder import Recorder
 from fedpet.runtime.roster import node_map
 from fedpet.runtime.secagg import secure_mod
@@ -65,7 +66,7 @@ client_app = ClientApp(mods=[secure_mod])
 
 @client_app.train()
 def _deployed_train(msg: Message, context: Context) -> Message:
-    return train_reply(node_run_config(context), msg)
+    return train_reply(node_run_config(context), msg, context)
 
 
 client_app.query()(query_reply)

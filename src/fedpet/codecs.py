@@ -18,7 +18,7 @@ A codec is named by a spec (``codec.up``, ``codec.down``):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -27,7 +27,7 @@ import torch
 from fedpet.config import Config
 from fedpet.errors import require
 from fedpet.registry import Registry
-from fedpet.state import Schema, TrainableState
+from fedpet.state import Schema, TrainableState, add, schema, subtract
 
 SPEC_HELP = (
     "fp32, fp16, bf16, int8[:row][:sr], or topk:F[+fp16|+bf16|+int8[:row][:sr]] "
@@ -215,6 +215,43 @@ class Codec:
             offset += sizes[name]
         return {name: read[name] for name in shapes}
 
+    def state_dict(self) -> TrainableState:
+        """What the codec keeps for the client it last encoded for: nothing."""
+        return {}
+
+    def load_state_dict(self, state: TrainableState) -> None:
+        """Nothing to load (see :meth:`state_dict`)."""
+
+
+@dataclass(frozen=True)
+class Feedback(Codec):
+    """Error feedback around a lossy codec: what an encoding drops is sent in later rounds.
+
+    :meth:`encode` writes ``state + residual`` and keeps what that encoding lost as the
+    new residual, so over the rounds what was sent plus the last residual is exactly the
+    sum of the states given. The residual is the client's: the client half loads it
+    (:meth:`load_state_dict`) before encoding and saves it (:meth:`state_dict`) after.
+    """
+
+    residual: TrainableState = field(default_factory=dict, compare=False)
+
+    def encode(self, state: TrainableState, seed: int = 0) -> bytes:
+        """The payload of ``state`` plus the residual; the residual becomes what it lost."""
+        total = add(state, self.residual) if self.residual else state
+        payload = super().encode(total, seed)
+        lost = subtract(total, self.decode(payload, schema(total)))
+        self.load_state_dict(lost)
+        return payload
+
+    def state_dict(self) -> TrainableState:
+        """The residual: what the last encoding lost."""
+        return dict(self.residual)
+
+    def load_state_dict(self, state: TrainableState) -> None:
+        """Continue from a client's residual (empty: none yet)."""
+        self.residual.clear()
+        self.residual.update(state)
+
 
 CODECS: Registry[Values] = Registry("codec", "fedpet.codecs", {})
 """Value codecs users add (``register_codec``, or the ``fedpet.codecs`` entry points)."""
@@ -252,6 +289,12 @@ def get_codec(spec: str) -> Codec:
         return Codec(spec, TopK(fraction, _values(tail or "fp32")))
     except ValueError:
         raise ValueError(f"{spec!r} is not a codec: use {spec_help()}") from None
+
+
+def upload_codec(cfg: Config) -> Codec:
+    """The clients' upload codec: ``codec.up``, with error feedback when it is on."""
+    codec = get_codec(cfg.codec.up)
+    return Feedback(codec.spec, codec.values) if cfg.codec.feedback else codec
 
 
 def spec_help() -> str:

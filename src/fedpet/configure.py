@@ -122,15 +122,6 @@ def check_needs(cfg: Config, algorithm: Algorithm) -> None:
             f"null {with_it} (it assumes unclipped local gradients): "
             "--set train.max_grad_norm=null",
         )
-    if algorithm.stateful_clients or cfg.codec.feedback:
-        what = with_it if algorithm.stateful_clients else "with error feedback"
-        require(
-            cfg.runtime == "simulation",
-            "runtime",
-            cfg.runtime,
-            f"simulation {what} (each client's own state is kept on disk in the run "
-            "directory; a Flower runtime does not carry it)",
-        )
 
 
 UNFILLED = {

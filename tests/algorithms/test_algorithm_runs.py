@@ -88,7 +88,7 @@ def test_ffa_lora_needs_lora(capsys) -> None:
 def test_scaffold_sends_controls_both_ways_and_keeps_client_states_on_disk(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    from fedpet.runtime.client_states import ClientStates
+    from fedpet.runtime.client_store import DiskStore
 
     out = tmp_path / "scaffold"
     rows = _run(tiny_model_dir, out, *SCAFFOLD, "--rounds", "3")
@@ -98,14 +98,22 @@ def test_scaffold_sends_controls_both_ways_and_keeps_client_states_on_disk(
     sampled = {k for r in rows for k in r["clients"]}
     files = sorted(p.name for p in (out / "clients").iterdir())
     assert {int(f.split("-r")[0]) for f in files} == sampled
-    # at most two versions per client: the newest and the one before the last checkpoint
+    # at most two versions per client: the committed one and one saved after it
     assert all(sum(f.startswith(f"{k}-r") for f in files) <= 2 for k in sampled)
     server = load_file(out / "checkpoint" / "server.safetensors")
     assert sum(t.numel() for t in server.values()) == trainable  # c: one value per parameter
     assert any(float(t.abs().sum()) > 0 for t in server.values())
-    # versions newer than the checkpoint a run resumes from are dropped
-    ClientStates(out, committed=1)
-    assert all(int(p.name.split("-r")[1].split(".")[0]) <= 1 for p in (out / "clients").iterdir())
+    # the server keeps the round of each client's committed state; loading it drops the rest
+    committed = _committed(out)
+    assert {k for k, _ in committed} == sampled
+    store = DiskStore(out / "clients")
+    for (k, r), state in committed.items():
+        loaded = store.load(k, r)
+        assert loaded is not None and all(torch.equal(loaded[n], state[n]) for n in state)
+    assert sorted(p.name for p in (out / "clients").iterdir()) == sorted(
+        f"{k}-r{r}.safetensors" for k, r in committed
+    )
+    assert store.load(0, 99) is None and store.load(1, 0) == {}  # gone; none yet
 
 
 def test_scaffold_needs_plain_unclipped_sgd(capsys) -> None:
@@ -117,9 +125,13 @@ def test_scaffold_needs_plain_unclipped_sgd(capsys) -> None:
 
 
 def _committed(out: Path) -> dict[tuple[int, int], dict[str, torch.Tensor]]:
-    """Each client state committed in the run directory, by (client, round)."""
-    files = (out / "clients").glob("*-r*.safetensors")
-    return {tuple(map(int, f.stem.split("-r"))): load_file(f) for f in files}  # type: ignore[misc]
+    """Each client state the checkpoint names as committed, by (client, round)."""
+    from fedpet.rundir import load_checkpoint
+
+    rounds = load_checkpoint(out).state.get("client_rounds", {})
+    return {
+        (int(k), r): load_file(out / "clients" / f"{k}-r{r}.safetensors") for k, r in rounds.items()
+    }
 
 
 def test_rejected_updates_leave_every_client_control_at_zero(
@@ -128,8 +140,7 @@ def test_rejected_updates_leave_every_client_control_at_zero(
     out = tmp_path / "rejected"
     rows = _run(tiny_model_dir, out, *SCAFFOLD, "--rounds", "3", "--max-update-norm", "1e-9")
     assert all(r["rejected"] and r["skipped"] for r in rows)  # every update is refused
-    saved = _committed(out)
-    assert all(float(t.abs().max()) == 0.0 for state in saved.values() for t in state.values())
+    assert _committed(out) == {}  # no state was committed
     server = load_file(out / "checkpoint" / "server.safetensors")
     assert all(float(t.abs().max()) == 0.0 for t in server.values())
 
@@ -260,8 +271,6 @@ def test_codecs_count_their_payloads_and_keep_residuals_per_client(
 CODEC_ERRORS = [
     (["--codec-up", "int7"], "codec.up = 'int7' is not allowed: fp32, fp16, bf16, int8"),
     (["--codec-down", "topk:1.5"], "codec.down = 'topk:1.5' is not allowed: fp32, fp16"),
-    (["--codec-up", "topk:0.1", "--runtime", "flower-sim"],
-     "runtime = 'flower-sim' is not allowed: simulation with error feedback"),
 ]  # fmt: skip
 
 

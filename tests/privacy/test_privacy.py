@@ -314,19 +314,22 @@ def test_a_dp_run_s_outputs_tell_no_cohort_and_no_client(
     assert "| differential privacy | epsilon" in card and "noise drawn from secret" in card
 
 
-def test_a_dp_client_sends_its_update_alone(tiny_config) -> None:
+def test_a_dp_client_sends_its_update_alone(tiny_config, tmp_path: Path) -> None:
+    from helpers import client_round
+
     from fedpet.experiment import prepare
     from fedpet.runtime.client_half import ClientHalf
-    from fedpet.state import extract
+    from fedpet.stages import Report
 
-    # what a client sends back: the update alone, on every runtime (both call ClientHalf.run)
+    # what a client sends back: the update alone, on every runtime (all call ClientHalf.run)
     for private in (False, True):
         cfg = tiny_config(**{"privacy.enabled": private, "privacy.noise_multiplier": 1.0})
         half = ClientHalf.of(prepare(cfg))
-        reply, _ = half.run(half.down.encode(extract(half.exp.params)), 1, 0)
-        stats = (reply.num_examples, reply.loss, reply.seen)
-        assert reply.payload and (stats == (None, None, None)) == private
-        assert private or reply.num_examples == len(half.exp.clients[0])
+        for secure in (False, True):  # a secure round's report too
+            reply = client_round(half, tmp_path, secure=secure)
+            assert bool(reply.payload) != secure and (reply.masked is not None) == secure
+            assert (reply.report == Report()) == private
+            assert private or reply.report.num_examples == len(half.exp.clients[0])
 
 
 def _distributed(tiny_config, z: float, reproducible: bool):
@@ -341,18 +344,22 @@ def _distributed(tiny_config, z: float, reproducible: bool):
     )
 
 
-def test_a_server_with_the_run_s_config_cannot_undo_a_client_s_noise(tiny_config) -> None:
+def test_a_server_with_the_run_s_config_cannot_undo_a_client_s_noise(
+    tiny_config, tmp_path: Path
+) -> None:
+    from helpers import client_round
+
     from fedpet.experiment import prepare
     from fedpet.privacy.dp import client_noise_std, gaussian_noise
     from fedpet.runtime.client_half import ClientHalf
     from fedpet.seeding import derive_seed
-    from fedpet.state import extract
+    from fedpet.state import extract, schema
 
     def share(cfg) -> dict[str, torch.Tensor]:
         """Client 0's noised share of round 1, as the server decodes it."""
         half = ClientHalf.of(prepare(cfg))
-        reply, _ = half.run(half.down.encode(extract(half.exp.params)), 1, 0)
-        return half.up.decode(reply.payload, half.layout(0))
+        reply = client_round(half, tmp_path)
+        return half.up.decode(reply.payload, schema(extract(half.exp.params)))
 
     clipped = share(_distributed(tiny_config, 0.0, True))  # the update, clipped, no noise
     for reproducible in (True, False):

@@ -43,7 +43,18 @@ CENTRAL_DP = ("--dp", "--dp-noise", "0.1", "--dp-clip", "0.05")
 CENTRAL_DP += ("--set", "privacy.target_quantile=0.5", "--set", "privacy.reproducible=true")
 
 
-@pytest.mark.parametrize("flags", [RANKED, CENTRAL_DP], ids=["flexlora-codecs", "central-dp"])
+# clients that keep a state between rounds: SCAFFOLD's control, error feedback's residual;
+# over 3 rounds of 2 of 4 clients some are sampled again, and continue from their state
+SCAFFOLD = ("--algorithm", "scaffold", "--optimizer", "sgd", "--set", "train.max_grad_norm=null")
+SCAFFOLD += ("--rounds", "3")
+FEEDBACK = ("--codec-up", "topk:0.2+int8", "--rounds", "3")
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [RANKED, CENTRAL_DP, SCAFFOLD, FEEDBACK],
+    ids=["flexlora-codecs", "central-dp", "scaffold", "error-feedback"],
+)
 @pytest.mark.integration
 def test_flower_simulation_equals_the_in_process_runtime(
     tiny_model_dir: Path, tmp_path: Path, flags: tuple[str, ...], capfd
@@ -67,9 +78,17 @@ def test_flower_simulation_equals_the_in_process_runtime(
     if flags == RANKED:
         full_rank = 2 * 2 * 4 * summary["trainable_params"]  # 2 rounds, 2 clients, fp32
         assert 0 < summary["bytes_up_total"] < full_rank  # rank-2 clients send less
-    else:
+    elif flags == CENTRAL_DP:
         assert rows[-1]["epsilon"] > rows[0]["epsilon"] > 0 and rows[0]["dp_clip"] == 0.05
         assert summary["epsilon"] == rows[-1]["epsilon"]
+    else:  # the clients' states stayed with them: the server's run directory holds none
+        sampled = [k for r in rows for k in r["clients"]]
+        assert len(sampled) > len(set(sampled))  # a client continued from its state
+        assert list((local / "clients").glob("*.safetensors"))  # where the simulation keeps them
+        assert not [p for p in flower.rglob("*") if p.name.split("-r")[0].isdigit()]
+        assert set(json.loads((flower / "checkpoint" / "state.json").read_text())) >= {
+            "client_rounds"
+        }
 
 
 def test_flower_sim_refuses_centralized(capsys) -> None:
@@ -107,37 +126,44 @@ def test_malformed_replies_are_refused() -> None:
     from flwr.app import MetricRecord, RecordDict
 
     from fedpet.runtime.messages import parse_reply, to_record
+    from fedpet.stages import Report
 
     def reply(metrics: dict):
         content = RecordDict({"arrays": to_record(b"\0" * 8), "metrics": MetricRecord(metrics)})
         return _message(content)
 
     good = parse_reply(reply({"num-examples": 12, "loss": 0.5, "examples-seen": 8}))
-    assert (good.payload, good.num_examples, good.loss, good.seen) == (b"\0" * 8, 12, 0.5, 8)
+    assert (good.payload, good.report, good.kept) == (b"\0" * 8, Report(12, 0.5, 8), False)
     with pytest.raises(ValueError, match="num-examples 0 is not a positive integer"):
         parse_reply(reply({"num-examples": 0, "loss": 0.5, "examples-seen": 8}))
     with pytest.raises(ValueError, match="examples-seen -1 is not a natural number"):
         parse_reply(reply({"num-examples": 2, "loss": 0.5, "examples-seen": -1}))
     with pytest.raises(KeyError):
-        parse_reply(reply({"loss": 0.5, "examples-seen": 8}))
+        parse_reply(reply({"num-examples": 2, "examples-seen": 8}))
+    # a reply without a count withholds its report (the intake refuses it unless DP weighs it)
+    bare = parse_reply(reply({"loss": 0.5, "kept-state": 1}))
+    assert (bare.report, bare.kept, bare.fresh) == (Report(), True, False)
 
 
 def test_a_client_s_claimed_weight_must_be_its_partition_s_size() -> None:
     from helpers import intake_of
 
     from fedpet.codecs import get_codec
-    from fedpet.runtime.rounds import ClientReply
+    from fedpet.runtime.payloads import ClientReply
+    from fedpet.stages import Report
 
     update = {"a": torch.ones(2, 3), "b": torch.zeros(4)}
     intake = intake_of({n: torch.zeros_like(t) for n, t in update.items()})  # partitions of 10
     payload = get_codec("fp32").encode(update)
-    assert intake.receive(4, ClientReply(payload, 10, 0.5, 10))
-    assert not intake.receive(7, ClientReply(payload, 1000, 0.5, 10))  # to outweigh the rest
-    assert not intake.receive(9, ClientReply(payload, 10, 0.5, 11))  # one epoch of 10
+    assert intake.receive(4, ClientReply(payload, Report(10, 0.5, 10)))
+    assert not intake.receive(7, ClientReply(payload, Report(1000, 0.5, 10)))  # outweighing
+    assert not intake.receive(9, ClientReply(payload, Report(10, 0.5, 11)))  # one epoch of 10
+    assert not intake.receive(7, ClientReply(payload))  # no count to weight it by
     reasons = [r["reason"] for r in intake.counts.rejected]
     assert reasons == [
         "claims 1000 examples, its partition holds 10",
         "claims to have trained on 11 examples, more than its 10 x 1 local epochs",
+        "the reply withholds its example count, which weights it",
     ]
     assert intake.accepted == [4] and intake.aggregate.total_weight == 10
     assert intake.counts.examples == 10  # a refused claim counts nothing
@@ -213,51 +239,48 @@ def test_a_deployment_config_runs_only_under_flwr_run(capsys) -> None:
 
 
 def test_under_dp_a_flower_client_sends_its_update_alone(tiny_config) -> None:
-    from flwr.app import ConfigRecord, RecordDict
+    from flwr.app import ConfigRecord, Context, RecordDict
     from flwr.compat.common import recorddict_compat
 
     from fedpet.codecs import get_codec
-    from fedpet.runtime.flower import cached_experiment, train_reply
-    from fedpet.runtime.messages import parse_reply, to_record
+    from fedpet.runtime.flower_client import cached_client, train_reply
+    from fedpet.runtime.messages import download_config, parse_reply, to_record
+    from fedpet.runtime.payloads import Download
     from fedpet.runtime.secagg import masked_reply
-    from fedpet.state import extract
+    from fedpet.stages import Report
+    from fedpet.state import extract, schema
 
     def ask(cfg):
-        payload = get_codec("fp32").encode(extract(cached_experiment(cfg).params))
-        config = ConfigRecord({"round": 1, "client": 0})
-        return _message(RecordDict({"arrays": to_record(payload), "config": config}))
+        state = extract(cached_client(cfg).exp.params)
+        download = Download(get_codec("fp32").encode(state), schema(state))
+        config = ConfigRecord(download_config(download, 1, 0, "run"))
+        return _message(RecordDict({"arrays": to_record(download.payload), "config": config}))
+
+    def context():
+        return Context(1, 1, {}, RecordDict(), {})
 
     dp = tiny_config(**{"privacy.enabled": True, "privacy.noise_multiplier": 1.0})
-    private = train_reply(dp, ask(dp))
+    private = train_reply(dp, ask(dp), context())
     assert dict(private.content.metric_records["metrics"]) == {}
-    assert parse_reply(private, private=True).num_examples is None
-    plain = train_reply(tiny_config(), ask(tiny_config()))
+    assert parse_reply(private).report == Report()
+    plain = train_reply(tiny_config(), ask(tiny_config()), context())
     assert set(plain.content.metric_records["metrics"]) == {"num-examples", "loss", "examples-seen"}
     # a secure round's reply: the masked values, and no unmasked statistics under DP
     msg = ask(dp)
     res = recorddict_compat.recorddict_to_fitres(
-        masked_reply(msg, {"w": torch.ones(3)}, None, None, None, 1).content, keep_input=False
+        masked_reply(msg, {"w": torch.ones(3)}, Report(), False).content, keep_input=False
     )
     assert res.metrics == {} and res.num_examples == 1
 
 
-def test_flower_runtimes_refuse_what_keeps_client_state(monkeypatch, capsys) -> None:
-    from helpers import refusal
+@pytest.fixture
+def as_serverapp(monkeypatch) -> None:
+    """The task identity the ServerApp's process has (messages are made in it)."""
+    from flwr.supercore.task_identity import TaskIdentity
 
-    from fedpet.algorithms import ALGORITHMS
-    from fedpet.algorithms.fedavg import FedAvg
-
-    class Stateful(FedAvg):  # any algorithm whose clients keep a state, whatever its name
-        name = "stateful"
-        stateful_clients = True
-
-    monkeypatch.setitem(ALGORITHMS, "stateful", Stateful)
-    assert main(["run", "--dry-run", "--algorithm", "stateful"]) == 0
-    for runtime in ("flower-sim", "flower"):
-        err = refusal(["--runtime", runtime, "--algorithm", "stateful"], capsys)
-        assert f"runtime = '{runtime}' is not allowed: simulation with algorithm stateful" in err
-        err = refusal(["--runtime", runtime, "--codec-up", "topk:0.1"], capsys)
-        assert f"runtime = '{runtime}' is not allowed: simulation with error feedback" in err
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 0)
 
 
 class _StartingGrid:
@@ -303,16 +326,6 @@ class _StartingGrid:
             content = RecordDict({"metrics": MetricRecord({"partition-id": client})})
             replies.append(Message(content, reply_to=message))
         return replies
-
-
-@pytest.fixture
-def as_serverapp(monkeypatch) -> None:
-    """The task identity the ServerApp's process has (messages are made in it)."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 0)
 
 
 @pytest.mark.integration

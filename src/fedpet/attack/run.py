@@ -37,6 +37,7 @@ from fedpet.privacy.dp import client_noise_std
 from fedpet.rundir import load_checkpoint
 from fedpet.runtime.client_half import ClientHalf
 from fedpet.seeding import derive_seed
+from fedpet.stages import Report
 from fedpet.state import TrainableState, load_, schema
 
 HEAD_BIAS = "head.bias"
@@ -191,7 +192,8 @@ def attack(
     for k, indices in enumerate(batches):
         batch = collate(exp.train, indices)
         update = client_update(exp, batch)
-        payload, _ = half.send(update, rounds, k, {})
+        sent_update, _ = half.prepare(update, Report(), rounds, k)
+        payload = half.encode(sent_update, rounds, k, {})
         sent = half.up.decode(payload, schema(update))
         found, labels_right = recover(exp, spec, sent, batch, derive_seed(cfg.seed, "attack", k))
         got = found - special

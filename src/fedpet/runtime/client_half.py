@@ -1,32 +1,39 @@
-"""The client's half of a round, the one entry point both runtimes call.
+"""The client's half of a round, the one entry point every runtime calls.
 
-A client decodes what the server sent, trains the shared model from it with the
-algorithm's hook (inside FedRS's restricted softmax when ``algorithm.fedrs`` is set), turns
-the result into the algorithm's update and its own new state, sends the update through the
-stages' client halves (DP's clip and noise share, error feedback) and encodes it. The
-simulation runtime calls :meth:`ClientHalf.run` in process; Flower's ClientApp calls it
-from its train handler.
+A client loads its own state from the store its runtime gives it, decodes what the server
+sent, trains the shared model from it with the algorithm's hook (inside FedRS's restricted
+softmax when ``algorithm.fedrs`` is set), turns the result into the algorithm's update and
+its own new state, sends the update and its report through the stages' client halves (DP's
+clip and noise share), encodes it (error feedback inside the codec), and saves its new
+state. The simulation runtime calls :meth:`ClientHalf.run` in process; Flower's ClientApp
+calls it from its train handler, in a secure round too, where the update is left to the
+secure sum's masks instead of the codec.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fedpet.algorithms import Algorithm, ClientHook, get_algorithm
 from fedpet.algorithms.fedrs import restricted
-from fedpet.codecs import Codec, get_codec
+from fedpet.codecs import Codec, get_codec, upload_codec
 from fedpet.devices import to_device
 from fedpet.experiment import Experiment
 from fedpet.privacy.randomness import Draws, fresh
-from fedpet.runtime.pipeline import stages_for, withholds_stats
-from fedpet.runtime.rounds import ClientReply
+from fedpet.runtime.client_store import ClientStore
+from fedpet.runtime.payloads import ClientReply, Download
+from fedpet.runtime.pipeline import stages_for
 from fedpet.seeding import derive_seed
-from fedpet.stages import ClientSide, Stage
-from fedpet.state import Schema, TrainableState, pad, schema
+from fedpet.stages import Report, Side, Stage
+from fedpet.state import TrainableState, pad
 
 Wrap = Callable[[ClientHook], ClientHook]
 Tamper = Callable[[TrainableState], TrainableState]
+
+CODEC_STATE = "residual"
+"""The prefix of the upload codec's tensors (error feedback's residual) in a saved state."""
 
 
 @dataclass(frozen=True)
@@ -43,40 +50,27 @@ class Trained:
     seen: int
 
 
-def split_memory(saved: TrainableState, stages: list[Stage]) -> dict[str, TrainableState]:
-    """A client's saved state by owner: ``""`` the algorithm's, each stage's by its name.
-
-    A stage's tensors are saved under ``<stage name>.<tensor name>``.
-    """
-    parts: dict[str, TrainableState] = {"": {}, **{s.name: {} for s in stages}}
-    for name, tensor in saved.items():
-        owner, _, rest = name.partition(".")
-        if owner in parts and owner and rest:
-            parts[owner][rest] = tensor
-        else:
-            parts[""][name] = tensor
-    return parts
+def split_state(saved: TrainableState) -> tuple[TrainableState, TrainableState]:
+    """A client's saved state as (the algorithm's, the upload codec's)."""
+    prefix = CODEC_STATE + "."
+    codec = {n.removeprefix(prefix): t for n, t in saved.items() if n.startswith(prefix)}
+    return {n: t for n, t in saved.items() if not n.startswith(prefix)}, codec
 
 
-def join_memory(parts: dict[str, TrainableState]) -> TrainableState:
-    """The inverse of :func:`split_memory`: one flat state to save."""
-    return {
-        f"{owner}.{name}" if owner else name: tensor
-        for owner, state in parts.items()
-        for name, tensor in state.items()
-    }
+def join_state(algorithm: TrainableState, codec: TrainableState) -> TrainableState:
+    """The inverse of :func:`split_state`: one flat state to save."""
+    return {**algorithm, **{f"{CODEC_STATE}.{n}": t for n, t in codec.items()}}
 
 
 @dataclass
 class ClientHalf:
-    """Local training, the algorithm's client update and the stages' client halves."""
+    """Local training, the algorithm's client update, the stages' client halves, the codec."""
 
     exp: Experiment
     algorithm: Algorithm
     stages: list[Stage]
     up: Codec
     down: Codec
-    layouts: dict[int, Schema] = field(default_factory=dict)
 
     @classmethod
     def of(cls, exp: Experiment, draws: Draws | None = None) -> ClientHalf:
@@ -90,21 +84,9 @@ class ClientHalf:
             exp,
             get_algorithm(cfg.algorithm),
             stages_for(cfg, draws or fresh(cfg)),
-            get_codec(cfg.codec.up),
+            upload_codec(cfg),
             get_codec(cfg.codec.down),
         )
-
-    def layout(self, client: int) -> Schema:
-        """The names and shapes of what ``client`` receives: its view of the download.
-
-        The download holds the model's trainable state and whatever the algorithm sends
-        with it (SCAFFOLD's control), shaped as the algorithm's initial server state.
-        """
-        if client not in self.layouts:
-            params = {n: p.detach() for n, p in self.exp.params.items()}
-            download = self.algorithm.download(params, self.algorithm.init_server_state(params))
-            self.layouts[client] = schema(self.algorithm.client_view(download, client))
-        return self.layouts[client]
 
     def train(
         self,
@@ -137,58 +119,57 @@ class ClientHalf:
         )
         return Trained(update, trained.num_examples, trained.loss, new_state, trained.seen)
 
-    def prepare(
-        self, update: TrainableState, round_: int, client: int, memory: dict[str, TrainableState]
-    ) -> tuple[TrainableState, list[ClientSide]]:
-        """The update through every stage's client half; each stage's side (its memory)."""
-        sides = []
-        for stage in self.stages:
-            side = ClientSide(round_, client, memory.get(stage.name, {}))
-            update = stage.client(update, side)
-            sides.append(side)
-        return update, sides
-
-    def stats(self, trained: Trained) -> tuple[int | None, float | None, int | None]:
-        """What the client reports besides its update, unless withheld.
-
-        Its weight (the partition size), its mean loss and the examples its steps saw.
-        """
-        if withholds_stats(self.stages):
-            return None, None, None
-        return trained.num_examples, trained.loss, trained.seen
-
     def run(
         self,
-        payload: bytes,
+        download: Download,
         round_: int,
         client: int,
-        saved: TrainableState | None = None,
+        store: ClientStore,
+        secure: bool = False,
         wrap: Wrap | None = None,
         tamper: Tamper | None = None,
-    ) -> tuple[ClientReply, TrainableState]:
-        """One client's round: its reply to the server's ``payload`` and its state to keep.
+    ) -> ClientReply:
+        """One client's round: its reply to ``download``; its new state goes to ``store``.
 
-        ``saved`` is what the client kept from earlier rounds (algorithm state and stage
-        memories, see :func:`split_memory`); ``tamper`` replaces the trained update (the
-        simulation's malicious clients).
+        The client continues from the version of its state the download names. With
+        ``secure`` the update is left unencoded for a secure sum to mask; ``tamper``
+        replaces the trained update (the simulation's malicious clients).
         """
-        memory = split_memory(saved or {}, self.stages)
-        received = self.down.decode(payload, self.layout(client))
-        trained = self.train(received, round_, client, memory[""], wrap)
+        saved = store.load(client, download.committed)
+        if saved is None:
+            logging.getLogger("fedpet").warning(
+                "fedpet: client %d has no state from round %d here; it starts afresh",
+                client,
+                download.committed,
+            )
+        algorithm_state, codec_state = split_state(saved or {})
+        received = self.down.decode(download.payload, download.layout)
+        trained = self.train(received, round_, client, algorithm_state, wrap)
         update = trained.update if tamper is None else tamper(trained.update)
-        sent, memories = self.send(update, round_, client, memory)
-        kept = {"": trained.state, **memories}
-        return ClientReply(sent, *self.stats(trained)), join_memory(kept)
+        report = Report(trained.num_examples, trained.loss, trained.seen)
+        update, report = self.prepare(update, report, round_, client)
+        payload, masked = b"", None
+        if secure:
+            masked = update
+        else:
+            payload = self.encode(update, round_, client, codec_state)
+        kept = join_state(trained.state, {} if secure else self.up.state_dict())
+        if kept:
+            store.save(client, round_, kept)
+        return ClientReply(payload, report, bool(kept), saved is None, masked)
 
-    def send(
-        self, update: TrainableState, round_: int, client: int, memory: dict[str, TrainableState]
-    ) -> tuple[bytes, dict[str, TrainableState]]:
-        """The payload of ``update`` after the stages' client halves; their new memories."""
-        update, sides = self.prepare(update, round_, client, memory)
-        sent = self.up.encode(update, derive_seed(self.exp.cfg.seed, "codec-up", round_, client))
-        if any(stage.wants_sent for stage in self.stages):
-            decoded = self.up.decode(sent, schema(update))
-            for stage, side in zip(self.stages, sides, strict=True):
-                if stage.wants_sent:
-                    stage.sent(update, decoded, side)
-        return sent, {s.name: side.memory for s, side in zip(self.stages, sides, strict=True)}
+    def prepare(
+        self, update: TrainableState, report: Report, round_: int, client: int
+    ) -> tuple[TrainableState, Report]:
+        """The update and report through every stage's client half, in order."""
+        side = Side(round_, client)
+        for stage in self.stages:
+            update, report = stage.client(update, report, side)
+        return update, report
+
+    def encode(
+        self, update: TrainableState, round_: int, client: int, codec_state: TrainableState
+    ) -> bytes:
+        """The payload of ``update``; the codec continues from the client's ``codec_state``."""
+        self.up.load_state_dict(codec_state)
+        return self.up.encode(update, derive_seed(self.exp.cfg.seed, "codec-up", round_, client))

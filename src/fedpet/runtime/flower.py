@@ -1,19 +1,20 @@
-"""The Flower runtime: a ClientApp and a ServerApp that carry the round protocol's messages.
+"""The Flower runtime's server side: a ServerApp that carries the round protocol's messages.
 
-The ClientApp answers a train message with :meth:`~fedpet.runtime.client_half.ClientHalf.run`
-on a backbone loaded once per process; the ServerApp drives :class:`FedpetStrategy`, a
-Flower ``Strategy`` that routes :class:`~fedpet.runtime.server_half.ServerHalf`'s downloads
-to the nodes holding the cohort's clients and hands it their replies. Payloads travel as
-the codec's exact bytes (:mod:`fedpet.runtime.messages`), so byte counts equal the
-simulation's.
+The ServerApp drives :class:`FedpetStrategy`, a Flower ``Strategy`` that routes
+:class:`~fedpet.runtime.server_half.ServerHalf`'s downloads to the nodes holding the
+cohort's clients and hands it their replies; the ClientApp is
+:mod:`fedpet.runtime.flower_client`. Payloads travel as the codec's exact bytes
+(:mod:`fedpet.runtime.messages`), so byte counts equal the simulation's.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 
 from flwr.app import (
     ArrayRecord,
@@ -23,84 +24,28 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
-from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
-from fedpet.config import Config, to_dict
-from fedpet.experiment import Experiment, prepare
+from fedpet.experiment import Experiment
 from fedpet.rundir import Checkpoint
-from fedpet.runtime.client_half import ClientHalf
-from fedpet.runtime.messages import from_record, number, parse_reply, reply_metrics, to_record
-from fedpet.runtime.pipeline import secure_weight, withholds_stats
+from fedpet.runtime.flower_client import make_client_app
+from fedpet.runtime.messages import download_config, parse_reply, to_record
+from fedpet.runtime.pipeline import reported
 from fedpet.runtime.recorder import Recorder
 from fedpet.runtime.roster import Roster
 from fedpet.runtime.rounds import Intake
-from fedpet.runtime.secagg import (
-    is_secure,
-    masked_reply,
-    read_instructions,
-    secure_mod,
-    secure_round,
-)
+from fedpet.runtime.secagg import secure_round
 from fedpet.runtime.server_half import ServerHalf
 from fedpet.state import schema
 
-_CLIENTS: dict[str, ClientHalf] = {}  # per process: the backbone and data, loaded once
 
+def run_key(run: Path) -> str:
+    """The name a run's nodes keep its clients' states under: its directory's, hashed.
 
-def cached_client(cfg: Config) -> ClientHalf:
-    """The client half for ``cfg`` in this process, its experiment prepared on first use."""
-    key = repr(to_dict(cfg))
-    if key not in _CLIENTS:
-        _CLIENTS.clear()
-        _CLIENTS[key] = ClientHalf.of(prepare(cfg))
-    return _CLIENTS[key]
-
-
-def cached_experiment(cfg: Config) -> Experiment:
-    """The experiment for ``cfg`` in this process (see :func:`cached_client`)."""
-    return cached_client(cfg).exp
-
-
-def train_reply(cfg: Config, msg: Message) -> Message:
-    """Train the client (partition) a train message names; reply with its encoded update.
-
-    In a secure round the reply goes through Flower's SecAgg+ mod, which masks it: the
-    client sends its update after its stages' client halves (DP's noise share), unencoded.
+    A resumed run writes to the same directory, so its clients find their states.
     """
-    half = cached_client(cfg)
-    if is_secure(msg):
-        payload, round_, client = read_instructions(msg)
-        received = half.down.decode(payload, half.layout(client))
-        trained = half.train(received, round_, client, {})
-        update, _ = half.prepare(trained.update, round_, client, {})
-        weight = secure_weight(half.stages, trained.num_examples)
-        return masked_reply(msg, update, *half.stats(trained), weight)
-    config = msg.content.config_records["config"]
-    round_, client = int(number(config["round"])), int(number(config["client"]))
-    reply, _ = half.run(from_record(msg.content.array_records["arrays"]), round_, client)
-    content = RecordDict({"arrays": to_record(reply.payload), "metrics": reply_metrics(reply)})
-    return Message(content=content, reply_to=msg)
-
-
-def query_reply(msg: Message, context: Context) -> Message:
-    """Tell the server which client this node holds (its ``partition-id``)."""
-    partition = int(context.node_config.get("partition-id", -1))
-    content = RecordDict({"metrics": MetricRecord({"partition-id": partition})})
-    return Message(content=content, reply_to=msg)
-
-
-def make_client_app(cfg: Config) -> ClientApp:
-    """A ClientApp for ``cfg`` (Flower's simulation engine, where the config is in hand)."""
-    app = ClientApp(mods=[secure_mod])
-
-    @app.train()
-    def train(msg: Message, context: Context) -> Message:
-        return train_reply(cfg, msg)
-
-    app.query()(query_reply)
-    return app
+    return hashlib.sha256(str(run.resolve()).encode()).hexdigest()[:16]
 
 
 class FedpetStrategy(Strategy):
@@ -123,6 +68,7 @@ class FedpetStrategy(Strategy):
         self.exp, self.cfg = exp, exp.cfg
         self.roster = Roster(len(exp.clients), bound)
         self.server = ServerHalf(exp, recorder, resume, secure=exp.cfg.secagg.enabled)
+        self.run = run_key(recorder.run.path)
         self.offset = self.server.done
         self.waited = False
         self.sent: dict[int, int] = {}
@@ -148,56 +94,54 @@ class FedpetStrategy(Strategy):
             else:
                 intake.lose("failed", k, "no node holds this client")
         if self.cfg.secagg.enabled:
-            self.secure_round(grid, round_, self.server.down.encode(intake.received), targets)
+            self.secure_round(grid, round_, targets)
             return []
         self.sent = targets
         messages = []
         for node, k in targets.items():
-            config = ConfigRecord({"round": round_, "client": k})
-            content = RecordDict({"arrays": to_record(intake.download(k)), "config": config})
+            download = intake.download(k)
+            config = ConfigRecord(download_config(download, round_, k, self.run))
+            content = RecordDict({"arrays": to_record(download.payload), "config": config})
             messages.append(Message(content=content, dst_node_id=node, message_type="train"))
         return messages
 
-    def secure_round(
-        self, grid: Grid, round_: int, payload: bytes, targets: dict[int, int]
-    ) -> None:
-        """Run the round's exchange through SecAgg+ and take in the unmasked mean.
+    def secure_round(self, grid: Grid, round_: int, targets: dict[int, int]) -> None:
+        """Run the round's exchange through SecAgg+ and hand the intake the unmasked mean.
 
         SecAgg+ needs four exchanges, so they happen here and the round's own send
         carries nothing. Bytes count every message of the protocol.
         """
         intake = self.intake
         assert intake is not None, "configure_train sets the intake"
-        # under DP the clients also clip and noise their updates themselves
+        downloads = {}
+        for node, k in targets.items():
+            download = intake.download(k, count=False)  # the protocol's messages are counted
+            downloads[node] = download.payload, download_config(download, round_, k, self.run)
+        # each client's weight as its stages leave its report (1 where DP withholds it)
         stages = self.server.stages
-        sizes = (secure_weight(stages, len(self.exp.clients[k])) for k in targets.values())
-        max_weight = max(sizes, default=1)
+        weights = (reported(stages, len(self.exp.clients[k])).weight for k in targets.values())
         outcome = secure_round(
             grid,
             self.cfg.secagg,
-            targets,
-            payload,
+            downloads,
             round_,
             schema(self.server.global_state),
-            float(max_weight),
+            max(weights, default=1.0),
             self.cfg.federation.round_timeout,
         )
         intake.counts.bytes_up += outcome.bytes_up
         intake.counts.bytes_down += outcome.bytes_down
-        summed, weight = [], 0.0
+        summed = {}
         for node, k in targets.items():
             if node in outcome.replies:
-                examples, loss, seen = outcome.replies[node]
-                intake.count(examples, loss, seen)
-                summed.append(k)
-                weight += secure_weight(stages, examples)
+                summed[k] = outcome.replies[node]
             elif node in outcome.silent:
                 self.roster.forget(node)
                 intake.lose("failed", k, f"node {node} did not answer")
             else:
                 intake.lose("failed", k, f"node {node} dropped out of secure aggregation")
         if summed:
-            intake.receive_mean(summed, outcome.mean, weight)
+            intake.receive_sum(summed, outcome.kept, outcome.mean)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -219,7 +163,7 @@ class FedpetStrategy(Strategy):
                 intake.lose("failed", k, f"error from node {node}: {reply.error.reason}")
                 continue
             try:
-                parsed = parse_reply(reply, withholds_stats(self.server.stages))
+                parsed = parse_reply(reply)
             except (KeyError, TypeError, ValueError) as exc:
                 intake.lose("rejected", k, f"malformed reply: {exc}")
                 continue

@@ -1,14 +1,15 @@
-"""The pieces of a round both halves share: the cohort, the downloads, a reply, the intake.
+"""The server's pieces of a round: the cohort, the downloads, the intake of the replies.
 
 :class:`~fedpet.runtime.server_half.ServerHalf` drives them in the protocol's order; the
-runtimes only carry the payloads between it and
+runtimes only carry the payloads (:mod:`fedpet.runtime.payloads`) between it and
 :class:`~fedpet.runtime.client_half.ClientHalf`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,11 +22,11 @@ from fedpet.privacy.randomness import Draws
 from fedpet.rundir import Checkpoint
 from fedpet.runtime.counts import RoundCounts
 from fedpet.runtime.lora_error import LoraError
+from fedpet.runtime.payloads import ClientReply, Download
 from fedpet.runtime.recorder import Recorder, RoundRecord
 from fedpet.seeding import derive_seed
-from fedpet.stages import Arrival, Rejected, Stage
+from fedpet.stages import Arrival, Rejected, Report, Stage
 from fedpet.state import Schema, TrainableState, add, extract, load_, pad, schema
-from fedpet.validation import update_problem
 
 
 def cohort_keys(round_: int, attempt: int) -> tuple[int, ...]:
@@ -102,7 +103,8 @@ class Downloads:
     """Each client's encoded view of what the server sends (``Algorithm.client_view``).
 
     Clients with the same view (all of them, unless LoRA ranks differ) share one encoding;
-    ``seed`` drives the codec's random rounding.
+    ``seed`` drives the codec's random rounding. Each client's view and layout are cut
+    once, for its download and its reply.
     """
 
     algorithm: Algorithm
@@ -110,30 +112,21 @@ class Downloads:
     sent: TrainableState
     seed: int
     encoded: dict[Schema, bytes] = field(default_factory=dict)
+    views: dict[int, tuple[TrainableState, Schema]] = field(default_factory=dict)
+
+    def view(self, client: int) -> tuple[TrainableState, Schema]:
+        """The client's view of what was sent, and its layout."""
+        if client not in self.views:
+            view = self.algorithm.client_view(self.sent, client)
+            self.views[client] = view, schema(view)
+        return self.views[client]
 
     def payload(self, client: int) -> tuple[bytes, Schema]:
         """The client's payload and the layout it decodes to."""
-        view = self.algorithm.client_view(self.sent, client)
-        layout = schema(view)
+        view, layout = self.view(client)
         if layout not in self.encoded:
             self.encoded[layout] = self.codec.encode(view, self.seed)
         return self.encoded[layout], layout
-
-
-@dataclass(frozen=True)
-class ClientReply:
-    """What a client sends back: its encoded update and how much it trained on.
-
-    ``num_examples`` is its partition size, the FedAvg weight; ``seen`` the examples its
-    local steps trained on (fewer under ``train.max_steps``), and ``loss`` their mean. Under
-    a stage that withholds them (DP) the reply is the update alone: these are statistics of
-    the client's data that no noise covers.
-    """
-
-    payload: bytes
-    num_examples: int | None = None
-    loss: float | None = None
-    seen: int | None = None
 
 
 @dataclass
@@ -143,7 +136,8 @@ class Intake:
     ``received`` is what the server sent, before each client's view of it was cut; each
     decoded update goes through the ``stages``' server halves before it is aggregated.
     ``sizes`` holds every client's partition size: a reply's example count is the client's
-    claim, checked against it.
+    claim, checked against it. ``committed`` gives the round of each client's committed
+    state, which its download names.
     """
 
     clients: list[int]
@@ -156,8 +150,11 @@ class Intake:
     local_epochs: int = 1
     attempt: int = 0
     lora: LoraError | None = None
+    committed: Mapping[int, int] = field(default_factory=dict)
     counts: RoundCounts = field(default_factory=RoundCounts)
+    tally: Counter[str] = field(default_factory=Counter)
     accepted: list[int] = field(default_factory=list)
+    kept: list[int] = field(default_factory=list)
     report: Callable[[int, int], None] = lambda done, total: None
     heard: int = 0  # clients that replied or were lost late or failed, for ``report``
 
@@ -166,51 +163,96 @@ class Intake:
         """What the server sent this attempt (before the clients' views were cut)."""
         return self.downloads.sent
 
-    def download(self, client: int) -> bytes:
-        """The payload for ``client`` (counted as sent)."""
-        payload, _ = self.downloads.payload(client)
-        self.counts.bytes_down += len(payload)
-        return payload
+    def download(self, client: int, count: bool = True) -> Download:
+        """The download for ``client``, its payload counted as sent unless not ``count``."""
+        payload, layout = self.downloads.payload(client)
+        if count:
+            self.counts.bytes_down += len(payload)
+        return Download(payload, layout, self.committed.get(client, 0))
 
     def receive(self, client: int, reply: ClientReply) -> bool:
         """Count the reply's bytes and examples; aggregate it if every stage lets it through.
 
-        Returns whether it was aggregated (only then may the client keep its new state).
+        Returns whether it was aggregated (only then is the state it kept committed).
         """
         self._heard()
         self.counts.bytes_up += len(reply.payload)
-        claim = self.claim_problem(client, reply)
+        claim = self.claim_problem(client, reply.report)
         if claim is not None:
             self.lose("rejected", client, claim)
             return False
-        self.count(reply.num_examples, reply.loss, reply.seen)
-        view = self.algorithm.client_view(self.received, client)
-        arrival = Arrival(client, schema(view))
-        weight = None if reply.num_examples is None else float(reply.num_examples)
+        self.count(reply.report)
+        view, layout = self.downloads.view(client)
         try:
             try:
-                update = self.codec.decode(reply.payload, arrival.layout)
+                update = self.codec.decode(reply.payload, layout)
             except ValueError as exc:  # decoding never unpickles anything
                 raise Rejected(f"malformed payload: {exc}") from None
-            for stage in self.stages:
-                update, weight = stage.server(update, weight, arrival)
+            arrival = Arrival(client, layout, tally=self.tally)
+            update, weight = self._through_stages(update, reply.report, arrival)
         except Rejected as exc:
             self.lose("rejected", client, str(exc))
             return False
-        assert weight is not None, "a stage that withholds the example count gives the weight"
         self.aggregate.add(self.algorithm.server_view(self.received, update, client), weight)
-        self.accepted.append(client)
-        if self.lora is not None:
+        self._accept([client], reply.kept)
+        if self.lora is not None and reply.report.num_examples is not None:
             self.lora.add(pad(add(view, update), self.received), weight)
         return True
 
-    def claim_problem(self, client: int, reply: ClientReply) -> str | None:
-        """Why the counts a reply claims cannot be so, or None.
+    def receive_sum(
+        self, reports: dict[int, Report], kept: bool, mean: TrainableState | None
+    ) -> None:
+        """Take in a secure sum: the clients' ``reports`` and the weighted ``mean`` update.
+
+        The mean weighs each client by its reported count (1 if it withheld it); ``kept``
+        says whether the clients kept a state. A claim the partition cannot have, a missing
+        mean or one that fails a stage rejects every update in it: no single one can be
+        taken out.
+        """
+        clients = list(reports)
+        for _ in clients:
+            self._heard()
+        problems = (self.claim_problem(k, reports[k]) for k in clients)
+        problem = next((p for p in problems if p is not None), None)
+        weight = float(sum(r.weight for r in reports.values()))
+        try:
+            if problem is not None:
+                raise Rejected(problem)
+            for k in clients:
+                self.count(reports[k])
+            if mean is None:
+                raise Rejected("unmasking failed")
+            arrival = Arrival(-1, schema(self.received), len(clients), self.tally)
+            mean, weight = self._through_stages(mean, Report(int(weight)), arrival)
+        except Rejected as exc:
+            for k in clients:
+                self.lose("rejected", k, f"secure aggregate: {exc}")
+            return
+        self.aggregate.add(mean, weight, clients=len(clients))
+        self._accept(clients, kept)
+
+    def _through_stages(
+        self, update: TrainableState, report: Report, arrival: Arrival
+    ) -> tuple[TrainableState, float]:
+        weight: float | None = None if report.num_examples is None else report.weight
+        for stage in self.stages:
+            update, weight = stage.server(update, weight, arrival)
+        if weight is None:
+            raise Rejected("the reply withholds its example count, which weights it")
+        return update, weight
+
+    def _accept(self, clients: list[int], kept: bool) -> None:
+        self.accepted += clients
+        if kept:
+            self.kept += clients
+
+    def claim_problem(self, client: int, report: Report) -> str | None:
+        """Why the counts a report claims cannot be so, or None.
 
         The server knows the client's partition size: the weight must be it, and the
         examples trained on at most it times the local epochs.
         """
-        size, claimed, seen = self.sizes[client], reply.num_examples, reply.seen
+        size, claimed, seen = self.sizes[client], report.num_examples, report.seen
         if claimed is not None and claimed != size:
             return f"claims {claimed} examples, its partition holds {size}"
         if seen is not None and not 0 <= seen <= size * self.local_epochs:
@@ -220,30 +262,15 @@ class Intake:
             )
         return None
 
-    def count(self, num_examples: int | None, loss: float | None, seen: int | None) -> None:
+    def count(self, report: Report) -> None:
         """Count a client's training: the examples its steps saw, and their mean loss.
 
-        A reply without them (under DP) counts nothing.
+        A report without them (under DP) counts nothing.
         """
-        if num_examples is None or loss is None or seen is None:
+        if report.num_examples is None or report.loss is None or report.seen is None:
             return
-        self.counts.examples += seen
-        self.counts.loss_sum += loss * seen
-
-    def receive_mean(self, clients: list[int], mean: TrainableState | None, weight: float) -> None:
-        """Aggregate the weighted mean update of ``clients`` (secure aggregation's output).
-
-        Only the mean can be checked; if it is missing or fails the checks, every update in
-        it is rejected.
-        """
-        layout = schema(self.received)
-        problem = "unmasking failed" if mean is None else update_problem(mean, layout, None)
-        if mean is None or problem is not None:
-            for k in clients:
-                self.lose("rejected", k, f"secure aggregate: {problem}")
-            return
-        self.aggregate.add(mean, weight, clients=len(clients))
-        self.accepted += clients
+        self.counts.examples += report.seen
+        self.counts.loss_sum += report.loss * report.seen
 
     def lose(self, kind: str, client: int, reason: str) -> None:
         """Record a client whose update is lost: ``failed``, ``late`` or ``rejected``."""

@@ -56,6 +56,7 @@ from flwr.server.workflow.secure_aggregation import secaggplus_workflow
 from flwr.serverapp import Grid
 
 from fedpet.config import SecAggConfig
+from fedpet.stages import Report
 from fedpet.state import Schema, TrainableState
 
 FITINS = "fitins.parameters"
@@ -94,31 +95,24 @@ def is_secure(msg: Message) -> bool:
     return FITINS in msg.content.array_records
 
 
-def read_instructions(msg: Message) -> tuple[bytes, int, int]:
-    """The global-state payload, round and client of a secure round's train message."""
+def read_instructions(msg: Message) -> tuple[bytes, dict[str, Scalar]]:
+    """A secure round's train message: its payload and config (as a download's)."""
     ins = compat.recorddict_to_fitins(msg.content, keep_input=True)
-    return ins.parameters.tensors[0], int(ins.config["round"]), int(ins.config["client"])
+    return ins.parameters.tensors[0], ins.config
 
 
-def masked_reply(
-    msg: Message,
-    update: TrainableState,
-    examples: int | None,
-    loss: float | None,
-    seen: int | None,
-    weight: int,
-) -> Message:
+def masked_reply(msg: Message, update: TrainableState, report: Report, kept: bool) -> Message:
     """The client's update in the form the SecAgg+ mod masks (it replaces the values).
 
-    The mod scales the update by ``weight`` (the example count, or 1 under DP) before
-    masking; the example count, loss and examples trained on travel unmasked as metrics, so
-    under DP they are None and the reply carries none of them
-    (:meth:`~fedpet.runtime.client_half.ClientHalf.stats`).
+    The mod scales the update by the client's weight (its example count, or 1 when it
+    withholds it, under DP) before masking; the report travels unmasked as metrics, so
+    under DP the reply carries none of it. ``kept`` says the client kept a new state.
     """
     arrays = [t.detach().to(torch.float32).numpy() for t in update.values()]
-    metrics: dict[str, Scalar] = {}
-    if examples is not None and loss is not None and seen is not None:
-        metrics = {"loss": loss, "examples": examples, "seen": seen}
+    metrics: dict[str, Scalar] = {"kept-state": 1} if kept else {}
+    if report.num_examples is not None and report.loss is not None and report.seen is not None:
+        metrics |= {"loss": report.loss, "examples": report.num_examples, "seen": report.seen}
+    weight = int(report.weight)
     res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), weight, metrics)
     return Message(content=compat.fitres_to_recorddict(res, keep_input=False), reply_to=msg)
 
@@ -197,11 +191,10 @@ class SecureOutcome:
     """The weighted mean update of the clients in ``replies``; None if unmasking failed.
 
     The weights are example counts, or 1 under DP."""
-    replies: dict[int, tuple[int | None, float | None, int | None]] = field(default_factory=dict)
-    """Node id -> (examples, mean loss, examples trained on) of each client whose masked
-    update is in the sum.
-
-    All are None for a client that sent none of them (under DP)."""
+    replies: dict[int, Report] = field(default_factory=dict)
+    """Node id -> the report of each client whose masked update is in the sum."""
+    kept: bool = False
+    """Whether the clients in the sum kept a new state."""
     silent: set[int] = field(default_factory=set)
     bytes_up: int = 0
     bytes_down: int = 0
@@ -210,21 +203,20 @@ class SecureOutcome:
 def secure_round(
     grid: Grid,
     options: SecAggConfig,
-    targets: dict[int, int],
-    payload: bytes,
+    downloads: dict[int, tuple[bytes, dict[str, Scalar]]],
     round_: int,
     layout: Schema,
     max_weight: float,
     timeout: float,
 ) -> SecureOutcome:
-    """Train the ``targets`` (node id -> client) from ``payload`` and unmask their mean.
+    """Train the clients of ``downloads`` and unmask their mean.
 
-    ``max_weight`` bounds a client's example count (it scales the quantization).
+    ``downloads`` maps node ids to a payload and its config. ``max_weight`` bounds a
+    client's weight (it scales the quantization).
     """
     counting = CountingGrid(grid)
     instructions: list[tuple[ClientProxy, FitIns]] = []
-    for node, client in targets.items():
-        config: dict[str, Scalar] = {"round": round_, "client": client}
+    for node, (payload, config) in downloads.items():
         ins = FitIns(Parameters([payload], tensor_type="fedpet"), config)
         instructions.append((GridClientProxy(node, grid, run_id=0), ins))
     cohort = _Cohort(instructions)
@@ -249,10 +241,13 @@ def secure_round(
     )
     for proxy, res in cohort.results:
         loss, examples, seen = (res.metrics.get(k) for k in ("loss", "examples", "seen"))
-        stats: tuple[int | None, float | None, int | None] = (None, None, None)
+        report = Report()
         if examples is not None and loss is not None and seen is not None:
-            stats = (int(cast(int, examples)), float(cast(float, loss)), int(cast(int, seen)))
-        outcome.replies[int(proxy.node_id)] = stats
+            report = Report(
+                int(cast(int, examples)), float(cast(float, loss)), int(cast(int, seen))
+            )
+        outcome.replies[int(proxy.node_id)] = report
+        outcome.kept |= bool(res.metrics.get("kept-state"))
     return outcome
 
 

@@ -7,12 +7,12 @@ The round protocol, in order:
 2. the runtime carries each download to its client, whose
    :class:`~fedpet.runtime.client_half.ClientHalf` trains and replies;
 3. :meth:`ServerHalf.receive` takes a reply in: it decodes it, passes it through the
-   stages' server halves (validation, DP's clip) and aggregates it, and stages the
-   client's new state;
+   stages' server halves (validation, DP's clip) and aggregates it;
 4. :meth:`ServerHalf.close` ends the round: unless too few were aggregated (a skipped
    round), the stages release the aggregate (DP's noise) and the algorithm updates the
-   global and server state; the client states of aggregated updates are committed; the
-   recorder evaluates, logs and checkpoints.
+   global and server state, and the states that the aggregated clients kept are
+   committed (the round each kept one in, which its next download names); the recorder
+   evaluates, logs and checkpoints.
 
 The simulation runtime repeats 1-3 for a retry with a fresh cohort when too few succeed;
 the Flower runtime turns 1 and 3 into messages.
@@ -20,6 +20,7 @@ the Flower runtime turns 1 and 3 into messages.
 
 from __future__ import annotations
 
+import logging
 import time
 
 from fedpet.algorithms import Aggregate, get_algorithm
@@ -27,11 +28,10 @@ from fedpet.codecs import get_codec
 from fedpet.experiment import Experiment
 from fedpet.privacy.randomness import server_draws
 from fedpet.rundir import Checkpoint
-from fedpet.runtime.client_states import ClientStates
-from fedpet.runtime.pipeline import stages_for, withholds_stats
+from fedpet.runtime.payloads import ClientReply
+from fedpet.runtime.pipeline import stages_for
 from fedpet.runtime.recorder import Recorder
 from fedpet.runtime.rounds import (
-    ClientReply,
     Downloads,
     Intake,
     lora_error,
@@ -40,7 +40,12 @@ from fedpet.runtime.rounds import (
     starting_state,
 )
 from fedpet.seeding import derive_seed
-from fedpet.state import TrainableState, load_
+from fedpet.state import load_
+
+STAGES_KEY = "stages"
+"""The checkpoint meta's key of each stage's state (by stage name)."""
+COMMITTED_KEY = "client_rounds"
+"""The checkpoint meta's key of the round of each client's committed state."""
 
 
 class ServerHalf:
@@ -74,10 +79,11 @@ class ServerHalf:
         self.global_state, self.server_state, self.done = starting_state(
             exp, self.algorithm, recorder, resume
         )
+        meta = resume.state if resume is not None else {}
         for stage in self.stages:
-            stage.restore(resume.state if resume is not None else {})
-        keep = self.algorithm.stateful_clients or any(s.keeps_client_memory for s in self.stages)
-        self.states = ClientStates(recorder.run.path, self.done) if keep else None
+            stage.load_state_dict(meta.get(STAGES_KEY, {}).get(stage.name, {}))
+        # per client that keeps a state: the round of its committed one (no tensor of it)
+        self.committed = {int(k): int(r) for k, r in meta.get(COMMITTED_KEY, {}).items()}
         self.started = 0.0
 
     def rounds(self) -> range:
@@ -95,10 +101,6 @@ class ServerHalf:
         if attempt == 0:
             self.started = time.perf_counter()
         cfg, exp = self.cfg, self.exp
-        if self.states is not None:
-            self.states.discard()  # an abandoned attempt's clients keep the state they had
-        for stage in self.stages:
-            stage.open()
         cohort = round_cohort(cfg, round_, len(exp.clients), attempt, self.draws)
         sent = self.algorithm.download(self.global_state, self.server_state)
         seed = derive_seed(cfg.seed, "codec-down", round_, attempt)
@@ -112,23 +114,21 @@ class ServerHalf:
             self.stages,
             local_epochs=cfg.train.local_epochs,
             attempt=attempt,
-            # the error is computed from single updates: none under secure aggregation or DP
-            lora=None if self.secure or withholds_stats(self.stages) else lora_error(exp),
+            # from single updates that report their count: none in a secure sum or under DP
+            lora=None if self.secure else lora_error(exp),
+            committed=self.committed,
             report=self.recorder.progress,
         )
 
-    def saved(self, client: int) -> TrainableState:
-        """What ``client`` kept from earlier rounds (empty if the run keeps nothing)."""
-        return self.states.load(client) if self.states is not None else {}
-
-    def receive(
-        self, intake: Intake, client: int, reply: ClientReply, kept: TrainableState | None = None
-    ) -> bool:
-        """Step 3: take in ``client``'s reply; stage ``kept`` as its state if aggregated."""
-        accepted = intake.receive(client, reply)
-        if accepted and self.states is not None and kept is not None:
-            self.states.stage(client, kept)
-        return accepted
+    def receive(self, intake: Intake, client: int, reply: ClientReply) -> bool:
+        """Step 3: take in ``client``'s reply; whether it was aggregated."""
+        if reply.fresh:
+            logging.getLogger("fedpet").warning(
+                "fedpet: client %d's state from round %d was gone; it started afresh",
+                client,
+                self.committed.get(client, 0),
+            )
+        return intake.receive(client, reply)
 
     def enough(self, intake: Intake) -> bool:
         """Whether the attempt aggregated ``federation.min_clients_per_round`` updates."""
@@ -138,21 +138,21 @@ class ServerHalf:
         """Step 4: release, update, commit, record and checkpoint the round."""
         final = attempts[-1]
         skipped = not self.enough(final)
+        released: dict[str, float] = {}
+        for stage in self.stages:
+            released |= stage.release(None if skipped else final.aggregate, final.tally, round_)
         if not skipped:
-            for stage in self.stages:
-                stage.release(final.aggregate, round_)
             self.global_state, self.server_state = self.algorithm.server_update(
                 self.global_state, self.server_state, final.aggregate
             )
-        if self.states is not None:
-            self.states.commit([] if skipped else final.accepted, round_)
+            self.committed |= dict.fromkeys(final.kept, round_)
         load_(self.exp.params, self.global_state)
         record = round_record(round_, attempts, skipped, self.started)
+        record.extra.update(released)
         meta = self.draws.checkpoint()  # the server's DP secret, to draw the same on resume
-        for stage in self.stages:
-            extra, stage_meta = stage.end_round()
-            record.extra.update(extra)
-            meta.update(stage_meta)
+        meta[STAGES_KEY] = {stage.name: stage.state_dict() for stage in self.stages}
+        if self.committed:
+            meta[COMMITTED_KEY] = {str(k): r for k, r in sorted(self.committed.items())}
         saved = {"server": self.server_state}
         self.recorder.end_round(record, self.global_state, saved, meta)
         self.done = round_

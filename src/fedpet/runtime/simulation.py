@@ -16,13 +16,16 @@ from fedpet.experiment import Experiment
 from fedpet.privacy.randomness import simulated_clients_draws
 from fedpet.rundir import Checkpoint
 from fedpet.runtime.client_half import ClientHalf
+from fedpet.runtime.client_store import ClientStore, DiskStore
 from fedpet.runtime.faults import ClientFailure, FailingHook, attack, plan_faults
 from fedpet.runtime.recorder import Recorder
 from fedpet.runtime.rounds import Intake
 from fedpet.runtime.server_half import ServerHalf
 
 
-def run_attempt(server: ServerHalf, client: ClientHalf, round_: int, attempt: int) -> Intake:
+def run_attempt(
+    server: ServerHalf, client: ClientHalf, store: ClientStore, round_: int, attempt: int
+) -> Intake:
     """One attempt at a round: each sampled client trains from its download and replies.
 
     A client whose simulated training outlasts ``federation.round_deadline`` is late; one
@@ -32,7 +35,7 @@ def run_attempt(server: ServerHalf, client: ClientHalf, round_: int, attempt: in
     fed, train = cfg.federation, cfg.train
     intake = server.open(round_, attempt)
     for k in intake.clients:
-        payload = intake.download(k)
+        download = intake.download(k)
         steps = planned_steps(len(server.exp.clients[k]), train, train.local_epochs)
         faults = plan_faults(cfg, round_, attempt, k, steps)
         if fed.round_deadline is not None and faults.seconds > fed.round_deadline:
@@ -41,11 +44,11 @@ def run_attempt(server: ServerHalf, client: ClientHalf, round_: int, attempt: in
             continue
         crash, x = faults.fail_at_step, cfg.faults
         try:
-            reply, kept = client.run(
-                payload,
+            reply = client.run(
+                download,
                 round_,
                 k,
-                server.saved(k),
+                store,
                 wrap=None if crash is None else partial(FailingHook, fail_at_step=crash),
                 tamper=partial(attack, kind=x.attack, norm=x.attack_norm)
                 if faults.malicious
@@ -54,7 +57,7 @@ def run_attempt(server: ServerHalf, client: ClientHalf, round_: int, attempt: in
         except ClientFailure as exc:
             intake.lose("failed", k, str(exc))
             continue
-        server.receive(intake, k, reply, kept)
+        server.receive(intake, k, reply)
     return intake
 
 
@@ -63,12 +66,14 @@ def run_simulation(exp: Experiment, recorder: Recorder, resume: Checkpoint | Non
 
     With ``resume``, continue after its round from its global and server state: every random
     choice derives from (seed, round, client), so the rest of the run is the same as if it
-    had never stopped.
+    had never stopped. The clients keep their states in the run directory's ``clients/``.
     """
     server = ServerHalf(exp, recorder, resume)
-    client = ClientHalf.of(exp, simulated_clients_draws(exp.cfg, recorder.run.path))
+    run = recorder.run.path
+    client = ClientHalf.of(exp, simulated_clients_draws(exp.cfg, run))
+    store = DiskStore(run / "clients", owner=run)
     for rnd in server.rounds():
-        attempts = [run_attempt(server, client, rnd, 0)]
+        attempts = [run_attempt(server, client, store, rnd, 0)]
         while len(attempts) < server.tries and not server.enough(attempts[-1]):
-            attempts.append(run_attempt(server, client, rnd, len(attempts)))
+            attempts.append(run_attempt(server, client, store, rnd, len(attempts)))
         server.close(rnd, attempts)

@@ -13,6 +13,7 @@ class UpdateChecks(Stage):
     """Server half: the agreed names and shapes, finite values, a norm within ``max_norm``.
 
     See :func:`~fedpet.validation.update_problem`; a failing update is rejected with why.
+    The norm bound is a single update's: a secure sum is checked without it.
     """
 
     name: ClassVar[str] = "validation"
@@ -24,7 +25,8 @@ class UpdateChecks(Stage):
         self, update: TrainableState, weight: float | None, arrival: Arrival
     ) -> tuple[TrainableState, float | None]:
         """The update unchanged, or :class:`Rejected` with why it must not be aggregated."""
-        problem = update_problem(update, arrival.layout, self.max_norm)
+        bound = self.max_norm if arrival.clients == 1 else None
+        problem = update_problem(update, arrival.layout, bound)
         if problem is not None:
             raise Rejected(problem)
         return update, weight
