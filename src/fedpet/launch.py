@@ -14,6 +14,7 @@ from fedpet.data.describe import describe_partition, plot_partition
 from fedpet.devices import reset_device_peak
 from fedpet.errors import FedpetError
 from fedpet.experiment import Experiment, prepare
+from fedpet.files import storage_errors
 from fedpet.memory import map_large_blocks, reset_peak
 from fedpet.model import Backbones
 from fedpet.privacy.release import released_partition
@@ -26,7 +27,6 @@ from fedpet.rundir import (
     finished_summary,
     keep_metrics,
     load_checkpoint,
-    storage_errors,
 )
 from fedpet.runtime.budget import check_plan
 from fedpet.runtime.centralized import run_centralized

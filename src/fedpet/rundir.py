@@ -7,8 +7,6 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +18,7 @@ from safetensors.torch import load_file, save
 
 from fedpet.config import Config, to_dict
 from fedpet.errors import FedpetError
+from fedpet.files import atomic_write, storage_errors
 from fedpet.state import TrainableState
 
 PARTITION_HEATMAP = "partition_labels.png"
@@ -83,53 +82,6 @@ def check_out_dir(path: Path, overwrite: bool) -> None:
         raise FedpetError(
             f"out = {str(path)!r}: cannot create the directory ({exc.strerror or exc})"
         ) from None
-
-
-@contextmanager
-def storage_errors(run: Path) -> Iterator[None]:
-    """Turn a failed write under the run directory ``run`` into one clear FedpetError.
-
-    The message names the file, the system's reason (no space, no permission, ...) and the
-    last checkpointed round, which the atomic writes leave intact for ``--resume``.
-    """
-    try:
-        yield
-    except OSError as exc:
-        where = exc.filename or f"in {run}"
-        try:
-            state = json.loads((run / "checkpoint" / "state.json").read_text(encoding="utf-8"))
-            kept = (
-                f"the checkpoint of round {state['round']} is intact: make room, then "
-                f"fedpet run --resume {run}"
-            )
-        except (OSError, ValueError, KeyError):
-            kept = "no round had been checkpointed"
-        reason = exc.strerror or exc.__class__.__name__
-        raise FedpetError(f"cannot write {where} ({reason}); {kept}") from None
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
-
-
-def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Write via a temporary file in the same directory, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.filename is None:
-            exc.filename = str(path)  # a failed write() names no file
-        raise
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from fedpet.algorithms.base import Needs
 from fedpet.algorithms.fedavg import FedAvg
+from fedpet.methods.lora import lora_factor
 
 
 class FfaLora(FedAvg):
@@ -18,5 +19,5 @@ class FfaLora(FedAvg):
     needs = Needs(method="lora")
 
     def trainable(self, name: str) -> bool:
-        """Everything but ``lora_A``."""
-        return "lora_A" not in name
+        """Everything but LoRA's A factors."""
+        return lora_factor(name) != "A"

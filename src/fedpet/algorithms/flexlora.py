@@ -15,17 +15,13 @@ import torch
 
 from fedpet.algorithms.base import Aggregate
 from fedpet.algorithms.ranks import RankedClients
+from fedpet.methods.lora import down_factor, lora_factor
 from fedpet.state import TrainableState
 
 
-def product_name(lora_b: str) -> str:
-    """The aggregate's name for the product ``B A`` of the module of ``lora_b``."""
-    return lora_b.replace("lora_B", "lora_BA")
-
-
-def factor_name(lora_b: str) -> str:
-    """The A matrix paired with ``lora_b``."""
-    return lora_b.replace("lora_B", "lora_A")
+def product_name(up: str) -> str:
+    """The aggregate's name for the product ``B A`` of the module of the B factor ``up``."""
+    return f"{up}@product"
 
 
 def best_rank(product: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,11 +42,12 @@ class FlexLora(RankedClients):
         view = self.client_view(download, client)
         out = {}
         for name, delta in update.items():
-            if "lora_B" in name:
-                a = factor_name(name)
+            factor = lora_factor(name)
+            if factor == "B":
+                a = down_factor(name)
                 mine = (view[name] + delta) @ (view[a] + update[a])
                 out[product_name(name)] = mine - download[name] @ download[a]
-            elif "lora_A" not in name:
+            elif factor is None:
                 out[name] = delta
         return out
 
@@ -61,10 +58,11 @@ class FlexLora(RankedClients):
         mean = aggregate.mean()
         new: TrainableState = {}
         for name, t in global_state.items():
-            if "lora_B" in name:
-                a = factor_name(name)
+            factor = lora_factor(name)
+            if factor == "B":
+                a = down_factor(name)
                 product = t @ global_state[a] + self.server_lr * mean[product_name(name)]
                 new[name], new[a] = best_rank(product, t.shape[1])
-            elif "lora_A" not in name:
+            elif factor is None:
                 new[name] = t + self.server_lr * mean[name]
         return {name: new[name] for name in global_state}, server_state

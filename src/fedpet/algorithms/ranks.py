@@ -15,6 +15,7 @@ from fedpet.algorithms.base import Needs, PlainAlgorithm
 from fedpet.config import AlgorithmOptions, Config, option
 from fedpet.config.fields import at_least, each
 from fedpet.errors import FedpetError
+from fedpet.methods.lora import rank_axis
 from fedpet.state import TrainableState
 
 
@@ -36,17 +37,16 @@ def client_rank(ranks: tuple[int, ...], client: int) -> int | None:
 
 
 def truncate(state: TrainableState, rank: int | None) -> TrainableState:
-    """The rank-``rank`` cut of ``state``: A's first rows, B's first columns, the rest whole."""
+    """The rank-``rank`` cut of ``state``: A's first rows, B's first columns, the rest whole.
+
+    The LoRA method says which tensors are factors and along which axis their rank runs.
+    """
     if rank is None:
         return state
     out = {}
     for name, t in state.items():
-        if "lora_A" in name:
-            out[name] = t[:rank]
-        elif "lora_B" in name:
-            out[name] = t[:, :rank]
-        else:
-            out[name] = t
+        axis = rank_axis(name)
+        out[name] = t if axis is None else t.narrow(axis, 0, rank)
     return out
 
 

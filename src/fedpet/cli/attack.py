@@ -15,9 +15,10 @@ def cmd_attack(args: argparse.Namespace) -> None:
     from fedpet.attack.run import AttackSpec, attack
     from fedpet.config import load_yaml, to_dict
     from fedpet.configure import build_config, resolve, template
+    from fedpet.files import storage_errors
     from fedpet.launch import run_config
     from fedpet.privacy.report import ATTACK_FILE, write_leakage
-    from fedpet.rundir import RunDir, check_out_dir, checkpoint_round, storage_errors
+    from fedpet.rundir import RunDir, check_out_dir, checkpoint_round
 
     run = Path(args.run) if args.run else None
     if run is not None and args.config:

@@ -40,7 +40,8 @@ def cmd_partition(args: argparse.Namespace) -> None:
     from fedpet.algorithms import get_algorithm
     from fedpet.data.describe import describe_partition, plot_partition, summary_line
     from fedpet.experiment import load_data
-    from fedpet.rundir import RunDir, check_out_dir, default_run_dir, storage_errors
+    from fedpet.files import storage_errors
+    from fedpet.rundir import RunDir, check_out_dir, default_run_dir
 
     cfg = config(args)
     out = Path(cfg.out) if cfg.out else default_run_dir(cfg, kind="partition")

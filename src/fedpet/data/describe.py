@@ -11,7 +11,8 @@ import numpy as np
 from fedpet.config import Config
 from fedpet.data.partition import ALPHA_PARTITIONS, label_counts, label_skew
 from fedpet.data.splits import Task
-from fedpet.rundir import PARTITION_HEATMAP, PARTITION_HISTOGRAM, atomic_write
+from fedpet.files import atomic_write
+from fedpet.rundir import PARTITION_HEATMAP, PARTITION_HISTOGRAM
 
 
 def describe_partition(

@@ -15,7 +15,8 @@ from fedpet.config import DEFAULT_MODEL
 from fedpet.errors import FedpetError
 from fedpet.export.formats import save_encoder
 from fedpet.export.loading import EXPORT_FILE, HEAD_FILE, open_run
-from fedpet.rundir import finished_summary, storage_errors
+from fedpet.files import storage_errors
+from fedpet.rundir import finished_summary
 
 LOADERS = {
     "peft": (

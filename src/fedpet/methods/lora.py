@@ -1,7 +1,14 @@
-"""LoRA (Hu et al., 2022) through peft: low-rank updates B A of the targeted linear layers."""
+"""LoRA (Hu et al., 2022) through peft: low-rank updates B A of the targeted linear layers.
+
+The method owns LoRA's layout in a trainable state: which tensors are factors, how they
+pair and along which axis their rank runs (:func:`lora_factor`, :func:`factor_pairs`,
+:func:`rank_axis`). The LoRA-aware algorithms and the aggregation-error metric ask it; no
+other module reads LoRA's parameter names.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -13,6 +20,36 @@ from fedpet.methods.base import MethodBase, attach_peft, uses_conv1d
 if TYPE_CHECKING:
     from torch import nn
     from transformers import PreTrainedModel
+
+FACTORS = {"lora_A": "lora_B", "lora_embedding_A": "lora_embedding_B"}
+"""peft's LoRA factors (its ``LoraLayer.adapter_layer_names``): each down factor ``A``
+(rank x in) with its up factor ``B`` (out x rank); a linear layer's, or an embedding's.
+DoRA's magnitude vector (``lora_magnitude_vector``) is no factor: it has no rank."""
+_UP = {up: down for down, up in FACTORS.items()}
+
+
+def lora_factor(name: str) -> str | None:
+    """``"A"`` or ``"B"`` for a LoRA factor's parameter name (its module path), else None."""
+    parts = name.split(".")
+    if any(p in FACTORS for p in parts):
+        return "A"
+    return "B" if any(p in _UP for p in parts) else None
+
+
+def rank_axis(name: str) -> int | None:
+    """The axis LoRA's rank runs along in the tensor ``name``: A's rows, B's columns."""
+    return {"A": 0, "B": 1, None: None}[lora_factor(name)]
+
+
+def down_factor(up: str) -> str:
+    """The name of the A factor paired with the B factor ``up``."""
+    return ".".join(_UP.get(p, p) for p in up.split("."))
+
+
+def factor_pairs(names: Iterable[str]) -> list[tuple[str, str]]:
+    """The (A, B) name pairs of the LoRA modules among ``names``, by their B factors."""
+    return [(down_factor(b), b) for b in names if lora_factor(b) == "B"]
+
 
 # Encoders peft has no default LoRA targets for (it knows bert, roberta, deberta, ...).
 EXTRA_TARGETS = {"distilbert": ["q_lin", "v_lin"]}

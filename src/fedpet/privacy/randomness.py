@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from fedpet.config import Config
-from fedpet.rundir import atomic_write, storage_errors
+from fedpet.files import atomic_write, storage_errors
 from fedpet.seeding import STREAMS, derive_seed
 
 SECRET_KEY = "dp_secret"

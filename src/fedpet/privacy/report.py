@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from fedpet.errors import FedpetError
-from fedpet.rundir import atomic_write
+from fedpet.files import atomic_write
 
 ATTACK_FILE = "attack.json"
 LEAKAGE_FILE = "leakage.md"

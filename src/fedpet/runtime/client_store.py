@@ -16,12 +16,13 @@ two versions, and a resumed run reads exactly what it read before.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Protocol
 
 from safetensors.torch import load_file, save
 
-from fedpet.rundir import atomic_write, storage_errors
+from fedpet.files import atomic_write, storage_errors
 from fedpet.state import TrainableState
 
 
@@ -47,16 +48,21 @@ def _round_of(file: Path) -> int:
 class DiskStore:
     """Client states as ``<client>-r<round>.safetensors`` files in ``folder``.
 
-    Storage errors are reported against ``owner`` (the run directory, or the node's state
-    directory).
+    A failed write is one clear error naming the file; with ``run`` (the simulation's run
+    directory) it names the round a resume would continue from too.
     """
 
-    def __init__(self, folder: Path, owner: Path | None = None) -> None:
-        self.folder, self.owner = folder, owner or folder
+    def __init__(self, folder: Path, run: Path | None = None) -> None:
+        self.folder, self.run = folder, run
+
+    def _errors(self) -> AbstractContextManager[None]:
+        if self.run is None:
+            return storage_errors(self.folder, checkpointed=False)
+        return storage_errors(self.run)
 
     def load(self, client: int, round_: int) -> TrainableState | None:
         """The version of ``round_``; the others are deleted."""
-        with storage_errors(self.owner):
+        with self._errors():
             versions = {_round_of(f): f for f in self.folder.glob(f"{client}-r*.safetensors")}
             kept = versions.pop(round_, None)
             state = {} if round_ == 0 else None if kept is None else load_file(str(kept))
@@ -67,7 +73,7 @@ class DiskStore:
     def save(self, client: int, round_: int, state: TrainableState) -> None:
         """Write the version atomically."""
         data = save({k: v.contiguous() for k, v in state.items()})
-        with storage_errors(self.owner):
+        with self._errors():
             self.folder.mkdir(parents=True, exist_ok=True)
             path = self.folder / f"{client}-r{round_}.safetensors"
             atomic_write(path, lambda t: t.write_bytes(data))

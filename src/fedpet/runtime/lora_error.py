@@ -20,15 +20,15 @@ class LoraError:
 
     Parameters
     ----------
-    names
-        The trainable tensors' names; each ``lora_B`` pairs with its ``lora_A``.
+    pairs
+        The LoRA modules' (A, B) factor names, as the LoRA method pairs them.
     frozen
         LoRA A matrices that are not in the trainable state (FFA-LoRA): every client has them.
     """
 
-    def __init__(self, names: Iterable[str], frozen: TrainableState) -> None:
+    def __init__(self, pairs: Iterable[tuple[str, str]], frozen: TrainableState) -> None:
         self.frozen = frozen
-        self.pairs = [(b.replace("lora_B", "lora_A"), b) for b in names if "lora_B" in b]
+        self.pairs = list(pairs)
         self.products = {b: torch.zeros(()) for _, b in self.pairs}
         self.sum_a = {a: torch.zeros(()) for a, _ in self.pairs}
         self.sum_b = {b: torch.zeros(()) for _, b in self.pairs}

@@ -18,6 +18,7 @@ from fedpet.algorithms import Aggregate, Algorithm
 from fedpet.codecs import Codec
 from fedpet.config import Config
 from fedpet.experiment import Experiment
+from fedpet.methods.lora import factor_pairs
 from fedpet.privacy.randomness import Draws
 from fedpet.rundir import Checkpoint
 from fedpet.runtime.counts import RoundCounts
@@ -301,9 +302,15 @@ def round_record(round_: int, attempts: list[Intake], skipped: bool, start: floa
 
 
 def lora_error(exp: Experiment) -> LoraError | None:
-    """The aggregation-error accumulator of a round whose state has LoRA factors; else None."""
-    if not any("lora_B" in n for n in exp.params):
+    """The aggregation-error accumulator of a round whose state has LoRA factors; else None.
+
+    A factors outside the trainable state (FFA-LoRA's, frozen) are every client's own.
+    """
+    pairs = factor_pairs(exp.params)
+    if not pairs:
         return None
-    params = exp.model.named_parameters()
-    frozen = {n: p.detach().cpu() for n, p in params if "lora_A" in n and n not in exp.params}
-    return LoraError(list(exp.params), frozen)
+    downs = {a for a, _ in pairs}
+    frozen = {
+        n: p.detach().cpu() for n, p in exp.model.named_parameters() if n in downs - set(exp.params)
+    }
+    return LoraError(pairs, frozen)

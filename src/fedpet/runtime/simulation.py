@@ -71,7 +71,7 @@ def run_simulation(exp: Experiment, recorder: Recorder, resume: Checkpoint | Non
     server = ServerHalf(exp, recorder, resume)
     run = recorder.run.path
     client = ClientHalf.of(exp, simulated_clients_draws(exp.cfg, run))
-    store = DiskStore(run / "clients", owner=run)
+    store = DiskStore(run / "clients", run)
     for rnd in server.rounds():
         attempts = [run_attempt(server, client, store, rnd, 0)]
         while len(attempts) < server.tries and not server.enough(attempts[-1]):

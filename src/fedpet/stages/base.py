@@ -6,8 +6,9 @@ A round sends each update through the run's stages in order. On the client,
 withhold them. On the server, :meth:`Stage.server` checks or transforms every decoded
 update and its weight before aggregation, and :meth:`Stage.release` acts on the round's
 aggregate before the algorithm's server update (or learns that the round was skipped)
-and returns the stage's metrics for the round. What a stage keeps across rounds goes through :meth:`Stage.state_dict` and
-:meth:`Stage.load_state_dict`, checkpointed with the server. Update validation and
+and returns the stage's metrics for the round. What a stage keeps across rounds goes
+through :meth:`Stage.state_dict` and :meth:`Stage.load_state_dict`, checkpointed with the
+server. Update validation and
 differential privacy are stages; the round protocol (:mod:`fedpet.runtime.server_half`,
 :mod:`fedpet.runtime.client_half`) knows none of them by name.
 """

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullFormatter, NullLocator
 from matplotlib.transforms import blended_transform_factory
 
-from fedpet.rundir import atomic_write
+from fedpet.files import atomic_write
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 COLORS = tuple(f"C{i}" for i in range(10))

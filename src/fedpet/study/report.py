@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from fedpet.rundir import atomic_write
+from fedpet.files import atomic_write
 from fedpet.study import plots
 from fedpet.study.curves import TARGET, Curves, Entry, curves, metric_of, to_target
 from fedpet.study.results import (

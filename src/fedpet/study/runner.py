@@ -9,11 +9,12 @@ import yaml
 
 from fedpet.config import read_yaml, to_dict
 from fedpet.errors import FedpetError
+from fedpet.files import atomic_write, storage_errors
 from fedpet.launch import resume_run, run_config, start_run
 from fedpet.model import Backbones
 from fedpet.privacy.report import write_leakage
 from fedpet.progress import RunDisplay, Watcher, duration
-from fedpet.rundir import atomic_write, finished_summary, storage_errors
+from fedpet.rundir import finished_summary
 from fedpet.study.curves import Entry
 from fedpet.study.report import write_report
 from fedpet.study.spec import PlannedRun, Study, parse_study, plan
