@@ -15,18 +15,19 @@ from fedpet.algorithms import ALGORITHMS
 from fedpet.cli import main
 from fedpet.codecs import CODECS
 from fedpet.methods import METHODS
+from fedpet.runtime.pipeline import STAGES
 
 PLUGIN = '''
-"""A user's extensions, outside fedpet: a method, an algorithm and a codec."""
+"""A user's extensions, outside fedpet: a method, an algorithm, a codec and a stage."""
 
 from dataclasses import dataclass
 
 from fedpet.api import (
-    AlgorithmOptions, MethodBase, MethodOptions, PlainAlgorithm, option,
-    register_algorithm, register_codec, register_method,
+    AlgorithmOptions, MethodBase, MethodOptions, PlainAlgorithm, Stage, option,
+    register_algorithm, register_codec, register_method, register_stage,
 )
 from fedpet.codecs import Floats
-from fedpet.state import add
+from fedpet.state import add, l2_norm
 
 
 @dataclass(frozen=True)
@@ -61,9 +62,25 @@ class DampedAvg(PlainAlgorithm):
         return add(global_state, aggregate.mean(), self.config.damping), server_state
 
 
+class NormLog(Stage):
+    """Logs the mean norm of the round's aggregated updates."""
+
+    name = "norm-log"
+
+    def server(self, update, weight, arrival):
+        arrival.tally["norm"] += l2_norm(update)
+        arrival.tally["updates"] += 1
+        return update, weight
+
+    def release(self, aggregate, tally, round_):
+        return {"mean_update_norm": tally["norm"] / max(tally["updates"], 1)}
+
+
 register_method(LayerNormTuning())
 register_algorithm(DampedAvg)
 register_codec("half", Floats("fp16"))
+register_stage("norm-log", lambda cfg, draws: NormLog() if cfg.algorithm.name == "damped-avg"
+               else None)
 '''
 
 
@@ -72,7 +89,7 @@ def plugin(tmp_path: Path):
     """The plugin file; whatever it registers is unregistered after the test."""
     path = tmp_path / "my_extensions.py"
     path.write_text(PLUGIN)
-    registries = (METHODS, ALGORITHMS, CODECS)
+    registries = (METHODS, ALGORITHMS, CODECS, STAGES)
     before = [set(r) for r in registries]
     yield path
     for registry, names in zip(registries, before, strict=True):
@@ -152,6 +169,9 @@ def test_a_users_extensions_run_from_the_cli_and_meet_the_generic_checks(
     trainable = summary["trainable_params"]
     assert (summary["algorithm"], summary["codec_up"]) == ("damped-avg", "half")
     assert summary["bytes_up_total"] == 2 * 2 * 2 * trainable  # 2 rounds, 2 clients, fp16
+    # the user's stage ran after fedpet's: its metric is in every round's line
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["mean_update_norm"] > 0 for r in rows)
     assert api.load_run(out).config.algorithm.damping == 0.25
     capsys.readouterr()
     # the algorithm said it does not allow DP: the generic check refuses it by that

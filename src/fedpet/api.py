@@ -28,6 +28,7 @@ from fedpet.launch import resume_run, run_config, start_run
 from fedpet.methods import Method, MethodBase, register_method
 from fedpet.plugins import load_plugin
 from fedpet.rundir import default_run_dir
+from fedpet.runtime.pipeline import register_stage
 from fedpet.stages import Stage
 from fedpet.study.runner import entries, run_study
 from fedpet.study.spec import load_study, parse_study, plan
@@ -147,6 +148,7 @@ __all__ = [
     "register_algorithm",
     "register_codec",
     "register_method",
+    "register_stage",
     "resume",
     "run",
     "study",

@@ -90,3 +90,21 @@ def test_a_node_that_lost_a_client_s_state_starts_it_afresh_and_says_so(
         "client 0 has no state from round 2 here; it starts afresh" in r.message
         for r in caplog.records
     ] == [True]
+
+
+def test_the_server_logs_a_client_that_started_afresh(tiny_config, tmp_path: Path, caplog) -> None:
+    from fedpet.experiment import prepare
+    from fedpet.rundir import RunDir
+    from fedpet.runtime.payloads import ClientReply
+    from fedpet.runtime.recorder import Recorder
+    from fedpet.runtime.server_half import ServerHalf
+
+    exp = prepare(tiny_config(**SCAFFOLD))
+    server = ServerHalf(exp, Recorder(exp, RunDir(tmp_path)))
+    server.committed = {1: 4}  # as a checkpoint of round 4 would restore it
+    intake = server.open(5)
+    with caplog.at_level(logging.WARNING, logger="fedpet"):
+        server.receive(intake, 1, ClientReply(b"", fresh=True))
+        server.receive(intake, 2, ClientReply(b""))
+    said = [r.message for r in caplog.records]
+    assert said == ["fedpet: client 1's state from round 4 was gone; it started afresh"]

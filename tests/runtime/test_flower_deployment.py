@@ -156,7 +156,11 @@ class Deployment:
         raise AssertionError(f"node {node_id} is not online after {seconds} s")
 
     def node(self, partition: int, key: Path, log: str) -> subprocess.Popen:
-        """A SuperNode that signs with ``key`` and says it holds client ``partition``."""
+        """A SuperNode that signs with ``key`` and says it holds client ``partition``.
+
+        It keeps its clients' states in ``node<partition>-state``.
+        """
+        state = self.folder / f"node{partition}-state"
         return self.start(
             str(BIN / "flower-supernode"),
             "--superlink",
@@ -168,7 +172,7 @@ class Deployment:
             "--port",
             str(free_port()),
             "--node-config",
-            f"partition-id={partition} num-partitions=2",
+            f'partition-id={partition} num-partitions=2 state-dir="{state}"',
             log=log,
         )
 
@@ -236,8 +240,12 @@ def run_config(
     timeout: float,
     resume: bool = False,
     secure: bool = False,
+    extra: str = "",
 ) -> Path:
-    """A run.toml for ``dep``: its nodes bound to clients 0, 1, ... in registration order."""
+    """A run.toml for ``dep``: its nodes bound to clients 0, 1, ... in registration order.
+
+    ``extra`` is more of the fedpet config, as YAML lines.
+    """
     folder = dep.folder
     path = folder / ("resume.toml" if resume else "run.toml")
     nodes = " ".join(f"{node}={k}" for k, node in enumerate(dep.node_ids))
@@ -247,7 +255,7 @@ def run_config(
         "data: {max_train_samples: 64, max_eval_samples: 32}\n"
         f"secagg: {{enabled: {str(secure).lower()}}}\n"
         f"federation: {{clients: 2, clients_per_round: 2, rounds: {rounds}, "
-        f"round_timeout: {timeout}}}\n" + '"""\n'
+        f"round_timeout: {timeout}}}\n{extra}" + '"""\n'
     )
     return path
 
@@ -319,12 +327,17 @@ def test_a_supernode_killed_mid_run_is_a_recorded_failure(
     assert [x["client"] for x in rows[1]["failed"]] == [1]
 
 
+SCAFFOLD = "algorithm: {name: scaffold}\ntrain: {optimizer: sgd, max_grad_norm: null}\n"
+
+
 def test_a_killed_serverapp_resumes_to_the_in_process_result(
     deployment: Deployment, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     # the TLS deployment, killed and resumed, ends with the in-process runtime's state and
-    # byte counts (an uninterrupted deployment is the simpler case of the same path)
-    run = flwr_run(deployment, run_config(deployment, tiny_model_dir, rounds=3, timeout=60))
+    # byte counts (an uninterrupted deployment is the simpler case of the same path); with
+    # SCAFFOLD, whose clients keep their controls on their nodes' disks across the resume
+    config = run_config(deployment, tiny_model_dir, rounds=3, timeout=60, extra=SCAFFOLD)
+    run = flwr_run(deployment, config)
     out = tmp_path / "flower-run"
     wait_for_rounds(out / "metrics.jsonl", 1)
     superlink = psutil.Process(deployment.procs[0].pid)
@@ -333,9 +346,8 @@ def test_a_killed_serverapp_resumes_to_the_in_process_result(
     run.kill()  # `flwr run` only streams the log; it would wait ~45 s to see the run end
     run.wait(timeout=30)
     assert not (out / "summary.json").exists()
-    resumed = flwr_run(
-        deployment, run_config(deployment, tiny_model_dir, 3, 60, resume=True), log="resume.log"
-    )
+    again = run_config(deployment, tiny_model_dir, 3, 60, resume=True, extra=SCAFFOLD)
+    resumed = flwr_run(deployment, again, log="resume.log")
     assert resumed.wait(timeout=300) == 0, (tmp_path / "resume.log").read_text()[-2000:]
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2, 3]
@@ -346,6 +358,17 @@ def test_a_killed_serverapp_resumes_to_the_in_process_result(
     local = json.loads((tmp_path / "local" / "summary.json").read_text())
     assert summary["rounds_completed"] == 3
     assert summary["bytes_up_total"] == local["bytes_up_total"] > 0
+    # the clients' controls stayed on their nodes: the server's run directory holds none
+    assert list((tmp_path / "local" / "clients").glob("*.safetensors"))  # the simulation's
+    assert not [p for p in out.rglob("*") if p.name.split("-r")[0].isdigit()]
+    for k in range(2):
+        [folder] = (tmp_path / f"node{k}-state").iterdir()  # one run
+        # the state round 3 continued from, and the one it kept
+        assert sorted(p.name for p in folder.iterdir()) == [
+            f"{k}-r2.safetensors",
+            f"{k}-r3.safetensors",
+        ]
+    assert not [log for log in tmp_path.glob("*.log") if "afresh" in log.read_text()]
 
 
 def test_only_registered_nodes_take_part_as_the_clients_bound_to_them(

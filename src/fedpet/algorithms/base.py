@@ -123,8 +123,7 @@ class Algorithm(Protocol):
 
     ``server_update`` is pure: ``(global_state, server_state, aggregate) ->
     (global_state, server_state)``, with no hidden state on the object. ``keeps_updates``
-    asks the runtime for an :class:`Aggregate` that keeps every update; ``stateful_clients``
-    for each client's own state, kept between the rounds it is sampled in. ``needs`` says
+    asks the runtime for an :class:`Aggregate` that keeps every update. ``needs`` says
     what it needs of the config, ``allows_dp`` and ``allows_secure_aggregation`` whether
     client-level DP and secure aggregation keep their guarantees with it; ``options`` is its
     options class (``algorithm.<field>`` in the config).
@@ -148,11 +147,6 @@ class Algorithm(Protocol):
     @property
     def keeps_updates(self) -> bool:
         """Whether the server needs every update of a round, not their sum."""
-        ...
-
-    @property
-    def stateful_clients(self) -> bool:
-        """Whether each client keeps a state between the rounds it is sampled in."""
         ...
 
     @property
@@ -239,7 +233,6 @@ class PlainAlgorithm:
     options: ClassVar[type[AlgorithmOptions]] = AlgorithmOptions
     default_server_lr = 1.0
     keeps_updates: ClassVar[bool] = False
-    stateful_clients: ClassVar[bool] = False
     needs: ClassVar[Needs] = Needs()
     allows_dp: ClassVar[bool] = True
     allows_secure_aggregation: ClassVar[bool] = True

@@ -48,7 +48,6 @@ class Scaffold(PlainAlgorithm):
     """Option II control variates; local training must be plain SGD at a constant rate."""
 
     name = "scaffold"
-    stateful_clients = True
     # option II's control update assumes K plain SGD steps at one rate, unclipped
     needs = Needs(optimizer="sgd", constant_schedule=True, unclipped_gradients=True)
     allows_dp = False  # the controls carry single clients' gradients past any clip
