@@ -79,8 +79,11 @@ class NormLog(Stage):
 register_method(LayerNormTuning())
 register_algorithm(DampedAvg)
 register_codec("half", Floats("fp16"))
-register_stage("norm-log", lambda cfg, draws: NormLog() if cfg.algorithm.name == "damped-avg"
-               else None)
+def norm_log(cfg, draws):
+    return NormLog() if cfg.algorithm.name == "damped-avg" else None
+
+
+register_stage("norm-log", norm_log)
 '''
 
 
@@ -245,6 +248,7 @@ def test_installed_packages_extend_each_registry_through_entry_points(
         "fedpet.methods": [("layernorm", "ep_extensions:LayerNormTuning")],
         "fedpet.algorithms": [("damped-avg", "ep_extensions:DampedAvg")],
         "fedpet.codecs": [("half", "ep_extensions:HALF")],
+        "fedpet.stages": [("norm-log", "ep_extensions:norm_log")],
     }
     monkeypatch.setattr(
         importlib.metadata,
@@ -253,12 +257,13 @@ def test_installed_packages_extend_each_registry_through_entry_points(
             importlib.metadata.EntryPoint(name, value, group) for name, value in points[group]
         ],
     )
-    for registry in (METHODS, ALGORITHMS, CODECS):
+    for registry in (METHODS, ALGORITHMS, CODECS, STAGES):
         monkeypatch.setattr(registry, "loaded", False)
     try:
         assert METHODS["layernorm"].name == "layernorm"  # a class is made an instance
         assert ALGORITHMS["damped-avg"].__name__ == "DampedAvg"
         assert get_codec("half").encode({"x": torch.ones(3)}) == b"\x00<" * 3
+        assert STAGES["norm-log"].__name__ == "norm_log"
         assert main(["run", "--dry-run", "--method", "layernorm", "--algorithm", "damped-avg"]) == 0
         # a broken entry point is bad input, named
         points["fedpet.algorithms"] = [("broken", "no_such_package:Thing")]

@@ -213,6 +213,7 @@ def test_proximal_term_adds_mu_times_drift_to_the_gradient() -> None:
 
 
 def test_lora_error_matches_the_formula_and_vanishes_with_a_shared_a() -> None:
+    from fedpet.methods.lora import factor_pairs
     from fedpet.runtime.lora_error import LoraError
 
     gen = torch.Generator().manual_seed(1)
@@ -220,7 +221,7 @@ def test_lora_error_matches_the_formula_and_vanishes_with_a_shared_a() -> None:
     received = {a_name: torch.randn(2, 5, generator=gen), b_name: torch.randn(4, 2, generator=gen)}
     clients = [({k: torch.randn(t.shape, generator=gen) for k, t in received.items()}, w)
                for w in (1.0, 3.0)]  # fmt: skip
-    tracker = LoraError(received, frozen={})
+    tracker = LoraError(factor_pairs(received), frozen={})
     for delta, w in clients:
         tracker.add(add(received, delta), w)
     p = [w / 4.0 for _, w in clients]
@@ -234,7 +235,7 @@ def test_lora_error_matches_the_formula_and_vanishes_with_a_shared_a() -> None:
     error = tracker.error()
     assert error is not None and error > 0.1 and abs(error - expected) < 1e-6
     # FFA-LoRA: A frozen (not in the state) and shared, so averaging B averages B A exactly
-    shared = LoraError({b_name: received[b_name]}, frozen={a_name: received[a_name]})
+    shared = LoraError(factor_pairs([b_name]), frozen={a_name: received[a_name]})
     for delta, w in clients:
         shared.add({b_name: received[b_name] + delta[b_name]}, w)
     frozen_error = shared.error()
