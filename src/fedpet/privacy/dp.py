@@ -33,9 +33,12 @@ def count_noise(cfg: Config) -> float:
     return p.count_noise if p.count_noise is not None else cfg.federation.clients_per_round / 20
 
 
-def clip(update: TrainableState, bound: float) -> TrainableState:
-    """``update`` scaled down to L2 norm ``bound`` if it is longer."""
-    norm = l2_norm(update)
+def clip(update: TrainableState, bound: float, norm: float | None = None) -> TrainableState:
+    """``update`` scaled down to L2 norm ``bound`` if it is longer.
+
+    ``norm`` is the update's L2 norm, when the caller has it already.
+    """
+    norm = l2_norm(update) if norm is None else norm
     if norm <= bound:
         return update
     return {n: t * (bound / norm) for n, t in update.items()}

@@ -78,8 +78,9 @@ class CentralDP(DifferentialPrivacy):
         self, update: TrainableState, weight: float | None, arrival: Arrival
     ) -> tuple[TrainableState, float | None]:
         """The update clipped, weight 1."""
-        arrival.tally[WITHIN] += l2_norm(update) <= self.clip
-        return clip(update, self.clip), 1.0
+        norm = l2_norm(update)
+        arrival.tally[WITHIN] += norm <= self.clip
+        return clip(update, self.clip, norm), 1.0
 
 
 class DistributedDP(DifferentialPrivacy):

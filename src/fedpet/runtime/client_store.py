@@ -18,12 +18,14 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from safetensors.torch import load_file, save
 
 from fedpet.files import atomic_write, storage_errors
 from fedpet.state import TrainableState
+
+Handle = TypeVar("Handle")
 
 
 class ClientStore(Protocol):
@@ -41,11 +43,38 @@ class ClientStore(Protocol):
         ...
 
 
-def _round_of(file: Path) -> int:
-    return int(file.name.removesuffix(".safetensors").rsplit("-r", 1)[1])
+def state_bytes(state: TrainableState) -> bytes:
+    """A state as safetensors bytes, the form every store keeps a version in."""
+    return save({k: v.contiguous() for k, v in state.items()})
 
 
-class DiskStore:
+class VersionedStore(Generic[Handle]):
+    """:meth:`load`'s rule over a backend's versions, each reached by a handle.
+
+    Subclasses give a client's versions by round (:meth:`_versions`), read one
+    (:meth:`_read`) and drop one (:meth:`_drop`).
+    """
+
+    def _versions(self, client: int) -> dict[int, Handle]:
+        raise NotImplementedError
+
+    def _read(self, handle: Handle) -> TrainableState:
+        raise NotImplementedError
+
+    def _drop(self, handle: Handle) -> None:
+        raise NotImplementedError
+
+    def load(self, client: int, round_: int) -> TrainableState | None:
+        """The version of ``round_`` (0: none yet, empty; None if gone); the others dropped."""
+        versions = self._versions(client)
+        kept = versions.pop(round_, None)
+        state = {} if round_ == 0 else None if kept is None else self._read(kept)
+        for handle in versions.values():
+            self._drop(handle)
+        return state
+
+
+class DiskStore(VersionedStore[Path]):
     """Client states as ``<client>-r<round>.safetensors`` files in ``folder``.
 
     A failed write is one clear error naming the file; with ``run`` (the simulation's run
@@ -60,19 +89,24 @@ class DiskStore:
             return storage_errors(self.folder, checkpointed=False)
         return storage_errors(self.run)
 
+    def _versions(self, client: int) -> dict[int, Path]:
+        files = self.folder.glob(f"{client}-r*.safetensors")
+        return {int(f.name.removesuffix(".safetensors").rsplit("-r", 1)[1]): f for f in files}
+
+    def _read(self, handle: Path) -> TrainableState:
+        return load_file(str(handle))
+
+    def _drop(self, handle: Path) -> None:
+        handle.unlink()
+
     def load(self, client: int, round_: int) -> TrainableState | None:
         """The version of ``round_``; the others are deleted."""
         with self._errors():
-            versions = {_round_of(f): f for f in self.folder.glob(f"{client}-r*.safetensors")}
-            kept = versions.pop(round_, None)
-            state = {} if round_ == 0 else None if kept is None else load_file(str(kept))
-            for file in versions.values():
-                file.unlink()
-        return state
+            return super().load(client, round_)
 
     def save(self, client: int, round_: int, state: TrainableState) -> None:
         """Write the version atomically."""
-        data = save({k: v.contiguous() for k, v in state.items()})
+        data = state_bytes(state)
         with self._errors():
             self.folder.mkdir(parents=True, exist_ok=True)
             path = self.folder / f"{client}-r{round_}.safetensors"

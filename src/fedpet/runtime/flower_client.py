@@ -14,12 +14,12 @@ from pathlib import Path
 
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from safetensors.torch import load, save
+from safetensors.torch import load
 
 from fedpet.config import Config, to_dict
 from fedpet.experiment import prepare
 from fedpet.runtime.client_half import ClientHalf
-from fedpet.runtime.client_store import ClientStore, DiskStore
+from fedpet.runtime.client_store import ClientStore, DiskStore, VersionedStore, state_bytes
 from fedpet.runtime.messages import from_record, read_download, reply_metrics, to_record
 from fedpet.runtime.secagg import is_secure, masked_reply, read_instructions, secure_mod
 from fedpet.state import TrainableState
@@ -36,7 +36,7 @@ def cached_client(cfg: Config) -> ClientHalf:
     return _CLIENTS[key]
 
 
-class RecordStore:
+class RecordStore(VersionedStore[str]):
     """Client states in a Flower ``RecordDict`` (a node's context state), by round."""
 
     PREFIX = "fedpet-client-"
@@ -44,25 +44,19 @@ class RecordStore:
     def __init__(self, records: RecordDict) -> None:
         self.records = records
 
-    def _key(self, client: int, round_: int) -> str:
-        return f"{self.PREFIX}{client}-r{round_}"
+    def _versions(self, client: int) -> dict[int, str]:
+        mine = f"{self.PREFIX}{client}-r"
+        return {int(k.removeprefix(mine)): k for k in self.records if k.startswith(mine)}
 
-    def load(self, client: int, round_: int) -> TrainableState | None:
-        """The version of ``round_``; the client's others are dropped."""
-        mine = [k for k in self.records if k.startswith(f"{self.PREFIX}{client}-r")]
-        kept = self._key(client, round_)
-        state: TrainableState | None = {} if round_ == 0 else None
-        if round_ != 0 and kept in self.records:
-            state = load(from_record(self.records.array_records[kept]))
-        for key in mine:
-            if key != kept:
-                del self.records[key]
-        return state
+    def _read(self, handle: str) -> TrainableState:
+        return load(from_record(self.records.array_records[handle]))
+
+    def _drop(self, handle: str) -> None:
+        del self.records[handle]
 
     def save(self, client: int, round_: int, state: TrainableState) -> None:
         """Keep the version as the safetensors bytes of ``state``."""
-        data = save({k: v.contiguous() for k, v in state.items()})
-        self.records[self._key(client, round_)] = to_record(data)
+        self.records[f"{self.PREFIX}{client}-r{round_}"] = to_record(state_bytes(state))
 
 
 def node_store(context: Context, run: str) -> ClientStore:

@@ -189,8 +189,9 @@ class Intake:
                 update = self.codec.decode(reply.payload, layout)
             except ValueError as exc:  # decoding never unpickles anything
                 raise Rejected(f"malformed payload: {exc}") from None
+            counted = None if reply.report.num_examples is None else reply.report.weight
             arrival = Arrival(client, layout, tally=self.tally)
-            update, weight = self._through_stages(update, reply.report, arrival)
+            update, weight = self._through_stages(update, counted, arrival)
         except Rejected as exc:
             self.lose("rejected", client, str(exc))
             return False
@@ -224,7 +225,7 @@ class Intake:
             if mean is None:
                 raise Rejected("unmasking failed")
             arrival = Arrival(-1, schema(self.received), len(clients), self.tally)
-            mean, weight = self._through_stages(mean, Report(int(weight)), arrival)
+            mean, weight = self._through_stages(mean, weight, arrival)
         except Rejected as exc:
             for k in clients:
                 self.lose("rejected", k, f"secure aggregate: {exc}")
@@ -233,9 +234,8 @@ class Intake:
         self._accept(clients, kept)
 
     def _through_stages(
-        self, update: TrainableState, report: Report, arrival: Arrival
+        self, update: TrainableState, weight: float | None, arrival: Arrival
     ) -> tuple[TrainableState, float]:
-        weight: float | None = None if report.num_examples is None else report.weight
         for stage in self.stages:
             update, weight = stage.server(update, weight, arrival)
         if weight is None:
@@ -301,16 +301,15 @@ def round_record(round_: int, attempts: list[Intake], skipped: bool, start: floa
     )
 
 
-def lora_error(exp: Experiment) -> LoraError | None:
-    """The aggregation-error accumulator of a round whose state has LoRA factors; else None.
+def lora_layout(exp: Experiment) -> tuple[list[tuple[str, str]], TrainableState] | None:
+    """What the aggregation error needs: the LoRA factor pairs and the frozen A factors.
 
-    A factors outside the trainable state (FFA-LoRA's, frozen) are every client's own.
+    None without LoRA factors. A factors outside the trainable state (FFA-LoRA's, frozen)
+    are every client's own, copied once.
     """
     pairs = factor_pairs(exp.params)
     if not pairs:
         return None
-    downs = {a for a, _ in pairs}
-    frozen = {
-        n: p.detach().cpu() for n, p in exp.model.named_parameters() if n in downs - set(exp.params)
-    }
-    return LoraError(pairs, frozen)
+    frozen_downs = {a for a, _ in pairs} - set(exp.params)
+    params = exp.model.named_parameters()
+    return pairs, {n: p.detach().cpu() for n, p in params if n in frozen_downs}

@@ -28,13 +28,14 @@ from fedpet.codecs import get_codec
 from fedpet.experiment import Experiment
 from fedpet.privacy.randomness import server_draws
 from fedpet.rundir import Checkpoint
+from fedpet.runtime.lora_error import LoraError
 from fedpet.runtime.payloads import ClientReply
 from fedpet.runtime.pipeline import stages_for
 from fedpet.runtime.recorder import Recorder
 from fedpet.runtime.rounds import (
     Downloads,
     Intake,
-    lora_error,
+    lora_layout,
     round_cohort,
     round_record,
     starting_state,
@@ -71,7 +72,9 @@ class ServerHalf:
         secure: bool = False,
     ) -> None:
         cfg = exp.cfg
-        self.exp, self.recorder, self.cfg, self.secure = exp, recorder, cfg, secure
+        self.exp, self.recorder, self.cfg = exp, recorder, cfg
+        # the aggregation error is computed from single updates: none in a secure sum
+        self.lora = None if secure else lora_layout(exp)
         self.algorithm = get_algorithm(cfg.algorithm)
         self.up, self.down = get_codec(cfg.codec.up), get_codec(cfg.codec.down)
         self.draws = server_draws(cfg, resume.state if resume is not None else {})
@@ -114,8 +117,8 @@ class ServerHalf:
             self.stages,
             local_epochs=cfg.train.local_epochs,
             attempt=attempt,
-            # from single updates that report their count: none in a secure sum or under DP
-            lora=None if self.secure else lora_error(exp),
+            # from the updates that report their count (none under DP)
+            lora=None if self.lora is None else LoraError(*self.lora),
             committed=self.committed,
             report=self.recorder.progress,
         )
