@@ -76,6 +76,12 @@ def validate(cfg: Config) -> None:
     check_device(cfg)
     check_quantization(cfg)
     check_objective(cfg)
+    require(
+        not cfg.data.client_test_fraction or cfg.data.objective == "classify",
+        "data.client_test_fraction",
+        cfg.data.client_test_fraction,
+        "0 with data.objective generate (clients are scored on a classification metric)",
+    )
     f = cfg.federation
     require(
         f.clients_per_round <= f.clients,

@@ -15,7 +15,7 @@ from fedpet.client import LocalTraining, TrainResult
 from fedpet.config import Config
 from fedpet.data.batching import Encoded, encode
 from fedpet.data.checks import check_skew
-from fedpet.data.partition import PartitionSpec, partition
+from fedpet.data.partition import PartitionSpec, hold_out, partition
 from fedpet.data.splits import Split, Task, check_labels, stratified_subsample
 from fedpet.data.tasks import load_task
 from fedpet.devices import resolve_device
@@ -35,7 +35,13 @@ class Experiment:
     params
         The cached map of trainable parameters; switching client copies into these.
     clients
-        Per client, indices into ``train``.
+        Per client, indices into ``train`` of the examples it trains on.
+    client_tests
+        Per client, indices into ``train`` of its local test split (none without
+        ``data.client_test_fraction``).
+    personal
+        The initial values of the trainable tensors the algorithm keeps with each client
+        (never sent): where a client starts them the first time it is sampled.
     device
         Where the model (and so training and evaluation) lives.
     """
@@ -50,6 +56,8 @@ class Experiment:
     params: dict[str, nn.Parameter]
     head_names: set[str]
     device: torch.device
+    client_tests: list[np.ndarray] = dataclasses.field(default_factory=list)
+    personal: TrainableState = dataclasses.field(default_factory=dict)
 
     @property
     def trainable_params(self) -> int:
@@ -113,11 +121,13 @@ def subsample(task: Task, cfg: Config) -> Task:
     )
 
 
-def load_data(cfg: Config) -> tuple[Task, list[np.ndarray]]:
+def load_data(cfg: Config) -> tuple[Task, list[np.ndarray], list[np.ndarray]]:
     """Load and subsample the task, and partition its training examples across clients.
 
     Centralized training is a single client holding every training example. Splits of a
-    single label are refused (:func:`~fedpet.data.splits.check_labels`).
+    single label are refused (:func:`~fedpet.data.splits.check_labels`). Returns the task,
+    each client's training indices and each client's local test indices (none unless
+    ``data.client_test_fraction`` holds some out: :func:`~fedpet.data.partition.hold_out`).
     """
     task = subsample(load_task(cfg.data), cfg)
     check_labels(task)
@@ -135,7 +145,10 @@ def load_data(cfg: Config) -> tuple[Task, list[np.ndarray]]:
             groups=task.train.groups,
         )
         clients = partition(task.train.labels, d.partition, spec)
-    return task, clients
+    fraction = cfg.data.client_test_fraction
+    if not fraction:
+        return task, clients, []
+    return task, *hold_out(clients, fraction, derive_seed(cfg.seed, "client-test"))
 
 
 def with_data_clients(cfg: Config, clients: int) -> Config:
@@ -158,7 +171,7 @@ def prepare(
     The model goes to ``cfg.device``; ``attention`` is passed to
     :func:`~fedpet.model.build_model`.
     """
-    task, clients = load_data(cfg)
+    task, clients, tests = load_data(cfg)
     if not cfg.centralized and cfg.data.partition == "natural":
         cfg = with_data_clients(cfg, len(clients))
     device = torch.device(resolve_device(cfg.device))
@@ -171,6 +184,10 @@ def prepare(
             params[name] = param
         else:  # frozen by the algorithm (FFA-LoRA's A): neither trained nor sent
             param.requires_grad_(False)
+    heads = head_parameter_names(model)
+    personal = {
+        n: p.detach().cpu().clone() for n, p in params.items() if algorithm.personal(n, n in heads)
+    }
 
     def tokens(split: Split) -> Encoded:
         if task.generative:
@@ -186,6 +203,8 @@ def prepare(
         clients=clients,
         model=model,
         params=params,
-        head_names=head_parameter_names(model),
+        head_names=heads,
         device=device,
+        client_tests=tests,
+        personal=personal,
     )

@@ -60,7 +60,7 @@ def start_run(
     run.create(overwrite)
     run.write_config(exp.cfg)  # with what the data decided (the natural partition's clients)
     info = get_algorithm(cfg.algorithm).client_info
-    report = describe_partition(exp.task, exp.clients, cfg, info)
+    report = describe_partition(exp.task, exp.clients, cfg, info, exp.client_tests)
     run.write_json("partition.json", released_partition(cfg, report))
     if not cfg.privacy.enabled:  # the plots show every client's size and labels
         with storage_errors(out):

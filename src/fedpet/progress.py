@@ -152,6 +152,10 @@ def round_line(end: RoundEnd, eta: float | None) -> str:
         parts.append(f"loss {row['train_loss']:.4f}")
     if "bytes_up" in row:
         parts.append(f"{row['bytes_up'] / 1e6:.2f} MB up, {row['bytes_down'] / 1e6:.2f} MB down")
+    for model, key in (("global", "client_test"), ("personal", "personal_test")):
+        if f"{key}_mean" in row:  # every client's local test split
+            figures = (f"{k} {row[f'{key}_{k}']:.4f}" for k in ("mean", "p10", "worst"))
+            parts.append(f"clients' {model} {', '.join(figures)}")
     if "epsilon" in row:
         parts.append(f"epsilon {row['epsilon']:.2f}")
     parts.append(f"{row.get('train_seconds', 0) + row.get('eval_seconds', 0):.1f} s")

@@ -32,6 +32,7 @@ RUN_FILES = (
     PARTITION_HISTOGRAM,
     "checkpoint",
     "clients",
+    "clients.csv",
     "tracking.json",
     "tensorboard",
     "wandb",
@@ -123,6 +124,11 @@ class RunDir:
         """A JSON file in the run directory, written atomically."""
         with storage_errors(self.path):
             _write_text(self.path / name, json.dumps(data, indent=2) + "\n")
+
+    def write_text(self, name: str, text: str) -> None:
+        """A text file in the run directory, written atomically."""
+        with storage_errors(self.path):
+            _write_text(self.path / name, text)
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         """One line of ``metrics.jsonl`` (flushed to disk before returning)."""

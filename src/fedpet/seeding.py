@@ -16,6 +16,8 @@ STREAMS = {
     "dp-count": 9,
     "attack": 10,
     "dp-topup": 11,
+    "client-test": 12,
+    "personal": 13,
 }
 
 

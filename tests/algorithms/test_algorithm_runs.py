@@ -10,6 +10,7 @@ from helpers import refusal, refused, run_argv
 from safetensors.torch import load_file
 
 from fedpet.cli import main
+from fedpet.runtime.client_store import SavedState
 
 SCAFFOLD = ("--algorithm", "scaffold", "--optimizer", "sgd", "--set", "train.max_grad_norm=null")
 
@@ -75,7 +76,7 @@ def test_fedrs_is_a_hook_that_scales_the_logits_of_classes_a_client_lacks(tiny_c
             )
         )
         half = ClientHalf.of(exp)
-        updates.append(half.train(extract(exp.params), 1, 0, {}).update)
+        updates.append(half.train(extract(exp.params), 1, 0, SavedState.of({})).update)
     assert all(torch.equal(updates[0][n], updates[1][n]) for n in updates[0])
     assert not all(torch.equal(updates[0][n], updates[2][n]) for n in updates[0])
 
@@ -212,7 +213,7 @@ def test_a_client_trains_only_its_rank(tiny_config) -> None:
     exp = prepare(tiny_config(**{"algorithm.name": "hetlora", "algorithm.ranks": [3]}))
     half = ClientHalf.of(exp)
     received = half.algorithm.client_view(extract(exp.params), 0)
-    update = half.train(received, 1, 0, {}).update
+    update = half.train(received, 1, 0, SavedState.of({})).update
     assert update.keys() == received.keys()
     assert all(update[k].shape == t.shape for k, t in received.items())
     assert any(t.shape[0] == 3 for k, t in update.items() if "lora_A" in k)

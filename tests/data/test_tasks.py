@@ -59,7 +59,7 @@ def test_train_fraction_and_max_train_samples_take_the_smaller(tmp_path) -> None
 
     def size(**kw: object) -> int:
         cfg = build_config({}, [("data.task", "bbc_news"), *kw.items()])
-        task, clients = load_data(cfg)
+        task, clients, _ = load_data(cfg)
         assert sum(len(c) for c in clients) == len(task.train)
         return len(task.train)
 

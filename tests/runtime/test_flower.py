@@ -43,17 +43,19 @@ CENTRAL_DP = ("--dp", "--dp-noise", "0.1", "--dp-clip", "0.05")
 CENTRAL_DP += ("--set", "privacy.target_quantile=0.5", "--set", "privacy.reproducible=true")
 
 
-# clients that keep a state between rounds: SCAFFOLD's control, error feedback's residual;
-# over 3 rounds of 2 of 4 clients some are sampled again, and continue from their state
+# clients that keep a state between rounds: SCAFFOLD's control; error feedback's residual
+# with FedSA-LoRA's B factors, each client scored on its local test split by its node; over
+# 3 rounds of 2 of 4 clients some are sampled again, and continue from their state
 SCAFFOLD = ("--algorithm", "scaffold", "--optimizer", "sgd", "--set", "train.max_grad_norm=null")
 SCAFFOLD += ("--rounds", "3")
-FEEDBACK = ("--codec-up", "topk:0.2+int8", "--rounds", "3")
+FEEDBACK = ("--codec-up", "topk:0.2+int8", "--rounds", "3", "--method", "lora")
+FEEDBACK += ("--algorithm", "fedsa-lora", "--set", "data.client_test_fraction=0.25")
 
 
 @pytest.mark.parametrize(
     "flags",
     [RANKED, CENTRAL_DP, SCAFFOLD, FEEDBACK],
-    ids=["flexlora-codecs", "central-dp", "scaffold", "error-feedback"],
+    ids=["flexlora-codecs", "central-dp", "scaffold", "fedsa-lora-error-feedback"],
 )
 @pytest.mark.integration
 def test_flower_simulation_equals_the_in_process_runtime(
@@ -82,6 +84,10 @@ def test_flower_simulation_equals_the_in_process_runtime(
         assert rows[-1]["epsilon"] > rows[0]["epsilon"] > 0 and rows[0]["dp_clip"] == 0.05
         assert summary["epsilon"] == rows[-1]["epsilon"]
     else:  # the clients' states stayed with them: the server's run directory holds none
+        if flags == FEEDBACK:  # every node scored its client as the simulation did
+            scored = (flower / "clients.csv").read_text()
+            assert scored == (local / "clients.csv").read_text()
+            assert len(scored.splitlines()) == 5 and ",," not in scored
         sampled = [k for r in rows for k in r["clients"]]
         assert len(sampled) > len(set(sampled))  # a client continued from its state
         assert list((local / "clients").glob("*.safetensors"))  # where the simulation keeps them

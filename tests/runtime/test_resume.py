@@ -21,11 +21,21 @@ from fedpet.cli import main
 TIMING = {"train_seconds", "eval_seconds"}
 
 
-# a plain run; one with crashing clients, retried rounds and a robust aggregator; and
+# one with crashing clients, retried rounds and a robust aggregator; and
 # centralized training with a decaying learning rate (optimizer and RNG states resumed);
 # stateful server algorithms
 SETUPS = {
-    "fedavg": [],
+    # personal tensors in the clients' states: FedSA-LoRA's B factors, Ditto's copies; every
+    # client scored on its local test split (clients.csv) as of the checkpoint
+    "fedsa-lora": [
+        "--method",
+        "lora",
+        "--algorithm",
+        "fedsa-lora",
+        "--set",
+        "data.client_test_fraction=0.2",
+    ],
+    "ditto": ["--algorithm", "ditto", "--set", "data.client_test_fraction=0.2"],
     "faults": [
         "--client-failure-rate",
         "0.3",
@@ -139,6 +149,9 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(
     b = load_file(whole / "checkpoint" / "global.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert metrics(killed) == metrics(whole)
+    scored = killed / "clients.csv"
+    if "data.client_test_fraction=0.2" in extra:
+        assert scored.read_text() == (whole / "clients.csv").read_text()
     sa = json.loads((killed / "summary.json").read_text())
     sb = json.loads((whole / "summary.json").read_text())
     assert sa.keys() == sb.keys()
@@ -150,6 +163,8 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(
         "bytes_down_total",
         "train_examples_seen",  # (not under DP: a statistic of the clients' data)
         "rounds_completed",
+        "client_test_worst",
+        "personal_test_p10",
     ):
         assert sa.get(key) == sb.get(key), key
 

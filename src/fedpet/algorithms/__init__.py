@@ -10,15 +10,19 @@ from fedpet.algorithms.base import (
     PlainAlgorithm,
     PlainTraining,
 )
+from fedpet.algorithms.ditto import Ditto
 from fedpet.algorithms.fedadagrad import FedAdagrad
 from fedpet.algorithms.fedadam import FedAdam
 from fedpet.algorithms.fedavg import FedAvg
 from fedpet.algorithms.fedavgm import FedAvgM
+from fedpet.algorithms.fedper import FedPer
 from fedpet.algorithms.fedprox import FedProx
+from fedpet.algorithms.fedsa_lora import FedSaLora
 from fedpet.algorithms.fedyogi import FedYogi
 from fedpet.algorithms.ffa_lora import FfaLora
 from fedpet.algorithms.flexlora import FlexLora
 from fedpet.algorithms.hetlora import HetLora
+from fedpet.algorithms.local import Local
 from fedpet.algorithms.median import Median
 from fedpet.algorithms.scaffold import Scaffold
 from fedpet.algorithms.trimmed_mean import TrimmedMean
@@ -43,6 +47,10 @@ ALGORITHMS: Registry[type[PlainAlgorithm]] = Registry(
             Scaffold,
             Median,
             TrimmedMean,
+            FedPer,
+            FedSaLora,
+            Ditto,
+            Local,
         )
     },
 )

@@ -207,6 +207,23 @@ class Algorithm(Protocol):
         """Whether the algorithm trains and sends this parameter of the method's set."""
         ...
 
+    def personal(self, name: str, head: bool) -> bool:
+        """Whether this trained tensor (``head``: of the task head) stays with each client.
+
+        A personal tensor is never sent nor aggregated: the algorithm sees only the shared
+        ones, and each client keeps its own copy in its state.
+        """
+        ...
+
+    @property
+    def personal_copy(self) -> bool:
+        """Whether each client also trains a copy of the whole state of its own (Ditto)."""
+        ...
+
+    def personal_training(self, received: TrainableState) -> ClientHook:
+        """The hook that trains a client's own copy, for a client that received ``received``."""
+        ...
+
     def client_hook(self, received: TrainableState, client_state: TrainableState) -> ClientHook:
         """The hook for a client that received ``received`` and holds ``client_state``."""
         ...
@@ -236,6 +253,7 @@ class PlainAlgorithm:
     needs: ClassVar[Needs] = Needs()
     allows_dp: ClassVar[bool] = True
     allows_secure_aggregation: ClassVar[bool] = True
+    personal_copy: ClassVar[bool] = False
 
     def __init__(self, config: AlgorithmOptions) -> None:
         self.config = config
@@ -256,6 +274,14 @@ class PlainAlgorithm:
     def trainable(self, name: str) -> bool:
         """Every parameter the method trains."""
         return True
+
+    def personal(self, name: str, head: bool) -> bool:
+        """None: every trained tensor is shared."""
+        return False
+
+    def personal_training(self, received: TrainableState) -> ClientHook:
+        """Plain training (used only where :attr:`personal_copy` is set)."""
+        return PlainTraining()
 
     def download(
         self, global_state: TrainableState, server_state: TrainableState

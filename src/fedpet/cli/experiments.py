@@ -46,8 +46,9 @@ def cmd_partition(args: argparse.Namespace) -> None:
     cfg = config(args)
     out = Path(cfg.out) if cfg.out else default_run_dir(cfg, kind="partition")
     check_out_dir(out, args.overwrite)
-    task, clients = load_data(cfg)
-    report = describe_partition(task, clients, cfg, get_algorithm(cfg.algorithm).client_info)
+    task, clients, tests = load_data(cfg)
+    info = get_algorithm(cfg.algorithm).client_info
+    report = describe_partition(task, clients, cfg, info, tests)
     with storage_errors(out):
         out.mkdir(parents=True, exist_ok=True)
     RunDir(out).write_json("partition.json", report)
@@ -86,7 +87,7 @@ def check_data(cfg: Config) -> str:
     from fedpet.experiment import load_data
     from fedpet.model import check_max_length, load_encoder_config, model_path
 
-    task, clients = load_data(cfg)
+    task, clients, tests = load_data(cfg)
     _, model_config = load_encoder_config(cfg.model, cfg.train.dropout)
     from transformers import AutoTokenizer
 
@@ -94,7 +95,7 @@ def check_data(cfg: Config) -> str:
     sizes = f"{len(task.train):,} train / {len(task.validation):,} validation / "
     return (
         f"checked: {sizes}{len(task.test):,} test examples, labels {list(task.label_names)}; "
-        f"{summary_line(describe_partition(task, clients, cfg))}; model {cfg.model!r} "
+        f"{summary_line(describe_partition(task, clients, cfg, tests=tests))}; model {cfg.model!r} "
         f"({model_config.model_type})"
     )
 

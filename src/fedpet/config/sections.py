@@ -92,6 +92,12 @@ class DataConfig:
         "labels each client holds under shards",
         Rule(lambda v: v >= 1, "an integer >= 1 (at most the labels)"),
     )
+    client_test_fraction: float = option(
+        0.0,
+        "the share of each client's examples held out as its own test split, never trained "
+        "on (0: off); the run then evaluates every client (clients.csv)",
+        within(0, 1, "a number in [0, 1)", high_open=True),
+    )
 
 
 @dataclass(frozen=True)

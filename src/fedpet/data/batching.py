@@ -31,6 +31,18 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.input_ids)
 
+    def subset(self, indices: np.ndarray) -> Encoded:
+        """The examples at ``indices``, in that order."""
+
+        def pick(rows: list[np.ndarray] | None) -> list[np.ndarray] | None:
+            return None if rows is None else [rows[i] for i in indices]
+
+        ids = pick(self.input_ids)
+        assert ids is not None
+        prompts = None if self.prompt_lengths is None else self.prompt_lengths[indices]
+        types = pick(self.token_type_ids)
+        return Encoded(ids, self.labels[indices], self.pad_id, types, prompts, self.options)
+
     @property
     def lengths(self) -> np.ndarray:
         """Token count of each example."""

@@ -20,12 +20,16 @@ def describe_partition(
     clients: list[np.ndarray],
     cfg: Config,
     client_info: Callable[[int], dict[str, Any]] = lambda client: {},
+    tests: list[np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Split rule and sizes, scheme, label skew, and per client its size and label counts.
 
-    ``client_info`` adds what the algorithm assigns each client (its LoRA rank, say).
+    ``client_info`` adds what the algorithm assigns each client (its LoRA rank, say);
+    ``tests`` are the clients' local test splits, whose sizes, label counts and examples
+    (indices into train) are recorded with them.
     """
     counts = label_counts(task.train.labels, clients, task.num_labels)
+    held = label_counts(task.train.labels, tests, task.num_labels) if tests else None
     d = cfg.data
     groups = task.train.groups
     natural = not cfg.centralized and d.partition == "natural" and groups is not None
@@ -36,6 +40,7 @@ def describe_partition(
             **({} if names is None else {"name": str(names[k])}),
             "size": int(c.sum()),
             "label_counts": c.tolist(),
+            **({} if held is None or tests is None else local_test(tests[k], held[k])),
             **client_info(k),
         }
         for k, c in enumerate(counts)
@@ -51,9 +56,19 @@ def describe_partition(
         },
         "scheme": "centralized" if cfg.centralized else d.partition,
         "alpha": d.alpha,
+        "client_test_fraction": d.client_test_fraction,
         "labels": list(task.label_names),
         "label_skew": label_skew(counts),
         "clients": per_client,
+    }
+
+
+def local_test(indices: np.ndarray, counts: np.ndarray) -> dict[str, Any]:
+    """A client's local test split as ``partition.json`` records it."""
+    return {
+        "test_size": int(counts.sum()),
+        "test_label_counts": counts.tolist(),
+        "test_examples": indices.tolist(),
     }
 
 

@@ -251,3 +251,31 @@ def label_skew(counts: np.ndarray) -> float:
     local = counts / np.maximum(sizes, 1)
     prior = counts.sum(axis=0) / counts.sum()
     return float(0.5 * np.abs(local - prior).sum(axis=1).mean())
+
+
+def hold_out(
+    parts: list[np.ndarray], fraction: float, seed: int
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each client's examples split into (train, local test), drawn from its own data.
+
+    A client of ``n`` examples holds out ``fraction x n`` of them (rounded half up), drawn
+    at random with ``seed``: its test split carries its label skew. Both parts stay sorted.
+    A client that would be left with no training or no test example is refused.
+    """
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for k, part in enumerate(parts):
+        n = len(part)
+        held = math.floor(fraction * n + 0.5)
+        if not 0 < held < n:
+            short = "no test example" if held == 0 else "no training example"
+            raise FedpetError(
+                f"data.client_test_fraction = {fraction:g} leaves client {k} ({n} examples) "
+                f"{short}; choose a fraction that leaves each client both, or raise "
+                "data.min_client_size"
+            )
+        chosen = np.zeros(n, dtype=bool)
+        chosen[rng.choice(n, size=held, replace=False)] = True
+        train.append(part[~chosen])
+        test.append(part[chosen])
+    return train, test

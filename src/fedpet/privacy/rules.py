@@ -23,6 +23,13 @@ def check_privacy(cfg: Config, algorithm: Algorithm) -> None:
     why = "with privacy.enabled"
     require(not cfg.centralized, "centralized", True, f"false {why} (client-level DP)")
     require(
+        not cfg.data.client_test_fraction,
+        "data.client_test_fraction",
+        cfg.data.client_test_fraction,
+        f"0 {why} (clients.csv publishes each client's labels and scores, which "
+        "client-level DP does not cover)",
+    )
+    require(
         not cfg.secagg.enabled or p.noise == "distributed",
         "privacy.noise",
         p.noise,

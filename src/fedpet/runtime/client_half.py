@@ -22,7 +22,7 @@ from fedpet.codecs import Codec, get_codec, upload_codec
 from fedpet.devices import to_device
 from fedpet.experiment import Experiment
 from fedpet.privacy.randomness import Draws, fresh
-from fedpet.runtime.client_store import ClientStore
+from fedpet.runtime.client_store import ClientStore, SavedState
 from fedpet.runtime.payloads import ClientReply, Download
 from fedpet.runtime.pipeline import stages_for
 from fedpet.seeding import derive_seed
@@ -32,15 +32,13 @@ from fedpet.state import TrainableState, pad
 Wrap = Callable[[ClientHook], ClientHook]
 Tamper = Callable[[TrainableState], TrainableState]
 
-CODEC_STATE = "residual"
-"""The prefix of the upload codec's tensors (error feedback's residual) in a saved state."""
-
 
 @dataclass(frozen=True)
 class Trained:
-    """A client's local training: its update, weight, mean loss and new algorithm state.
+    """A client's local training: its update, weight, mean loss and new states.
 
-    ``seen`` is the examples its steps trained on, every epoch's.
+    ``seen`` is the examples its steps trained on, every epoch's; ``state`` is the
+    algorithm's new client state and ``personal`` the client's own tensors (never sent).
     """
 
     update: TrainableState
@@ -48,18 +46,7 @@ class Trained:
     loss: float
     state: TrainableState
     seen: int
-
-
-def split_state(saved: TrainableState) -> tuple[TrainableState, TrainableState]:
-    """A client's saved state as (the algorithm's, the upload codec's)."""
-    prefix = CODEC_STATE + "."
-    codec = {n.removeprefix(prefix): t for n, t in saved.items() if n.startswith(prefix)}
-    return {n: t for n, t in saved.items() if not n.startswith(prefix)}, codec
-
-
-def join_state(algorithm: TrainableState, codec: TrainableState) -> TrainableState:
-    """The inverse of :func:`split_state`: one flat state to save."""
-    return {**algorithm, **{f"{CODEC_STATE}.{n}": t for n, t in codec.items()}}
+    personal: TrainableState
 
 
 @dataclass
@@ -93,31 +80,49 @@ class ClientHalf:
         received: TrainableState,
         round_: int,
         client: int,
-        state: TrainableState,
+        saved: SavedState,
         wrap: Wrap | None = None,
     ) -> Trained:
-        """Train ``client`` from its view ``received`` of the download.
+        """Train ``client`` from its view ``received`` of the download and its saved state.
 
         Parts of the model outside the view (ranks above the client's LoRA rank) start and
-        stay zero. ``state`` is the client's own algorithm state; ``wrap`` wraps the hook
-        (the simulation injects crashes with it).
+        stay zero; the algorithm's personal tensors start from the client's own, or from
+        the method's initialisation the first time. ``wrap`` wraps the hook (the
+        simulation injects crashes with it). Ditto then trains the client's own copy.
         """
-        exp = self.exp
-        hook = self.algorithm.client_hook(
-            to_device(received, exp.device), to_device(state, exp.device)
-        )
-        labels = exp.train.labels[exp.clients[client]]
-        hook = restricted(hook, exp.cfg.algorithm.fedrs, exp.task.num_labels, labels)
+        exp, algorithm = self.exp, self.algorithm
+        on_device = to_device(received, exp.device)
+        hook = algorithm.client_hook(on_device, to_device(saved.algorithm, exp.device))
+        hook = self.restrict(hook, client)
         if wrap is not None:
             hook = wrap(hook)
+        own = saved.personal or exp.personal  # the method's initialisation the first time
+        start = {n: own[n] if n in exp.personal else received[n] for n in exp.params}
         seed = derive_seed(exp.cfg.seed, "train", round_, client)
-        start = pad({name: received[name] for name in exp.params}, exp.params)
-        trained = exp.train_client(client, start, hook, seed)
-        mine = self.algorithm.client_view(trained.state, client)
-        update, new_state = self.algorithm.client_update(
-            received, mine, state, trained.steps, exp.learning_rates, trained.num_examples
+        trained = exp.train_client(client, pad(start, exp.params), hook, seed)
+        shared = {n: t for n, t in trained.state.items() if n not in exp.personal}
+        update, new_state = algorithm.client_update(
+            received,
+            algorithm.client_view(shared, client),
+            saved.algorithm,
+            trained.steps,
+            exp.learning_rates,
+            trained.num_examples,
         )
-        return Trained(update, trained.num_examples, trained.loss, new_state, trained.seen)
+        personal = {n: trained.state[n] for n in exp.personal}
+        if algorithm.personal_copy:
+            hook = self.restrict(algorithm.personal_training(on_device), client)
+            seed = derive_seed(exp.cfg.seed, "personal", round_, client)
+            copy = saved.personal or {name: received[name] for name in exp.params}
+            personal = exp.train_client(client, copy, hook, seed).state
+        loss, seen = trained.loss, trained.seen
+        return Trained(update, trained.num_examples, loss, new_state, seen, personal)
+
+    def restrict(self, hook: ClientHook, client: int) -> ClientHook:
+        """``hook`` inside FedRS's restricted softmax where ``algorithm.fedrs`` asks."""
+        exp = self.exp
+        labels = exp.train.labels[exp.clients[client]]
+        return restricted(hook, exp.cfg.algorithm.fedrs, exp.task.num_labels, labels)
 
     def run(
         self,
@@ -142,9 +147,9 @@ class ClientHalf:
                 client,
                 download.committed,
             )
-        algorithm_state, codec_state = split_state(saved or {})
+        state = SavedState.of(saved or {})
         received = self.down.decode(download.payload, download.layout)
-        trained = self.train(received, round_, client, algorithm_state, wrap)
+        trained = self.train(received, round_, client, state, wrap)
         update = trained.update if tamper is None else tamper(trained.update)
         report = Report(trained.num_examples, trained.loss, trained.seen)
         update, report = self.prepare(update, report, round_, client)
@@ -152,8 +157,9 @@ class ClientHalf:
         if secure:
             masked = update
         else:
-            payload = self.encode(update, round_, client, codec_state)
-        kept = join_state(trained.state, {} if secure else self.up.state_dict())
+            payload = self.encode(update, round_, client, state.codec)
+        codec = {} if secure else self.up.state_dict()
+        kept = SavedState(trained.state, codec, trained.personal).flat()
         if kept:
             store.save(client, round_, kept)
         return ClientReply(payload, report, bool(kept), saved is None, masked)

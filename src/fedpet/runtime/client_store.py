@@ -1,6 +1,7 @@
 """Where a client keeps its own state between the rounds it is sampled in.
 
-A client's state (SCAFFOLD's control, an error-feedback residual) belongs to the client:
+A client's state (SCAFFOLD's control, an error-feedback residual, its personal tensors)
+belongs to the client:
 the runtime gives its client half a :class:`ClientStore` on the client's side (the run
 directory in the in-process simulation, the node's disk or Flower's node state on Flower),
 and the server never holds it.
@@ -17,6 +18,7 @@ two versions, and a resumed run reads exactly what it read before.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
@@ -26,6 +28,42 @@ from fedpet.files import atomic_write, storage_errors
 from fedpet.state import TrainableState
 
 Handle = TypeVar("Handle")
+
+CODEC_STATE = "residual"
+"""The prefix of the upload codec's tensors (error feedback's residual) in a saved state."""
+PERSONAL = "personal"
+"""The prefix of the client's personal tensors (never sent) in a saved state."""
+
+
+@dataclass(frozen=True)
+class SavedState:
+    """A client's saved state in its parts: its algorithm's, its upload codec's, its own.
+
+    ``personal`` holds the tensors the algorithm keeps with the client (FedSA-LoRA's B,
+    Ditto's copy) under their model names.
+    """
+
+    algorithm: TrainableState
+    codec: TrainableState
+    personal: TrainableState
+
+    @classmethod
+    def of(cls, saved: TrainableState) -> SavedState:
+        """Split one flat saved state by its prefixes."""
+        parts: dict[str, TrainableState] = {CODEC_STATE: {}, PERSONAL: {}, "": {}}
+        for name, t in saved.items():
+            prefix, _, rest = name.partition(".")
+            if prefix in (CODEC_STATE, PERSONAL):
+                parts[prefix][rest] = t
+            else:
+                parts[""][name] = t
+        return cls(parts[""], parts[CODEC_STATE], parts[PERSONAL])
+
+    def flat(self) -> TrainableState:
+        """The inverse of :meth:`of`: one flat state to save."""
+        codec = {f"{CODEC_STATE}.{n}": t for n, t in self.codec.items()}
+        personal = {f"{PERSONAL}.{n}": t for n, t in self.personal.items()}
+        return {**self.algorithm, **codec, **personal}
 
 
 class ClientStore(Protocol):

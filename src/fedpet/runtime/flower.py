@@ -29,15 +29,17 @@ from flwr.serverapp.strategy import Strategy
 
 from fedpet.experiment import Experiment
 from fedpet.rundir import Checkpoint
+from fedpet.runtime.client_store import state_bytes
+from fedpet.runtime.client_tests import ClientScore
 from fedpet.runtime.flower_client import make_client_app
-from fedpet.runtime.messages import download_config, parse_reply, to_record
+from fedpet.runtime.messages import download_config, number, parse_reply, to_record
 from fedpet.runtime.pipeline import reported
 from fedpet.runtime.recorder import Recorder
 from fedpet.runtime.roster import Roster
 from fedpet.runtime.rounds import Intake
 from fedpet.runtime.secagg import secure_round
 from fedpet.runtime.server_half import ServerHalf
-from fedpet.state import schema
+from fedpet.state import TrainableState, schema
 
 
 def run_key(run: Path) -> str:
@@ -73,12 +75,15 @@ class FedpetStrategy(Strategy):
         self.waited = False
         self.sent: dict[int, int] = {}
         self.intake: Intake | None = None
+        self.grid: Grid | None = None
+        self.server.scorer = self.score_clients
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Sample the round's cohort and send each node holding one of its clients the state."""
         round_ = server_round + self.offset
+        self.grid = grid
         intake = self.server.open(round_)
         cohort = intake.clients
         if not self.waited:  # the run starts once every client's node answers, or times out
@@ -125,7 +130,7 @@ class FedpetStrategy(Strategy):
             self.cfg.secagg,
             downloads,
             round_,
-            schema(self.server.global_state),
+            schema(intake.received),
             max(weights, default=1.0),
             self.cfg.federation.round_timeout,
         )
@@ -142,6 +147,34 @@ class FedpetStrategy(Strategy):
                 intake.lose("failed", k, f"node {node} dropped out of secure aggregation")
         if summed:
             intake.receive_sum(summed, outcome.kept, outcome.mean)
+
+    def score_clients(
+        self, global_state: TrainableState, committed: Mapping[int, int]
+    ) -> dict[int, ClientScore]:
+        """Ask every client's node for its scores on its local test split.
+
+        A client whose node is unknown or does not answer has no scores this time.
+        """
+        assert self.grid is not None, "configure_train keeps the grid"
+        arrays = to_record(state_bytes(global_state))
+        messages, clients = [], {}
+        for k, node in self.roster.nodes.items():
+            config = ConfigRecord({"client": k, "committed": committed.get(k, 0), "run": self.run})
+            content = RecordDict({"arrays": arrays, "config": config})
+            messages.append(Message(content=content, dst_node_id=node, message_type="evaluate"))
+            clients[node] = k
+        timeout = self.cfg.federation.round_timeout
+        scores = {}
+        for reply in self.grid.send_and_receive(messages, timeout=timeout):
+            node = reply.metadata.src_node_id
+            if node not in clients or reply.has_error():
+                continue
+            figures = reply.content.metric_records["metrics"]
+            personal = figures.get("personal")
+            scores[clients[node]] = ClientScore(
+                number(figures["global"]), None if personal is None else number(personal)
+            )
+        return scores
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

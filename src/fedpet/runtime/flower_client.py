@@ -2,10 +2,11 @@
 
 A train message carries the client's download (:mod:`fedpet.runtime.messages`); the node
 answers with :meth:`~fedpet.runtime.client_half.ClientHalf.run` on a backbone loaded once
-per process. The client's own state stays on the node (:func:`node_store`): in the
-directory its node config names as ``state-dir``, which survives a SuperNode's restart and
-a resumed run, or else in Flower's per-node context state, which lives as long as the
-Flower run does.
+per process. An evaluate message asks for the client's scores on its local test split
+(:mod:`fedpet.runtime.client_tests`). The client's own state stays on the node
+(:func:`node_store`): in the directory its node config names as ``state-dir``, which
+survives a SuperNode's restart and a resumed run, or else in Flower's per-node context
+state, which lives as long as the Flower run does.
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ from fedpet.config import Config, to_dict
 from fedpet.experiment import prepare
 from fedpet.runtime.client_half import ClientHalf
 from fedpet.runtime.client_store import ClientStore, DiskStore, VersionedStore, state_bytes
-from fedpet.runtime.messages import from_record, read_download, reply_metrics, to_record
+from fedpet.runtime.client_tests import own_tensors, personalises, score_clients
+from fedpet.runtime.messages import (
+    from_record,
+    number,
+    read_download,
+    reply_metrics,
+    to_record,
+)
 from fedpet.runtime.secagg import is_secure, masked_reply, read_instructions, secure_mod
 from fedpet.state import TrainableState
 
@@ -90,6 +98,30 @@ def train_reply(cfg: Config, msg: Message, context: Context) -> Message:
     return Message(content=content, reply_to=msg)
 
 
+def evaluate_reply(cfg: Config, msg: Message, context: Context) -> Message:
+    """Score the client an evaluate message names on its local test split.
+
+    The message carries the global state (exact) and the round of the client's committed
+    state; the client's own model is the global state with its personal tensors.
+    """
+    half = cached_client(cfg)
+    config = msg.content.config_records["config"]
+    client, run = int(number(config["client"])), str(config["run"])
+    committed = int(number(config["committed"]))
+    global_state = load(from_record(msg.content.array_records["arrays"]))
+    store = node_store(context, run)
+
+    def personal(k: int) -> TrainableState:
+        return own_tensors(store, k, committed)
+
+    mine = personal if personalises(half.exp, half.algorithm) else None
+    score = score_clients(half.exp, global_state, [client], mine)[client]
+    figures: dict[str, int | float | list[int] | list[float]] = {"global": score.shared}
+    if score.personal is not None:
+        figures["personal"] = score.personal
+    return Message(content=RecordDict({"metrics": MetricRecord(figures)}), reply_to=msg)
+
+
 def query_reply(msg: Message, context: Context) -> Message:
     """Tell the server which client this node holds (its ``partition-id``)."""
     partition = int(context.node_config.get("partition-id", -1))
@@ -104,6 +136,10 @@ def make_client_app(cfg: Config) -> ClientApp:
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         return train_reply(cfg, msg, context)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        return evaluate_reply(cfg, msg, context)
 
     app.query()(query_reply)
     return app

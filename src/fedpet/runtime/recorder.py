@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,14 @@ from fedpet.privacy.release import ROUND_WITHHELD, SUMMARY_WITHHELD, dp_summary,
 from fedpet.progress import RoundEnd, Watcher
 from fedpet.rundir import Checkpoint, RunDir
 from fedpet.runtime.budget import check_round, client_bytes
+from fedpet.runtime.client_tests import (
+    CLIENTS_CSV,
+    ClientScore,
+    client_rows,
+    csv_text,
+    read_scores,
+    score_figures,
+)
 from fedpet.runtime.counts import RoundCounts, summary_totals, totalled
 from fedpet.state import TrainableState, load_
 
@@ -98,13 +107,15 @@ class Recorder:
         global_state: TrainableState,
         saved: dict[str, TrainableState] | None = None,
         saved_meta: dict[str, Any] | None = None,
+        scores: Mapping[int, ClientScore] | None = None,
     ) -> dict[str, float]:
         """Evaluate the model (holding ``global_state``) on validation; log and checkpoint.
 
         A federated run evaluates every ``federation.eval_every`` rounds and after its last;
         a round it does not evaluate logs no validation figures and cannot be the best round.
         ``saved`` (named tensor groups) and ``saved_meta`` (JSON data) are the runtime's own
-        state, checkpointed with the round (e.g. the server algorithm's state).
+        state, checkpointed with the round (e.g. the server algorithm's state). ``scores``
+        (every client's, on its local test split) go to ``clients.csv`` and the line.
         """
         cfg = self.exp.cfg
         t0 = time.perf_counter()
@@ -148,6 +159,9 @@ class Recorder:
             **({"epsilon": self.epsilon(record.round)} if private else {}),
             **record.extra,
         }
+        if scores:
+            self.run.write_text(CLIENTS_CSV, csv_text(client_rows(self.exp, scores)))
+            row |= score_figures(scores)
         row = released(cfg, row, ROUND_WITHHELD)
         self.run.append_metrics(row)
         self.peak_rss_mb = max(self.peak_rss_mb, tree_peak_mb())
@@ -181,6 +195,10 @@ class Recorder:
         cfg = self.exp.cfg
         fed = cfg.federation
         return cfg.centralized or round_ % fed.eval_every == 0 or round_ >= fed.rounds
+
+    def scores(self, round_: int) -> bool:
+        """Whether every client is scored on its local test split after ``round_``."""
+        return bool(self.exp.client_tests) and self.evaluates(round_)
 
     def epsilon(self, rounds: int) -> float:
         """DP's epsilon (at ``privacy.delta``) spent by ``rounds`` rounds."""
@@ -235,6 +253,9 @@ class Recorder:
             "device": cfg.device,
             "precision": cfg.train.precision,
         }
+        clients = self.run.path / CLIENTS_CSV
+        if clients.exists():  # the last scored round's, the final state's
+            summary |= score_figures(read_scores(clients, self.metric))
         gpu = device_peak_mb(exp.device)
         if gpu is not None:  # of the process that finished the run
             summary["peak_gpu_mb"] = gpu

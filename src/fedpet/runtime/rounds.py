@@ -80,20 +80,32 @@ def round_cohort(
     return draw_cohort(seed, num_clients, per_round, cfg.privacy.sampling == "poisson")
 
 
+def shared(exp: Experiment, state: TrainableState) -> TrainableState:
+    """The tensors of ``state`` the algorithm shares: all but its personal ones.
+
+    The global state keeps the personal tensors at their initial values (what a client
+    first sampled starts from); the algorithm never sees them.
+    """
+    return {n: t for n, t in state.items() if n not in exp.personal}
+
+
 def starting_state(
     exp: Experiment, algorithm: Algorithm, recorder: Recorder, resume: Checkpoint | None
 ) -> tuple[TrainableState, TrainableState, int]:
     """Global state, server state and rounds done when the server starts.
 
-    Fresh: the model's initial trainable state and the algorithm's initial server state.
+    Fresh: the model's initial trainable state and the algorithm's initial server state
+    (of the shared tensors: :func:`shared`).
     With ``resume``: the checkpoint's states (loaded into the model) and round, with the
     recorder restored to it.
     """
     if resume is None:
         global_state = extract(exp.params)
-        return global_state, algorithm.init_server_state(global_state), 0
+        return global_state, algorithm.init_server_state(shared(exp, global_state)), 0
     global_state = resume.tensors["global"]
-    server_state = resume.tensors.get("server") or algorithm.init_server_state(global_state)
+    server_state = resume.tensors.get("server") or algorithm.init_server_state(
+        shared(exp, global_state)
+    )
     load_(exp.params, global_state)
     recorder.restore(resume)
     return global_state, server_state, resume.round

@@ -12,7 +12,8 @@ The round protocol, in order:
    round), the stages release the aggregate (DP's noise) and the algorithm updates the
    global and server state, and the states that the aggregated clients kept are
    committed (the round each kept one in, which its next download names); the recorder
-   evaluates, logs and checkpoints.
+   evaluates (every client's local test split too, through the runtime's ``scorer``), logs
+   and checkpoints.
 
 The simulation runtime repeats 1-3 for a retry with a fresh cohort when too few succeed;
 the Flower runtime turns 1 and 3 into messages.
@@ -28,6 +29,7 @@ from fedpet.codecs import get_codec
 from fedpet.experiment import Experiment
 from fedpet.privacy.randomness import server_draws
 from fedpet.rundir import Checkpoint
+from fedpet.runtime.client_tests import Scorer
 from fedpet.runtime.lora_error import LoraError
 from fedpet.runtime.payloads import ClientReply
 from fedpet.runtime.pipeline import stages_for
@@ -38,6 +40,7 @@ from fedpet.runtime.rounds import (
     lora_layout,
     round_cohort,
     round_record,
+    shared,
     starting_state,
 )
 from fedpet.seeding import derive_seed
@@ -73,8 +76,9 @@ class ServerHalf:
     ) -> None:
         cfg = exp.cfg
         self.exp, self.recorder, self.cfg = exp, recorder, cfg
-        # the aggregation error is computed from single updates: none in a secure sum
-        self.lora = None if secure else lora_layout(exp)
+        # the aggregation error is computed from single updates (none in a secure sum) of
+        # both LoRA factors (none where one stays with the clients)
+        self.lora = None if secure or exp.personal else lora_layout(exp)
         self.algorithm = get_algorithm(cfg.algorithm)
         self.up, self.down = get_codec(cfg.codec.up), get_codec(cfg.codec.down)
         self.draws = server_draws(cfg, resume.state if resume is not None else {})
@@ -88,6 +92,7 @@ class ServerHalf:
         # per client that keeps a state: the round of its committed one (no tensor of it)
         self.committed = {int(k): int(r) for k, r in meta.get(COMMITTED_KEY, {}).items()}
         self.started = 0.0
+        self.scorer: Scorer | None = None
 
     def rounds(self) -> range:
         """The rounds left to run."""
@@ -105,7 +110,7 @@ class ServerHalf:
             self.started = time.perf_counter()
         cfg, exp = self.cfg, self.exp
         cohort = round_cohort(cfg, round_, len(exp.clients), attempt, self.draws)
-        sent = self.algorithm.download(self.global_state, self.server_state)
+        sent = self.algorithm.download(shared(exp, self.global_state), self.server_state)
         seed = derive_seed(cfg.seed, "codec-down", round_, attempt)
         return Intake(
             cohort.tolist(),
@@ -145,10 +150,14 @@ class ServerHalf:
         for stage in self.stages:
             released |= stage.release(None if skipped else final.aggregate, final.tally, round_)
         if not skipped:
-            self.global_state, self.server_state = self.algorithm.server_update(
-                self.global_state, self.server_state, final.aggregate
+            updated, self.server_state = self.algorithm.server_update(
+                shared(self.exp, self.global_state), self.server_state, final.aggregate
             )
+            self.global_state = {**self.global_state, **updated}
             self.committed |= dict.fromkeys(final.kept, round_)
+        scores = None
+        if self.scorer is not None and self.recorder.scores(round_):
+            scores = self.scorer(self.global_state, self.committed)
         load_(self.exp.params, self.global_state)
         record = round_record(round_, attempts, skipped, self.started)
         record.extra.update(released)
@@ -157,5 +166,5 @@ class ServerHalf:
         if self.committed:
             meta[COMMITTED_KEY] = {str(k): r for k, r in sorted(self.committed.items())}
         saved = {"server": self.server_state}
-        self.recorder.end_round(record, self.global_state, saved, meta)
+        self.recorder.end_round(record, self.global_state, saved, meta, scores)
         self.done = round_

@@ -17,6 +17,7 @@ from fedpet.privacy.randomness import simulated_clients_draws
 from fedpet.rundir import Checkpoint
 from fedpet.runtime.client_half import ClientHalf
 from fedpet.runtime.client_store import ClientStore, DiskStore
+from fedpet.runtime.client_tests import store_scorer
 from fedpet.runtime.faults import ClientFailure, FailingHook, attack, plan_faults
 from fedpet.runtime.recorder import Recorder
 from fedpet.runtime.rounds import Intake
@@ -72,6 +73,7 @@ def run_simulation(exp: Experiment, recorder: Recorder, resume: Checkpoint | Non
     run = recorder.run.path
     client = ClientHalf.of(exp, simulated_clients_draws(exp.cfg, run))
     store = DiskStore(run / "clients", run)
+    server.scorer = store_scorer(exp, client.algorithm, store)
     for rnd in server.rounds():
         attempts = [run_attempt(server, client, store, rnd, 0)]
         while len(attempts) < server.tries and not server.enough(attempts[-1]):
