@@ -50,6 +50,7 @@ def test_plan_expands_the_grid_applies_rules_and_adds_centralized_baselines() ->
         ({"grid": {"seed": 3}}, "grid must map dotted fields to non-empty lists"),
         ({"gird": {}}, "unknown key 'gird'"),
         ({"rules": [{"when": {}}]}, "each rule is"),
+        ({"rules": [{"when": {}, "skip": "yes"}]}, "each rule is"),
     ],
 )
 def test_bad_studies_are_one_clear_error(data: dict, needle: str) -> None:
@@ -69,6 +70,7 @@ def test_presets_plan_without_errors() -> None:
         "paper-heterogeneity": 7 * 4 * 3 + 7 * 3,  # iid and three alphas; centralized
         "paper-scale": 7 * 3,
         "paper-scenarios": 7 * 2 + 7,
+        "paper-personalization": (2 * 5 - 1) * 3 * 3,  # FedSA-LoRA with LoRA only
     }
 
 

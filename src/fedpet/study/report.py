@@ -10,6 +10,7 @@ import pandas as pd
 
 from fedpet.files import atomic_write
 from fedpet.study import plots
+from fedpet.study.clients import client_scores, plot_clients, spread_table
 from fedpet.study.curves import TARGET, Curves, Entry, curves, metric_of, to_target
 from fedpet.study.results import (
     group_keys,
@@ -26,6 +27,8 @@ PLOTS = {
     "data_scale.png": "test metric against the amount of training data",
     "lora_error.png": "LoRA aggregation error per round: how far averaging B and A separately "
     "is from averaging the products B A (log scale)",
+    "clients.png": "every client's test metric on its own test split, global model (solid) "
+    "and personal model (hatched), per method, algorithm and setting",
 }
 MAX_SERIES = 10  # lines a legend holds readably
 SCALE_FIELDS = ("train_fraction", "max_train_samples")
@@ -108,6 +111,7 @@ def render_markdown(
                 cells.append(cell)
             lines.append(f"| {setting} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += spread_table(results)
     lines += _communication(done, extra)
     lines += _targets(targets or [], metric)
     return "\n".join([*lines, *_plot_lines(drawn), ""])
@@ -252,6 +256,10 @@ def _plots(study_dir: Path, results: pd.DataFrame, runs: list[Entry], found: Cur
         if lora:
             plots.lora_error(study_dir / "lora_error.png", lora)
             written.append("lora_error.png")
+    scores = client_scores(runs, metric_of(runs))
+    if not scores.empty:
+        plot_clients(study_dir / "clients.png", scores, metric_of(runs))
+        written.append("clients.png")
     for field in SCALE_FIELDS:
         if field in done.columns and done[field].nunique() > 1:
             cells = plot_cells(done.assign(method=series_labels(done)), field, lines="setting")

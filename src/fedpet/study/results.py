@@ -30,6 +30,7 @@ FIGURES = (
     "peak_rss_mb",
     "codec_up",
     "codec_down",
+    *(f"{model}_test_{s}" for model in ("client", "personal") for s in ("mean", "p10", "worst")),
 )
 BASELINE = "full"  # relative figures are against federated full fine-tuning (FedFT)
 

@@ -12,6 +12,8 @@ grid:                      # dotted field -> values; every combination is one ru
 rules:                     # settings for the runs whose fields match ``when``
   - when: {method.name: full}
     set: {train.lr: 5.0e-5}
+  - when: {method.name: full, algorithm.name: fedsa-lora}
+    skip: true               # or no such run at all (a combination that does not apply)
 centralized:               # optional: one centralized run per combination of the grid's
   train.epochs: 2          # non-federated fields, with these settings
 ```
@@ -22,7 +24,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ PRESETS = (
     "paper-heterogeneity",
     "paper-scale",
     "paper-scenarios",
+    "paper-personalization",
     "flowertune",
 )
 # fields that only mean something in a federation: a centralized baseline ignores them
@@ -70,13 +73,16 @@ class Study:
     grid: dict[str, list[Any]]
     rules: list[tuple[dict[str, Any], dict[str, Any]]]
     centralized: dict[str, Any] | None
+    skip: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The study as written to ``study.yaml`` in its directory."""
+        rules: list[dict[str, Any]] = [{"when": w, "set": s} for w, s in self.rules]
+        rules += [{"when": w, "skip": True} for w in self.skip]
         return {
             "base": self.base,
             "grid": self.grid,
-            "rules": [{"when": w, "set": s} for w, s in self.rules],
+            "rules": rules,
             "centralized": self.centralized,
         }
 
@@ -112,15 +118,21 @@ def parse_study(data: Mapping[str, Any], where: str) -> Study:
         raise FedpetError(f"{where}: grid must map dotted fields to non-empty lists of values")
     for axis, values in grid.items():
         _check_linked(where, str(axis), values)
-    rules = []
+    rules, skip = [], []
     for rule in data.get("rules") or []:
-        if not (isinstance(rule, Mapping) and set(rule) == {"when", "set"}):
+        skips = isinstance(rule, Mapping) and set(rule) == {"when", "skip"} and rule["skip"] is True
+        if not ((isinstance(rule, Mapping) and set(rule) == {"when", "set"}) or skips):
             raise FedpetError(
-                f"{where}: each rule is {{when: {{field: value}}, set: {{field: value}}}}"
+                f"{where}: each rule is {{when: {{field: value}}, set: {{field: value}}}} or "
+                "{when: {field: value}, skip: true}"
             )
-        if not isinstance(rule["when"], Mapping) or not isinstance(rule["set"], Mapping):
+        settings = {} if skips else rule["set"]
+        if not isinstance(rule["when"], Mapping) or not isinstance(settings, Mapping):
             raise FedpetError(f"{where}: a rule's when and set map dotted fields to values")
-        rules.append((dict(rule["when"]), dict(rule["set"])))
+        if skips:
+            skip.append(dict(rule["when"]))
+        else:
+            rules.append((dict(rule["when"]), dict(settings)))
     centralized = data.get("centralized")
     if centralized is not None and not isinstance(centralized, Mapping):
         raise FedpetError(f"{where}: centralized must be a mapping of settings ({{}} for none)")
@@ -129,6 +141,7 @@ def parse_study(data: Mapping[str, Any], where: str) -> Study:
         {str(k): list(v) for k, v in grid.items()},
         rules,
         None if centralized is None else dict(centralized),
+        skip,
     )
 
 
@@ -242,6 +255,8 @@ def plan(study: Study) -> list[PlannedRun]:
     runs: list[PlannedRun] = []
     for values in combinations:
         varied, extra = _combine(_expand(a, v) for a, v in zip(axes, values, strict=True))
+        if any(_matches(when, {**varied, **extra}) for when in study.skip):
+            continue
         name = _slug(varied, labels)
         runs.append(PlannedRun(name, varied, _config(study, name, varied, extra)))
     if study.centralized is not None:
@@ -249,7 +264,8 @@ def plan(study: Study) -> list[PlannedRun]:
         for values in combinations:
             parts = (_centralized_part(a, v) for a, v in zip(axes, values, strict=True))
             varied, extra = _combine(parts)
-            if repr((varied, extra)) in seen:
+            skipped = any(_matches(when, {**varied, **extra}) for when in study.skip)
+            if skipped or repr((varied, extra)) in seen:
                 continue
             seen.add(repr((varied, extra)))
             extra = {**extra, "centralized": True, **study.centralized}

@@ -1,0 +1,72 @@
+"""A study with local test splits reports how every client fares, algorithm by algorithm."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from helpers import tiny_study_base
+
+from fedpet.cli import main
+from fedpet.study.spec import parse_study, plan
+
+
+def test_a_skip_rule_leaves_out_the_runs_it_matches_centralized_ones_too() -> None:
+    study = parse_study(
+        {
+            "base": {"federation": {"clients": 4, "rounds": 2}},
+            "grid": {"method.name": ["full", "lora"], "algorithm.name": ["fedavg", "fedsa-lora"]},
+            "rules": [
+                {"when": {"method.name": "full", "algorithm.name": "fedsa-lora"}, "skip": True}
+            ],
+            "centralized": {},
+        },
+        "test",
+    )
+    names = [r.name for r in plan(study)]
+    assert names == [
+        "full-fedavg",
+        "lora-fedavg",
+        "lora-fedsa-lora",
+        "centralized-full",
+        "centralized-lora",
+    ]
+    assert parse_study(study.to_dict(), "again") == study  # as written to study.yaml
+
+
+@pytest.mark.integration  # 6 small runs
+def test_an_algorithm_axis_reports_every_clients_spread_global_and_personal(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    base = tiny_study_base(tiny_model_dir)
+    base["data"] |= {"client_test_fraction": 0.25, "max_train_samples": 64}
+    spec = tmp_path / "study.yaml"
+    spec.write_text(json.dumps({"base": base, "grid": {"data.alpha": [0.5, 5.0]}}))
+    out = tmp_path / "study"
+    axis = "grid.algorithm.name=[fedavg,fedsa-lora,local]"
+    assert main(["study", "--config", str(spec), "--out", str(out), "--set", axis, "--quiet"]) == 0
+    results = pd.read_csv(out / "results.csv")
+    assert len(results) == 6 and set(results["algorithm"]) == {"fedavg", "fedsa-lora", "local"}
+    report = (out / "report.md").read_text()
+    assert "## How every client fares" in report
+    row = results[results["run"] == "alpha0.5-fedsa-lora"].iloc[0]
+    summary = json.loads((out / "runs" / "alpha0.5-fedsa-lora" / "summary.json").read_text())
+    assert row["personal_test_worst"] == summary["personal_test_worst"]
+    cells = [
+        100 * summary[f"{m}_test_{s}"]
+        for m in ("client", "personal")
+        for s in ("mean", "p10", "worst")
+    ]
+    line = (
+        "| rotten_tomatoes | alpha=0.5 | lora | fedsa-lora | "
+        + " | ".join(f"{v:.1f}" for v in cells)
+        + " |"
+    )
+    assert line in report.splitlines()
+    fedavg = [
+        x
+        for x in report.splitlines()
+        if x.startswith("| rotten_tomatoes | alpha=0.5 | lora | fedavg |")
+    ]
+    assert fedavg and fedavg[0].endswith("| - | - | - |")  # no personal model
+    assert (out / "clients.png").read_bytes()[:4] == b"\x89PNG"
