@@ -64,6 +64,12 @@ def test_round_line_and_duration() -> None:
         round_line(end, 75.0) == "round 3/10 · val mcc 0.2500 (best 0.2500 @ 3) · 2.0 s · ETA 1m15s"
     )
     assert (duration(59), duration(3700)) == ("59s", "1h01m")
+    scored = {"val_mcc": 0.25, "client_test_mean": 0.5, "client_test_p10": 0.125}
+    scored |= {"client_test_worst": 0.0, "personal_test_mean": 0.75, "personal_test_p10": 0.5}
+    scored |= {"personal_test_worst": 0.25}
+    line = round_line(RoundEnd(3, 3, "round", "mcc", scored, 3, 0.25), None)
+    assert "clients' global mean 0.5000, p10 0.1250, worst 0.0000" in line
+    assert line.endswith("clients' personal mean 0.7500, p10 0.5000, worst 0.2500 · 0.0 s")
 
 
 def test_a_config_yaml_as_a_template_gets_the_new_method_s_lr(

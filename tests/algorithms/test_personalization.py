@@ -184,3 +184,12 @@ def test_client_test_figures_are_numpys_over_clients_csv(tiny_config, tmp_path) 
     never = set(range(6)) - {k for r in metrics(tmp_path / "run") for k in r["clients"]}
     for k in never:  # it starts from the global state: its own model is the global one
         assert rows[k]["personal_accuracy"] == rows[k]["global_accuracy"]
+
+
+def test_a_centralized_run_scores_its_one_clients_local_test_split(tiny_config, tmp_path) -> None:
+    cfg = tiny_config(**{"centralized": True, "train.epochs": 1, "data.client_test_fraction": 0.25})
+    summary = run(cfg, tmp_path / "cen")
+    rows = (tmp_path / "cen" / "clients.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].startswith("0,48,16,")  # 64 examples, a quarter held out
+    assert summary["client_test_worst"] == summary["client_test_mean"]
+    assert "personal_test_mean" not in summary

@@ -205,7 +205,11 @@ def _totals(out: Path) -> dict:
     return json.loads((out / "checkpoint" / "state.json").read_text())["totals"]
 
 
-@pytest.mark.parametrize("dp", [(), DISTRIBUTED_DP], ids=["fedavg", "distributed-dp"])
+# FedSA-LoRA: the secure sum holds only the shared tensors (the A factors and the head)
+FEDSA = ("--method", "lora", "--algorithm", "fedsa-lora")
+
+
+@pytest.mark.parametrize("dp", [FEDSA, DISTRIBUTED_DP], ids=["fedsa-lora", "distributed-dp"])
 @pytest.mark.integration
 def test_secure_aggregation_matches_the_plain_round_within_its_quantization(
     tiny_model_dir: Path, tmp_path: Path, dp: tuple[str, ...]
@@ -227,7 +231,7 @@ def test_secure_aggregation_matches_the_plain_round_within_its_quantization(
     [row], [plain_row] = _metrics(secure), _metrics(plain)
     totals, plain_totals = _totals(secure), _totals(plain)
     assert totals["failed"] == totals["rejected"] == 0  # both clients in the sum
-    if dp:  # the clients send no statistic of their data, masked or not
+    if dp == DISTRIBUTED_DP:  # the clients send no statistic of their data, masked or not
         assert {"train_loss", "examples"}.isdisjoint(row) and row["epsilon"] > 0
         assert row["epsilon"] == plain_row["epsilon"]
     else:

@@ -13,6 +13,7 @@ from fedpet.algorithms import PlainTraining
 from fedpet.client import LocalTraining
 from fedpet.experiment import Experiment
 from fedpet.rundir import Checkpoint
+from fedpet.runtime.client_tests import score_clients
 from fedpet.runtime.counts import RoundCounts
 from fedpet.runtime.recorder import Recorder, RoundRecord
 from fedpet.seeding import derive_seed
@@ -54,4 +55,7 @@ def run_centralized(exp: Experiment, recorder: Recorder, resume: Checkpoint | No
             aggregated=1,
         )
         tensors, meta = session.snapshot()
-        recorder.end_round(record, extract(exp.params), {"trainer": tensors}, {"trainer": meta})
+        state = extract(exp.params)
+        # with a local test split, the one client is scored on it as a federation's are
+        scores = score_clients(exp, state, [0], None) if recorder.scores(record.round) else None
+        recorder.end_round(record, state, {"trainer": tensors}, {"trainer": meta}, scores)
