@@ -19,8 +19,10 @@ from fedpet.study.curves import Entry
 from fedpet.study.plots import COLORS, save
 from fedpet.study.results import data_setting
 
-MODELS = {"client_test": "global", "personal_test": "personal"}
-"""The summary's prefix of each model's figures, and the model's name in the report."""
+MODELS = {"client_test": "global", "personal_test": "personal", "majority_test": "majority"}
+"""The prefix of each model's figures, and the model's name in the report: the global model,
+each client's personal model, and no model at all (each client predicting its most frequent
+training label, where the metric is accuracy)."""
 STATS = ("mean", "p10", "worst")
 
 
@@ -33,7 +35,7 @@ def client_scores(runs: list[Entry], metric: str) -> pd.DataFrame:
             continue
         cfg = run.config
         table = pd.read_csv(scored)
-        for model in MODELS.values():
+        for model in ("global", "personal"):
             values = table[f"{model}_{metric}"].dropna()
             frames.append(
                 pd.DataFrame(
@@ -63,7 +65,9 @@ def spread_table(results: pd.DataFrame) -> list[str]:
         "",
         "The final state on each client's own test split (`data.client_test_fraction`): the "
         "unweighted mean over clients, the 10th percentile and the worst client, for the "
-        "global model and each client's personal model, x100, mean ± std over seeds.",
+        "global model, each client's personal model and, as the floor a personal model must "
+        "beat, each client predicting its most frequent training label (majority, for "
+        "accuracy); x100, mean ± std over seeds.",
         "",
         "| "
         + " | ".join(keys)
@@ -93,7 +97,7 @@ def plot_clients(path: Path, scores: pd.DataFrame, metric: str) -> None:
     panels = list(scores.groupby(["task", "method"], sort=False))
     algorithms = list(dict.fromkeys(scores["algorithm"]))
     settings = list(dict.fromkeys(scores["setting"]))
-    boxes = [(a, m) for a in algorithms for m in MODELS.values()]
+    boxes = [(a, m) for a in algorithms for m in ("global", "personal")]
     fig = Figure(figsize=(1.2 + 0.32 * len(boxes) * len(settings), 3.4 * len(panels)))
     axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
     width = 0.8 / len(boxes)

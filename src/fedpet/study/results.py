@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from fedpet.config import Config
@@ -30,7 +31,11 @@ FIGURES = (
     "peak_rss_mb",
     "codec_up",
     "codec_down",
-    *(f"{model}_test_{s}" for model in ("client", "personal") for s in ("mean", "p10", "worst")),
+    *(
+        f"{model}_test_{s}"
+        for model in ("client", "personal", "majority")
+        for s in ("mean", "p10", "worst")
+    ),
 )
 BASELINE = "full"  # relative figures are against federated full fine-tuning (FedFT)
 
@@ -88,7 +93,26 @@ def run_row(run: PlannedRun, run_dir: Path) -> dict[str, Any]:
         total_mb = (summary["bytes_up_total"] + summary["bytes_down_total"]) / 1e6
         row["mb_total"] = total_mb
         row["mb_per_round"] = total_mb / max(1, summary["rounds_completed"])
+    if summary.get("client_test_mean") is not None and summary["metric_name"] == "accuracy":
+        row.update(majority_figures(run_dir / "partition.json"))
     return row
+
+
+def majority_figures(partition: Path) -> dict[str, float]:
+    """``majority_test_*``: each client predicting its most frequent training label.
+
+    The accuracy a client gets on its local test split without any model, from the label
+    counts ``partition.json`` records: what a personal model must beat under label skew.
+    Spread over clients as ``client_test_*`` is (mean, 10th percentile, worst).
+    """
+    clients = json.loads(partition.read_text(encoding="utf-8"))["clients"]
+    hits = [c["test_label_counts"][int(np.argmax(c["label_counts"]))] for c in clients]
+    v = np.array([h / c["test_size"] for h, c in zip(hits, clients, strict=True)])
+    return {
+        "majority_test_mean": float(v.mean()),
+        "majority_test_p10": float(np.percentile(v, 10)),
+        "majority_test_worst": float(v.min()),
+    }
 
 
 def group_keys(results: pd.DataFrame) -> list[str]:
