@@ -77,3 +77,33 @@ def test_an_algorithm_axis_reports_every_clients_spread_global_and_personal(
     ]
     assert fedavg and " | - | - | - | " in fedavg[0]  # no personal model
     assert (out / "clients.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_run_that_sends_nothing_stays_off_the_log_axis_of_mb(tmp_path: Path) -> None:
+    """Past a legend's worth of lines each method is named at its MB: never at 0 on a log axis."""
+    from fedpet.study.report import _plots
+
+    rows = [
+        {
+            "run": f"{m}-{a}-{s}",
+            "task": "t",
+            "method": "lora",
+            "algorithm": f"alg{m}",
+            "setting": f"alpha={a}",
+            "alpha": a,
+            "seed": s,
+            "status": "done",
+            "metric_name": "accuracy",
+            "test_metric": 0.5 + 0.01 * m,
+            "test_majority": 0.5,
+            "mb_total": 0.0 if m == 0 else float(m),
+            "codec_up": "fp32",
+            "codec_down": "fp32",
+        }
+        for m in range(11)
+        for a in (0.1, 1.0)
+        for s in (0, 1)
+    ]
+    assert "acc_vs_bytes.png" in _plots(tmp_path, pd.DataFrame(rows), [], {})
+    width = int.from_bytes((tmp_path / "acc_vs_bytes.png").read_bytes()[16:20], "big")
+    assert 300 < width < 2000

@@ -20,7 +20,8 @@ from fedpet.study.results import (
 )
 
 PLOTS = {
-    "acc_vs_bytes.png": "test metric against total communicated MB (log scale)",
+    "acc_vs_bytes.png": "test metric against total communicated MB (log scale; runs that "
+    "send nothing, as the local baseline, are in the tables only)",
     "acc_vs_alpha.png": "test metric against the Dirichlet alpha",
     "convergence.png": "validation metric against round and against cumulative MB, and "
     "training loss against round (every run's metrics.jsonl, finished or not)",
@@ -215,7 +216,8 @@ def _plots(study_dir: Path, results: pd.DataFrame, runs: list[Entry], found: Cur
     if not federated.empty:
         refs, majority = _centralized(done), _majority(done)
         federated = federated.assign(method=series_labels(federated))
-        cells = plot_cells(federated, "mb_total", lines="setting")
+        # a run that sends nothing (the local baseline) has no place on a log axis of MB
+        cells = plot_cells(federated[federated["mb_total"] > 0], "mb_total", lines="setting")
         # past a legend's worth of method x setting lines: a line per setting across the
         # methods, each method named at its bytes (the centralized references are in
         # acc_vs_alpha and the tables)
