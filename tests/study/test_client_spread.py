@@ -107,3 +107,23 @@ def test_a_run_that_sends_nothing_stays_off_the_log_axis_of_mb(tmp_path: Path) -
     assert "acc_vs_bytes.png" in _plots(tmp_path, pd.DataFrame(rows), [], {})
     width = int.from_bytes((tmp_path / "acc_vs_bytes.png").read_bytes()[16:20], "big")
     assert 300 < width < 2000
+
+
+def test_communication_against_a_fedft_that_sent_nothing_reads_a_dash() -> None:
+    from fedpet.study.report import _communication
+
+    done = pd.DataFrame(
+        {
+            "method": ["full", "lora", "full", "lora"],
+            "algorithm": ["local", "local", "fedavg", "fedavg"],
+            "setting": ["iid"] * 4,
+            "trainable_params": [100, 10, 100, 10],
+            "mb_per_round": [0.0, 0.0, 8.0, 0.8],
+            "mb_total": [0.0, 0.0, 48.0, 4.8],
+        }
+    )
+    rows = [x for x in _communication(done, ["algorithm"]) if x.startswith("| lora")]
+    assert rows == [
+        "| lora | local | 10 | 0.00 | 0.0 | - |",
+        "| lora | fedavg | 10 | 0.80 | 4.8 | 10.00% |",
+    ]

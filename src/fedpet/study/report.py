@@ -171,7 +171,8 @@ def _communication(done: pd.DataFrame, extra: list[str]) -> list[str]:
         for c in by:
             same = same[same[c] == r[c]]
         base = float(same["total"].iloc[0]) if len(same) else math.nan
-        rel = "-" if math.isnan(base) else f"{100 * r['total'] / base:.2f}%"
+        # (none where FedFT sent nothing: the local baseline)
+        rel = "-" if math.isnan(base) or base == 0 else f"{100 * r['total'] / base:.2f}%"
         figures = f"{int(r['params']):,} | {r['per_round']:,.2f} | {r['total']:,.1f}"
         keys = " | ".join([str(r["method"]), *(_value(r[c]) for c in by)])
         lines.append(f"| {keys} | {figures} | {rel} |")
