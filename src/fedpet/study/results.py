@@ -14,6 +14,7 @@ import pandas as pd
 
 from fedpet.config import Config
 from fedpet.data.partition import ALPHA_PARTITIONS
+from fedpet.runtime.client_tests import spread
 from fedpet.study.spec import SHORT_NAMES, PlannedRun
 
 FIGURES = (
@@ -107,12 +108,8 @@ def majority_figures(partition: Path) -> dict[str, float]:
     """
     clients = json.loads(partition.read_text(encoding="utf-8"))["clients"]
     hits = [c["test_label_counts"][int(np.argmax(c["label_counts"]))] for c in clients]
-    v = np.array([h / c["test_size"] for h, c in zip(hits, clients, strict=True)])
-    return {
-        "majority_test_mean": float(v.mean()),
-        "majority_test_p10": float(np.percentile(v, 10)),
-        "majority_test_worst": float(v.min()),
-    }
+    shares = [h / c["test_size"] for h, c in zip(hits, clients, strict=True)]
+    return {f"majority_test_{k}": v for k, v in spread(shares).items()}
 
 
 def group_keys(results: pd.DataFrame) -> list[str]:
