@@ -110,7 +110,7 @@ def intake_of(like: dict, spec: str = "fp32"):
     from fedpet.stages import UpdateChecks
 
     algorithm, codec = FedAvg(AlgorithmOptions()), get_codec("fp32")
-    downloads = Downloads(algorithm, codec, like, seed=0)
+    downloads = Downloads(algorithm, codec, like, seed=0, round_=1)
     up = get_codec(spec)
     sizes = [10] * 10
     return Intake([4, 7, 9], sizes, algorithm, downloads, Aggregate(), up, [UpdateChecks(None)])

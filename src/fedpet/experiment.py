@@ -23,7 +23,7 @@ from fedpet.generative.lm import CausalLM
 from fedpet.generative.prompts import encode_generative
 from fedpet.model import Backbones, TextClassifier, build_model, head_parameter_names
 from fedpet.seeding import derive_seed
-from fedpet.state import TrainableState, load_, trainable_parameters
+from fedpet.state import TrainableState, extract, load_, trainable_parameters
 
 
 @dataclass
@@ -77,21 +77,38 @@ class Experiment:
         return {n: train.head_lr if n in self.head_names else train.lr for n in self.params}
 
     def train_client(
-        self, client: int, start: TrainableState, hook: ClientHook, seed: int
+        self,
+        client: int,
+        start: TrainableState,
+        hook: ClientHook,
+        seed: int,
+        fixed: frozenset[str] = frozenset(),
     ) -> TrainResult:
-        """Switch the shared model to ``start`` (in place) and train ``client`` on its data."""
+        """Switch the shared model to ``start`` (in place) and train ``client`` on its data.
+
+        The parameters in ``fixed`` stay at ``start`` (no gradient, no optimizer step); the
+        result's state holds every parameter, fixed ones included.
+        """
         load_(self.params, start)
-        return LocalTraining(
-            self.model,
-            self.params,
-            self.head_names,
-            self.train,
-            self.clients[client],
-            self.cfg.train,
-            hook,
-            seed,
-            self.cfg.train.local_epochs,
-        ).run()
+        trained = {n: p for n, p in self.params.items() if n not in fixed}
+        for name in fixed:
+            self.params[name].requires_grad_(False)
+        try:
+            result = LocalTraining(
+                self.model,
+                trained,
+                self.head_names,
+                self.train,
+                self.clients[client],
+                self.cfg.train,
+                hook,
+                seed,
+                self.cfg.train.local_epochs,
+            ).run()
+        finally:
+            for name in fixed:
+                self.params[name].requires_grad_(True)
+        return dataclasses.replace(result, state=extract(self.params)) if fixed else result
 
 
 def subsample(task: Task, cfg: Config) -> Task:

@@ -18,12 +18,14 @@ from fedpet.algorithms.fedavgm import FedAvgM
 from fedpet.algorithms.fedper import FedPer
 from fedpet.algorithms.fedprox import FedProx
 from fedpet.algorithms.fedsa_lora import FedSaLora
+from fedpet.algorithms.fedsvd import FedSvd
 from fedpet.algorithms.fedyogi import FedYogi
 from fedpet.algorithms.ffa_lora import FfaLora
 from fedpet.algorithms.flexlora import FlexLora
 from fedpet.algorithms.hetlora import HetLora
 from fedpet.algorithms.local import Local
 from fedpet.algorithms.median import Median
+from fedpet.algorithms.rolora import RoLora
 from fedpet.algorithms.scaffold import Scaffold
 from fedpet.algorithms.trimmed_mean import TrimmedMean
 from fedpet.config import AlgorithmOptions
@@ -44,6 +46,8 @@ ALGORITHMS: Registry[type[PlainAlgorithm]] = Registry(
             FfaLora,
             HetLora,
             FlexLora,
+            RoLora,
+            FedSvd,
             Scaffold,
             Median,
             TrimmedMean,

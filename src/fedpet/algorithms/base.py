@@ -207,6 +207,14 @@ class Algorithm(Protocol):
         """Whether the algorithm trains and sends this parameter of the method's set."""
         ...
 
+    def trains(self, name: str, round_: int) -> bool:
+        """Whether clients train and send this shared tensor in round ``round_``.
+
+        A tensor they do not train they hold fixed at what they received: it is neither
+        stepped by the local optimizer nor in the update (RoLoRA's frozen factor, FedSVD's A).
+        """
+        ...
+
     def personal(self, name: str, head: bool) -> bool:
         """Whether this trained tensor (``head``: of the task head) stays with each client.
 
@@ -273,6 +281,10 @@ class PlainAlgorithm:
 
     def trainable(self, name: str) -> bool:
         """Every parameter the method trains."""
+        return True
+
+    def trains(self, name: str, round_: int) -> bool:
+        """Every round, every tensor it trains."""
         return True
 
     def personal(self, name: str, head: bool) -> bool:

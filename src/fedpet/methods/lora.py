@@ -51,6 +51,29 @@ def factor_pairs(names: Iterable[str]) -> list[tuple[str, str]]:
     return [(down_factor(b), b) for b in names if lora_factor(b) == "B"]
 
 
+def adapted_module(factor: str) -> tuple[str, str]:
+    """The path of the LoRA layer a factor's parameter belongs to, and its adapter's name."""
+    parts = factor.split(".")
+    at = next(i for i, p in enumerate(parts) if p in FACTORS or p in _UP)
+    return ".".join(parts[:at]), parts[at + 1]
+
+
+def scalings(model: nn.Module, ups: Iterable[str]) -> dict[str, float]:
+    """Each B factor's LoRA scale (peft's ``scaling``, ``lora_alpha / r``) in ``model``.
+
+    The module's weight update is ``scale * B A``.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    out = {}
+    for up in ups:
+        module, adapter = adapted_module(up)
+        layer = model.get_submodule(module)
+        assert isinstance(layer, LoraLayer), f"{module} is no LoRA layer"
+        out[up] = float(layer.scaling[adapter])
+    return out
+
+
 # Encoders peft has no default LoRA targets for (it knows bert, roberta, deberta, ...).
 EXTRA_TARGETS = {"distilbert": ["q_lin", "v_lin"]}
 

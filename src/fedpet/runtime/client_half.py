@@ -86,9 +86,11 @@ class ClientHalf:
         """Train ``client`` from its view ``received`` of the download and its saved state.
 
         Parts of the model outside the view (ranks above the client's LoRA rank) start and
-        stay zero; the algorithm's personal tensors start from the client's own, or from
-        the method's initialisation the first time. ``wrap`` wraps the hook (the
-        simulation injects crashes with it). Ditto then trains the client's own copy.
+        stay zero; received tensors the algorithm does not train this round stay as
+        received and are left out of the update. The algorithm's personal tensors start
+        from the client's own, or from the method's initialisation the first time. ``wrap``
+        wraps the hook (the simulation injects crashes with it). Ditto then trains the
+        client's own copy.
         """
         exp, algorithm = self.exp, self.algorithm
         on_device = to_device(received, exp.device)
@@ -99,7 +101,8 @@ class ClientHalf:
         own = saved.personal or exp.personal  # the method's initialisation the first time
         start = {n: own[n] if n in exp.personal else received[n] for n in exp.params}
         seed = derive_seed(exp.cfg.seed, "train", round_, client)
-        trained = exp.train_client(client, pad(start, exp.params), hook, seed)
+        fixed = frozenset(n for n in received if not algorithm.trains(n, round_))
+        trained = exp.train_client(client, pad(start, exp.params), hook, seed, fixed)
         shared = {n: t for n, t in trained.state.items() if n not in exp.personal}
         update, new_state = algorithm.client_update(
             received,
@@ -109,6 +112,7 @@ class ClientHalf:
             exp.learning_rates,
             trained.num_examples,
         )
+        update = {n: t for n, t in update.items() if n not in fixed}
         personal = {n: trained.state[n] for n in exp.personal}
         if algorithm.personal_copy:
             hook = self.restrict(algorithm.personal_training(on_device), client)

@@ -39,7 +39,7 @@ from fedpet.runtime.roster import Roster
 from fedpet.runtime.rounds import Intake
 from fedpet.runtime.secagg import secure_round
 from fedpet.runtime.server_half import ServerHalf
-from fedpet.state import TrainableState, schema
+from fedpet.state import TrainableState
 
 
 def run_key(run: Path) -> str:
@@ -130,7 +130,7 @@ class FedpetStrategy(Strategy):
             self.cfg.secagg,
             downloads,
             round_,
-            schema(intake.received),
+            intake.downloads.reply_layout(),
             max(weights, default=1.0),
             self.cfg.federation.round_timeout,
         )

@@ -1,9 +1,20 @@
-"""How far averaging LoRA's factors is from averaging the updates they stand for.
+"""How far a round's new global LoRA model is from the mean of its clients' models.
 
-FedAvg averages B and A separately, but the model uses their product: the error is
-``||sum_k p_k B_k A_k - (sum_k p_k B_k)(sum_k p_k A_k)||_F / ||sum_k p_k B_k A_k||_F`` per
-adapted module, with ``p_k`` the FedAvg weights. It is accumulated as updates arrive, so a
-round holds one product per module, not one per client.
+Two measures, per adapted module, averaged over the modules:
+
+- ``lora_aggregation_error`` (:meth:`LoraError.error`), FedAvg's own: how far averaging B
+  and A separately is from averaging the products they stand for,
+  ``||sum_k p_k B_k A_k - (sum_k p_k B_k)(sum_k p_k A_k)||_F / ||sum_k p_k B_k A_k||_F``,
+  with ``p_k`` the example weights.
+- ``aggregation_error`` (:meth:`LoraError.dense_error`), any rule's: the module's effective
+  weight update ``W = s B A`` (``s`` LoRA's scale) of each client after local training, of
+  the global model before the round and after the server's update, compared as
+  ``||mean_k W_k - W_after||_F / ||mean_k W_k - W_before||_F``: the error in units of the
+  clients' mean step. It is computed from the clients' trained factors and the global
+  states alone, whatever the rule did in between, so it checks the rule's exactness.
+
+Both are accumulated as updates arrive, so a round holds one product per module, not one
+per client.
 """
 
 from __future__ import annotations
@@ -24,11 +35,19 @@ class LoraError:
         The LoRA modules' (A, B) factor names, as the LoRA method pairs them.
     frozen
         LoRA A matrices that are not in the trainable state (FFA-LoRA): every client has them.
+    scaling
+        Each B factor's LoRA scale (1 where not given).
     """
 
-    def __init__(self, pairs: Iterable[tuple[str, str]], frozen: TrainableState) -> None:
+    def __init__(
+        self,
+        pairs: Iterable[tuple[str, str]],
+        frozen: TrainableState,
+        scaling: dict[str, float] | None = None,
+    ) -> None:
         self.frozen = frozen
         self.pairs = list(pairs)
+        self.scaling = scaling or {}
         self.products = {b: torch.zeros(()) for _, b in self.pairs}
         self.sum_a = {a: torch.zeros(()) for a, _ in self.pairs}
         self.sum_b = {b: torch.zeros(()) for _, b in self.pairs}
@@ -36,6 +55,10 @@ class LoraError:
 
     def _factor(self, name: str, trained: TrainableState) -> torch.Tensor:
         return (trained[name] if name in trained else self.frozen[name]).double()
+
+    def _update(self, state: TrainableState, a: str, b: str) -> torch.Tensor:
+        """The module's weight update ``s B A`` in ``state``."""
+        return self.scaling.get(b, 1.0) * (self._factor(b, state) @ self._factor(a, state))
 
     def add(self, trained: TrainableState, weight: float) -> None:
         """Fold in one client's trained state (received plus update) with its FedAvg weight."""
@@ -57,4 +80,21 @@ class LoraError:
             if norm > 0:
                 averaged = (self.sum_b[b] / self.weight) @ (self.sum_a[a] / self.weight)
                 ratios.append(float(torch.linalg.matrix_norm(exact - averaged)) / norm)
+        return sum(ratios) / len(ratios) if ratios else None
+
+    def dense_error(self, before: TrainableState, after: TrainableState) -> float | None:
+        """The global model's error after the round, in units of the clients' mean step.
+
+        ``before`` is the global state the clients started from, ``after`` the server's new
+        one. None before any update; modules whose clients did not move are left out.
+        """
+        if self.weight <= 0:
+            return None
+        ratios = []
+        for a, b in self.pairs:
+            mean = self.scaling.get(b, 1.0) * self.products[b] / self.weight
+            step = float(torch.linalg.matrix_norm(mean - self._update(before, a, b)))
+            if step > 0:
+                miss = float(torch.linalg.matrix_norm(mean - self._update(after, a, b)))
+                ratios.append(miss / step)
         return sum(ratios) / len(ratios) if ratios else None

@@ -67,6 +67,7 @@ class RoundRecord:
     attempts: int = 1
     skipped: bool = False
     lora_error: float | None = None
+    aggregation_error: float | None = None
     extra: dict[str, float] = field(default_factory=dict)
 
 
@@ -156,6 +157,11 @@ class Recorder:
             "train_seconds": record.train_seconds,
             "eval_seconds": eval_seconds,
             **({} if record.lora_error is None else {"lora_aggregation_error": record.lora_error}),
+            **(
+                {}
+                if record.aggregation_error is None
+                else {"aggregation_error": record.aggregation_error}
+            ),
             **({"epsilon": self.epsilon(record.round)} if private else {}),
             **record.extra,
         }

@@ -18,7 +18,7 @@ from fedpet.algorithms import Aggregate, Algorithm
 from fedpet.codecs import Codec
 from fedpet.config import Config
 from fedpet.experiment import Experiment
-from fedpet.methods.lora import factor_pairs
+from fedpet.methods.lora import factor_pairs, scalings
 from fedpet.privacy.randomness import Draws
 from fedpet.rundir import Checkpoint
 from fedpet.runtime.counts import RoundCounts
@@ -117,13 +117,15 @@ class Downloads:
 
     Clients with the same view (all of them, unless LoRA ranks differ) share one encoding;
     ``seed`` drives the codec's random rounding. Each client's view and layout are cut
-    once, for its download and its reply.
+    once, for its download and its reply; a reply leaves out what the algorithm does not
+    train in ``round_``.
     """
 
     algorithm: Algorithm
     codec: Codec
     sent: TrainableState
     seed: int
+    round_: int
     encoded: dict[Schema, bytes] = field(default_factory=dict)
     views: dict[int, tuple[TrainableState, Schema]] = field(default_factory=dict)
 
@@ -133,6 +135,11 @@ class Downloads:
             view = self.algorithm.client_view(self.sent, client)
             self.views[client] = view, schema(view)
         return self.views[client]
+
+    def reply_layout(self, client: int | None = None) -> Schema:
+        """The layout of ``client``'s reply (of a secure sum's, for None): what it trains."""
+        layout = schema(self.sent) if client is None else self.view(client)[1]
+        return tuple(e for e in layout if self.algorithm.trains(e[0], self.round_))
 
     def payload(self, client: int) -> tuple[bytes, Schema]:
         """The client's payload and the layout it decodes to."""
@@ -195,7 +202,7 @@ class Intake:
             self.lose("rejected", client, claim)
             return False
         self.count(reply.report)
-        view, layout = self.downloads.view(client)
+        view, layout = self.downloads.view(client)[0], self.downloads.reply_layout(client)
         try:
             try:
                 update = self.codec.decode(reply.payload, layout)
@@ -210,7 +217,8 @@ class Intake:
         self.aggregate.add(self.algorithm.server_view(self.received, update, client), weight)
         self._accept([client], reply.kept)
         if self.lora is not None and reply.report.num_examples is not None:
-            self.lora.add(pad(add(view, update), self.received), weight)
+            trained = {**view, **add({n: view[n] for n in update}, update)}
+            self.lora.add(pad(trained, self.received), weight)
         return True
 
     def receive_sum(
@@ -236,7 +244,7 @@ class Intake:
                 self.count(reports[k])
             if mean is None:
                 raise Rejected("unmasking failed")
-            arrival = Arrival(-1, schema(self.received), len(clients), self.tally)
+            arrival = Arrival(-1, self.downloads.reply_layout(), len(clients), self.tally)
             mean, weight = self._through_stages(mean, weight, arrival)
         except Rejected as exc:
             for k in clients:
@@ -297,10 +305,20 @@ class Intake:
         self.report(self.heard, len(self.clients))
 
 
-def round_record(round_: int, attempts: list[Intake], skipped: bool, start: float) -> RoundRecord:
-    """The recorder's view of a round from its attempts (the last one's cohort counts)."""
+def round_record(
+    round_: int,
+    attempts: list[Intake],
+    skipped: bool,
+    start: float,
+    updated: TrainableState | None = None,
+) -> RoundRecord:
+    """The recorder's view of a round from its attempts (the last one's cohort counts).
+
+    ``updated`` is the server's new global state (None in a skipped round).
+    """
     counts = sum((a.counts for a in attempts), RoundCounts())
     final = attempts[-1]
+    lora = final.lora
     return RoundRecord(
         round=round_,
         counts=counts,
@@ -309,12 +327,17 @@ def round_record(round_: int, attempts: list[Intake], skipped: bool, start: floa
         aggregated=final.aggregate.num_clients,
         attempts=len(attempts),
         skipped=skipped,
-        lora_error=final.lora.error() if final.lora is not None else None,
+        lora_error=lora.error() if lora is not None else None,
+        aggregation_error=None
+        if lora is None or updated is None
+        else lora.dense_error(final.received, updated),
     )
 
 
-def lora_layout(exp: Experiment) -> tuple[list[tuple[str, str]], TrainableState] | None:
-    """What the aggregation error needs: the LoRA factor pairs and the frozen A factors.
+def lora_layout(
+    exp: Experiment,
+) -> tuple[list[tuple[str, str]], TrainableState, dict[str, float]] | None:
+    """What the aggregation errors need: the LoRA factor pairs, frozen A factors, scales.
 
     None without LoRA factors. A factors outside the trainable state (FFA-LoRA's, frozen)
     are every client's own, copied once.
@@ -324,4 +347,5 @@ def lora_layout(exp: Experiment) -> tuple[list[tuple[str, str]], TrainableState]
         return None
     frozen_downs = {a for a, _ in pairs} - set(exp.params)
     params = exp.model.named_parameters()
-    return pairs, {n: p.detach().cpu() for n, p in params if n in frozen_downs}
+    frozen = {n: p.detach().cpu() for n, p in params if n in frozen_downs}
+    return pairs, frozen, scalings(exp.model, (b for _, b in pairs))

@@ -116,7 +116,7 @@ class ServerHalf:
             cohort.tolist(),
             [len(c) for c in exp.clients],
             self.algorithm,
-            Downloads(self.algorithm, self.down, sent, seed),
+            Downloads(self.algorithm, self.down, sent, seed, round_),
             Aggregate(keep_updates=self.algorithm.keeps_updates, population=len(exp.clients)),
             self.up,
             self.stages,
@@ -149,6 +149,7 @@ class ServerHalf:
         released: dict[str, float] = {}
         for stage in self.stages:
             released |= stage.release(None if skipped else final.aggregate, final.tally, round_)
+        updated = None
         if not skipped:
             updated, self.server_state = self.algorithm.server_update(
                 shared(self.exp, self.global_state), self.server_state, final.aggregate
@@ -159,7 +160,7 @@ class ServerHalf:
         if self.scorer is not None and self.recorder.scores(round_):
             scores = self.scorer(self.global_state, self.committed)
         load_(self.exp.params, self.global_state)
-        record = round_record(round_, attempts, skipped, self.started)
+        record = round_record(round_, attempts, skipped, self.started, updated)
         record.extra.update(released)
         meta = self.draws.checkpoint()  # the server's DP secret, to draw the same on resume
         meta[STAGES_KEY] = {stage.name: stage.state_dict() for stage in self.stages}

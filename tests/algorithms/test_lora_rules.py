@@ -1,0 +1,147 @@
+"""The LoRA aggregation rules: what each trains and sends, and how exact its global model is."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import refusal, run_argv
+from safetensors.torch import load_file
+
+from fedpet.cli import main
+from fedpet.runtime.client_store import SavedState
+
+# A and B of different sizes (intermediate.dense maps 32 -> 64), so bytes tell them apart
+TARGETS = ("--set", "method.target_modules=[query,intermediate.dense]")
+EXACT = ("ffa-lora", "rolora", "fedsvd")
+
+
+def _run(model: Path, out: Path, *extra: str, rounds: int = 3) -> list[dict]:
+    argv = run_argv(model, out, "--batch-size", "4", "--seed", "5", *TARGETS, *extra)
+    assert main([*argv, "--rounds", str(rounds)]) == 0
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _state(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(out / "checkpoint" / "global.safetensors")
+
+
+def _values(state: dict[str, torch.Tensor], keep) -> int:
+    return sum(t.numel() for k, t in state.items() if keep(k))
+
+
+def test_dense_error_matches_the_formula() -> None:
+    from fedpet.methods.lora import factor_pairs
+    from fedpet.runtime.lora_error import LoraError
+
+    gen = torch.Generator().manual_seed(3)
+    a, b = "m.lora_A.weight", "m.lora_B.weight"
+
+    def state() -> dict[str, torch.Tensor]:
+        kind = {"generator": gen, "dtype": torch.float64}
+        return {a: torch.randn(2, 5, **kind), b: torch.randn(4, 2, **kind)}
+
+    before, after = state(), state()
+    clients = [(state(), w) for w in (1.0, 3.0)]
+    tracker = LoraError(factor_pairs([a, b]), frozen={}, scaling={b: 2.0})
+    for trained, w in clients:
+        tracker.add(trained, w)
+    mean = sum(w / 4 * 2.0 * s[b] @ s[a] for s, w in clients)
+    miss = torch.linalg.matrix_norm(mean - 2.0 * after[b] @ after[a])
+    step = torch.linalg.matrix_norm(mean - 2.0 * before[b] @ before[a])
+    error = tracker.dense_error(before, after)
+    assert error is not None and abs(error - float(miss / step)) < 1e-9
+    # the clients' weighted factors stacked (FLoRA's global model) score 0
+    exact = {
+        b: torch.cat([w / 4 * s[b] for s, w in clients], dim=1),
+        a: torch.cat([s[a] for s, _ in clients], dim=0),
+    }
+    assert (tracker.dense_error(before, exact) or 1.0) < 1e-12
+    assert LoraError(factor_pairs([a, b]), frozen={}).dense_error(before, after) is None
+
+
+@pytest.mark.parametrize("name", ["fedavg", *EXACT])
+def test_the_aggregation_error_is_zero_for_exact_rules_only(
+    tiny_model_dir: Path, tmp_path: Path, name: str
+) -> None:
+    rows = _run(tiny_model_dir, tmp_path / name, "--algorithm", name)
+    errors = [r["aggregation_error"] for r in rows]
+    if name in EXACT:
+        assert all(e <= 1e-5 for e in errors), errors
+    else:
+        assert all(e > 1e-3 for e in errors), errors
+
+
+def test_rolora_sends_the_factor_each_round_trains(tiny_model_dir: Path, tmp_path: Path) -> None:
+    rows = _run(tiny_model_dir, tmp_path / "rolora", "--algorithm", "rolora")
+    state = _state(tmp_path / "rolora")
+
+    def sent(factor: str) -> int:
+        return 4 * _values(state, lambda k: factor in k or "lora_" not in k)
+
+    assert sent("lora_A") != sent("lora_B")
+    for row in rows:  # two clients a round, fp32: 4 bytes a value
+        factor = "lora_B" if row["round"] % 2 else "lora_A"
+        assert row["bytes_up"] == 2 * sent(factor)
+        assert row["bytes_down"] == 2 * 4 * _values(state, lambda k: True)
+    # round 2 moved the A factors and the head, and left every B as round 1 made it
+    _run(tiny_model_dir, tmp_path / "one", "--algorithm", "rolora", rounds=1)
+    _run(tiny_model_dir, tmp_path / "two", "--algorithm", "rolora", rounds=2)
+    one, two = _state(tmp_path / "one"), _state(tmp_path / "two")
+    assert all(torch.equal(one[k], two[k]) == ("lora_B" in k) for k in one)
+
+
+def test_a_client_holds_the_factor_it_does_not_train_fixed(tiny_config) -> None:
+    from fedpet.experiment import prepare
+    from fedpet.runtime.client_half import ClientHalf
+    from fedpet.state import extract
+
+    exp = prepare(tiny_config(**{"algorithm.name": "rolora"}))
+    half = ClientHalf.of(exp)
+    received = extract(exp.params)
+    for round_, trained, fixed in ((1, "lora_B", "lora_A"), (2, "lora_A", "lora_B")):
+        update = half.train(received, round_, 0, SavedState.of({})).update
+        assert update.keys() == {k for k in received if fixed not in k}
+        assert any(trained in k for k in update)
+        held = {k: p.detach() for k, p in exp.params.items() if fixed in k}
+        assert all(torch.equal(t, received[k]) for k, t in held.items())  # never stepped
+        assert all(p.requires_grad for p in exp.params.values())  # and trainable again
+
+
+def test_fedsvd_sends_b_up_and_a_new_orthonormal_a_down(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    rows = _run(tiny_model_dir, tmp_path / "svd", "--algorithm", "fedsvd", rounds=1)
+    state = _state(tmp_path / "svd")
+    assert rows[0]["bytes_up"] == 2 * 4 * _values(state, lambda k: "lora_A" not in k)
+    assert rows[0]["bytes_down"] == 2 * 4 * _values(state, lambda k: True)
+    downs = [t for k, t in state.items() if "lora_A" in k]
+    assert downs and all(torch.allclose(t @ t.T, torch.eye(8), atol=1e-5) for t in downs)
+    # clients trained B on the shared initial A, as FFA-LoRA's do: the same product B A
+    _run(tiny_model_dir, tmp_path / "ffa", "--algorithm", "ffa-lora", rounds=1)
+    ffa = _state(tmp_path / "ffa")
+    from fedpet.methods.lora import factor_pairs
+
+    init = _initial_downs(tiny_model_dir, tmp_path)
+    for a, b in factor_pairs(state):
+        product = state[b] @ state[a]
+        assert torch.allclose(product, ffa[b] @ init[a], atol=1e-6)
+        assert not torch.allclose(state[a], init[a])
+
+
+def _initial_downs(model: Path, tmp_path: Path) -> dict[str, torch.Tensor]:
+    """The A factors LoRA starts from with seed 5 (FFA-LoRA keeps them all along)."""
+    from fedpet.configure import build_config, resolve
+    from fedpet.experiment import prepare
+
+    base = {"model": str(model), "out": str(tmp_path / "init"), "seed": 5}
+    targets = ["query", "intermediate.dense"]
+    cfg = resolve(build_config(base, [("method.target_modules", targets)]))
+    params = prepare(cfg).model.named_parameters()
+    return {n: p.detach().clone() for n, p in params if "lora_A" in n}
+
+
+@pytest.mark.parametrize("name", ["rolora", "fedsvd"])
+def test_the_alternating_rules_need_lora(name: str, capsys) -> None:
+    err = refusal(["--algorithm", name, "--method", "bitfit"], capsys)
+    assert f"method.name = 'bitfit' is not allowed: lora with algorithm {name}" in err
