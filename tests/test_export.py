@@ -189,3 +189,32 @@ def test_bad_model_input_is_one_line(tiny_model_dir: Path, tmp_path: Path, capsy
     assert "labels ['meh'] are not the model's" in refused(
         ["evaluate", str(run), "--file", str(bad)], capsys, keep=tmp_path
     )
+
+
+@pytest.mark.parametrize("rule", ["rolora", "fedsvd", "fedex-lora"])
+def test_a_lora_rule_s_export_gives_the_run_s_model(
+    tiny_model_dir: Path, tmp_path: Path, rule: str, capsys
+) -> None:
+    from fedpet.experiment import prepare
+    from fedpet.export.loading import cpu_config
+    from fedpet.rundir import load_checkpoint
+
+    run, export = tmp_path / "run", tmp_path / "export"
+    argv = run_argv(tiny_model_dir, run, "--algorithm", rule, "--rounds", "3", samples=48)
+    assert main(argv) == 0
+    assert main(["export", str(run), "--out", str(export)]) == 0
+    meta = json.loads((export / "fedpet.json").read_text())
+    assert meta["format"] == ("transformers" if rule == "fedex-lora" else "peft")
+    assert ("base weights" in (export / "README.md").read_text()) == (rule == "fedex-lora")
+    # the best state as the run evaluated it: the shared model, LoRA and corrections applied
+    exp = prepare(cpu_config(run))
+    exp.load_state(load_checkpoint(run).tensors["best"])
+    batch = open_model(export).tokenizer(TEXTS, padding=True, return_tensors="pt")
+    exp.model.eval()
+    with torch.no_grad():
+        by_run = exp.model(batch["input_ids"], batch["attention_mask"])
+    torch.testing.assert_close(_logits(open_model(export), TEXTS), by_run, rtol=1e-5, atol=1e-5)
+    capsys.readouterr()
+    assert main(["evaluate", str(export)]) == 0  # the run's test split: its test figure
+    summary = json.loads((run / "summary.json").read_text())
+    assert f"accuracy {summary['test_accuracy']:.4f}" in capsys.readouterr().out

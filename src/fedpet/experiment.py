@@ -21,6 +21,7 @@ from fedpet.data.tasks import load_task
 from fedpet.devices import resolve_device
 from fedpet.generative.lm import CausalLM
 from fedpet.generative.prompts import encode_generative
+from fedpet.methods.lora import BaseWeights, corrections
 from fedpet.model import Backbones, TextClassifier, build_model, head_parameter_names
 from fedpet.seeding import derive_seed
 from fedpet.state import TrainableState, extract, load_, trainable_parameters
@@ -58,6 +59,23 @@ class Experiment:
     device: torch.device
     client_tests: list[np.ndarray] = dataclasses.field(default_factory=list)
     personal: TrainableState = dataclasses.field(default_factory=dict)
+    bases: BaseWeights | None = None
+
+    def load_state(self, state: TrainableState) -> None:
+        """Switch the shared model to a global state.
+
+        Its trainable tensors are copied in place, and the base corrections it holds
+        (:mod:`fedpet.methods.lora`'s ``@merged`` tensors) set the base weights.
+        """
+        merged = corrections(state)
+        load_(self.params, {n: t for n, t in state.items() if n not in merged})
+        self.set_bases(merged)
+
+    def set_bases(self, merged: TrainableState) -> None:
+        """Set the adapted modules' base weights to the loaded ones plus ``merged``."""
+        if self.bases is None:
+            self.bases = BaseWeights(self.model)
+        self.bases.set_(merged)
 
     @property
     def trainable_params(self) -> int:

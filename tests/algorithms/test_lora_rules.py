@@ -13,7 +13,7 @@ from fedpet.runtime.client_store import SavedState
 
 # A and B of different sizes (intermediate.dense maps 32 -> 64), so bytes tell them apart
 TARGETS = ("--set", "method.target_modules=[query,intermediate.dense]")
-EXACT = ("ffa-lora", "rolora", "fedsvd")
+EXACT = ("ffa-lora", "rolora", "fedsvd", "fedex-lora")
 
 
 def _run(model: Path, out: Path, *extra: str, rounds: int = 3) -> list[dict]:
@@ -141,7 +141,79 @@ def _initial_downs(model: Path, tmp_path: Path) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in params if "lora_A" in n}
 
 
-@pytest.mark.parametrize("name", ["rolora", "fedsvd"])
-def test_the_alternating_rules_need_lora(name: str, capsys) -> None:
+def test_fedex_lora_merges_each_residual_and_sends_the_correction_down(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    rows = _run(tiny_model_dir, tmp_path / "fedex", "--algorithm", "fedex-lora")
+    state = _state(tmp_path / "fedex")
+    merged = {k: t for k, t in state.items() if k.endswith("@merged")}
+    ups = [k for k in state if "lora_B" in k and k not in merged]
+    assert sorted(merged) == sorted(f"{b}@merged" for b in ups)
+    from fedpet.methods.lora import down_factor
+
+    # each correction has the module's shape: B's rows by A's columns
+    assert all(merged[f"{b}@merged"].shape == (state[b].shape[0], state[down_factor(b)].shape[1])
+               for b in ups)  # fmt: skip
+    trainable = 4 * _values(state, lambda k: k not in merged)
+    dense = 4 * _values(merged, lambda k: True)
+    for row in rows:  # two clients a round; the correction exists from round 2
+        assert row["bytes_up"] == 2 * trainable
+        assert row["bytes_down"] == 2 * (trainable + (dense if row["round"] > 1 else 0))
+    assert all(float(t.abs().sum()) > 0 for t in merged.values())
+
+
+def test_base_weights_take_the_correction_and_give_it_back(tiny_config) -> None:
+    from fedpet.experiment import prepare
+    from fedpet.methods.lora import adapted_module, factor_pairs, merged_name
+    from fedpet.runtime.client_half import ClientHalf
+    from fedpet.state import extract
+
+    exp = prepare(tiny_config(**{"algorithm.name": "fedex-lora", "method.lora_alpha": 4}))
+    _, up = factor_pairs(exp.params)[0]
+    layer = exp.model.get_submodule(adapted_module(up)[0])
+    weight = layer.get_base_layer().weight
+    loaded = weight.detach().clone()
+    correction = torch.randn(weight.shape, generator=torch.Generator().manual_seed(0))
+    received = {**extract(exp.params), merged_name(up): correction}
+    # a client merges the correction it receives: W0 + s C, with s = 4 / 8
+    ClientHalf.of(exp).train(received, 2, 0, SavedState.of({}))
+    assert torch.allclose(weight.detach(), loaded + 0.5 * correction, atol=1e-6)
+    exp.load_state(extract(exp.params))  # a state without it: the loaded weight, bitwise
+    assert torch.equal(weight.detach(), loaded)
+
+
+@pytest.mark.parametrize("name", ["rolora", "fedsvd", "fedex-lora"])
+def test_the_lora_rules_need_lora(name: str, capsys) -> None:
     err = refusal(["--algorithm", name, "--method", "bitfit"], capsys)
     assert f"method.name = 'bitfit' is not allowed: lora with algorithm {name}" in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "allowed"),
+    [
+        (("--dp", "--dp-noise", "1"), "one of fedavg"),
+        (("--runtime", "flower-sim", "--secure-aggregation"), "with secagg.enabled"),
+    ],
+    ids=["dp", "secure-aggregation"],
+)
+def test_rules_that_need_single_updates_are_refused_dp_and_secure_sums(
+    flags: tuple[str, ...], allowed: str, capsys
+) -> None:
+    err = refusal(["--algorithm", "fedex-lora", *flags], capsys)
+    assert f"algorithm.name = 'fedex-lora' is not allowed: {allowed}" in err
+    for linear in ("rolora", "fedsvd", "ffa-lora"):  # a sum of the updates is all they need
+        assert main(["run", "--dry-run", "--algorithm", linear, *flags]) == 0
+
+
+def test_a_linear_rule_runs_under_dp(tiny_model_dir: Path, tmp_path: Path) -> None:
+    dp = ("--dp", "--dp-noise", "0.5", "--dp-clip", "0.1", "--algorithm", "rolora")
+    rows = _run(tiny_model_dir, tmp_path / "dp", *dp, rounds=2)
+    state = _state(tmp_path / "dp")
+    assert rows[-1]["epsilon"] > rows[0]["epsilon"] > 0
+    assert all("aggregation_error" not in r for r in rows)  # no single update is reported
+    assert state.keys() == _state_keys(tiny_model_dir, tmp_path)
+
+
+def _state_keys(model: Path, tmp_path: Path) -> set[str]:
+    _run(model, tmp_path / "plain", "--algorithm", "rolora", rounds=1)
+    return set(_state(tmp_path / "plain"))

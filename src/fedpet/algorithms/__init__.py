@@ -15,6 +15,7 @@ from fedpet.algorithms.fedadagrad import FedAdagrad
 from fedpet.algorithms.fedadam import FedAdam
 from fedpet.algorithms.fedavg import FedAvg
 from fedpet.algorithms.fedavgm import FedAvgM
+from fedpet.algorithms.fedex_lora import FedExLora
 from fedpet.algorithms.fedper import FedPer
 from fedpet.algorithms.fedprox import FedProx
 from fedpet.algorithms.fedsa_lora import FedSaLora
@@ -48,6 +49,7 @@ ALGORITHMS: Registry[type[PlainAlgorithm]] = Registry(
             FlexLora,
             RoLora,
             FedSvd,
+            FedExLora,
             Scaffold,
             Median,
             TrimmedMean,

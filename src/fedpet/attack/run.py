@@ -32,13 +32,14 @@ from fedpet.config import Config
 from fedpet.data.batching import collate
 from fedpet.errors import FedpetError
 from fedpet.experiment import Experiment, prepare
+from fedpet.methods.lora import corrections
 from fedpet.model import TextClassifier, model_path
 from fedpet.privacy.dp import client_noise_std
 from fedpet.rundir import load_checkpoint
 from fedpet.runtime.client_half import ClientHalf
 from fedpet.seeding import derive_seed
 from fedpet.stages import Report
-from fedpet.state import TrainableState, load_, schema
+from fedpet.state import TrainableState, schema
 
 HEAD_BIAS = "head.bias"
 
@@ -175,12 +176,12 @@ def attack(
     if run is not None:
         checkpoint = load_checkpoint(run)
         state = checkpoint.tensors["global"]
-        if set(state) != set(exp.params):
+        if set(state) - set(corrections(state)) != set(exp.params):
             raise FedpetError(
                 f"--run {str(run)!r}: its checkpoint does not hold the trainable tensors of "
                 f"method {cfg.method.name!r}; attack a run with the run's own config"
             )
-        load_(exp.params, state)
+        exp.load_state(state)
         rounds = checkpoint.round
     tokenizer = AutoTokenizer.from_pretrained(model_path(cfg.model))
     special = set(tokenizer.all_special_ids)

@@ -16,6 +16,7 @@ from fedpet.config import Config, load_yaml, to_dict
 from fedpet.configure import build_config
 from fedpet.errors import FedpetError
 from fedpet.export.formats import load_encoder, quiet_transformers
+from fedpet.methods.lora import BaseWeights, corrections
 from fedpet.model import TextClassifier, build_model, model_path
 from fedpet.rundir import load_checkpoint
 from fedpet.state import TrainableState, load_, schema, trainable_parameters
@@ -108,6 +109,8 @@ def open_run(path: Path, round_: str) -> Loaded:
         model, tokenizer = build_model(cfg, len(labels))
     algorithm = get_algorithm(cfg.algorithm)
     params = {n: p for n, p in trainable_parameters(model).items() if algorithm.trainable(n)}
+    merged = corrections(state)
+    state = {n: t for n, t in state.items() if n not in merged}
     if dict(schema(state)) != dict(schema(params)):
         raise FedpetError(
             f"run directory {str(path)!r}: its checkpoint does not fit the model that "
@@ -115,6 +118,10 @@ def open_run(path: Path, round_: str) -> Loaded:
             "edited?"
         )
     load_(params, state)
+    if merged:  # corrected base weights: the export is the merged model, with no adapter
+        BaseWeights(model).set_(merged)
+        encoder: Any = model.encoder
+        model.encoder = encoder.merge_and_unload()
     meta = {
         "method": cfg.method.name,
         "model": cfg.model,
@@ -122,6 +129,7 @@ def open_run(path: Path, round_: str) -> Loaded:
         "round": done,
         "state": round_,
         "run": str(path),
+        "merged": bool(merged),
     }
     assert isinstance(model, TextClassifier)
     return Loaded(model, tokenizer, labels, cfg.data.max_length, meta)

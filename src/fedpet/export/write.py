@@ -191,6 +191,13 @@ def model_card(meta: dict[str, Any], summary: dict[str, Any], out: Path) -> str:
     if "test_metric" in meta:
         rows.append((f"test {meta['metric_name']}", f"{meta['test_metric']:.4f}"))
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    merged = (
+        " The run merged corrections into the LoRA modules' base weights (FedEx-LoRA's "
+        "residuals), which no adapter file can hold: the export is the full encoder with "
+        "LoRA and the corrections merged into its weights."
+        if meta.get("merged")
+        else ""
+    )
     leading = int(meta.get("leading_positions", 0))
     soft = (
         f" The encoder's output starts with {leading} positions of the method's virtual "
@@ -207,5 +214,5 @@ def model_card(meta: dict[str, Any], summary: dict[str, Any], out: Path) -> str:
         f"hidden states ({meta['pooling']} pooling"
         f"{', L2-normalized' if meta['normalize'] else ''}) and applies the linear head in "
         f"`{HEAD_FILE}` (`weight`, `bias`); the labels in order are in `{EXPORT_FILE}`."
-        f"{soft}\n\n```python\n{recipe(meta, out)}\n```\n"
+        f"{merged}{soft}\n\n```python\n{recipe(meta, out)}\n```\n"
     )

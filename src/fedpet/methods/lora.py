@@ -2,15 +2,18 @@
 
 The method owns LoRA's layout in a trainable state: which tensors are factors, how they
 pair and along which axis their rank runs (:func:`lora_factor`, :func:`factor_pairs`,
-:func:`rank_axis`). The LoRA-aware algorithms and the aggregation-error metric ask it; no
-other module reads LoRA's parameter names.
+:func:`rank_axis`), and how a dense correction merged into a module's base weight is named
+and set (:func:`merged_name`, :class:`BaseWeights`). The LoRA-aware algorithms and the
+aggregation-error metric ask it; no other module reads LoRA's parameter names.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+import torch
 
 from fedpet.config import MethodOptions, option
 from fedpet.config.fields import at_least, within
@@ -29,7 +32,12 @@ _UP = {up: down for down, up in FACTORS.items()}
 
 
 def lora_factor(name: str) -> str | None:
-    """``"A"`` or ``"B"`` for a LoRA factor's parameter name (its module path), else None."""
+    """``"A"`` or ``"B"`` for a LoRA factor's parameter name (its module path), else None.
+
+    A base correction's name (:func:`merged_name`) is no factor's.
+    """
+    if is_merged(name):
+        return None
     parts = name.split(".")
     if any(p in FACTORS for p in parts):
         return "A"
@@ -72,6 +80,63 @@ def scalings(model: nn.Module, ups: Iterable[str]) -> dict[str, float]:
         assert isinstance(layer, LoraLayer), f"{module} is no LoRA layer"
         out[up] = float(layer.scaling[adapter])
     return out
+
+
+MERGED = "@merged"
+"""The suffix of a base correction's name: ``<B factor>@merged`` is the dense matrix (of the
+product ``B A``'s shape and units) merged into the base weight of that factor's module."""
+
+
+def merged_name(up: str) -> str:
+    """The name of the base correction of the module of the B factor ``up``."""
+    return up + MERGED
+
+
+def is_merged(name: str) -> bool:
+    """Whether ``name`` is a base correction's name (:func:`merged_name`)."""
+    return name.endswith(MERGED)
+
+
+def corrections(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The base corrections in ``state``."""
+    return {n: t for n, t in state.items() if is_merged(n)}
+
+
+class BaseWeights:
+    """The adapted modules' base weights, set to the loaded weight plus a correction.
+
+    A module's effective weight is ``W0 + s (C + B A)`` with ``s`` LoRA's scale: the
+    correction ``C`` (FedEx-LoRA's residuals) is merged into the frozen base weight, as
+    peft merges ``B A`` (transposed where the layer stores its weight so). The loaded ``W0``
+    is kept on first use, so setting is exact and repeatable, and a module whose correction
+    is absent goes back to ``W0``.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.loaded: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def set_(self, merged: Mapping[str, torch.Tensor]) -> None:
+        """Set every corrected module's base weight from ``merged`` (by :func:`merged_name`)."""
+        from peft.tuners.lora import LoraLayer
+        from peft.tuners.lora.layer import Embedding
+
+        for name in sorted({*self.loaded, *merged}):
+            up = name.removesuffix(MERGED)
+            module, adapter = adapted_module(up)
+            layer = self.model.get_submodule(module)
+            assert isinstance(layer, LoraLayer), f"{module} is no LoRA layer"
+            weight = layer.get_base_layer().weight
+            assert isinstance(weight, torch.Tensor)
+            start = self.loaded.setdefault(name, weight.detach().clone())
+            if name not in merged:
+                weight.copy_(start)
+                continue
+            delta = layer.scaling[adapter] * merged[name].to(weight.device, torch.float32)
+            if isinstance(layer, Embedding) or getattr(layer, "fan_in_fan_out", False):
+                delta = delta.T
+            weight.copy_((start.float() + delta).to(weight.dtype))
 
 
 # Encoders peft has no default LoRA targets for (it knows bert, roberta, deberta, ...).

@@ -21,6 +21,7 @@ from fedpet.algorithms.fedrs import restricted
 from fedpet.codecs import Codec, get_codec, upload_codec
 from fedpet.devices import to_device
 from fedpet.experiment import Experiment
+from fedpet.methods.lora import corrections
 from fedpet.privacy.randomness import Draws, fresh
 from fedpet.runtime.client_store import ClientStore, SavedState
 from fedpet.runtime.payloads import ClientReply, Download
@@ -87,7 +88,8 @@ class ClientHalf:
 
         Parts of the model outside the view (ranks above the client's LoRA rank) start and
         stay zero; received tensors the algorithm does not train this round stay as
-        received and are left out of the update. The algorithm's personal tensors start
+        received and are left out of the update, and received base corrections are merged
+        into the base weights. The algorithm's personal tensors start
         from the client's own, or from the method's initialisation the first time. ``wrap``
         wraps the hook (the simulation injects crashes with it). Ditto then trains the
         client's own copy.
@@ -98,10 +100,11 @@ class ClientHalf:
         hook = self.restrict(hook, client)
         if wrap is not None:
             hook = wrap(hook)
+        exp.set_bases(corrections(received))
         own = saved.personal or exp.personal  # the method's initialisation the first time
         start = {n: own[n] if n in exp.personal else received[n] for n in exp.params}
         seed = derive_seed(exp.cfg.seed, "train", round_, client)
-        fixed = frozenset(n for n in received if not algorithm.trains(n, round_))
+        fixed = frozenset(n for n in exp.params if not algorithm.trains(n, round_))
         trained = exp.train_client(client, pad(start, exp.params), hook, seed, fixed)
         shared = {n: t for n, t in trained.state.items() if n not in exp.personal}
         update, new_state = algorithm.client_update(

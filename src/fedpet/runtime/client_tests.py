@@ -25,7 +25,7 @@ from fedpet.algorithms import Algorithm
 from fedpet.client import evaluate
 from fedpet.experiment import Experiment
 from fedpet.runtime.client_store import ClientStore, SavedState
-from fedpet.state import TrainableState, load_
+from fedpet.state import TrainableState
 
 CLIENTS_CSV = "clients.csv"
 
@@ -66,7 +66,7 @@ def score_clients(
     ``personal`` gives a client's personal tensors (None: the algorithm has none). The
     model is left holding ``global_state``.
     """
-    load_(exp.params, global_state)
+    exp.load_state(global_state)
     shared = {k: score(exp, k) for k in clients}
     if personal is None:
         return {k: ClientScore(shared[k]) for k in clients}
@@ -74,11 +74,11 @@ def score_clients(
     for k in clients:
         own = personal(k)
         if own:
-            load_(exp.params, {**global_state, **own})
+            exp.load_state({**global_state, **own})
             scores[k] = ClientScore(shared[k], score(exp, k))
         else:  # it starts from the global state: its own model is the global one
             scores[k] = ClientScore(shared[k], shared[k])
-    load_(exp.params, global_state)
+    exp.load_state(global_state)
     return scores
 
 

@@ -7,7 +7,8 @@ Two measures, per adapted module, averaged over the modules:
   ``||sum_k p_k B_k A_k - (sum_k p_k B_k)(sum_k p_k A_k)||_F / ||sum_k p_k B_k A_k||_F``,
   with ``p_k`` the example weights.
 - ``aggregation_error`` (:meth:`LoraError.dense_error`), any rule's: the module's effective
-  weight update ``W = s B A`` (``s`` LoRA's scale) of each client after local training, of
+  weight update ``W = s (C + B A)`` (``s`` LoRA's scale, ``C`` the correction merged into
+  the base weight, where the rule merges one) of each client after local training, of
   the global model before the round and after the server's update, compared as
   ``||mean_k W_k - W_after||_F / ||mean_k W_k - W_before||_F``: the error in units of the
   clients' mean step. It is computed from the clients' trained factors and the global
@@ -23,6 +24,7 @@ from collections.abc import Iterable
 
 import torch
 
+from fedpet.methods.lora import merged_name
 from fedpet.state import TrainableState
 
 
@@ -57,8 +59,15 @@ class LoraError:
         return (trained[name] if name in trained else self.frozen[name]).double()
 
     def _update(self, state: TrainableState, a: str, b: str) -> torch.Tensor:
-        """The module's weight update ``s B A`` in ``state``."""
-        return self.scaling.get(b, 1.0) * (self._factor(b, state) @ self._factor(a, state))
+        """The module's weight update ``s (C + B A)`` in ``state`` (``C`` its correction)."""
+        product = self._factor(b, state) @ self._factor(a, state)
+        return self.scaling.get(b, 1.0) * (product + self._correction(state, b))
+
+    @staticmethod
+    def _correction(state: TrainableState, b: str) -> torch.Tensor:
+        """The base correction ``state`` holds for the module of ``b`` (0 if none)."""
+        merged = state.get(merged_name(b))
+        return torch.zeros(()) if merged is None else merged.double()
 
     def add(self, trained: TrainableState, weight: float) -> None:
         """Fold in one client's trained state (received plus update) with its FedAvg weight."""
@@ -92,7 +101,8 @@ class LoraError:
             return None
         ratios = []
         for a, b in self.pairs:
-            mean = self.scaling.get(b, 1.0) * self.products[b] / self.weight
+            scale, corrected = self.scaling.get(b, 1.0), self._correction(before, b)
+            mean = scale * (self.products[b] / self.weight + corrected)
             step = float(torch.linalg.matrix_norm(mean - self._update(before, a, b)))
             if step > 0:
                 miss = float(torch.linalg.matrix_norm(mean - self._update(after, a, b)))

@@ -27,7 +27,7 @@ from fedpet.runtime.client_tests import (
     score_figures,
 )
 from fedpet.runtime.counts import RoundCounts, summary_totals, totalled
-from fedpet.state import TrainableState, load_
+from fedpet.state import TrainableState
 
 TOTALS = ("rounds", "train_seconds", "eval_seconds", "skipped", "retries")
 """The running totals besides the counters' (:func:`~fedpet.runtime.counts.totalled`).
@@ -219,7 +219,7 @@ class Recorder:
     def finish(self) -> dict[str, Any]:
         """Test the best round's state; write and return ``summary.json``."""
         exp, cfg, t = self.exp, self.exp.cfg, self.totals
-        load_(exp.params, self.best_state)
+        exp.load_state(self.best_state)
         train = cfg.train
         test = evaluate(
             exp.model, exp.test, train.eval_batch_size, exp.task.num_labels, train.precision

@@ -27,7 +27,7 @@ from fedpet.runtime.payloads import ClientReply, Download
 from fedpet.runtime.recorder import Recorder, RoundRecord
 from fedpet.seeding import derive_seed
 from fedpet.stages import Arrival, Rejected, Report, Stage
-from fedpet.state import Schema, TrainableState, add, extract, load_, pad, schema
+from fedpet.state import Schema, TrainableState, add, extract, pad, schema
 
 
 def cohort_keys(round_: int, attempt: int) -> tuple[int, ...]:
@@ -106,7 +106,7 @@ def starting_state(
     server_state = resume.tensors.get("server") or algorithm.init_server_state(
         shared(exp, global_state)
     )
-    load_(exp.params, global_state)
+    exp.load_state(global_state)
     recorder.restore(resume)
     return global_state, server_state, resume.round
 

@@ -44,7 +44,6 @@ from fedpet.runtime.rounds import (
     starting_state,
 )
 from fedpet.seeding import derive_seed
-from fedpet.state import load_
 
 STAGES_KEY = "stages"
 """The checkpoint meta's key of each stage's state (by stage name)."""
@@ -159,7 +158,7 @@ class ServerHalf:
         scores = None
         if self.scorer is not None and self.recorder.scores(round_):
             scores = self.scorer(self.global_state, self.committed)
-        load_(self.exp.params, self.global_state)
+        self.exp.load_state(self.global_state)
         record = round_record(round_, attempts, skipped, self.started, updated)
         record.extra.update(released)
         meta = self.draws.checkpoint()  # the server's DP secret, to draw the same on resume
