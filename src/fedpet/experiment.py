@@ -21,7 +21,7 @@ from fedpet.data.tasks import load_task
 from fedpet.devices import resolve_device
 from fedpet.generative.lm import CausalLM
 from fedpet.generative.prompts import encode_generative
-from fedpet.methods.lora import BaseWeights, corrections
+from fedpet.methods.lora import BaseWeights, corrections, merges_base
 from fedpet.model import Backbones, TextClassifier, build_model, head_parameter_names
 from fedpet.seeding import derive_seed
 from fedpet.state import TrainableState, extract, load_, trainable_parameters
@@ -65,11 +65,11 @@ class Experiment:
         """Switch the shared model to a global state.
 
         Its trainable tensors are copied in place, and the base corrections it holds
-        (:mod:`fedpet.methods.lora`'s ``@merged`` tensors) set the base weights.
+        (:mod:`fedpet.methods.lora`'s ``@merged`` tensors) set the base weights; the other
+        tensors it holds for merging (FLoRA's stacks) are the clients' to merge.
         """
-        merged = corrections(state)
-        load_(self.params, {n: t for n, t in state.items() if n not in merged})
-        self.set_bases(merged)
+        load_(self.params, {n: t for n, t in state.items() if not merges_base(n)})
+        self.set_bases(corrections(state))
 
     def set_bases(self, merged: TrainableState) -> None:
         """Set the adapted modules' base weights to the loaded ones plus ``merged``."""

@@ -13,7 +13,7 @@ from fedpet.runtime.client_store import SavedState
 
 # A and B of different sizes (intermediate.dense maps 32 -> 64), so bytes tell them apart
 TARGETS = ("--set", "method.target_modules=[query,intermediate.dense]")
-EXACT = ("ffa-lora", "rolora", "fedsvd", "fedex-lora")
+EXACT = ("ffa-lora", "rolora", "fedsvd", "fedex-lora", "flora")
 
 
 def _run(model: Path, out: Path, *extra: str, rounds: int = 3) -> list[dict]:
@@ -162,6 +162,62 @@ def test_fedex_lora_merges_each_residual_and_sends_the_correction_down(
     assert all(float(t.abs().sum()) > 0 for t in merged.values())
 
 
+@pytest.mark.parametrize("ranks", [None, [2, 8]], ids=["full-rank", "ranks-2-8"])
+def test_flora_sends_stacks_to_clients_in_step_and_the_whole_merge_to_the_rest(
+    tiny_model_dir: Path, tmp_path: Path, ranks: list[int] | None
+) -> None:
+    out = tmp_path / "flora"
+    extra = () if ranks is None else ("--set", f"algorithm.ranks={ranks}")
+    rows = _run(tiny_model_dir, out, "--algorithm", "flora", *extra, rounds=4)
+    state = _state(out)
+    merged = {k: t for k, t in state.items() if k.endswith("@merged")}
+    stacks = {k: t for k, t in state.items() if k.endswith("@stack")}
+    lora = {k: t for k, t in state.items() if "@" not in k}
+    assert merged and len(stacks) == 2 * len(merged)
+    # LoRA starts afresh each round: B zero (A at its initialisation)
+    assert all(float(t.abs().sum()) == 0 for k, t in lora.items() if "lora_B" in k)
+
+    def rank(k: int) -> int:
+        return 8 if ranks is None else ranks[k % 2]
+
+    # the stacked rank of a round: the sum of its clients' ranks (the last round's, here)
+    stacked = {t.shape[1] for k, t in stacks.items() if "lora_B" in k}
+    assert stacked == {sum(rank(k) for k in rows[-1]["clients"])}
+    per_rank = 4 * sum(t.shape[0] for k, t in stacks.items() if "lora_B" in k) + 4 * sum(
+        t.shape[1] for k, t in stacks.items() if "lora_A" in k
+    )  # bytes of one unit of stacked rank, over the modules
+    dense = 4 * _values(merged, lambda k: True)
+    head = 4 * _values(lora, lambda k: "lora_" not in k)
+    per_unit = 4 * _values(lora, lambda k: "lora_" in k) // 8  # LoRA's bytes a unit of rank
+    in_step = 0
+    for before, row in zip([None, *rows], rows, strict=False):
+        start = sum(head + per_unit * rank(k) for k in row["clients"])  # LoRA's start and head
+        catch_up = 0
+        for k in row["clients"] if before is not None else ():
+            if k in before["clients"]:  # aggregated the round before: the last stacks
+                catch_up += per_rank * sum(rank(j) for j in before["clients"])
+                in_step += 1
+            else:
+                catch_up += dense
+        assert row["bytes_down"] == start + catch_up, row["round"]
+        assert row["bytes_up"] == sum(per_unit * rank(k) + head for k in row["clients"])
+    assert in_step and per_rank * 16 != dense  # both kinds of download were counted
+    # a client in step merged the stacks into the merge it keeps: the server's, to rounding
+    last, previous = rows[-1]["clients"], rows[-2]["clients"]
+    for k in set(last) & set(previous):
+        held = SavedState.of(load_file(out / "clients" / f"{k}-r4.safetensors")).algorithm
+        for b, c in merged.items():
+            up = b.removesuffix("@merged")
+            before_last = c - stacks[up + "@stack"] @ stacks[_down(up) + "@stack"]
+            assert torch.allclose(held[b], before_last, atol=1e-6)
+
+
+def _down(up: str) -> str:
+    from fedpet.methods.lora import down_factor
+
+    return down_factor(up)
+
+
 def test_base_weights_take_the_correction_and_give_it_back(tiny_config) -> None:
     from fedpet.experiment import prepare
     from fedpet.methods.lora import adapted_module, factor_pairs, merged_name
@@ -182,7 +238,7 @@ def test_base_weights_take_the_correction_and_give_it_back(tiny_config) -> None:
     assert torch.equal(weight.detach(), loaded)
 
 
-@pytest.mark.parametrize("name", ["rolora", "fedsvd", "fedex-lora"])
+@pytest.mark.parametrize("name", ["rolora", "fedsvd", "fedex-lora", "flora"])
 def test_the_lora_rules_need_lora(name: str, capsys) -> None:
     err = refusal(["--algorithm", name, "--method", "bitfit"], capsys)
     assert f"method.name = 'bitfit' is not allowed: lora with algorithm {name}" in err
@@ -199,8 +255,9 @@ def test_the_lora_rules_need_lora(name: str, capsys) -> None:
 def test_rules_that_need_single_updates_are_refused_dp_and_secure_sums(
     flags: tuple[str, ...], allowed: str, capsys
 ) -> None:
-    err = refusal(["--algorithm", "fedex-lora", *flags], capsys)
-    assert f"algorithm.name = 'fedex-lora' is not allowed: {allowed}" in err
+    for exact in ("fedex-lora", "flora"):  # each client's own factors
+        err = refusal(["--algorithm", exact, *flags], capsys)
+        assert f"algorithm.name = '{exact}' is not allowed: {allowed}" in err
     for linear in ("rolora", "fedsvd", "ffa-lora"):  # a sum of the updates is all they need
         assert main(["run", "--dry-run", "--algorithm", linear, *flags]) == 0
 

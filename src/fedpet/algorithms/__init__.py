@@ -23,6 +23,7 @@ from fedpet.algorithms.fedsvd import FedSvd
 from fedpet.algorithms.fedyogi import FedYogi
 from fedpet.algorithms.ffa_lora import FfaLora
 from fedpet.algorithms.flexlora import FlexLora
+from fedpet.algorithms.flora import FLora
 from fedpet.algorithms.hetlora import HetLora
 from fedpet.algorithms.local import Local
 from fedpet.algorithms.median import Median
@@ -50,6 +51,7 @@ ALGORITHMS: Registry[type[PlainAlgorithm]] = Registry(
             RoLora,
             FedSvd,
             FedExLora,
+            FLora,
             Scaffold,
             Median,
             TrimmedMean,

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from fedpet.config import AlgorithmOptions, Config
+from fedpet.methods.lora import corrections
 from fedpet.state import TrainableState, subtract, zeros_like
 
 
@@ -53,7 +54,8 @@ class Aggregate:
     Parameters
     ----------
     keep_updates
-        Also keep each update, in order, in :attr:`updates`.
+        Also keep each update and its weight, in order, in :attr:`updates` and
+        :attr:`weights`.
     population
         Clients in the federation, sampled or not (SCAFFOLD averages its control over them).
     """
@@ -65,6 +67,7 @@ class Aggregate:
         self.num_clients = 0
         self.keep_updates = keep_updates
         self.updates: list[TrainableState] = []
+        self.weights: list[float] = []
 
     def add(self, delta: TrainableState, weight: float, clients: int = 1) -> None:
         """Fold in one client's update with its weight (its number of local examples).
@@ -82,6 +85,7 @@ class Aggregate:
         self.num_clients += clients
         if self.keep_updates:
             self.updates.append(delta)
+            self.weights.append(weight)
 
     def stacked(self) -> dict[str, torch.Tensor]:
         """Per tensor name, the kept updates stacked along a new first (client) dimension."""
@@ -207,6 +211,19 @@ class Algorithm(Protocol):
         """Whether the algorithm trains and sends this parameter of the method's set."""
         ...
 
+    def resync(self, view: TrainableState, synced: bool) -> TrainableState:
+        """What of a client's view it is sent.
+
+        ``synced``: the client holds its state from the round before (it was aggregated
+        then), so it needs only what changed since (FLoRA's last stack, not the whole
+        merge).
+        """
+        ...
+
+    def bases(self, received: TrainableState, client_state: TrainableState) -> TrainableState:
+        """The base corrections a client trains on, from what it received and holds."""
+        ...
+
     def trains(self, name: str, round_: int) -> bool:
         """Whether clients train and send this shared tensor in round ``round_``.
 
@@ -286,6 +303,14 @@ class PlainAlgorithm:
     def trains(self, name: str, round_: int) -> bool:
         """Every round, every tensor it trains."""
         return True
+
+    def resync(self, view: TrainableState, synced: bool) -> TrainableState:
+        """All of it."""
+        return view
+
+    def bases(self, received: TrainableState, client_state: TrainableState) -> TrainableState:
+        """The corrections it received (none, unless the algorithm merges into the base)."""
+        return corrections(received)
 
     def personal(self, name: str, head: bool) -> bool:
         """None: every trained tensor is shared."""

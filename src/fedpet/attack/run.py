@@ -32,7 +32,7 @@ from fedpet.config import Config
 from fedpet.data.batching import collate
 from fedpet.errors import FedpetError
 from fedpet.experiment import Experiment, prepare
-from fedpet.methods.lora import corrections
+from fedpet.methods.lora import merges_base
 from fedpet.model import TextClassifier, model_path
 from fedpet.privacy.dp import client_noise_std
 from fedpet.rundir import load_checkpoint
@@ -176,7 +176,7 @@ def attack(
     if run is not None:
         checkpoint = load_checkpoint(run)
         state = checkpoint.tensors["global"]
-        if set(state) - set(corrections(state)) != set(exp.params):
+        if {n for n in state if not merges_base(n)} != set(exp.params):
             raise FedpetError(
                 f"--run {str(run)!r}: its checkpoint does not hold the trainable tensors of "
                 f"method {cfg.method.name!r}; attack a run with the run's own config"

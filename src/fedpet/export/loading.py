@@ -16,7 +16,7 @@ from fedpet.config import Config, load_yaml, to_dict
 from fedpet.configure import build_config
 from fedpet.errors import FedpetError
 from fedpet.export.formats import load_encoder, quiet_transformers
-from fedpet.methods.lora import BaseWeights, corrections
+from fedpet.methods.lora import BaseWeights, corrections, merges_base
 from fedpet.model import TextClassifier, build_model, model_path
 from fedpet.rundir import load_checkpoint
 from fedpet.state import TrainableState, load_, schema, trainable_parameters
@@ -110,7 +110,7 @@ def open_run(path: Path, round_: str) -> Loaded:
     algorithm = get_algorithm(cfg.algorithm)
     params = {n: p for n, p in trainable_parameters(model).items() if algorithm.trainable(n)}
     merged = corrections(state)
-    state = {n: t for n, t in state.items() if n not in merged}
+    state = {n: t for n, t in state.items() if not merges_base(n)}
     if dict(schema(state)) != dict(schema(params)):
         raise FedpetError(
             f"run directory {str(path)!r}: its checkpoint does not fit the model that "

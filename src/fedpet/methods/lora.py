@@ -34,9 +34,9 @@ _UP = {up: down for down, up in FACTORS.items()}
 def lora_factor(name: str) -> str | None:
     """``"A"`` or ``"B"`` for a LoRA factor's parameter name (its module path), else None.
 
-    A base correction's name (:func:`merged_name`) is no factor's.
+    A base correction's or stacked factor's name (:func:`merges_base`) is no factor's.
     """
-    if is_merged(name):
+    if merges_base(name):
         return None
     parts = name.split(".")
     if any(p in FACTORS for p in parts):
@@ -95,6 +95,24 @@ def merged_name(up: str) -> str:
 def is_merged(name: str) -> bool:
     """Whether ``name`` is a base correction's name (:func:`merged_name`)."""
     return name.endswith(MERGED)
+
+
+STACKED = "@stack"
+"""The suffix of a stacked factor's name: ``<factor>@stack`` stacks several clients'
+factors of that module along the rank (FLoRA), to be merged into the base weight."""
+
+
+def stacked_name(factor: str) -> str:
+    """The name of the stack of the factor ``factor``'s module (``A``'s or ``B``'s)."""
+    return factor + STACKED
+
+
+def merges_base(name: str) -> bool:
+    """Whether ``name`` is a tensor merged into base weights, not a trainable parameter.
+
+    Base corrections (:func:`merged_name`) and stacked factors (:func:`stacked_name`).
+    """
+    return name.endswith((MERGED, STACKED))
 
 
 def corrections(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

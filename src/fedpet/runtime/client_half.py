@@ -21,7 +21,6 @@ from fedpet.algorithms.fedrs import restricted
 from fedpet.codecs import Codec, get_codec, upload_codec
 from fedpet.devices import to_device
 from fedpet.experiment import Experiment
-from fedpet.methods.lora import corrections
 from fedpet.privacy.randomness import Draws, fresh
 from fedpet.runtime.client_store import ClientStore, SavedState
 from fedpet.runtime.payloads import ClientReply, Download
@@ -100,7 +99,7 @@ class ClientHalf:
         hook = self.restrict(hook, client)
         if wrap is not None:
             hook = wrap(hook)
-        exp.set_bases(corrections(received))
+        exp.set_bases(algorithm.bases(received, saved.algorithm))
         own = saved.personal or exp.personal  # the method's initialisation the first time
         start = {n: own[n] if n in exp.personal else received[n] for n in exp.params}
         seed = derive_seed(exp.cfg.seed, "train", round_, client)

@@ -118,7 +118,8 @@ class Downloads:
     Clients with the same view (all of them, unless LoRA ranks differ) share one encoding;
     ``seed`` drives the codec's random rounding. Each client's view and layout are cut
     once, for its download and its reply; a reply leaves out what the algorithm does not
-    train in ``round_``.
+    train in ``round_``. ``committed`` gives the round of each client's committed state: a
+    client committed the round before is sent only what changed since (``resync``).
     """
 
     algorithm: Algorithm
@@ -126,13 +127,15 @@ class Downloads:
     sent: TrainableState
     seed: int
     round_: int
+    committed: Mapping[int, int] = field(default_factory=dict)
     encoded: dict[Schema, bytes] = field(default_factory=dict)
     views: dict[int, tuple[TrainableState, Schema]] = field(default_factory=dict)
 
     def view(self, client: int) -> tuple[TrainableState, Schema]:
         """The client's view of what was sent, and its layout."""
         if client not in self.views:
-            view = self.algorithm.client_view(self.sent, client)
+            synced = self.committed.get(client) == self.round_ - 1
+            view = self.algorithm.resync(self.algorithm.client_view(self.sent, client), synced)
             self.views[client] = view, schema(view)
         return self.views[client]
 

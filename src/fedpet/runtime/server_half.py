@@ -115,7 +115,7 @@ class ServerHalf:
             cohort.tolist(),
             [len(c) for c in exp.clients],
             self.algorithm,
-            Downloads(self.algorithm, self.down, sent, seed, round_),
+            Downloads(self.algorithm, self.down, sent, seed, round_, self.committed),
             Aggregate(keep_updates=self.algorithm.keeps_updates, population=len(exp.clients)),
             self.up,
             self.stages,
