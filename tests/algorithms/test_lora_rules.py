@@ -274,3 +274,97 @@ def test_a_linear_rule_runs_under_dp(tiny_model_dir: Path, tmp_path: Path) -> No
 def _state_keys(model: Path, tmp_path: Path) -> set[str]:
     _run(model, tmp_path / "plain", "--algorithm", "rolora", rounds=1)
     return set(_state(tmp_path / "plain"))
+
+
+def _factors(gen: torch.Generator, rank: int = 4) -> dict[str, torch.Tensor]:
+    return {
+        "m.lora_A.weight": torch.randn(rank, 5, generator=gen, dtype=torch.float64),
+        "m.lora_B.weight": torch.randn(3, rank, generator=gen, dtype=torch.float64),
+        "head.weight": torch.randn(2, generator=gen, dtype=torch.float64),
+    }
+
+
+@pytest.mark.parametrize("weighting", ["norm", "examples"])
+def test_hetlora_weighs_clients_by_the_norm_of_their_product_or_their_examples(
+    weighting: str,
+) -> None:
+    from fedpet.algorithms import Aggregate, make_algorithm
+
+    gen = torch.Generator().manual_seed(4)
+    hetlora = make_algorithm("hetlora", ranks=(2, 4), weighting=weighting)
+    a, b = "m.lora_A.weight", "m.lora_B.weight"
+    sent = _factors(gen)
+    aggregate = Aggregate(keep_updates=hetlora.keeps_updates)
+    clients = {0: 10.0, 1: 30.0}  # client 0 of rank 2, client 1 of rank 4
+    deltas = {}
+    for k, examples in clients.items():
+        view = hetlora.client_view(sent, k)
+        deltas[k] = {n: torch.randn(t.shape, generator=gen, dtype=t.dtype) for n, t in view.items()}
+        aggregate.add(hetlora.server_view(sent, deltas[k], k), examples)
+    new, _ = hetlora.server_update(sent, {}, aggregate)
+    if weighting == "norm":
+        norms = []
+        for k in clients:
+            view = hetlora.client_view(sent, k)
+            product = (view[b] + deltas[k][b]) @ (view[a] + deltas[k][a])
+            norms.append(float(torch.linalg.matrix_norm(product)))
+        p = [n / sum(norms) for n in norms]
+    else:
+        p = [w / sum(clients.values()) for w in clients.values()]
+    for name, t in sent.items():
+        padded = [torch.zeros_like(t) for _ in clients]
+        for pk, k in zip(padded, clients, strict=True):
+            pk[tuple(slice(0, n) for n in deltas[k][name].shape)] = deltas[k][name]
+        expected = t + sum(w * d for w, d in zip(p, padded, strict=True))
+        assert torch.allclose(new[name], expected), name
+
+
+def test_hetlora_self_pruning_regularises_the_tail_and_cuts_the_rank() -> None:
+    from fedpet.algorithms import make_algorithm
+    from fedpet.algorithms.hetlora import RANK, TailRegulariser
+
+    gen = torch.Generator().manual_seed(5)
+    hetlora = make_algorithm("hetlora", prune_gamma=0.5, prune_lambda=2.0)
+    a, b = "m.lora_A.weight", "m.lora_B.weight"
+    received = _factors(gen)
+    hook = hetlora.client_hook(received, {})
+    assert isinstance(hook, TailRegulariser) and (hook.rank, hook.gamma) == (4, 0.5)
+    params = {n: torch.nn.Parameter(t) for n, t in received.items()}
+    tail = torch.linalg.matrix_norm(received[b][:, 2:]) * torch.linalg.matrix_norm(received[a][2:])
+    assert torch.allclose(hook.loss(torch.tensor(1.0, dtype=torch.float64), params), 1 + 2 * tail)
+    # the tail shrank in training: rank 4 -> floor(0.5 * 4) = 2, the tail taken to zero
+    shrunk = {**received, a: received[a] * torch.tensor([[1.0], [1.0], [0.5], [0.5]])}
+    update, state = hetlora.client_update(received, shrunk, {}, 1, {}, 8)
+    assert int(state[RANK]) == 2
+    assert torch.equal((received[a] + update[a])[2:], torch.zeros(2, 5, dtype=torch.float64))
+    assert torch.equal(update[a][:2], torch.zeros(2, 5, dtype=torch.float64))
+    # it grew: the rank stays; a pruned client starts its tail at zero
+    grown = {**received, b: received[b] * 2}
+    assert int(hetlora.client_update(received, grown, {}, 1, {}, 8)[1][RANK]) == 4
+    start = hetlora.local_start(received, {RANK: torch.tensor(2)})
+    assert float(start[b][:, 2:].abs().sum()) == 0 and torch.equal(
+        start[b][:, :2], received[b][:, :2]
+    )
+
+
+def test_hetlora_clients_prune_their_ranks_in_a_run(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from fedpet.algorithms.hetlora import RANK
+
+    prune = ("--set", "algorithm.prune_gamma=0.75", "--set", "algorithm.prune_lambda=1")
+    out = tmp_path / "hetlora"
+    rows = _run(
+        tiny_model_dir,
+        out,
+        "--algorithm",
+        "hetlora",
+        "--set",
+        "algorithm.ranks=[4,8]",
+        *prune,
+        rounds=4,
+    )
+    ranks = {
+        int(p.name.split("-")[0]): int(load_file(p)[RANK]) for p in (out / "clients").glob("*")
+    }
+    assert ranks and all(r <= (4 if k % 2 == 0 else 8) for k, r in ranks.items())
+    assert any(r < (4 if k % 2 == 0 else 8) for k, r in ranks.items())  # some pruned
+    assert all(r["aggregation_error"] > 0 for r in rows)

@@ -224,6 +224,16 @@ class Algorithm(Protocol):
         """The base corrections a client trains on, from what it received and holds."""
         ...
 
+    def local_start(
+        self, received: TrainableState, client_state: TrainableState
+    ) -> TrainableState:
+        """Where a client's local training starts from what it received and holds.
+
+        Its update is still taken against ``received`` (HetLoRA's pruned ranks start at
+        zero, so the update takes them there).
+        """
+        ...
+
     def trains(self, name: str, round_: int) -> bool:
         """Whether clients train and send this shared tensor in round ``round_``.
 
@@ -311,6 +321,12 @@ class PlainAlgorithm:
     def bases(self, received: TrainableState, client_state: TrainableState) -> TrainableState:
         """The corrections it received (none, unless the algorithm merges into the base)."""
         return corrections(received)
+
+    def local_start(
+        self, received: TrainableState, client_state: TrainableState
+    ) -> TrainableState:
+        """What it received."""
+        return received
 
     def personal(self, name: str, head: bool) -> bool:
         """None: every trained tensor is shared."""

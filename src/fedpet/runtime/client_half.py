@@ -101,7 +101,8 @@ class ClientHalf:
             hook = wrap(hook)
         exp.set_bases(algorithm.bases(received, saved.algorithm))
         own = saved.personal or exp.personal  # the method's initialisation the first time
-        start = {n: own[n] if n in exp.personal else received[n] for n in exp.params}
+        local = algorithm.local_start(received, saved.algorithm)
+        start = {n: own[n] if n in exp.personal else local[n] for n in exp.params}
         seed = derive_seed(exp.cfg.seed, "train", round_, client)
         fixed = frozenset(n for n in exp.params if not algorithm.trains(n, round_))
         trained = exp.train_client(client, pad(start, exp.params), hook, seed, fixed)
