@@ -191,7 +191,17 @@ def test_bad_model_input_is_one_line(tiny_model_dir: Path, tmp_path: Path, capsy
     )
 
 
-@pytest.mark.parametrize("rule", ["rolora", "fedsvd", "fedex-lora"])
+RULES = {
+    "rolora": ("--algorithm", "rolora"),
+    "fedsvd": ("--algorithm", "fedsvd"),
+    "fedex-lora": ("--algorithm", "fedex-lora"),
+    "flora": ("--algorithm", "flora"),
+    "lora-sb": ("--method", "lora-sb"),
+}
+MERGED = {"fedex-lora", "flora", "lora-sb"}  # saved as the full encoder, weights merged
+
+
+@pytest.mark.parametrize("rule", RULES)
 def test_a_lora_rule_s_export_gives_the_run_s_model(
     tiny_model_dir: Path, tmp_path: Path, rule: str, capsys
 ) -> None:
@@ -200,12 +210,13 @@ def test_a_lora_rule_s_export_gives_the_run_s_model(
     from fedpet.rundir import load_checkpoint
 
     run, export = tmp_path / "run", tmp_path / "export"
-    argv = run_argv(tiny_model_dir, run, "--algorithm", rule, "--rounds", "3", samples=48)
+    argv = run_argv(tiny_model_dir, run, *RULES[rule], "--rounds", "3", samples=48)
     assert main(argv) == 0
     assert main(["export", str(run), "--out", str(export)]) == 0
     meta = json.loads((export / "fedpet.json").read_text())
-    assert meta["format"] == ("transformers" if rule == "fedex-lora" else "peft")
-    assert ("base weights" in (export / "README.md").read_text()) == (rule == "fedex-lora")
+    assert meta["format"] == ("transformers" if rule in MERGED else "peft")
+    card = (export / "README.md").read_text()
+    assert ("base weights" in card) == (rule in ("fedex-lora", "flora"))
     # the best state as the run evaluated it: the shared model, LoRA and corrections applied
     exp = prepare(cpu_config(run))
     exp.load_state(load_checkpoint(run).tensors["best"])

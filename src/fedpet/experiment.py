@@ -8,12 +8,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from transformers import PreTrainedTokenizerBase
 
 from fedpet.algorithms import get_algorithm
-from fedpet.algorithms.base import ClientHook
-from fedpet.client import LocalTraining, TrainResult
+from fedpet.algorithms.base import ClientHook, PlainTraining
+from fedpet.client import LocalTraining, TrainResult, batch_loss
 from fedpet.config import Config
-from fedpet.data.batching import Encoded, encode
+from fedpet.data.batching import Encoded, collate, encode
 from fedpet.data.checks import check_skew
 from fedpet.data.partition import PartitionSpec, hold_out, partition
 from fedpet.data.splits import Split, Task, check_labels, stratified_subsample
@@ -21,6 +22,7 @@ from fedpet.data.tasks import load_task
 from fedpet.devices import resolve_device
 from fedpet.generative.lm import CausalLM
 from fedpet.generative.prompts import encode_generative
+from fedpet.methods import METHODS
 from fedpet.methods.lora import BaseWeights, corrections, merges_base
 from fedpet.model import Backbones, TextClassifier, build_model, head_parameter_names
 from fedpet.seeding import derive_seed
@@ -186,6 +188,40 @@ def load_data(cfg: Config) -> tuple[Task, list[np.ndarray], list[np.ndarray]]:
     return task, *hold_out(clients, fraction, derive_seed(cfg.seed, "client-test"))
 
 
+INIT_EXAMPLES = 64
+"""Validation examples a method's data-derived initialisation sees (LoRA-SB's gradient)."""
+
+
+def initialise_method(cfg: Config, model: nn.Module, validation: Encoded) -> None:
+    """Let the method set what it derives from data, from the first validation examples.
+
+    The sample is the server's and the same in every process (the validation split is cut
+    with the split seed); the loss is taken in eval mode where the model is (the CPU, before
+    it moves), so every process derives the same values.
+    """
+    sample = np.arange(min(len(validation), INIT_EXAMPLES))
+    was_training = model.training
+    model.eval()
+    try:
+        METHODS[cfg.method.name].initialise(
+            model,
+            lambda: batch_loss(model, collate(validation, sample), PlainTraining()),
+            cfg.method,
+        )
+    finally:
+        model.train(was_training)
+
+
+def initialise_from_task(cfg: Config, model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
+    """:func:`initialise_method` for a classifier built outside :func:`prepare` (an export's).
+
+    Only where the method derives values from data: it loads the task's validation split.
+    """
+    if METHODS[cfg.method.name].from_data:
+        validation = subsample(load_task(cfg.data), cfg).validation
+        initialise_method(cfg, model, encode(tokenizer, validation, cfg.data.max_length))
+
+
 def with_data_clients(cfg: Config, clients: int) -> Config:
     """``cfg`` with as many clients as the data names (the natural partition).
 
@@ -211,6 +247,15 @@ def prepare(
         cfg = with_data_clients(cfg, len(clients))
     device = torch.device(resolve_device(cfg.device))
     model, tokenizer = build_model(cfg, task.num_labels, backbones, attention)
+
+    def tokens(split: Split) -> Encoded:
+        if task.generative:
+            return encode_generative(tokenizer, split, cfg.data.max_length, task.options)
+        return encode(tokenizer, split, cfg.data.max_length)
+
+    validation = tokens(task.validation)
+    if METHODS[cfg.method.name].from_data:
+        initialise_method(cfg, model, validation)
     model.to(device)
     algorithm = get_algorithm(cfg.algorithm)
     params = {}
@@ -223,17 +268,11 @@ def prepare(
     personal = {
         n: p.detach().cpu().clone() for n, p in params.items() if algorithm.personal(n, n in heads)
     }
-
-    def tokens(split: Split) -> Encoded:
-        if task.generative:
-            return encode_generative(tokenizer, split, cfg.data.max_length, task.options)
-        return encode(tokenizer, split, cfg.data.max_length)
-
     return Experiment(
         cfg=cfg,
         task=task,
         train=tokens(task.train),
-        validation=tokens(task.validation),
+        validation=validation,
         test=tokens(task.test),
         clients=clients,
         model=model,

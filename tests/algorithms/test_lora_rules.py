@@ -3,9 +3,10 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from helpers import refusal, run_argv
+from helpers import refusal, refused, run_argv
 from safetensors.torch import load_file
 
 from fedpet.cli import main
@@ -368,3 +369,57 @@ def test_hetlora_clients_prune_their_ranks_in_a_run(tiny_model_dir: Path, tmp_pa
     assert ranks and all(r <= (4 if k % 2 == 0 else 8) for k, r in ranks.items())
     assert any(r < (4 if k % 2 == 0 else 8) for k, r in ranks.items())  # some pruned
     assert all(r["aggregation_error"] > 0 for r in rows)
+
+
+SB = ("--method", "lora-sb")
+
+
+def test_lora_sb_sends_r_squared_per_module_and_aggregates_exactly(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    rows = _run(tiny_model_dir, tmp_path / "sb", *SB, "--set", "method.r=4")
+    state = _state(tmp_path / "sb")
+    middles = [t for k, t in state.items() if k.endswith("lora_sb_R")]
+    assert len(middles) == 4 and all(t.shape == (4, 4) for t in middles)  # 2 layers x 2
+    head = _values(state, lambda k: "lora_sb" not in k)
+    assert all(r["bytes_up"] == r["bytes_down"] == 2 * 4 * (4 * 4**2 + head) for r in rows)
+    assert all(r["aggregation_error"] <= 1e-5 for r in rows)
+    assert all(float(t.abs().sum()) > 0 for t in middles)
+
+
+def test_lora_sb_factors_are_the_top_singular_vectors_of_the_first_gradient(
+    tiny_config,
+) -> None:
+    from fedpet.client import batch_loss
+    from fedpet.data.batching import collate
+    from fedpet.experiment import INIT_EXAMPLES, prepare
+    from fedpet.methods.lora_sb import SbLinear
+
+    exp = prepare(tiny_config(**{"method.name": "lora-sb", "method.r": 3}))
+    layers = {n: m for n, m in exp.model.named_modules() if isinstance(m, SbLinear)}
+    assert len(layers) == 4  # query and value of 2 layers
+    # the same classifier fully trainable: the gradient full fine-tuning's first step takes
+    full = prepare(tiny_config(**{"method.name": "full"}))
+    full.model.eval()
+    batch = collate(full.validation, np.arange(INIT_EXAMPLES))
+    from fedpet.algorithms import PlainTraining
+
+    batch_loss(full.model, batch, PlainTraining()).backward()
+    weights = dict(full.model.named_parameters())
+    for name, layer in layers.items():
+        grad = weights[f"{name}.weight"].grad
+        u, _, vh = torch.linalg.svd(grad.double(), full_matrices=False)
+        b, a = layer.lora_sb_B.double(), layer.lora_sb_A.double()
+        assert torch.allclose(b.T @ b, torch.eye(3, dtype=torch.float64), atol=1e-5)
+        # the same directions, up to each one's sign
+        assert torch.allclose((b.T @ u[:, :3]).abs(), torch.eye(3, dtype=torch.float64), atol=1e-3)
+        assert torch.allclose((a @ vh[:3].T).abs(), torch.eye(3, dtype=torch.float64), atol=1e-3)
+    assert all(float(p.detach().abs().sum()) == 0 for n, p in exp.params.items() if "sb_R" in n)
+
+
+def test_lora_sb_refuses_targets_it_cannot_adapt(
+    tiny_model_dir: Path, tmp_path: Path, capsys
+) -> None:
+    nowhere = ("--set", "method.target_modules=[nowhere]")
+    err = refused(run_argv(tiny_model_dir, tmp_path / "x", *SB, *nowhere), capsys)
+    assert "method.target_modules = ['nowhere'] is not allowed" in err

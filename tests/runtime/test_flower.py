@@ -50,12 +50,14 @@ SCAFFOLD = ("--algorithm", "scaffold", "--optimizer", "sgd", "--set", "train.max
 SCAFFOLD += ("--rounds", "3")
 FEEDBACK = ("--codec-up", "topk:0.2+int8", "--rounds", "3", "--method", "lora")
 FEEDBACK += ("--algorithm", "fedsa-lora", "--set", "data.client_test_fraction=0.25")
+# FLoRA: clients in step are sent the last stacks and merge them into the merge they keep
+FLORA = ("--algorithm", "flora", "--rounds", "3", "--set", "algorithm.ranks=[4,8]")
 
 
 @pytest.mark.parametrize(
     "flags",
-    [RANKED, CENTRAL_DP, SCAFFOLD, FEEDBACK],
-    ids=["flexlora-codecs", "central-dp", "scaffold", "fedsa-lora-error-feedback"],
+    [RANKED, CENTRAL_DP, SCAFFOLD, FEEDBACK, FLORA],
+    ids=["flexlora-codecs", "central-dp", "scaffold", "fedsa-lora-error-feedback", "flora"],
 )
 @pytest.mark.integration
 def test_flower_simulation_equals_the_in_process_runtime(

@@ -36,6 +36,21 @@ SETUPS = {
         "data.client_test_fraction=0.2",
     ],
     "ditto": ["--algorithm", "ditto", "--set", "data.client_test_fraction=0.2"],
+    # the global state grows base corrections and stacks; clients keep their merges (FLoRA)
+    "fedex-lora": ["--algorithm", "fedex-lora"],
+    "flora": ["--algorithm", "flora", "--set", "algorithm.ranks=[4,8]"],
+    # the factor trained depends on the round; clients keep their pruned ranks
+    "rolora": ["--algorithm", "rolora"],
+    "hetlora-pruning": [
+        "--algorithm",
+        "hetlora",
+        "--set",
+        "algorithm.ranks=[4,8]",
+        "--set",
+        "algorithm.prune_gamma=0.75",
+        "--set",
+        "algorithm.prune_lambda=1",
+    ],
     "faults": [
         "--client-failure-rate",
         "0.3",

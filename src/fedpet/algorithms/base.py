@@ -224,9 +224,7 @@ class Algorithm(Protocol):
         """The base corrections a client trains on, from what it received and holds."""
         ...
 
-    def local_start(
-        self, received: TrainableState, client_state: TrainableState
-    ) -> TrainableState:
+    def local_start(self, received: TrainableState, client_state: TrainableState) -> TrainableState:
         """Where a client's local training starts from what it received and holds.
 
         Its update is still taken against ``received`` (HetLoRA's pruned ranks start at
@@ -322,9 +320,7 @@ class PlainAlgorithm:
         """The corrections it received (none, unless the algorithm merges into the base)."""
         return corrections(received)
 
-    def local_start(
-        self, received: TrainableState, client_state: TrainableState
-    ) -> TrainableState:
+    def local_start(self, received: TrainableState, client_state: TrainableState) -> TrainableState:
         """What it received."""
         return received
 

@@ -15,7 +15,9 @@ from fedpet.algorithms import get_algorithm
 from fedpet.config import Config, load_yaml, to_dict
 from fedpet.configure import build_config
 from fedpet.errors import FedpetError
+from fedpet.experiment import initialise_from_task
 from fedpet.export.formats import load_encoder, quiet_transformers
+from fedpet.methods.base import merge_modules
 from fedpet.methods.lora import BaseWeights, corrections, merges_base
 from fedpet.model import TextClassifier, build_model, model_path
 from fedpet.rundir import load_checkpoint
@@ -107,6 +109,7 @@ def open_run(path: Path, round_: str) -> Loaded:
     state, done = run_state(path, round_)
     with quiet_transformers():
         model, tokenizer = build_model(cfg, len(labels))
+    initialise_from_task(cfg, model, tokenizer)
     algorithm = get_algorithm(cfg.algorithm)
     params = {n: p for n, p in trainable_parameters(model).items() if algorithm.trainable(n)}
     merged = corrections(state)
@@ -118,6 +121,7 @@ def open_run(path: Path, round_: str) -> Loaded:
             "edited?"
         )
     load_(params, state)
+    merge_modules(model)
     if merged:  # corrected base weights: the export is the merged model, with no adapter
         BaseWeights(model).set_(merged)
         encoder: Any = model.encoder

@@ -193,8 +193,8 @@ def model_card(meta: dict[str, Any], summary: dict[str, Any], out: Path) -> str:
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     merged = (
         " The run merged corrections into the LoRA modules' base weights (FedEx-LoRA's "
-        "residuals), which no adapter file can hold: the export is the full encoder with "
-        "LoRA and the corrections merged into its weights."
+        "residuals, FLoRA's stacked updates), which no adapter file can hold: the export is "
+        "the full encoder with LoRA and the corrections merged into its weights."
         if meta.get("merged")
         else ""
     )

@@ -6,6 +6,7 @@ from fedpet.methods.bitfit import BitFit
 from fedpet.methods.full import Full
 from fedpet.methods.ia3 import IA3
 from fedpet.methods.lora import Lora
+from fedpet.methods.lora_sb import LoraSb
 from fedpet.methods.prefix import Prefix
 from fedpet.methods.prompt import Prompt
 from fedpet.registry import Registry
@@ -20,7 +21,7 @@ def _instance(found: object) -> Method:
 METHODS: Registry[Method] = Registry(
     "method",
     "fedpet.methods",
-    {m.name: m for m in (Full(), Lora(), Adapter(), Prefix(), BitFit(), Prompt(), IA3())},
+    {m.name: m for m in (Full(), Lora(), LoraSb(), Adapter(), Prefix(), BitFit(), Prompt(), IA3())},
     adapt=_instance,
 )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -9,6 +10,7 @@ from fedpet.config import MethodOptions, option
 from fedpet.config.fields import at_least
 
 if TYPE_CHECKING:
+    import torch
     from peft import PeftConfig
     from torch import nn
     from transformers import PreTrainedModel
@@ -27,6 +29,9 @@ class Method(Protocol):
     options
         The method's options: :class:`~fedpet.config.MethodOptions` or a subclass with the
         method's own fields (``method.<field>`` in the config).
+    from_data
+        Whether :meth:`initialise` derives values from data (then every process that builds
+        the model calls it).
     """
 
     @property
@@ -44,6 +49,11 @@ class Method(Protocol):
         """The method's options class."""
         ...
 
+    @property
+    def from_data(self) -> bool:
+        """Whether the method's initialisation needs data."""
+        ...
+
     def attach(self, encoder: PreTrainedModel, options: Any) -> nn.Module:
         """Add the method to ``encoder`` and return the module to run.
 
@@ -56,6 +66,13 @@ class Method(Protocol):
         """Positions the method takes from the model's maximum length (soft tokens)."""
         ...
 
+    def initialise(self, model: nn.Module, loss: Callable[[], torch.Tensor], options: Any) -> None:
+        """Set what the method derives from data before training (LoRA-SB's factors).
+
+        ``loss`` computes the task loss of a fixed sample with ``model``.
+        """
+        ...
+
 
 class MethodBase:
     """Defaults for a method: no options of its own, no extra positions."""
@@ -63,10 +80,28 @@ class MethodBase:
     name: ClassVar[str]
     default_lr: ClassVar[float]
     options: ClassVar[type[MethodOptions]] = MethodOptions
+    from_data: ClassVar[bool] = False
 
     def extra_positions(self, options: Any) -> int:
         """None."""
         return 0
+
+    def initialise(self, model: nn.Module, loss: Callable[[], torch.Tensor], options: Any) -> None:
+        """Nothing: the method's initialisation needs no data."""
+
+
+def merge_modules(model: nn.Module) -> nn.Module:
+    """``model`` with each submodule that merges into a plain layer replaced by that layer.
+
+    A module merges by its ``merged()`` (LoRA-SB's layers): the result is what a library
+    without fedpet loads.
+    """
+    for name, module in list(model.named_modules()):
+        merged = getattr(module, "merged", None)
+        if name and callable(merged):
+            parent, _, child = name.rpartition(".")
+            model.get_submodule(parent).register_module(child, merged())
+    return model
 
 
 @dataclass(frozen=True)

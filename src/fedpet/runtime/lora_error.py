@@ -39,6 +39,9 @@ class LoraError:
         LoRA A matrices that are not in the trainable state (FFA-LoRA): every client has them.
     scaling
         Each B factor's LoRA scale (1 where not given).
+    middles
+        LoRA-SB's trained ``R`` factors (by name) with the frozen ``(B, A)`` around them:
+        their modules' updates are ``B R A`` (in :meth:`dense_error` only).
     """
 
     def __init__(
@@ -46,11 +49,14 @@ class LoraError:
         pairs: Iterable[tuple[str, str]],
         frozen: TrainableState,
         scaling: dict[str, float] | None = None,
+        middles: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> None:
         self.frozen = frozen
         self.pairs = list(pairs)
         self.scaling = scaling or {}
+        self.middles = {r: (b.double(), a.double()) for r, (b, a) in (middles or {}).items()}
         self.products = {b: torch.zeros(()) for _, b in self.pairs}
+        self.products |= {r: torch.zeros(()) for r in self.middles}
         self.sum_a = {a: torch.zeros(()) for a, _ in self.pairs}
         self.sum_b = {b: torch.zeros(()) for _, b in self.pairs}
         self.weight = 0.0
@@ -76,7 +82,14 @@ class LoraError:
             self.products[b] = self.products[b] + weight * (lora_b @ lora_a)
             self.sum_a[a] = self.sum_a[a] + weight * lora_a
             self.sum_b[b] = self.sum_b[b] + weight * lora_b
+        for r in self.middles:
+            self.products[r] = self.products[r] + weight * self._middle(trained, r)
         self.weight += weight
+
+    def _middle(self, state: TrainableState, r: str) -> torch.Tensor:
+        """The update ``B R A`` of LoRA-SB's module of ``r`` in ``state``."""
+        up, down = self.middles[r]
+        return up @ state[r].double() @ down
 
     def error(self) -> float | None:
         """Mean relative error over the modules; None before any update or LoRA module."""
@@ -106,5 +119,11 @@ class LoraError:
             step = float(torch.linalg.matrix_norm(mean - self._update(before, a, b)))
             if step > 0:
                 miss = float(torch.linalg.matrix_norm(mean - self._update(after, a, b)))
+                ratios.append(miss / step)
+        for r in self.middles:
+            mean = self.products[r] / self.weight
+            step = float(torch.linalg.matrix_norm(mean - self._middle(before, r)))
+            if step > 0:
+                miss = float(torch.linalg.matrix_norm(mean - self._middle(after, r)))
                 ratios.append(miss / step)
         return sum(ratios) / len(ratios) if ratios else None

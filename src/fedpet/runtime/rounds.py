@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -19,6 +20,7 @@ from fedpet.codecs import Codec
 from fedpet.config import Config
 from fedpet.experiment import Experiment
 from fedpet.methods.lora import factor_pairs, scalings
+from fedpet.methods.lora_sb import middle_factors
 from fedpet.privacy.randomness import Draws
 from fedpet.rundir import Checkpoint
 from fedpet.runtime.counts import RoundCounts
@@ -337,18 +339,18 @@ def round_record(
     )
 
 
-def lora_layout(
-    exp: Experiment,
-) -> tuple[list[tuple[str, str]], TrainableState, dict[str, float]] | None:
-    """What the aggregation errors need: the LoRA factor pairs, frozen A factors, scales.
+def lora_error(exp: Experiment) -> Callable[[], LoraError] | None:
+    """A maker of each round's aggregation errors, for the model's LoRA or LoRA-SB modules.
 
-    None without LoRA factors. A factors outside the trainable state (FFA-LoRA's, frozen)
-    are every client's own, copied once.
+    None without them. A factors outside the trainable state (FFA-LoRA's, frozen) are
+    every client's own, copied once, as are LoRA-SB's frozen B and A.
     """
     pairs = factor_pairs(exp.params)
-    if not pairs:
+    middles = {r: ba for r, ba in middle_factors(exp.model).items() if r in exp.params}
+    if not pairs and not middles:
         return None
     frozen_downs = {a for a, _ in pairs} - set(exp.params)
     params = exp.model.named_parameters()
     frozen = {n: p.detach().cpu() for n, p in params if n in frozen_downs}
-    return pairs, frozen, scalings(exp.model, (b for _, b in pairs))
+    scales = scalings(exp.model, (b for _, b in pairs))
+    return partial(LoraError, pairs, frozen, scales, middles)

@@ -30,14 +30,13 @@ from fedpet.experiment import Experiment
 from fedpet.privacy.randomness import server_draws
 from fedpet.rundir import Checkpoint
 from fedpet.runtime.client_tests import Scorer
-from fedpet.runtime.lora_error import LoraError
 from fedpet.runtime.payloads import ClientReply
 from fedpet.runtime.pipeline import stages_for
 from fedpet.runtime.recorder import Recorder
 from fedpet.runtime.rounds import (
     Downloads,
     Intake,
-    lora_layout,
+    lora_error,
     round_cohort,
     round_record,
     shared,
@@ -77,7 +76,7 @@ class ServerHalf:
         self.exp, self.recorder, self.cfg = exp, recorder, cfg
         # the aggregation error is computed from single updates (none in a secure sum) of
         # both LoRA factors (none where one stays with the clients)
-        self.lora = None if secure or exp.personal else lora_layout(exp)
+        self.lora = None if secure or exp.personal else lora_error(exp)
         self.algorithm = get_algorithm(cfg.algorithm)
         self.up, self.down = get_codec(cfg.codec.up), get_codec(cfg.codec.down)
         self.draws = server_draws(cfg, resume.state if resume is not None else {})
@@ -122,7 +121,7 @@ class ServerHalf:
             local_epochs=cfg.train.local_epochs,
             attempt=attempt,
             # from the updates that report their count (none under DP)
-            lora=None if self.lora is None else LoraError(*self.lora),
+            lora=None if self.lora is None else self.lora(),
             committed=self.committed,
             report=self.recorder.progress,
         )
