@@ -30,7 +30,8 @@ def test_every_field_has_help_and_every_flag_says_its_field_s_default() -> None:
     docs = field_docs()
     assert all(d.help for d in docs), [d.dotted for d in docs if not d.help]
     assert len({d.dotted for d in docs}) == len(docs)  # no field declared twice
-    assert lookup("method.r").owners == ("lora",)
+    assert lookup("method.r").owners == ("lora", "lora-sb")  # one declaration, inherited
+    assert lookup("algorithm.ranks").owners == ("hetlora", "flexlora", "flora")
     assert set(lookup("method.num_virtual_tokens").owners) == {"prefix", "prompt"}
     assert lookup("algorithm.beta2").owners == ("fedadam", "fedyogi", "fedadagrad")
     for flag, field in FLAGS.items():

@@ -162,10 +162,26 @@ def field_docs() -> list[FieldDoc]:
         docs += _fields(cls, f"{section}.")
         if section in ("method", "algorithm"):
             base = {f.name for f in dataclasses.fields(cls)}
+            own: list[FieldDoc] = []
             for options, owners in _own_options(section):
-                own = [d for d in _fields(options, f"{section}.", owners)]
-                docs += [d for d in own if d.dotted.split(".", 1)[1] not in base]
+                for d in _fields(options, f"{section}.", owners):
+                    if d.dotted.split(".", 1)[1] not in base:
+                        own = _declare(own, d)
+            docs += own
     return docs
+
+
+def _declare(docs: list[FieldDoc], doc: FieldDoc) -> list[FieldDoc]:
+    """``docs`` with ``doc`` added.
+
+    A field that several options classes inherit from a common one (the same help and
+    default) is one declaration, with their owners joined.
+    """
+    for i, seen in enumerate(docs):
+        if seen.dotted == doc.dotted and (seen.help, seen.default) == (doc.help, doc.default):
+            joined = dataclasses.replace(seen, owners=seen.owners + doc.owners)
+            return [*docs[:i], joined, *docs[i + 1 :]]
+    return [*docs, doc]
 
 
 def lookup(dotted: str) -> FieldDoc:

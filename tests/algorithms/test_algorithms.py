@@ -299,10 +299,10 @@ def _lora_state(gen: torch.Generator, r: int = 4) -> dict[str, torch.Tensor]:
     }
 
 
-def _ranked_round(name: str, ranks: tuple[int, ...], weights: list[float]):
+def _ranked_round(name: str, ranks: tuple[int, ...], weights: list[float], **options):
     """One round of ``name`` by hand: the global, the clients' trained views, the new global."""
     gen = torch.Generator().manual_seed(3)
-    algo = make_algorithm(name, ranks=ranks)
+    algo = make_algorithm(name, ranks=ranks, **options)
     theta = _lora_state(gen)
     agg, trained = Aggregate(), []
     for k, w in enumerate(weights):
@@ -326,7 +326,7 @@ def test_ranked_clients_hold_their_cut_of_the_global_state() -> None:
 
 
 def test_hetlora_averages_zero_padded_updates() -> None:
-    _algo, theta, trained, new = _ranked_round("hetlora", (2, 4), [1.0, 3.0])
+    _algo, theta, trained, new = _ranked_round("hetlora", (2, 4), [1.0, 3.0], weighting="examples")
     a, b = "m.lora_A.weight", "m.lora_B.weight"
     delta_a = [trained[k][a] - theta[a][: 2 * (k + 1)] for k in range(2)]
     by_hand = theta[a].clone()

@@ -3,6 +3,7 @@ import torch
 from helpers import refused
 
 from fedpet.errors import FedpetError
+from fedpet.experiment import prepare
 from fedpet.methods import METHODS
 from fedpet.model import build_model
 from fedpet.state import trainable_parameters
@@ -24,7 +25,8 @@ def method_names(tiny_config, method: str, **extra: object) -> tuple[set[str], i
 
 
 def test_registry_has_every_method() -> None:
-    assert set(METHODS) == {"full", "lora", "adapter", "prefix", "bitfit", "prompt", "ia3"}
+    expected = {"full", "lora", "lora-sb", "adapter", "prefix", "bitfit", "prompt", "ia3"}
+    assert set(METHODS) == expected
 
 
 def test_full_trains_everything_but_the_dropped_pooler(tiny_config) -> None:
@@ -77,7 +79,8 @@ def test_ia3_trains_scaling_vectors(tiny_config) -> None:
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_changes_the_logits_through_its_parameters(tiny_config, method: str) -> None:
-    model, _ = build_model(tiny_config(**{"method.name": method, "train.dropout": 0.0}), 2)
+    cfg = tiny_config(**{"method.name": method, "train.dropout": 0.0})
+    model = prepare(cfg).model if METHODS[method].from_data else build_model(cfg, 2)[0]
     model.eval()
     ids = torch.tensor([[101, 2023, 3185, 2001, 2307, 102]])
     mask = torch.ones_like(ids)

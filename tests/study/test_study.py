@@ -71,6 +71,7 @@ def test_presets_plan_without_errors() -> None:
         "paper-scale": 7 * 3,
         "paper-scenarios": 7 * 2 + 7,
         "paper-personalization": (2 * 5 - 1) * 3 * 3,  # FedSA-LoRA with LoRA only
+        "paper-lora-aggregation": 9 * 2 * 3,  # nine rules, two alphas, three seeds
     }
 
 

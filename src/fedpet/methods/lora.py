@@ -162,18 +162,24 @@ EXTRA_TARGETS = {"distilbert": ["q_lin", "v_lin"]}
 
 
 @dataclass(frozen=True)
-class LoraOptions(MethodOptions):
+class LowRankOptions(MethodOptions):
+    """The rank and targets of the low-rank methods (LoRA, LoRA-SB)."""
+
+    r: int = option(8, "LoRA rank (LoRA-SB: R is r x r)", at_least(1))
+    target_modules: tuple[str, ...] | None = option(
+        None, "the linear layers to adapt (null: peft's default for the model, query/value)"
+    )
+
+
+@dataclass(frozen=True)
+class LoraOptions(LowRankOptions):
     """LoRA's rank, scale, dropout and targets."""
 
-    r: int = option(8, "LoRA rank", at_least(1))
     lora_alpha: int = option(
         16, "LoRA scale numerator: B A is scaled by lora_alpha / r", at_least(1)
     )
     lora_dropout: float = option(
         0.0, "dropout on LoRA's input", within(0, 1, "a number in [0, 1)", high_open=True)
-    )
-    target_modules: tuple[str, ...] | None = option(
-        None, "the linear layers to adapt (null: peft's default for the model, query/value)"
     )
 
 

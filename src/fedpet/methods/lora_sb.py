@@ -15,17 +15,15 @@ from the gradient's step; fedpet leaves the start unchanged). Every client share
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fedpet.config import MethodOptions, option
-from fedpet.config.fields import at_least
 from fedpet.errors import FedpetError
 from fedpet.methods.base import MethodBase
+from fedpet.methods.lora import EXTRA_TARGETS, LowRankOptions
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -74,30 +72,20 @@ def middle_factors(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tens
     }
 
 
-@dataclass(frozen=True)
-class LoraSbOptions(MethodOptions):
-    """LoRA-SB's rank and targets."""
-
-    r: int = option(8, "LoRA-SB rank: R is r x r", at_least(1))
-    target_modules: tuple[str, ...] | None = option(
-        None, "the linear layers to adapt (null: peft's LoRA default for the model, query/value)"
-    )
-
-
 class LoraSb(MethodBase):
     """LoRA-SB: ``R`` of rank ``r`` between factors set from the first-step gradient."""
 
     name = "lora-sb"
     default_lr = 2e-3
-    options = LoraSbOptions
+    options = LowRankOptions
     from_data = True
 
-    def attach(self, encoder: PreTrainedModel, options: LoraSbOptions) -> nn.Module:
+    def attach(self, encoder: PreTrainedModel, options: LowRankOptions) -> nn.Module:
         """Wrap the target linear layers; ``B`` and ``A`` wait for :meth:`initialise`."""
         from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
 
         kind = encoder.config.model_type
-        targets = list(options.target_modules or DEFAULTS.get(kind, ()))
+        targets = list(options.target_modules or EXTRA_TARGETS.get(kind) or DEFAULTS.get(kind, ()))
         found = [
             (name, m)
             for name, m in encoder.named_modules()
@@ -116,7 +104,7 @@ class LoraSb(MethodBase):
         return encoder
 
     def initialise(
-        self, model: nn.Module, loss: Callable[[], torch.Tensor], options: LoraSbOptions
+        self, model: nn.Module, loss: Callable[[], torch.Tensor], options: LowRankOptions
     ) -> None:
         """Set each layer's ``B`` and ``A`` from the SVD of its weight's gradient of ``loss``."""
         layers = [m for m in model.modules() if isinstance(m, SbLinear)]

@@ -43,6 +43,7 @@ PRESETS = (
     "paper-scale",
     "paper-scenarios",
     "paper-personalization",
+    "paper-lora-aggregation",
     "flowertune",
 )
 # fields that only mean something in a federation: a centralized baseline ignores them
