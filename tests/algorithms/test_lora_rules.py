@@ -423,3 +423,12 @@ def test_lora_sb_refuses_targets_it_cannot_adapt(
     nowhere = ("--set", "method.target_modules=[nowhere]")
     err = refused(run_argv(tiny_model_dir, tmp_path / "x", *SB, *nowhere), capsys)
     assert "method.target_modules = ['nowhere'] is not allowed" in err
+
+
+def test_svd_factors_are_laid_out_as_a_checkpoint_reads_them_back() -> None:
+    from fedpet.algorithms.flexlora import best_rank
+
+    # LAPACK's V^T is column-major: a cut of it, kept as is, would round differently in
+    # later arithmetic than the same values read back from a checkpoint (a resume)
+    up, down = best_rank(torch.randn(6, 5, generator=torch.Generator().manual_seed(0)), 2)
+    assert up.is_contiguous() and down.is_contiguous()

@@ -52,12 +52,24 @@ FEEDBACK = ("--codec-up", "topk:0.2+int8", "--rounds", "3", "--method", "lora")
 FEEDBACK += ("--algorithm", "fedsa-lora", "--set", "data.client_test_fraction=0.25")
 # FLoRA: clients in step are sent the last stacks and merge them into the merge they keep
 FLORA = ("--algorithm", "flora", "--rounds", "3", "--set", "algorithm.ranks=[4,8]")
+# RoLoRA's replies hold the round's factor; LoRA-SB's B and A, derived from data by every
+# process (the server's and each Ray worker's), agree
+ROLORA = ("--algorithm", "rolora", "--rounds", "2")
+LORA_SB = ("--method", "lora-sb")
 
 
 @pytest.mark.parametrize(
     "flags",
-    [RANKED, CENTRAL_DP, SCAFFOLD, FEEDBACK, FLORA],
-    ids=["flexlora-codecs", "central-dp", "scaffold", "fedsa-lora-error-feedback", "flora"],
+    [RANKED, CENTRAL_DP, SCAFFOLD, FEEDBACK, FLORA, ROLORA, LORA_SB],
+    ids=[
+        "flexlora-codecs",
+        "central-dp",
+        "scaffold",
+        "fedsa-lora-error-feedback",
+        "flora",
+        "rolora",
+        "lora-sb",
+    ],
 )
 @pytest.mark.integration
 def test_flower_simulation_equals_the_in_process_runtime(
@@ -85,6 +97,8 @@ def test_flower_simulation_equals_the_in_process_runtime(
     elif flags == CENTRAL_DP:
         assert rows[-1]["epsilon"] > rows[0]["epsilon"] > 0 and rows[0]["dp_clip"] == 0.05
         assert summary["epsilon"] == rows[-1]["epsilon"]
+    elif flags in (ROLORA, LORA_SB):  # exact rules, and no client state
+        assert all(r["aggregation_error"] <= 1e-5 for r in rows)
     else:  # the clients' states stayed with them: the server's run directory holds none
         if flags == FEEDBACK:  # every node scored its client as the simulation did
             scored = (flower / "clients.csv").read_text()

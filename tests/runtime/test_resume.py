@@ -39,8 +39,11 @@ SETUPS = {
     # the global state grows base corrections and stacks; clients keep their merges (FLoRA)
     "fedex-lora": ["--algorithm", "fedex-lora"],
     "flora": ["--algorithm", "flora", "--set", "algorithm.ranks=[4,8]"],
-    # the factor trained depends on the round; clients keep their pruned ranks
+    # the factor trained depends on the round; A re-set by the server's SVD; LoRA-SB's B and
+    # A derived from data again by the resumed process; clients keep their pruned ranks
     "rolora": ["--algorithm", "rolora"],
+    "fedsvd": ["--algorithm", "fedsvd"],
+    "lora-sb": ["--method", "lora-sb"],
     "hetlora-pruning": [
         "--algorithm",
         "hetlora",

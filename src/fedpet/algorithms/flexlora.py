@@ -25,9 +25,14 @@ def product_name(up: str) -> str:
 
 
 def best_rank(product: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(U_r S_r, V_r^T)``: the best rank-``rank`` factors of ``product`` (Eckart-Young)."""
+    """``(U_r S_r, V_r^T)``: the best rank-``rank`` factors of ``product`` (Eckart-Young).
+
+    Both contiguous: LAPACK's ``V^T`` comes column-major, and a state must hold the same
+    layout as the checkpoint it is read back from, or arithmetic on it rounds differently.
+    """
     u, s, vh = torch.linalg.svd(product.double(), full_matrices=False)
-    return (u[:, :rank] * s[:rank]).to(product.dtype), vh[:rank].to(product.dtype)
+    up = (u[:, :rank] * s[:rank]).to(product.dtype).contiguous()
+    return up, vh[:rank].to(product.dtype).contiguous()
 
 
 class FlexLora(RankedClients):
