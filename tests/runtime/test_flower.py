@@ -225,7 +225,10 @@ def _totals(out: Path) -> dict:
 FEDSA = ("--method", "lora", "--algorithm", "fedsa-lora")
 
 
-@pytest.mark.parametrize("dp", [FEDSA, DISTRIBUTED_DP], ids=["fedsa-lora", "distributed-dp"])
+# RoLoRA: the secure sum holds only the round's factor (B in round 1) and the head
+@pytest.mark.parametrize(
+    "dp", [FEDSA, DISTRIBUTED_DP, ROLORA[:2]], ids=["fedsa-lora", "distributed-dp", "rolora"]
+)
 @pytest.mark.integration
 def test_secure_aggregation_matches_the_plain_round_within_its_quantization(
     tiny_model_dir: Path, tmp_path: Path, dp: tuple[str, ...]
