@@ -283,9 +283,11 @@ def test_report_of_a_single_run(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert report.startswith("# Run report")
     assert f"| iid | {100 * summary['test_metric']:.2f} |" in report  # one seed: no spread
     assert (out / "convergence.png").read_bytes()[:4] == b"\x89PNG"
-    assert (out / "lora_error.png").read_bytes()[:4] == b"\x89PNG"  # a LoRA run logs it
+    for plot in ("lora_error.png", "aggregation_error.png"):  # a LoRA run logs both errors
+        assert (out / plot).read_bytes()[:4] == b"\x89PNG"
+        assert f"![{plot}]({plot})" in report
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert all(r["lora_aggregation_error"] >= 0 for r in rows)
+    assert all(r["lora_aggregation_error"] >= 0 and r["aggregation_error"] > 0 for r in rows)
 
 
 def test_plot_error_bars_spread_over_the_seeds_of_one_setting_only() -> None:

@@ -60,6 +60,7 @@ def curves(runs: list[Entry]) -> Curves:
                 "mb": pd.Series([_sent(r) for r in rows]).cumsum() / 1e6,
                 "loss": [r.get("train_loss", float("nan")) for r in rows],
                 "lora_error": [r.get("lora_aggregation_error", float("nan")) for r in rows],
+                "aggregation_error": [r.get("aggregation_error", float("nan")) for r in rows],
             }
         )
         key = (cfg.data.task, data_setting(cfg))

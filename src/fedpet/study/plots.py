@@ -179,20 +179,29 @@ def convergence(path: Path, curves: dict[tuple[str, str], dict[str, Any]], metri
     save(fig, path)
 
 
-def lora_error(path: Path, curves: dict[tuple[str, str], dict[str, Any]]) -> None:
-    """Per (task, setting): the LoRA aggregation error by round (log)."""
+ERRORS = {
+    "lora_error": "relative error of averaged B A (log)",
+    "aggregation_error": "global miss / clients' mean step (log)",
+}
+"""The aggregation errors a study plots by round: each curves column, its axis label."""
+
+
+def lora_error(
+    path: Path, curves: dict[tuple[str, str], dict[str, Any]], column: str = "lora_error"
+) -> None:
+    """Per (task, setting): a LoRA aggregation error by round (log), ``column`` of ERRORS."""
     fig = Figure(figsize=(5.5, 3.6 * len(curves)))
     axes = fig.subplots(len(curves), 1, squeeze=False)
     for (ax,), ((task, setting), series) in zip(axes, curves.items(), strict=True):
         values = []
         for i, (label, frame) in enumerate(series.items()):
             # an exact aggregation (FFA-LoRA) is 0 up to rounding: floored for the log axis
-            error = frame["lora_error"].clip(lower=1e-12)
+            error = frame[column].clip(lower=1e-12)
             values.extend(error.dropna().tolist())
             ax.plot(frame.index, error, label=label, **style(i))
         ax.set_title(f"{task}, {setting}")
         ax.set_xlabel("round")
-        ax.set_ylabel("relative error of averaged B A (log)")
+        ax.set_ylabel(ERRORS[column])
         ax.set_yscale("log")
         if values and max(values) / min(values) < 10:
             ax.yaxis.set_minor_formatter(lambda v, _: f"{v:.2g}")  # label within the decade

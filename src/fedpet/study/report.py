@@ -28,6 +28,9 @@ PLOTS = {
     "data_scale.png": "test metric against the amount of training data",
     "lora_error.png": "LoRA aggregation error per round: how far averaging B and A separately "
     "is from averaging the products B A (log scale)",
+    "aggregation_error.png": "aggregation error per round: how far the new global LoRA "
+    "update is from the clients' mean update, in units of their mean step (log scale; "
+    "exact rules at rounding level)",
     "clients.png": "every client's test metric on its own test split, global model (solid) "
     "and personal model (hatched), per method, algorithm and setting",
 }
@@ -251,14 +254,15 @@ def _plots(study_dir: Path, results: pd.DataFrame, runs: list[Entry], found: Cur
         metric = metric_of(runs)
         plots.convergence(study_dir / "convergence.png", found, metric)
         written.append("convergence.png")
-        lora = {
-            key: {label: f for label, f in series.items() if f["lora_error"].notna().any()}
-            for key, series in found.items()
-        }
-        lora = {key: series for key, series in lora.items() if series}
-        if lora:
-            plots.lora_error(study_dir / "lora_error.png", lora)
-            written.append("lora_error.png")
+        for column in plots.ERRORS:
+            logged = {
+                key: {label: f for label, f in series.items() if f[column].notna().any()}
+                for key, series in found.items()
+            }
+            logged = {key: series for key, series in logged.items() if series}
+            if logged:
+                plots.lora_error(study_dir / f"{column}.png", logged, column)
+                written.append(f"{column}.png")
     scores = client_scores(runs, metric_of(runs))
     if not scores.empty:
         plot_clients(study_dir / "clients.png", scores, metric_of(runs))
