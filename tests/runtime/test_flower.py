@@ -56,11 +56,17 @@ FLORA = ("--algorithm", "flora", "--rounds", "3", "--set", "algorithm.ranks=[4,8
 # process (the server's and each Ray worker's), agree
 ROLORA = ("--algorithm", "rolora", "--rounds", "2")
 LORA_SB = ("--method", "lora-sb")
+# FedEx-LoRA's corrections go down in round 2; FedSVD's new A; HetLoRA's clients keep the
+# ranks they pruned, and start their cut components at zero
+FEDEX = ("--algorithm", "fedex-lora")
+FEDSVD = ("--algorithm", "fedsvd")
+HETLORA = ("--algorithm", "hetlora", "--rounds", "3", "--set", "algorithm.ranks=[4,8]")
+HETLORA += ("--set", "algorithm.prune_gamma=0.75", "--set", "algorithm.prune_lambda=1")
 
 
 @pytest.mark.parametrize(
     "flags",
-    [RANKED, CENTRAL_DP, SCAFFOLD, FEEDBACK, FLORA, ROLORA, LORA_SB],
+    [RANKED, CENTRAL_DP, SCAFFOLD, FEEDBACK, FLORA, ROLORA, LORA_SB, FEDEX, FEDSVD, HETLORA],
     ids=[
         "flexlora-codecs",
         "central-dp",
@@ -69,6 +75,9 @@ LORA_SB = ("--method", "lora-sb")
         "flora",
         "rolora",
         "lora-sb",
+        "fedex-lora",
+        "fedsvd",
+        "hetlora-pruning",
     ],
 )
 @pytest.mark.integration
@@ -97,7 +106,7 @@ def test_flower_simulation_equals_the_in_process_runtime(
     elif flags == CENTRAL_DP:
         assert rows[-1]["epsilon"] > rows[0]["epsilon"] > 0 and rows[0]["dp_clip"] == 0.05
         assert summary["epsilon"] == rows[-1]["epsilon"]
-    elif flags in (ROLORA, LORA_SB):  # exact rules, and no client state
+    elif flags in (ROLORA, LORA_SB, FEDEX, FEDSVD):  # exact rules, and no client state
         assert all(r["aggregation_error"] <= 1e-5 for r in rows)
     else:  # the clients' states stayed with them: the server's run directory holds none
         if flags == FEEDBACK:  # every node scored its client as the simulation did

@@ -43,6 +43,8 @@ SETUPS = {
     # A derived from data again by the resumed process; clients keep their pruned ranks
     "rolora": ["--algorithm", "rolora"],
     "fedsvd": ["--algorithm", "fedsvd"],
+    "ffa-lora": ["--algorithm", "ffa-lora"],
+    "flexlora": ["--algorithm", "flexlora", "--set", "algorithm.ranks=[4,8]"],
     "lora-sb": ["--method", "lora-sb"],
     "hetlora-pruning": [
         "--algorithm",
