@@ -192,6 +192,9 @@ def test_bad_model_input_is_one_line(tiny_model_dir: Path, tmp_path: Path, capsy
 
 
 RULES = {
+    "ffa-lora": ("--algorithm", "ffa-lora"),
+    "flexlora": ("--algorithm", "flexlora", "--set", "algorithm.ranks=[4,8]"),
+    "hetlora": ("--algorithm", "hetlora", "--set", "algorithm.ranks=[4,8]"),
     "rolora": ("--algorithm", "rolora"),
     "fedsvd": ("--algorithm", "fedsvd"),
     "fedex-lora": ("--algorithm", "fedex-lora"),

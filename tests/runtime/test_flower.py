@@ -38,8 +38,8 @@ RANKED = ("--algorithm", "flexlora", "--set", "algorithm.ranks=[2,8]")
 RANKED += ("--codec-up", "int8:row:sr", "--codec-down", "bf16")
 # DP with central noise, Poisson cohorts and an adaptive clip: sampling, clipping, noise and
 # the clip's update all happen on the server side of either runtime (drawn from the run
-# seed, so that two runs can be compared)
-CENTRAL_DP = ("--dp", "--dp-noise", "0.1", "--dp-clip", "0.05")
+# seed, so that two runs can be compared); FFA-LoRA, a linear rule DP allows
+CENTRAL_DP = ("--dp", "--dp-noise", "0.1", "--dp-clip", "0.05", "--algorithm", "ffa-lora")
 CENTRAL_DP += ("--set", "privacy.target_quantile=0.5", "--set", "privacy.reproducible=true")
 
 
