@@ -157,3 +157,23 @@ def test_an_iid_run_has_no_alpha_so_no_point_on_the_alpha_axis(tmp_path: Path) -
     )
     rows = [run_row(run, tmp_path / run.name) for run in plan(study)]
     assert [(r["setting"], r["alpha"]) for r in rows] == [("iid", None), ("alpha=0.1", 0.1)]
+
+
+def test_a_rule_axis_that_sets_the_algorithm_or_the_method_is_reported(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # the LoRA-aggregation study's axis: LoRA-SB is a method, run with the default FedAvg
+    rules = [{"algorithm.name": "ffa-lora"}, {"method.name": "lora-sb"}]
+    study = {"base": tiny_study_base(tiny_model_dir, rounds=1), "grid": {"rule": rules}}
+    spec = tmp_path / "rules.yaml"
+    spec.write_text(json.dumps(study))
+    out = tmp_path / "study"
+    assert main(["study", "--config", str(spec), "--out", str(out), "--quiet"]) == 0
+    results = pd.read_csv(out / "results.csv")
+    assert list(zip(results["method"], results["algorithm"], strict=True)) == [
+        ("lora", "ffa-lora"),
+        ("lora-sb", "fedavg"),
+    ]
+    report = (out / "report.md").read_text()
+    assert "## rotten_tomatoes, algorithm=fedavg" in report
+    assert (out / "aggregation_error.png").read_bytes()[:4] == b"\x89PNG"

@@ -40,7 +40,7 @@ SCALE_FIELDS = ("train_fraction", "max_train_samples")
 
 def write_report(study_dir: Path, runs: list[Entry]) -> list[str]:
     """Write ``results.csv``, ``report.md`` and the plots that apply; their names."""
-    results = pd.DataFrame([run_row(run, run_dir) for run, run_dir in runs])
+    results = with_algorithms(pd.DataFrame([run_row(run, run_dir) for run, run_dir in runs]), runs)
     atomic_write(study_dir / "results.csv", lambda tmp: results.to_csv(tmp, index=False))
     found = curves(runs)  # every run's metrics.jsonl, read once for the plots and targets
     drawn = _plots(study_dir, results, runs, found)
@@ -119,6 +119,18 @@ def render_markdown(
     lines += _communication(done, extra)
     lines += _targets(targets or [], metric)
     return "\n".join([*lines, *_plot_lines(drawn), ""])
+
+
+def with_algorithms(results: pd.DataFrame, runs: list[Entry]) -> pd.DataFrame:
+    """``results`` with every federated run's algorithm where some run varies it.
+
+    A grid axis may set the algorithm in some of its entries only (a rule axis that sets
+    the method in another): those runs use the config's algorithm, which their rows name.
+    """
+    if "algorithm" not in results:
+        return results
+    used = [None if run.config.centralized else run.config.algorithm.name for run, _ in runs]
+    return results.assign(algorithm=results["algorithm"].fillna(pd.Series(used)))
 
 
 def _plot_lines(drawn: list[str]) -> list[str]:
