@@ -47,6 +47,8 @@ class Experiment:
         (never sent): where a client starts them the first time it is sampled.
     device
         Where the model (and so training and evaluation) lives.
+    bases
+        The adapted modules' base weights, which a global state's corrections set.
     """
 
     cfg: Config
@@ -61,7 +63,10 @@ class Experiment:
     device: torch.device
     client_tests: list[np.ndarray] = dataclasses.field(default_factory=list)
     personal: TrainableState = dataclasses.field(default_factory=dict)
-    bases: BaseWeights | None = None
+    bases: BaseWeights = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.bases = BaseWeights(self.model)
 
     def load_state(self, state: TrainableState) -> None:
         """Switch the shared model to a global state.
@@ -71,13 +76,7 @@ class Experiment:
         tensors it holds for merging (FLoRA's stacks) are the clients' to merge.
         """
         load_(self.params, {n: t for n, t in state.items() if not merges_base(n)})
-        self.set_bases(corrections(state))
-
-    def set_bases(self, merged: TrainableState) -> None:
-        """Set the adapted modules' base weights to the loaded ones plus ``merged``."""
-        if self.bases is None:
-            self.bases = BaseWeights(self.model)
-        self.bases.set_(merged)
+        self.bases.set_(corrections(state))
 
     @property
     def trainable_params(self) -> int:

@@ -18,8 +18,8 @@ from typing import ClassVar
 
 from fedpet.algorithms.base import Aggregate, Needs
 from fedpet.algorithms.fedavg import FedAvg
-from fedpet.algorithms.flexlora import product_name
-from fedpet.methods.lora import factor_pairs, is_merged, merged_name
+from fedpet.algorithms.flexlora import product_changes, product_name
+from fedpet.methods.lora import factor_pairs, is_merged, merged_name, merged_plus
 from fedpet.state import TrainableState
 
 
@@ -39,11 +39,7 @@ class FedExLora(FedAvg):
         self, download: TrainableState, update: TrainableState, client: int
     ) -> TrainableState:
         """The update, and per LoRA module the change ``B_k A_k - B A`` of its product."""
-        out = dict(update)
-        for a, b in factor_pairs(update):
-            mine = (download[b] + update[b]) @ (download[a] + update[a])
-            out[product_name(b)] = mine - download[b] @ download[a]
-        return out
+        return {**update, **product_changes(download, download, update)}
 
     def server_update(
         self, global_state: TrainableState, server_state: TrainableState, aggregate: Aggregate
@@ -53,7 +49,5 @@ class FedExLora(FedAvg):
         mean = aggregate.mean()
         for a, b in factor_pairs(global_state):
             exact = global_state[b] @ global_state[a] + self.server_lr * mean[product_name(b)]
-            residual = exact - new[b] @ new[a]
-            merged = global_state.get(merged_name(b))
-            new[merged_name(b)] = residual if merged is None else merged + residual
+            new[merged_name(b)] = merged_plus(global_state, b, exact - new[b] @ new[a])
         return new, server_state

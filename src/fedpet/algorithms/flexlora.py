@@ -15,13 +15,28 @@ import torch
 
 from fedpet.algorithms.base import Aggregate
 from fedpet.algorithms.ranks import RankedClients
-from fedpet.methods.lora import down_factor, lora_factor
+from fedpet.methods.lora import down_factor, factor_pairs, lora_factor
 from fedpet.state import TrainableState
 
 
 def product_name(up: str) -> str:
     """The aggregate's name for the product ``B A`` of the module of the B factor ``up``."""
     return f"{up}@product"
+
+
+def product_changes(
+    download: TrainableState, view: TrainableState, update: TrainableState
+) -> TrainableState:
+    """Per LoRA module of ``update``, ``B_k A_k - B A`` by :func:`product_name`.
+
+    ``B_k A_k`` is the client's trained product (its ``view`` of the download plus its
+    update), ``B A`` the download's.
+    """
+    out = {}
+    for a, b in factor_pairs(update):
+        mine = (view[b] + update[b]) @ (view[a] + update[a])
+        out[product_name(b)] = mine - download[b] @ download[a]
+    return out
 
 
 def best_rank(product: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,17 +59,8 @@ class FlexLora(RankedClients):
         self, download: TrainableState, update: TrainableState, client: int
     ) -> TrainableState:
         """Per LoRA module, ``B_k A_k - B A``; other tensors' updates as they are."""
-        view = self.client_view(download, client)
-        out = {}
-        for name, delta in update.items():
-            factor = lora_factor(name)
-            if factor == "B":
-                a = down_factor(name)
-                mine = (view[name] + delta) @ (view[a] + update[a])
-                out[product_name(name)] = mine - download[name] @ download[a]
-            elif factor is None:
-                out[name] = delta
-        return out
+        others = {n: d for n, d in update.items() if lora_factor(n) is None}
+        return {**product_changes(download, self.client_view(download, client), update), **others}
 
     def server_update(
         self, global_state: TrainableState, server_state: TrainableState, aggregate: Aggregate

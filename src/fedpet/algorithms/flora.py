@@ -33,8 +33,10 @@ from fedpet.methods.lora import (
     corrections,
     factor_pairs,
     is_merged,
+    is_stacked,
     lora_factor,
     merged_name,
+    merged_plus,
     merges_base,
     stacked_name,
 )
@@ -69,10 +71,7 @@ class FLora(RankedClients):
 
     def resync(self, view: TrainableState, synced: bool) -> TrainableState:
         """The last stacks for a client in step, the accumulated merge for any other."""
-
-        def dropped(name: str) -> bool:
-            return is_merged(name) if synced else merges_base(name) and not is_merged(name)
-
+        dropped = is_merged if synced else is_stacked
         return {n: t for n, t in view.items() if not dropped(n)}
 
     def bases(self, received: TrainableState, client_state: TrainableState) -> TrainableState:
@@ -80,9 +79,8 @@ class FLora(RankedClients):
         merged = corrections(received)
         for a, b in factor_pairs(received):
             if stacked_name(b) in received:
-                held = client_state.get(merged_name(b))
                 product = received[stacked_name(b)] @ received[stacked_name(a)]
-                merged[merged_name(b)] = product if held is None else held + product
+                merged[merged_name(b)] = merged_plus(client_state, b, product)
         return merged
 
     def client_update(
@@ -128,9 +126,7 @@ class FLora(RankedClients):
         for a, b in factor_pairs(global_state):
             factors = [(u[b], u[a]) for u in aggregate.updates]
             ups, downs = stack(factors, weights)
-            held = global_state.get(merged_name(b))
-            product = ups @ downs
-            new[merged_name(b)] = product if held is None else held + product
+            new[merged_name(b)] = merged_plus(global_state, b, ups @ downs)
             new[stacked_name(b)], new[stacked_name(a)] = ups, downs
             new[b], new[a] = torch.zeros_like(global_state[b]), global_state[a]
         return new, server_state

@@ -107,12 +107,26 @@ def stacked_name(factor: str) -> str:
     return factor + STACKED
 
 
+def is_stacked(name: str) -> bool:
+    """Whether ``name`` is a stacked factor's name (:func:`stacked_name`)."""
+    return name.endswith(STACKED)
+
+
 def merges_base(name: str) -> bool:
     """Whether ``name`` is a tensor merged into base weights, not a trainable parameter.
 
     Base corrections (:func:`merged_name`) and stacked factors (:func:`stacked_name`).
     """
-    return name.endswith((MERGED, STACKED))
+    return is_merged(name) or is_stacked(name)
+
+
+def merged_plus(state: Mapping[str, torch.Tensor], up: str, delta: torch.Tensor) -> torch.Tensor:
+    """The base correction ``state`` holds for the module of ``up``, plus ``delta``.
+
+    ``delta`` alone where ``state`` holds none yet.
+    """
+    held = state.get(merged_name(up))
+    return delta if held is None else held + delta
 
 
 def corrections(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

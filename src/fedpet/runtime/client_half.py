@@ -99,7 +99,7 @@ class ClientHalf:
         hook = self.restrict(hook, client)
         if wrap is not None:
             hook = wrap(hook)
-        exp.set_bases(algorithm.bases(received, saved.algorithm))
+        exp.bases.set_(algorithm.bases(received, saved.algorithm))
         own = saved.personal or exp.personal  # the method's initialisation the first time
         local = algorithm.local_start(received, saved.algorithm)
         start = {n: own[n] if n in exp.personal else local[n] for n in exp.params}

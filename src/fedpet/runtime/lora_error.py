@@ -53,10 +53,11 @@ class LoraError:
     ) -> None:
         self.frozen = frozen
         self.pairs = list(pairs)
+        self.downs = {b: a for a, b in self.pairs}
         self.scaling = scaling or {}
         self.middles = {r: (b.double(), a.double()) for r, (b, a) in (middles or {}).items()}
-        self.products = {b: torch.zeros(()) for _, b in self.pairs}
-        self.products |= {r: torch.zeros(()) for r in self.middles}
+        # per module (by its B factor, or LoRA-SB's R): the sum of w times its product
+        self.products = {key: torch.zeros(()) for key in [*self.downs, *self.middles]}
         self.sum_a = {a: torch.zeros(()) for a, _ in self.pairs}
         self.sum_b = {b: torch.zeros(()) for _, b in self.pairs}
         self.weight = 0.0
@@ -64,10 +65,12 @@ class LoraError:
     def _factor(self, name: str, trained: TrainableState) -> torch.Tensor:
         return (trained[name] if name in trained else self.frozen[name]).double()
 
-    def _update(self, state: TrainableState, a: str, b: str) -> torch.Tensor:
-        """The module's weight update ``s (C + B A)`` in ``state`` (``C`` its correction)."""
-        product = self._factor(b, state) @ self._factor(a, state)
-        return self.scaling.get(b, 1.0) * (product + self._correction(state, b))
+    def _product(self, state: TrainableState, key: str) -> torch.Tensor:
+        """The module's product in ``state``: ``B A``, or LoRA-SB's ``B R A``."""
+        if key in self.middles:
+            up, down = self.middles[key]
+            return up @ state[key].double() @ down
+        return self._factor(key, state) @ self._factor(self.downs[key], state)
 
     @staticmethod
     def _correction(state: TrainableState, b: str) -> torch.Tensor:
@@ -77,19 +80,12 @@ class LoraError:
 
     def add(self, trained: TrainableState, weight: float) -> None:
         """Fold in one client's trained state (received plus update) with its FedAvg weight."""
+        for key in self.products:
+            self.products[key] = self.products[key] + weight * self._product(trained, key)
         for a, b in self.pairs:
-            lora_a, lora_b = self._factor(a, trained), self._factor(b, trained)
-            self.products[b] = self.products[b] + weight * (lora_b @ lora_a)
-            self.sum_a[a] = self.sum_a[a] + weight * lora_a
-            self.sum_b[b] = self.sum_b[b] + weight * lora_b
-        for r in self.middles:
-            self.products[r] = self.products[r] + weight * self._middle(trained, r)
+            self.sum_a[a] = self.sum_a[a] + weight * self._factor(a, trained)
+            self.sum_b[b] = self.sum_b[b] + weight * self._factor(b, trained)
         self.weight += weight
-
-    def _middle(self, state: TrainableState, r: str) -> torch.Tensor:
-        """The update ``B R A`` of LoRA-SB's module of ``r`` in ``state``."""
-        up, down = self.middles[r]
-        return up @ state[r].double() @ down
 
     def error(self) -> float | None:
         """Mean relative error over the modules; None before any update or LoRA module."""
@@ -109,21 +105,18 @@ class LoraError:
 
         ``before`` is the global state the clients started from, ``after`` the server's new
         one. None before any update; modules whose clients did not move are left out.
+        Each module's weight update is ``s (C + product)``; the clients trained on the
+        correction ``C`` of ``before``.
         """
         if self.weight <= 0:
             return None
         ratios = []
-        for a, b in self.pairs:
-            scale, corrected = self.scaling.get(b, 1.0), self._correction(before, b)
-            mean = scale * (self.products[b] / self.weight + corrected)
-            step = float(torch.linalg.matrix_norm(mean - self._update(before, a, b)))
+        for key, summed in self.products.items():
+            scale, held = self.scaling.get(key, 1.0), self._correction(before, key)
+            mean = scale * (summed / self.weight + held)
+            start = scale * (self._product(before, key) + held)
+            step = float(torch.linalg.matrix_norm(mean - start))
             if step > 0:
-                miss = float(torch.linalg.matrix_norm(mean - self._update(after, a, b)))
-                ratios.append(miss / step)
-        for r in self.middles:
-            mean = self.products[r] / self.weight
-            step = float(torch.linalg.matrix_norm(mean - self._middle(before, r)))
-            if step > 0:
-                miss = float(torch.linalg.matrix_norm(mean - self._middle(after, r)))
-                ratios.append(miss / step)
+                end = scale * (self._product(after, key) + self._correction(after, key))
+                ratios.append(float(torch.linalg.matrix_norm(mean - end)) / step)
         return sum(ratios) / len(ratios) if ratios else None
