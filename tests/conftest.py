@@ -2,6 +2,10 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# one thread in every test process and each process it starts, as Ray runs each ClientApp:
+# in-process and Flower runs then sum floats in the same order (bitwise equal states), and
+# scripts/check.sh's two pytest-xdist workers do not fight over two cores
+os.environ["OMP_NUM_THREADS"] = "1"
 
 import subprocess
 from collections.abc import Iterator
@@ -78,7 +82,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """GPU-marked tests skip, in one line, where torch sees no CUDA device."""
+    """Slow tests first; GPU-marked tests skip, in one line, where torch sees no CUDA device.
+
+    Started first, the slow tests (most of them waiting on processes) overlap with the many
+    quick ones on the other xdist worker instead of ending the suite on one.
+    """
+    items.sort(key=lambda item: "integration" not in item.keywords)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device (scripts/gpu-check.sh runs it)")

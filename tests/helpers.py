@@ -81,24 +81,6 @@ def tiny_study_base(model: Path, **federation: object) -> dict:
     }
 
 
-def in_process_one_thread(argv: list[str]) -> None:
-    """``fedpet ARGV`` with the in-process runtime as Ray runs each ClientApp: one thread.
-
-    Then every float sum reduces in the same order as on Flower, and the states are
-    bitwise equal.
-    """
-    import torch
-
-    from fedpet.cli import main
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(argv) == 0
-    finally:
-        torch.set_num_threads(threads)
-
-
 def intake_of(like: dict, spec: str = "fp32"):
     """An intake of round 1 for clients 4, 7 and 9 of ten, each holding 10 examples, which
     were sent ``like`` (FedAvg, fp32 downloads); uploads use the codec ``spec``."""

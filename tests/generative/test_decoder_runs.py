@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import in_process_one_thread, run_argv
+from helpers import run_argv
 from safetensors.torch import load_file
 
 from fedpet.cli import main
@@ -99,12 +99,12 @@ def test_flower_sim_equals_the_in_process_runtime_and_secure_aggregation_its_sum
     model = tiny_decoder_dirs["gpt2"]
     flower, local = tmp_path / "flower", tmp_path / "local"
     assert main(argv(model, flower, "--runtime", "flower-sim")) == 0
-    in_process_one_thread(argv(model, local))
+    assert main(argv(model, local)) == 0
     assert same(state(flower), state(local)) and metrics(flower) == metrics(local)
     secure, plain = tmp_path / "secure", tmp_path / "plain"
     flags = ("--runtime", "flower-sim", "--secure-aggregation")
     assert main(argv(model, secure, *flags, rounds=1)) == 0
-    in_process_one_thread(argv(model, plain, rounds=1))
+    assert main(argv(model, plain, rounds=1)) == 0
     a, b = state(secure), state(plain)
     # each update is clipped to +-8 and rounded to 2**22 levels before masking: the unmasked
     # mean of two clients is off by less than 2 x 16 / 2**22

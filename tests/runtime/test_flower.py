@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import in_process_one_thread, refused, run_argv
+from helpers import refused, run_argv
 from safetensors.torch import load_file
 
 from fedpet.cli import main
@@ -90,7 +90,7 @@ def test_flower_simulation_equals_the_in_process_runtime(
     printed = said.out + said.err
     assert "round 1/" in printed  # fedpet's round lines, not buried by Flower's
     assert "Starting FedpetStrategy" not in printed and "DEPRECATED FEATURE" not in printed
-    in_process_one_thread(_argv(tiny_model_dir, local, *flags))
+    assert main(_argv(tiny_model_dir, local, *flags)) == 0
     a = load_file(flower / "checkpoint" / "global.safetensors")
     b = load_file(local / "checkpoint" / "global.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), _lost(flower)
@@ -212,7 +212,7 @@ def test_flower_sim_resumes_after_its_last_checkpoint(tiny_model_dir: Path, tmp_
     (flower / "config.yaml").write_text(yaml.safe_dump(config))
     (flower / "summary.json").unlink()
     assert main(["run", "--resume", str(flower)]) == 0  # rounds 3-4 on Flower again
-    in_process_one_thread(_argv(tiny_model_dir, local, "--rounds", "4"))
+    assert main(_argv(tiny_model_dir, local, "--rounds", "4")) == 0
     a = load_file(flower / "checkpoint" / "global.safetensors")
     b = load_file(local / "checkpoint" / "global.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a), _lost(flower)
@@ -246,9 +246,7 @@ def test_secure_aggregation_matches_the_plain_round_within_its_quantization(
     flags = ("--rounds", "1", *dp)
     secure_flags = ("--runtime", "flower-sim", "--secure-aggregation")
     assert main(_argv(tiny_model_dir, secure, *flags, *secure_flags)) == 0
-    in_process_one_thread(
-        _argv(tiny_model_dir, plain, *flags)
-    )  # the plain round, as Flower runs it
+    assert main(_argv(tiny_model_dir, plain, *flags)) == 0  # the plain round, as Flower runs it
     a = load_file(secure / "checkpoint" / "global.safetensors")
     b = load_file(plain / "checkpoint" / "global.safetensors")
     # each client's update (clipped and noised by the client under DP), scaled by n_k / max n

@@ -283,15 +283,36 @@ def wait_for_rounds(metrics: Path, rounds: int, seconds: float = 240) -> None:
     raise AssertionError(f"{rounds} rounds were not logged within {seconds} s")
 
 
-def test_secure_aggregation_over_tls_matches_fedavg_within_quantization(
+def test_secure_aggregation_over_tls_among_only_the_registered_bound_nodes(
     deployment: Deployment, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
+    # a third node, registered with the SuperLink but not in the run's node map, claims
+    # client 0 (node0's); a fourth, never registered, claims client 1: the secure sum is
+    # taken over the two bound nodes only (one deployment for both checks: each costs a
+    # SuperLink, nodes and a ServerApp start)
+    key, impostor = deployment.register("impostor")
+    deployment.node(0, key, log="impostor.log")
+    stranger = deployment.node(1, make_node_key(tmp_path / "stranger"), log="stranger.log")
+    assert stranger.wait(timeout=60) != 0
+    deployment.wait_online(impostor)  # so that the ServerApp sees it when it looks for nodes
     config = run_config(deployment, tiny_model_dir, rounds=1, timeout=120, secure=True)
     run = flwr_run(deployment, config)
     assert run.wait(timeout=300) == 0, (tmp_path / "flwr-run.log").read_text()[-2000:]
     out = tmp_path / "flower-run"
     [row] = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert row["aggregated"] == 2 and row["failed"] == row["rejected"] == []
+    log = (tmp_path / "flwr-run.log").read_text()
+    assert f"fedpet: node {impostor} refused: not in the node map" in log
+    assert log.count("refused") == 1
+    received = {
+        name: (tmp_path / f"{name}.log").read_text().count("Receiving:")
+        for name in ("supernode0", "supernode1", "impostor", "stranger")
+    }
+    # a bound node: one question, then the secure round's stages; the others: no message
+    assert received["supernode0"] == received["supernode1"] > 2
+    assert received["impostor"] == received["stranger"] == 0
+    stranger_log = (tmp_path / "stranger.log").read_text()
+    assert "Failed to activate SuperNode" in stranger_log and "Receiving" not in stranger_log
     a = load_file(out / "checkpoint" / "global.safetensors")
     b = in_process(out, tmp_path / "local")
     # each client's value is scaled by n_k / max n, clipped to +-8 and stochastically
@@ -336,7 +357,7 @@ def test_a_killed_serverapp_resumes_to_the_in_process_result(
     # the TLS deployment, killed and resumed, ends with the in-process runtime's state and
     # byte counts (an uninterrupted deployment is the simpler case of the same path); with
     # SCAFFOLD, whose clients keep their controls on their nodes' disks across the resume
-    config = run_config(deployment, tiny_model_dir, rounds=3, timeout=60, extra=SCAFFOLD)
+    config = run_config(deployment, tiny_model_dir, rounds=2, timeout=60, extra=SCAFFOLD)
     run = flwr_run(deployment, config)
     out = tmp_path / "flower-run"
     wait_for_rounds(out / "metrics.jsonl", 1)
@@ -346,54 +367,26 @@ def test_a_killed_serverapp_resumes_to_the_in_process_result(
     run.kill()  # `flwr run` only streams the log; it would wait ~45 s to see the run end
     run.wait(timeout=30)
     assert not (out / "summary.json").exists()
-    again = run_config(deployment, tiny_model_dir, 3, 60, resume=True, extra=SCAFFOLD)
+    again = run_config(deployment, tiny_model_dir, 2, 60, resume=True, extra=SCAFFOLD)
     resumed = flwr_run(deployment, again, log="resume.log")
     assert resumed.wait(timeout=300) == 0, (tmp_path / "resume.log").read_text()[-2000:]
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in rows] == [1, 2, 3]
+    assert [r["round"] for r in rows] == [1, 2]
     a = load_file(out / "checkpoint" / "global.safetensors")
     b = in_process(out, tmp_path / "local")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     summary = json.loads((out / "summary.json").read_text())
     local = json.loads((tmp_path / "local" / "summary.json").read_text())
-    assert summary["rounds_completed"] == 3
+    assert summary["rounds_completed"] == 2
     assert summary["bytes_up_total"] == local["bytes_up_total"] > 0
     # the clients' controls stayed on their nodes: the server's run directory holds none
     assert list((tmp_path / "local" / "clients").glob("*.safetensors"))  # the simulation's
     assert not [p for p in out.rglob("*") if p.name.split("-r")[0].isdigit()]
     for k in range(2):
         [folder] = (tmp_path / f"node{k}-state").iterdir()  # one run
-        # the state round 3 continued from, and the one it kept
+        # the state the resumed round 2 continued from, and the one it kept
         assert sorted(p.name for p in folder.iterdir()) == [
+            f"{k}-r1.safetensors",
             f"{k}-r2.safetensors",
-            f"{k}-r3.safetensors",
         ]
     assert not [log for log in tmp_path.glob("*.log") if "afresh" in log.read_text()]
-
-
-def test_only_registered_nodes_take_part_as_the_clients_bound_to_them(
-    deployment: Deployment, tiny_model_dir: Path, tmp_path: Path
-) -> None:
-    # a third node, registered with the SuperLink but not in the run's node map, claims
-    # client 0 (node0's); a fourth, never registered, claims client 1
-    key, impostor = deployment.register("impostor")
-    deployment.node(0, key, log="impostor.log")
-    stranger = deployment.node(1, make_node_key(tmp_path / "stranger"), log="stranger.log")
-    assert stranger.wait(timeout=60) != 0
-    deployment.wait_online(impostor)  # so that the ServerApp sees it when it looks for nodes
-    run = flwr_run(deployment, run_config(deployment, tiny_model_dir, rounds=2, timeout=60))
-    assert run.wait(timeout=300) == 0, (tmp_path / "flwr-run.log").read_text()[-2000:]
-    out = tmp_path / "flower-run"
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [(r["aggregated"], r["failed"], r["rejected"]) for r in rows] == [(2, [], [])] * 2
-    log = (tmp_path / "flwr-run.log").read_text()
-    assert f"fedpet: node {impostor} refused: not in the node map" in log
-    assert log.count("refused") == 1
-    received = {
-        name: (tmp_path / f"{name}.log").read_text().count("Receiving:")
-        for name in ("supernode0", "supernode1", "impostor", "stranger")
-    }
-    # a bound node: one question, then 2 train messages; the others: no message at all
-    assert received == {"supernode0": 3, "supernode1": 3, "impostor": 0, "stranger": 0}
-    stranger_log = (tmp_path / "stranger.log").read_text()
-    assert "Failed to activate SuperNode" in stranger_log and "Receiving" not in stranger_log
