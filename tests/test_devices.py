@@ -16,6 +16,7 @@ from fedpet.cli import main
 from fedpet.client import train_epoch
 from fedpet.data.batching import Encoded
 from fedpet.devices import autocast, resolve_device
+from fedpet.dropout import Stream, seed_tensor
 from fedpet.errors import FedpetError
 from fedpet.state import extract
 
@@ -87,6 +88,9 @@ def linear_data(n: int = 64) -> tuple[nn.Module, Encoded]:
     return Bag(), Encoded(ids, labels, 0, None)
 
 
+STREAM = Stream(seed_tensor(0))
+
+
 def scaled_training(precision: str, epochs: int = 8) -> tuple[list[float], torch.amp.GradScaler]:
     model, data = linear_data()
     params = dict(model.named_parameters())
@@ -95,7 +99,18 @@ def scaled_training(precision: str, epochs: int = 8) -> tuple[list[float], torch
     batches = [np.arange(i, i + 16) for i in range(0, 64, 16)]
     losses = [
         train_epoch(
-            model, params, data, batches, optimizer, None, PlainTraining(), 1.0, precision, scaler
+            model,
+            params,
+            data,
+            batches,
+            optimizer,
+            None,
+            PlainTraining(),
+            1.0,
+            STREAM,
+            0,
+            precision,
+            scaler,
         )
         / 64
         for _ in range(epochs)
@@ -111,7 +126,8 @@ def test_scaled_training_unscales_before_clipping_and_lowers_the_loss() -> None:
     optimizer = torch.optim.SGD(params.values(), lr=0.5)
     batches = [np.arange(i, i + 16) for i in range(0, 64, 16)]
     plain = [
-        train_epoch(model, params, data, batches, optimizer, None, PlainTraining(), 1.0) / 64
+        train_epoch(model, params, data, batches, optimizer, None, PlainTraining(), 1.0, STREAM)
+        / 64
         for _ in range(8)
     ]
     assert scaled[-1] < 0.5 * scaled[0]

@@ -24,6 +24,7 @@ from fedpet.data.batching import (
     shuffled_batches,
 )
 from fedpet.devices import autocast, grad_scaler
+from fedpet.dropout import Stream, keyed, seed_tensor
 from fedpet.generative.lm import CausalLM
 from fedpet.generative.scoring import evaluate_generative
 from fedpet.metrics import classification_metrics
@@ -111,22 +112,27 @@ def train_epoch(
     scheduler: LRScheduler | None,
     hook: ClientHook,
     max_grad_norm: float | None,
+    stream: Stream,
+    first_step: int = 0,
     precision: str = "fp32",
     scaler: torch.amp.GradScaler | None = None,
 ) -> float:
     """One pass over ``batches``; returns the summed (example-weighted) task loss.
 
     ``hook`` adjusts the logits before the task loss (:func:`batch_loss`) and the loss before
-    the gradient. The batches go to the parameters' device and the forward pass runs at
-    ``precision`` (see :func:`fedpet.devices.autocast`); ``scaler`` scales fp16 losses (a
-    step whose scaled gradients overflowed is skipped, as :class:`torch.amp.GradScaler` does).
+    the gradient. Dropout draws from the client's ``stream`` (:mod:`fedpet.dropout`), keyed
+    by local step ``first_step`` onwards. The batches go to the parameters' device and the
+    forward pass runs at ``precision`` (see :func:`fedpet.devices.autocast`); ``scaler``
+    scales fp16 losses (a step whose scaled gradients overflowed is skipped, as
+    :class:`torch.amp.GradScaler` does).
     """
     model.train()
     device = next(iter(params.values())).device
     total = 0.0
-    for idx in batches:
+    for step, idx in enumerate(batches, first_step):
         batch = collate(data, idx, device)
-        with autocast(device, precision):
+        stream.start_step(step)
+        with autocast(device, precision), keyed(stream):
             task_loss = batch_loss(model, batch, hook)
         loss = hook.loss(task_loss, params)
         if scaler is None:
@@ -148,12 +154,25 @@ def train_epoch(
     return total
 
 
+def epoch_batches(
+    indices: np.ndarray, lengths: np.ndarray, train: TrainConfig, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """One epoch's batches of ``indices``, drawn from ``rng``: shuffled, or grouped by length.
+
+    ``lengths`` holds every example's token count (used with ``train.group_by_length``).
+    """
+    if train.group_by_length:
+        return length_grouped_batches(indices, lengths, train.batch_size, rng)
+    return shuffled_batches(indices, train.batch_size, rng)
+
+
 class LocalTraining:
     """One optimizer's pass, epoch by epoch, over a client's examples of the shared model.
 
-    Data order and dropout derive from ``seed``; the optimizer is built fresh and kept for
-    all epochs. :meth:`snapshot` and :meth:`restore` carry the optimizer, schedule and random
-    states across a process restart, so that centralized training resumes exactly.
+    Data order and the dropout stream (:mod:`fedpet.dropout`) derive from ``seed``; the
+    optimizer is built fresh and kept for all epochs. :meth:`snapshot` and :meth:`restore`
+    carry the optimizer, schedule and random states across a process restart, so that
+    centralized training resumes exactly.
     """
 
     def __init__(
@@ -174,6 +193,7 @@ class LocalTraining:
         self.device = next(iter(params.values())).device
         torch.manual_seed(seed)
         self.rng = np.random.default_rng(seed)
+        self.stream = Stream(seed_tensor(seed))
         self.epochs = epochs
         self.steps = planned_steps(len(indices), train, epochs)
         self.done = self.seen = 0  # steps taken, examples trained on by run()
@@ -185,12 +205,9 @@ class LocalTraining:
 
     def run_epoch(self) -> float:
         """Train one more epoch; returns its summed (example-weighted) task loss."""
-        size = self.train.batch_size
-        if self.train.group_by_length:
-            batches = length_grouped_batches(self.indices, self.lengths, size, self.rng)
-        else:
-            batches = shuffled_batches(self.indices, size, self.rng)
+        batches = epoch_batches(self.indices, self.lengths, self.train, self.rng)
         batches = batches[: self.steps - self.done]
+        first = self.done
         self.done += len(batches)
         seen = sum(len(b) for b in batches)
         loss = train_epoch(
@@ -202,6 +219,8 @@ class LocalTraining:
             self.scheduler,
             self.hook,
             self.train.max_grad_norm,
+            self.stream,
+            first,
             self.train.precision,
             self.scaler,
         )
