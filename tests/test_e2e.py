@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from fedpet.configure import build_config, resolve
 from fedpet.experiment import prepare
@@ -97,3 +98,37 @@ def test_fedpet_command_runs_offline_and_learns(tmp_path: Path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"] == "all-MiniLM-L6-v2" and summary["method"] == "lora"
     assert summary["test_accuracy"] >= 0.62
+
+
+def test_minilm_clients_trained_together_end_as_one_at_a_time(tmp_path: Path) -> None:
+    # five clients of unequal sizes, two local epochs, dropout on: one batched pass per step
+    from safetensors.torch import load_file
+
+    states = []
+    for k in ("1", "5"):
+        cfg = resolve(
+            build_config(
+                {"out": str(tmp_path / k)},
+                [
+                    *SLICE,
+                    ("data.max_train_samples", 60),
+                    ("data.partition", "quantity"),
+                    ("data.min_client_size", 4),
+                    ("federation.clients", 5),
+                    ("federation.clients_per_round", 5),
+                    ("train.local_epochs", 2),
+                    ("federation.parallel_clients", k),
+                ],
+            )
+        )
+        exp = prepare(cfg)
+        run = RunDir(tmp_path / k)
+        run.create(overwrite=False)
+        recorder = Recorder(exp, run)
+        run_simulation(exp, recorder)
+        recorder.finish()
+        states.append(load_file(tmp_path / k / "checkpoint" / "global.safetensors"))
+    a, b = states
+    diff = sum(float(((a[n] - b[n]) ** 2).sum()) for n in a)
+    assert diff**0.5 <= 1e-5 * sum(float((a[n] ** 2).sum()) for n in a) ** 0.5
+    assert any(not torch.equal(a[n], b[n]) for n in a)  # really another computation

@@ -101,6 +101,33 @@ def validate(cfg: Config) -> None:
     check_faults(cfg)
     check_secure_aggregation(cfg, algorithm)
     check_privacy(cfg, algorithm)
+    check_parallel(cfg, algorithm)
+
+
+def check_parallel(cfg: Config, algorithm: Algorithm) -> None:
+    """Refuse ``federation.parallel_clients`` above 1 where clients cannot train together."""
+    k = cfg.federation.parallel_clients
+    if k == "1":
+        return
+    key = "federation.parallel_clients"
+    require(
+        not cfg.centralized and cfg.runtime == "simulation",
+        key,
+        k,
+        "1 with --centralized or a Flower runtime (one client trains at a time there)",
+    )
+    require(
+        cfg.method.name != "full",
+        key,
+        k,
+        "1 with method full (each client would stack its own copy of the whole model)",
+    )
+    require(
+        algorithm.shares_base,
+        key,
+        k,
+        f"1 with algorithm {cfg.algorithm.name} (its clients train on different base weights)",
+    )
 
 
 def check_needs(cfg: Config, algorithm: Algorithm) -> None:
@@ -135,6 +162,7 @@ UNFILLED = {
     "train.lr": None,
     "privacy.noise_multiplier": None,
     "federation.clients": FederationConfig().clients,  # a natural partition's, from its data
+    "federation.parallel_clients": "auto",  # chosen for the machine when the run started
 }
 """What each field :func:`resolve` may fill held before it was filled."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,7 +14,8 @@ from transformers import PreTrainedTokenizerBase
 from fedpet.algorithms import get_algorithm
 from fedpet.algorithms.base import ClientHook, PlainTraining
 from fedpet.client import LocalTraining, TrainResult, batch_loss
-from fedpet.config import Config
+from fedpet.cohort import Job, train_cohort
+from fedpet.config import Config, TrainConfig
 from fedpet.data.batching import Encoded, collate, encode
 from fedpet.data.checks import check_skew
 from fedpet.data.partition import PartitionSpec, hold_out, partition
@@ -128,6 +130,30 @@ class Experiment:
             for name in fixed:
                 self.params[name].requires_grad_(True)
         return dataclasses.replace(result, state=extract(self.params)) if fixed else result
+
+    def train_cohort(
+        self,
+        jobs: Sequence[Job],
+        fixed: frozenset[str] = frozenset(),
+        failures: tuple[type[Exception], ...] = (),
+        train: TrainConfig | None = None,
+    ) -> list[TrainResult | Exception]:
+        """Train ``jobs`` together on the shared model (:func:`fedpet.cohort.train_cohort`).
+
+        Each ends as :meth:`train_client` would have ended it, or with the exception in
+        ``failures`` its hook raised. The shared model's trainable parameters are untouched.
+        ``train`` replaces the run's training options (a probe's fewer steps).
+        """
+        return train_cohort(
+            self.model,
+            list(self.params),
+            self.head_names,
+            self.train,
+            jobs,
+            train or self.cfg.train,
+            fixed,
+            failures,
+        )
 
 
 def subsample(task: Task, cfg: Config) -> Task:

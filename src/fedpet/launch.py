@@ -30,6 +30,7 @@ from fedpet.rundir import (
 )
 from fedpet.runtime.budget import check_plan
 from fedpet.runtime.centralized import run_centralized
+from fedpet.runtime.parallel import choose
 from fedpet.runtime.recorder import Recorder, total_rounds
 from fedpet.runtime.simulation import run_simulation
 
@@ -54,7 +55,7 @@ def start_run(
     map_large_blocks()
     reset_peak()  # the run's memory figure starts here, whatever ran before in this process
     reset_device_peak(cfg.device)
-    exp = prepare(cfg, backbones)
+    exp = choose(prepare(cfg, backbones))
     check_plan(exp)
     run = RunDir(out)
     run.create(overwrite)

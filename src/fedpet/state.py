@@ -75,3 +75,8 @@ def pad(state: TrainableState, like: Mapping[str, torch.Tensor]) -> TrainableSta
             full[tuple(slice(0, n) for n in t.shape)] = t
             out[name] = full
     return out
+
+
+def same_state(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> bool:
+    """Whether ``a`` and ``b`` hold the same names with equal tensors."""
+    return a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)

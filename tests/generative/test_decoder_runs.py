@@ -110,3 +110,20 @@ def test_flower_sim_equals_the_in_process_runtime_and_secure_aggregation_its_sum
     # mean of two clients is off by less than 2 x 16 / 2**22
     diff = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert 0 < diff < 2 * 16 / 2**22
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_decoder_clients_trained_together_end_as_one_at_a_time(
+    tiny_decoder_dirs: dict[str, Path], tmp_path: Path, family: str
+) -> None:
+    # each client's mean loss over its own response tokens, from one batched pass
+    model, one, four = tiny_decoder_dirs[family], tmp_path / "one", tmp_path / "four"
+    assert main(argv(model, one, "--clients-per-round", "4")) == 0
+    flags = ("--clients-per-round", "4", "--set", "federation.parallel_clients=4")
+    assert main(argv(model, four, *flags)) == 0
+    a, b = state(one), state(four)
+    diff = sum(float(((a[k] - b[k]) ** 2).sum()) for k in a)
+    assert diff**0.5 <= 1e-5 * sum(float((a[k] ** 2).sum()) for k in a) ** 0.5
+    for row, other in zip(metrics(one), metrics(four), strict=True):
+        assert row.keys() == other.keys()
+        assert row["train_loss"] == pytest.approx(other["train_loss"], rel=1e-5)

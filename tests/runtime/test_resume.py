@@ -56,6 +56,15 @@ SETUPS = {
         "--set",
         "algorithm.prune_lambda=1",
     ],
+    # five clients trained together (federation.parallel_clients), of unequal sizes
+    "parallel-5": [
+        "--clients-per-round",
+        "5",
+        "--set",
+        "federation.parallel_clients=5",
+        "--set",
+        "data.partition=quantity",
+    ],
     "faults": [
         "--client-failure-rate",
         "0.3",

@@ -129,8 +129,10 @@ class Algorithm(Protocol):
     (global_state, server_state)``, with no hidden state on the object. ``keeps_updates``
     asks the runtime for an :class:`Aggregate` that keeps every update. ``needs`` says
     what it needs of the config, ``allows_dp`` and ``allows_secure_aggregation`` whether
-    client-level DP and secure aggregation keep their guarantees with it; ``options`` is its
-    options class (``algorithm.<field>`` in the config).
+    client-level DP and secure aggregation keep their guarantees with it, ``shares_base``
+    whether a round's clients train on the same base weights (``federation.parallel_clients``
+    trains them together); ``options`` is its options class (``algorithm.<field>`` in the
+    config).
 
     A round: the server sends client ``k`` ``client_view(download(global, server), k)``; the
     client trains the model part with ``client_hook(received, client_state)`` and sends the
@@ -166,6 +168,11 @@ class Algorithm(Protocol):
     @property
     def allows_secure_aggregation(self) -> bool:
         """Whether it needs nothing but the sum of the updates as sent."""
+        ...
+
+    @property
+    def shares_base(self) -> bool:
+        """Whether a round's clients train on the same base weights (so can train together)."""
         ...
 
     def check(self, cfg: Config) -> None:
@@ -286,6 +293,7 @@ class PlainAlgorithm:
     needs: ClassVar[Needs] = Needs()
     allows_dp: ClassVar[bool] = True
     allows_secure_aggregation: ClassVar[bool] = True
+    shares_base: ClassVar[bool] = True
     personal_copy: ClassVar[bool] = False
 
     def __init__(self, config: AlgorithmOptions) -> None:

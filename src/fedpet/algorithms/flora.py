@@ -64,6 +64,7 @@ class FLora(RankedClients):
 
     name = "flora"
     keeps_updates: ClassVar[bool] = True
+    shares_base: ClassVar[bool] = False  # each client merges into the merge it keeps
 
     def trains(self, name: str, round_: int) -> bool:
         """LoRA's factors and the head; never what is merged into the base."""

@@ -187,6 +187,16 @@ class FederationConfig:
         "sampled client; null: no budget)",
         or_null(above(0, "MB")),
     )
+    parallel_clients: str = option(
+        "1",
+        "clients of a round trained together on the shared frozen model, in one batched "
+        "pass (the simulation runtime; 1: one after another; auto: the most that fit the "
+        "GPU's memory, or what a short probe measures fastest on the CPU)",
+        Rule(
+            lambda v: v == "auto" or (v.isdigit() and int(v) >= 1),
+            "a whole number >= 1, or auto",
+        ),
+    )
 
 
 @dataclass(frozen=True)

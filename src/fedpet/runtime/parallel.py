@@ -1,0 +1,122 @@
+"""How many of a round's clients train together: memory planned before the run, and ``auto``.
+
+Training K clients together (:mod:`fedpet.cohort`) keeps K clients' activations and K
+copies of the trainable tensors with their gradients and optimizer state. :func:`plan`
+estimates that from one measured forward pass: the bytes autograd saves for the backward
+pass (the activations, whatever the model and method) of one client's batch at the
+configured batch size and the longest sequence, times K, plus K times the trainable
+tensors' own bytes. ``federation.parallel_clients: auto`` picks, on a GPU, the largest K
+(up to the clients per round) whose estimate fits the device's free memory, and on the CPU
+the K a short probe of real cohort steps measures fastest; the run's ``config.yaml`` records
+the K chosen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedpet.algorithms import PlainTraining
+from fedpet.cohort import Job
+from fedpet.experiment import Experiment
+from fedpet.state import extract
+
+FREE_FRACTION = 0.9
+"""The share of a GPU's free memory a planned cohort may take (the rest: allocator slack)."""
+
+OPTIMIZER_COPIES = {"adamw": 4, "sgd": 2}
+"""A trainable tensor's copies per client: itself, its gradient, and AdamW's two moments."""
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """The memory one client adds to a cohort, in bytes.
+
+    ``activations``: what autograd keeps for the backward pass of one batch of
+    ``train.batch_size`` sequences of the longest length; ``state``: its trainable tensors
+    with their gradients and optimizer state.
+    """
+
+    activations: int
+    state: int
+
+    def bytes(self, clients: int) -> int:
+        """The estimate for ``clients`` trained together."""
+        return clients * (self.activations + self.state)
+
+
+def worst_batch(exp: Experiment) -> np.ndarray:
+    """One client's batch of the longest training examples (the most activations)."""
+    longest = np.argsort([-len(ids) for ids in exp.train.input_ids], kind="stable")
+    return longest[: exp.cfg.train.batch_size]
+
+
+def plan(exp: Experiment) -> MemoryPlan:
+    """Measure what one client adds to a cohort on ``exp``'s device (see :class:`MemoryPlan`)."""
+    frozen = {p.data_ptr() for p in exp.model.parameters()}
+    frozen |= {b.data_ptr() for b in exp.model.buffers()}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in frozen:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    start = extract(exp.params)
+    job = Job(worst_batch(exp), start, PlainTraining(), 0)
+    train = dataclasses.replace(exp.cfg.train, local_epochs=1, max_steps=1)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        exp.train_cohort([job], train=train)
+    copies = OPTIMIZER_COPIES.get(exp.cfg.train.optimizer, 4)
+    state = sum(t.numel() * t.element_size() for t in start.values()) * copies
+    return MemoryPlan(sum(saved.values()), state)
+
+
+def fits(exp: Experiment, memory: MemoryPlan) -> int:
+    """The most clients (up to the round's) whose planned memory fits the GPU's free memory."""
+    free, _ = torch.cuda.mem_get_info(exp.device)
+    per_round = exp.cfg.federation.clients_per_round
+    return max(1, min(per_round, int(free * FREE_FRACTION) // max(1, memory.bytes(1))))
+
+
+def fastest(exp: Experiment, most: int) -> int:
+    """The K up to ``most`` whose probe cohort step trains the most examples a second.
+
+    K doubles from 1 while the rate grows (one step each, after a warm-up step at K = 1).
+    """
+    start = extract(exp.params)
+    train = dataclasses.replace(exp.cfg.train, local_epochs=1, max_steps=1)
+
+    def rate(k: int) -> float:
+        jobs = [Job(worst_batch(exp), start, PlainTraining(), i) for i in range(k)]
+        began = time.perf_counter()
+        exp.train_cohort(jobs, train=train)
+        return k / (time.perf_counter() - began)
+
+    rate(1)
+    best, best_rate, k = 1, rate(1), 2
+    while k <= most:
+        measured = rate(k)
+        if measured <= best_rate:
+            break
+        best, best_rate, k = k, measured, 2 * k
+    return best
+
+
+def choose(exp: Experiment) -> Experiment:
+    """``exp`` with ``federation.parallel_clients: auto`` replaced by the K chosen for it."""
+    cfg = exp.cfg
+    if cfg.federation.parallel_clients != "auto":
+        return exp
+    cuda = exp.device.type == "cuda"
+    chosen = fits(exp, plan(exp)) if cuda else fastest(exp, cfg.federation.clients_per_round)
+    federation = dataclasses.replace(cfg.federation, parallel_clients=str(chosen))
+    filled = tuple(dict.fromkeys((*cfg.filled, "federation.parallel_clients")))
+    return dataclasses.replace(
+        exp, cfg=dataclasses.replace(cfg, federation=federation, filled=filled)
+    )
