@@ -9,8 +9,9 @@
     (``--device cuda``) also each run's peak GPU memory.
 
 Each run is a separate ``fedpet run`` process; figures come from its summary.json.
+With ``--parallel K`` part (b)'s runs train K of a round's clients together.
 Usage: python benchmarks/sim_overhead.py [--repeats 3] [--rounds 3] [--parts ab]
-       [--algorithm fedavg] [--device auto]
+       [--algorithm fedavg] [--device auto] [--parallel 1]
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ def main() -> None:
     parser.add_argument("--parts", default="ab", help="which measurements: a, b or ab")
     parser.add_argument("--algorithm", default="fedavg", help="the algorithm of part (b)")
     parser.add_argument("--device", default="auto", help="where every run trains")
+    parser.add_argument(
+        "--parallel", default="1", help="federation.parallel_clients of every run of part (b)"
+    )
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="fedpet-bench-"))
     small_eval = ["--set", "data.max_eval_samples=64", "--dropout", "0", "--device", args.device]
@@ -46,7 +50,8 @@ def main() -> None:
     if "a" in args.parts:
         throughput(tmp, args.repeats, small_eval)
     if "b" in args.parts:
-        flat_memory(tmp, args.rounds, args.algorithm, small_eval)
+        together = ["--set", f"federation.parallel_clients={args.parallel}"]
+        flat_memory(tmp, args.rounds, args.algorithm, [*small_eval, *together])
 
 
 def throughput(tmp: Path, repeats: int, small_eval: list[str]) -> None:

@@ -5,7 +5,10 @@
 #      (RoBERTa-base's size, random weights from a config), batch 32, length 128, per precision;
 #   3. peak GPU memory of a run with 10 clients against one with 1,000 (10 sampled a round);
 #   4. QLoRA: a tiny Llama's LoRA round on 4-bit base weights (needs bitsandbytes; the GPU
-#      tests of step 1 include it, this names it).
+#      tests of step 1 include it, this names it);
+#   5. a round's clients trained together (federation.parallel_clients) on CUDA: examples/s
+#      and operators per example at K = 1..20 against one by one and a centralized loop, and
+#      planned against measured memory at K = 10; then 10 vs 1,000 clients at K = 10.
 # Without CUDA it says so in one line and exits 0. Budget: under 8 minutes on one H200.
 #
 # Python: $PYTHON, else .venv/bin/python, else python3. On a machine without fedpet's
@@ -35,5 +38,9 @@ echo "== 3. peak GPU memory, 10 vs 1,000 clients"
 
 echo "== 4. QLoRA (4-bit base weights, bitsandbytes)"
 "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider -rs tests/generative -k qlora
+
+echo "== 5. clients trained together (parallel_clients), MiniLM and BERT-base-sized"
+"$PYTHON" benchmarks/parallel_clients.py --device cuda --models minilm,base --steps 2
+"$PYTHON" benchmarks/sim_overhead.py --parts b --rounds 2 --device cuda --parallel 10
 
 echo "gpu-check: done in $((SECONDS - start)) s"

@@ -7,8 +7,11 @@ import pytest
 import torch
 from helpers import refused, run_argv
 from safetensors.torch import load_file
+from torch import nn
 
+from fedpet.api import MethodBase, register_method
 from fedpet.cli import main
+from fedpet.methods import METHODS
 
 TIMING = {"train_seconds", "eval_seconds"}
 
@@ -157,3 +160,61 @@ def test_the_memory_plan_counts_activations_per_example_and_state_per_client(
     trainable = sum(p.numel() for p in exp.params.values())
     assert plans[8].state == trainable * 4 * 4  # fp32 tensor, gradient, two AdamW moments
     assert plans[8].bytes(10) == 10 * plans[8].bytes(1)
+
+
+class _Gate(nn.Module):
+    """A trained scale on a LayerNorm's output, read as a Python number (no vmap for it)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner, self.scale = inner, nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x) * float(self.scale.item())
+
+
+class _LastNorms(MethodBase):
+    """A user's method: the last layer's LayerNorms train (as the API guide's example)."""
+
+    name = "last-norms"
+    default_lr = 1e-3
+
+    def attach(self, encoder: nn.Module, options: object) -> nn.Module:
+        last = f"layer.{encoder.config.num_hidden_layers - 1}."
+        for name, param in encoder.named_parameters():
+            param.requires_grad_("LayerNorm" in name and last in name)
+        return encoder
+
+
+class _Gated(MethodBase):
+    name = "gated"
+    default_lr = 1e-3
+
+    def attach(self, encoder: nn.Module, options: object) -> nn.Module:
+        for param in encoder.parameters():
+            param.requires_grad_(False)
+        encoder.embeddings.LayerNorm = _Gate(encoder.embeddings.LayerNorm)
+        return encoder
+
+
+@pytest.fixture
+def user_methods():
+    for method in (_LastNorms(), _Gated()):
+        register_method(method)
+    yield
+    for name in ("last-norms", "gated"):
+        del METHODS[name]
+
+
+def test_a_user_s_method_trains_together_or_is_refused_in_one_line(
+    tiny_model_dir: Path, tmp_path: Path, user_methods, capsys
+) -> None:
+    a, b = _states(tiny_model_dir, tmp_path, ("--method", "last-norms"))
+    assert _relative(a, b) <= 1e-5
+    argv = run_argv(
+        tiny_model_dir, tmp_path / "gated", "--method", "gated",
+        "--set", "federation.parallel_clients=3",
+    )  # fmt: skip
+    said = refused(argv, capsys, keep=tmp_path)
+    assert "method.name = 'gated' is not allowed with federation.parallel_clients = 3" in said
+    assert not (tmp_path / "gated").exists()  # refused before anything was written

@@ -7,7 +7,9 @@ its own new state, sends the update and its report through the stages' client ha
 clip and noise share), encodes it (error feedback inside the codec), and saves its new
 state. The simulation runtime calls :meth:`ClientHalf.run` in process; Flower's ClientApp
 calls it from its train handler, in a secure round too, where the update is left to the
-secure sum's masks instead of the codec.
+secure sum's masks instead of the codec. :meth:`ClientHalf.run_cohort` does the same for
+several clients whose local training runs together (:mod:`fedpet.cohort`): each client's
+round is opened (:meth:`ClientHalf.open`) and closed (:meth:`ClientHalf.close`) on its own.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ import torch
 
 from fedpet.algorithms import PlainTraining
 from fedpet.cohort import Job
+from fedpet.errors import FedpetError, one_line
 from fedpet.experiment import Experiment
 from fedpet.state import extract
 
@@ -108,9 +109,37 @@ def fastest(exp: Experiment, most: int) -> int:
     return best
 
 
+def check_cohort(exp: Experiment) -> None:
+    """Refuse, in one line, a method whose trainable modules cannot run per client together.
+
+    Two clients take one step together on two examples; a module that cannot be applied
+    per client (data-dependent control flow under ``torch.func.vmap``, an input that is not
+    the batch's) fails it.
+    """
+    start = extract(exp.params)
+    rows = np.arange(min(2, len(exp.train)))
+    jobs = [Job(rows, start, PlainTraining(), i) for i in range(2)]
+    train = dataclasses.replace(exp.cfg.train, local_epochs=1, max_steps=1)
+    try:
+        exp.train_cohort(jobs, train=train)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FedpetError(
+            f"method.name = {exp.cfg.method.name!r} is not allowed with "
+            f"federation.parallel_clients = {exp.cfg.federation.parallel_clients}: its "
+            f"trainable modules cannot run per client in one batched pass ({one_line(reason)})"
+        ) from None
+
+
 def choose(exp: Experiment) -> Experiment:
-    """``exp`` with ``federation.parallel_clients: auto`` replaced by the K chosen for it."""
+    """``exp`` with ``federation.parallel_clients`` checked, and ``auto`` replaced by a K.
+
+    Above 1 (or ``auto``), :func:`check_cohort` first.
+    """
     cfg = exp.cfg
+    if cfg.federation.parallel_clients == "1":
+        return exp
+    check_cohort(exp)
     if cfg.federation.parallel_clients != "auto":
         return exp
     cuda = exp.device.type == "cuda"

@@ -1,0 +1,190 @@
+"""Training a round's clients together (``federation.parallel_clients``), side by side.
+
+For each model (the packaged MiniLM; a base-size BERT built from its config, random weights)
+and batch size, on real rotten_tomatoes examples, LoRA r8:
+
+- examples/s of K clients trained together (one cohort step per local step), for each K,
+  against the same K clients trained one after another (today's sequential loop), and
+  against one centralized large-batch loop over the same examples (batch K x batch);
+- aten operators dispatched per training example (torch profiler, one step): the proxy for
+  a GPU's launch-bound time, which should fall about as 1/K;
+- at K = 10, the planned memory (:func:`fedpet.runtime.parallel.plan`) against the measured
+  peak of a cohort step on the longest examples: resident memory on the CPU, allocated
+  memory on CUDA.
+
+Usage: python benchmarks/parallel_clients.py [--models minilm,base] [--ks 1,2,5,10,20]
+       [--batches 8,16] [--steps 2] [--device auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+
+from fedpet.algorithms import PlainTraining
+from fedpet.client import LocalTraining
+from fedpet.cohort import Job
+from fedpet.configure import build_config, resolve
+from fedpet.experiment import Experiment, prepare
+from fedpet.memory import map_large_blocks, own_peak_mb, reset_peak
+from fedpet.model import model_path
+from fedpet.runtime.parallel import plan, worst_batch
+from fedpet.state import extract, load_
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def base_model(folder: Path) -> Path:
+    """A BERT-base-sized encoder (12 layers, hidden 768) with random weights."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path("all-MiniLM-L6-v2"))
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=tokenizer.vocab_size)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def experiment(model: str, batch: int, examples: int, device: str) -> Experiment:
+    overrides = [
+        ("model", model),
+        ("method.name", "lora"),
+        ("data.max_train_samples", examples),
+        ("data.max_eval_samples", 8),
+        ("data.max_length", 64),
+        ("train.batch_size", batch),
+        ("device", device),
+    ]
+    return prepare(resolve(build_config({"out": tempfile.mkdtemp()}, overrides)))
+
+
+def cohort_jobs(exp: Experiment, k: int, batch: int, steps: int) -> list[Job]:
+    start = extract(exp.params)
+    size = batch * steps
+    return [Job(np.arange(i * size, (i + 1) * size), start, PlainTraining(), i) for i in range(k)]
+
+
+def timed(fn) -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    began = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - began
+
+
+def sequential(exp: Experiment, jobs: list[Job]) -> None:
+    """The clients one after another on the shared model, as the sequential loop trains them."""
+    for job in jobs:
+        load_(exp.params, job.start)
+        LocalTraining(
+            exp.model,
+            exp.params,
+            exp.head_names,
+            exp.train,
+            job.indices,
+            exp.cfg.train,
+            job.hook,
+            job.seed,
+            1,
+        ).run()
+
+
+def centralized(exp: Experiment, jobs: list[Job], batch: int) -> None:
+    train = dataclasses.replace(exp.cfg.train, batch_size=batch * len(jobs), max_steps=None)
+    indices = np.concatenate([j.indices for j in jobs])
+    LocalTraining(
+        exp.model, exp.params, exp.head_names, exp.train, indices, train, PlainTraining(), 0, 1
+    ).run()
+
+
+def aten_ops(fn) -> int:
+    from torch.profiler import profile
+
+    with profile() as prof:
+        fn()
+    return sum(1 for e in prof.events() if e.name.startswith("aten::"))
+
+
+def measured_peak_mb(exp: Experiment, k: int) -> float:
+    """The peak of one cohort step of ``k`` clients on the longest examples, over before it."""
+    start = extract(exp.params)
+    jobs = [Job(worst_batch(exp), start, PlainTraining(), i) for i in range(k)]
+    train = dataclasses.replace(exp.cfg.train, local_epochs=1, max_steps=1)
+    if exp.device.type == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated(exp.device)
+        torch.cuda.reset_peak_memory_stats(exp.device)
+        exp.train_cohort(jobs, train=train)
+        return (torch.cuda.max_memory_allocated(exp.device) - before) / 2**20
+    before = psutil.Process().memory_info().rss / 2**20
+    reset_peak()
+    exp.train_cohort(jobs, train=train)
+    return own_peak_mb() - before
+
+
+def bench(name: str, model: str, batch: int, ks: list[int], steps: int, device: str) -> None:
+    exp = experiment(model, batch, max(ks) * batch * steps, device)
+    exp.cfg = dataclasses.replace(
+        exp.cfg, train=dataclasses.replace(exp.cfg.train, max_steps=steps, local_epochs=1)
+    )
+    warm = cohort_jobs(exp, 1, batch, 1)
+    exp.train_cohort(warm, train=dataclasses.replace(exp.cfg.train, max_steps=1))
+    print(f"\n{name}, batch {batch}, LoRA r8, max_length 64, {steps} steps per client")
+    print(
+        "   K | one by one ex/s | together ex/s | speed-up | centralized ex/s | ops/ex  | ops ratio"
+    )
+    base_ops = None
+    for k in ks:
+        jobs = cohort_jobs(exp, k, batch, steps)
+        examples = k * batch * steps
+        alone = examples / timed(lambda: sequential(exp, jobs))  # noqa: B023
+        together = examples / timed(lambda: exp.train_cohort(jobs))  # noqa: B023
+        central = examples / timed(lambda: centralized(exp, jobs, batch))  # noqa: B023
+        one_step = dataclasses.replace(exp.cfg.train, max_steps=1)
+        ops = aten_ops(lambda: exp.train_cohort(jobs, train=one_step)) / (k * batch)  # noqa: B023
+        if base_ops is None:
+            base_ops = aten_ops(lambda: sequential(exp, jobs[:1])) / (batch * steps)  # noqa: B023
+        print(
+            f"  {k:2d} | {alone:15.1f} | {together:13.1f} | {together / alone:7.2f}x | "
+            f"{central:16.1f} | {ops:7.1f} | {ops / base_ops:6.3f}"
+        )
+    memory = plan(exp)
+    planned = memory.bytes(10) / 2**20
+    peak = measured_peak_mb(exp, 10)
+    print(
+        f"  memory at K = 10 (longest examples): planned {planned:.1f} MB, measured {peak:.1f} MB"
+        f" (measured / planned {peak / planned:.2f})"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="minilm,base")
+    parser.add_argument("--ks", default="1,2,5,10,20")
+    parser.add_argument("--batches", default="8,16")
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    map_large_blocks()
+    ks = [int(k) for k in args.ks.split(",")]
+    models = {"minilm": str(model_path("all-MiniLM-L6-v2"))}
+    if "base" in args.models:
+        models["base"] = str(base_model(Path(tempfile.mkdtemp(prefix="bert-base-"))))
+    print(f"torch threads: {torch.get_num_threads()}; device: {args.device}")
+    for name in args.models.split(","):
+        for batch in (int(b) for b in args.batches.split(",")):
+            bench(name, models[name], batch, ks, args.steps, args.device)
+
+
+if __name__ == "__main__":
+    main()
