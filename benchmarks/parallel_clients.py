@@ -6,8 +6,9 @@ and batch size, on real rotten_tomatoes examples, LoRA r8:
 - examples/s of K clients trained together (one cohort step per local step), for each K,
   against the same K clients trained one after another (today's sequential loop), and
   against one centralized large-batch loop over the same examples (batch K x batch);
-- aten operators dispatched per training example (torch profiler, one step): the proxy for
-  a GPU's launch-bound time, which should fall about as 1/K;
+- aten operators dispatched per training example in a steady step (torch profiler; a
+  multi-tensor operator counts once): the proxy for a GPU's launch-bound time, which should
+  fall about as 1/K; the ratio is to one client trained alone;
 - at K = 10, the planned memory (:func:`fedpet.runtime.parallel.plan`) against the measured
   peak of a cohort step on the longest examples: resident memory on the CPU, allocated
   memory on CUDA.
@@ -23,6 +24,7 @@ import dataclasses
 import os
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +61,7 @@ def experiment(model: str, batch: int, examples: int, device: str) -> Experiment
         ("method.name", "lora"),
         ("data.max_train_samples", examples),
         ("data.max_eval_samples", 8),
+        ("federation.clients", 2),  # the benchmark's clients are its own slices of train
         ("data.max_length", 64),
         ("train.batch_size", batch),
         ("device", device),
@@ -108,11 +111,37 @@ def centralized(exp: Experiment, jobs: list[Job], batch: int) -> None:
 
 
 def aten_ops(fn) -> int:
+    """Operators ``fn`` dispatches from Python: aten events not inside another aten event.
+
+    A multi-tensor (foreach) operator counts once, as the one kernel it is on CUDA, not as
+    the per-tensor loop the CPU runs it as.
+    """
     from torch.profiler import profile
 
     with profile() as prof:
         fn()
-    return sum(1 for e in prof.events() if e.name.startswith("aten::"))
+    events = prof.events()
+    return sum(
+        1
+        for e in events
+        if e.name.startswith("aten::")
+        and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))
+    )
+
+
+def cohort_steps(exp: Experiment, jobs: list[Job], steps: int) -> None:
+    exp.train_cohort(jobs, train=dataclasses.replace(exp.cfg.train, max_steps=steps))
+
+
+def alone_steps(exp: Experiment, jobs: list[Job], steps: int) -> None:
+    train = dataclasses.replace(exp.cfg.train, max_steps=steps)
+    sequential(dataclasses.replace(exp, cfg=dataclasses.replace(exp.cfg, train=train)), jobs)
+
+
+def ops_per_example(train_for, examples: int) -> float:
+    """Operators of one steady step (two steps' less one step's: setup and the first step's
+    optimizer state counted out) per training example; ``train_for(steps)`` trains."""
+    return (aten_ops(lambda: train_for(2)) - aten_ops(lambda: train_for(1))) / examples
 
 
 def measured_peak_mb(exp: Experiment, k: int) -> float:
@@ -126,10 +155,16 @@ def measured_peak_mb(exp: Experiment, k: int) -> float:
         torch.cuda.reset_peak_memory_stats(exp.device)
         exp.train_cohort(jobs, train=train)
         return (torch.cuda.max_memory_allocated(exp.device) - before) / 2**20
+    reset_peak()  # hands freed memory back first
+    # blocks of 1 MB and more mapped on their own and returned when freed: resident memory
+    # then follows the tensors alive, not what the heap kept of freed ones (slower: the
+    # speeds are measured before this)
+    map_large_blocks(1 << 20)
     before = psutil.Process().memory_info().rss / 2**20
-    reset_peak()
     exp.train_cohort(jobs, train=train)
-    return own_peak_mb() - before
+    peak = own_peak_mb() - before
+    map_large_blocks()
+    return peak
 
 
 def bench(name: str, model: str, batch: int, ks: list[int], steps: int, device: str) -> None:
@@ -143,17 +178,14 @@ def bench(name: str, model: str, batch: int, ks: list[int], steps: int, device: 
     print(
         "   K | one by one ex/s | together ex/s | speed-up | centralized ex/s | ops/ex  | ops ratio"
     )
-    base_ops = None
+    base_ops = ops_per_example(partial(alone_steps, exp, cohort_jobs(exp, 1, batch, 2)), batch)
     for k in ks:
         jobs = cohort_jobs(exp, k, batch, steps)
         examples = k * batch * steps
-        alone = examples / timed(lambda: sequential(exp, jobs))  # noqa: B023
-        together = examples / timed(lambda: exp.train_cohort(jobs))  # noqa: B023
-        central = examples / timed(lambda: centralized(exp, jobs, batch))  # noqa: B023
-        one_step = dataclasses.replace(exp.cfg.train, max_steps=1)
-        ops = aten_ops(lambda: exp.train_cohort(jobs, train=one_step)) / (k * batch)  # noqa: B023
-        if base_ops is None:
-            base_ops = aten_ops(lambda: sequential(exp, jobs[:1])) / (batch * steps)  # noqa: B023
+        alone = examples / timed(partial(sequential, exp, jobs))
+        together = examples / timed(partial(exp.train_cohort, jobs))
+        central = examples / timed(partial(centralized, exp, jobs, batch))
+        ops = ops_per_example(partial(cohort_steps, exp, jobs), k * batch)
         print(
             f"  {k:2d} | {alone:15.1f} | {together:13.1f} | {together / alone:7.2f}x | "
             f"{central:16.1f} | {ops:7.1f} | {ops / base_ops:6.3f}"
@@ -175,7 +207,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
-    map_large_blocks()
+    map_large_blocks()  # as a run has it
     ks = [int(k) for k in args.ks.split(",")]
     models = {"minilm": str(model_path("all-MiniLM-L6-v2"))}
     if "base" in args.models:

@@ -117,7 +117,7 @@ def test_the_test_metric_is_the_best_rounds_not_the_last_rounds(
     from fedpet.state import load_
 
     out = tmp_path / "best"
-    swinging = ("--rounds", "5", "--seed", "3", "--set", "train.head_lr=0.3")
+    swinging = ("--rounds", "5", "--seed", "6", "--set", "train.head_lr=0.3")
     swinging += ("--set", "federation.eval_every=1")
     assert main(run_argv(tiny_model_dir, out, *swinging, eval_samples=64)) == 0
     summary = json.loads((out / "summary.json").read_text())

@@ -86,8 +86,15 @@ class PerClient(nn.Module):
             return getattr(self.inner, name)  # type: ignore[no-any-return]
 
     def forward(self, *args: object, **kwargs: object) -> object:
-        """The inner module on each client's rows of every tensor input, with its tensors."""
+        """The inner module on each client's rows of every tensor input, with its tensors.
+
+        A linear layer (LoRA's factors, an adapter's projections, a head, a biased layer) is
+        one batched product over the clients; any other module runs under ``vmap``.
+        """
         clients = len(next(iter(self.stacked.values())))
+        if type(self.inner) is nn.Linear and len(args) == 1 and not kwargs:
+            assert isinstance(args[0], torch.Tensor)
+            return self.linear(args[0], clients)
 
         def split(x: object) -> object:
             return x.unflatten(0, (clients, -1)) if isinstance(x, torch.Tensor) else x
@@ -106,6 +113,22 @@ class PerClient(nn.Module):
         return torch.utils._pytree.tree_map(
             lambda t: t.flatten(0, 1) if isinstance(t, torch.Tensor) else t, out
         )
+
+    def linear(self, x: torch.Tensor, clients: int) -> torch.Tensor:
+        """``inner`` as ``x W^T + b`` on each client's rows, W or b the client's where trained."""
+        inner = self.inner
+        assert isinstance(inner, nn.Linear)
+        weight = self.stacked.get("weight", inner.weight)
+        bias = self.stacked.get("bias", inner.bias)
+        rows = x.unflatten(0, (clients, -1))
+        flat = rows.flatten(1, -2)  # [clients, tokens, in]
+        if weight.dim() == 3:
+            out = torch.bmm(flat, weight.to(flat.dtype).transpose(1, 2))
+        else:
+            out = flat @ weight.to(flat.dtype).T
+        if bias is not None:
+            out = out + (bias[:, None] if bias.dim() == 2 else bias).to(out.dtype)
+        return out.view(*rows.shape[:-1], -1).flatten(0, 1)
 
 
 def owners(model: nn.Module, names: Sequence[str]) -> dict[str, list[str]]:
@@ -191,7 +214,7 @@ class _Client:
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if max_grad_norm is not None:
-            nn.utils.clip_grad_norm_(self.trained.values(), max_grad_norm)
+            nn.utils.clip_grad_norm_(self.trained.values(), max_grad_norm, foreach=True)
         if self.scaler is None:
             self.optimizer.step()
         else:

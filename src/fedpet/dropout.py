@@ -21,13 +21,14 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-MASK = 0xFFFFFFFF
-# multipliers below 2**31: a 32-bit value times one stays within int64
-_M1, _M2 = 0x7FEB352D, 0x5BD1E995
+MASK = 0x7FFFFFFF
+"""Keys and hashes are 31-bit values held in int32 tensors (fast, vectorised integer ops)."""
+# odd multipliers; a product's low 31 bits do not depend on how int32 wraps it
+_M1, _M2 = 0x7FEB352D, 0x046CA68B
 
 
 def mix(h: torch.Tensor, c: torch.Tensor | int) -> torch.Tensor:
-    """A 32-bit integer hash of ``h`` combined with ``c`` (int64 tensors of 32-bit values)."""
+    """A 31-bit integer hash of ``h`` combined with ``c`` (int32 tensors of 31-bit values)."""
     h = (h ^ c) & MASK
     h = h ^ (h >> 16)
     h = (h * _M1) & MASK
@@ -39,7 +40,7 @@ def mix(h: torch.Tensor, c: torch.Tensor | int) -> torch.Tensor:
 class Stream:
     """The dropout streams of one client, or of a cohort whose batches are stacked row-wise.
 
-    ``seeds`` holds each client's key (32-bit values, int64). A batch holds ``rows`` rows of
+    ``seeds`` holds each client's key (31-bit values, int32). A batch holds ``rows`` rows of
     each client in turn (None: one client, the whole batch): the first dimension of every
     tensor dropped is the batch's.
     """
@@ -62,19 +63,20 @@ class Stream:
         """
         keys = mix(mix(self.seeds.to(device), self.step), self.calls)
         self.calls += 1
+        threshold = round(p * 2**31)
         if not shape:
-            return keys[0] >= round(p * 2**32)
-        row = torch.arange(shape[0], device=device)
+            return keys[0] >= threshold
+        row = torch.arange(shape[0], device=device, dtype=torch.int32)
         rows = self.rows or shape[0]
         h = mix(keys[row // rows], row % rows)
         for size in shape[1:]:
-            h = mix(h.unsqueeze(-1), torch.arange(size, device=device))
-        return h >= round(p * 2**32)
+            h = mix(h.unsqueeze(-1), torch.arange(size, device=device, dtype=torch.int32))
+        return h >= threshold
 
 
 def seed_tensor(*seeds: int) -> torch.Tensor:
-    """The stream keys of ``seeds``: their low 32 bits, as an int64 tensor."""
-    return torch.tensor([s & MASK for s in seeds], dtype=torch.int64)
+    """The stream keys of ``seeds``: their low 31 bits, as an int32 tensor."""
+    return torch.tensor([s & MASK for s in seeds], dtype=torch.int32)
 
 
 _ACTIVE: list[Stream] = []
