@@ -81,7 +81,8 @@ def data() -> tuple[Any, list[np.ndarray]]:
             "federation": {"clients": CLIENTS, "clients_per_round": CLIENTS},
         }
     )
-    return load_data(cfg)
+    task, clients, _ = load_data(cfg)  # (no local test splits here)
+    return task, clients
 
 
 def batches(texts: list[str], labels: np.ndarray, shuffle: bool) -> list[dict[str, torch.Tensor]]:

@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from functools import partial
@@ -145,7 +147,12 @@ def ops_per_example(train_for, examples: int) -> float:
 
 
 def measured_peak_mb(exp: Experiment, k: int) -> float:
-    """The peak of one cohort step of ``k`` clients on the longest examples, over before it."""
+    """The peak of one cohort step of ``k`` clients on the longest examples, over before it.
+
+    On the CPU, run in a process of its own (:func:`memory_process`) whose blocks of 1 MB
+    and more are mapped on their own and returned when freed: resident memory then follows
+    the tensors alive, not what the heap kept of freed ones.
+    """
     start = extract(exp.params)
     jobs = [Job(worst_batch(exp), start, PlainTraining(), i) for i in range(k)]
     train = dataclasses.replace(exp.cfg.train, local_epochs=1, max_steps=1)
@@ -155,20 +162,37 @@ def measured_peak_mb(exp: Experiment, k: int) -> float:
         torch.cuda.reset_peak_memory_stats(exp.device)
         exp.train_cohort(jobs, train=train)
         return (torch.cuda.max_memory_allocated(exp.device) - before) / 2**20
-    reset_peak()  # hands freed memory back first
-    # blocks of 1 MB and more mapped on their own and returned when freed: resident memory
-    # then follows the tensors alive, not what the heap kept of freed ones (slower: the
-    # speeds are measured before this)
-    map_large_blocks(1 << 20)
+    reset_peak()
     before = psutil.Process().memory_info().rss / 2**20
     exp.train_cohort(jobs, train=train)
-    peak = own_peak_mb() - before
-    map_large_blocks()
-    return peak
+    return own_peak_mb() - before
+
+
+def memory_process(model: str, batch: int, examples: int, device: str, k: int) -> str:
+    """``planned measured`` (MB) at ``k`` clients, from a fresh process (see above)."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import parallel_clients as b; "
+        "b.print_memory(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], "
+        "int(sys.argv[6]))"
+    )
+    here = str(Path(__file__).parent)
+    args = [model, str(batch), str(examples), device, str(k)]
+    said = subprocess.run(
+        [sys.executable, "-c", code, here, *args], check=True, capture_output=True, text=True
+    )
+    return said.stdout.split()[-2] + " " + said.stdout.split()[-1]
+
+
+def print_memory(model: str, batch: int, examples: int, device: str, k: int) -> None:
+    map_large_blocks(1 << 20)
+    exp = experiment(model, batch, examples, device)
+    planned = plan(exp).bytes(k) / 2**20
+    print(f"{planned:.1f} {measured_peak_mb(exp, k):.1f}")
 
 
 def bench(name: str, model: str, batch: int, ks: list[int], steps: int, device: str) -> None:
-    exp = experiment(model, batch, max(ks) * batch * steps, device)
+    pool = max(ks) * batch * max(steps, 2)  # two steps each for the operator count
+    exp = experiment(model, batch, pool, device)
     exp.cfg = dataclasses.replace(
         exp.cfg, train=dataclasses.replace(exp.cfg.train, max_steps=steps, local_epochs=1)
     )
@@ -185,14 +209,14 @@ def bench(name: str, model: str, batch: int, ks: list[int], steps: int, device: 
         alone = examples / timed(partial(sequential, exp, jobs))
         together = examples / timed(partial(exp.train_cohort, jobs))
         central = examples / timed(partial(centralized, exp, jobs, batch))
-        ops = ops_per_example(partial(cohort_steps, exp, jobs), k * batch)
+        two = cohort_jobs(exp, k, batch, 2)
+        ops = ops_per_example(partial(cohort_steps, exp, two), k * batch)
         print(
             f"  {k:2d} | {alone:15.1f} | {together:13.1f} | {together / alone:7.2f}x | "
             f"{central:16.1f} | {ops:7.1f} | {ops / base_ops:6.3f}"
         )
-    memory = plan(exp)
-    planned = memory.bytes(10) / 2**20
-    peak = measured_peak_mb(exp, 10)
+    said = memory_process(model, batch, pool, device, 10)
+    planned, peak = (float(x) for x in said.split())
     print(
         f"  memory at K = 10 (longest examples): planned {planned:.1f} MB, measured {peak:.1f} MB"
         f" (measured / planned {peak / planned:.2f})"

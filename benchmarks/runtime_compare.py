@@ -68,7 +68,8 @@ def command(contender: str, out: Path) -> list[str]:
     """The command line of one contender."""
     if contender == "flower-app":
         return [sys.executable, str(Path(__file__).with_name("flower_plain_app.py"))]
-    runtime, _, parallel = contender.partition("-")
+    parallel = contender == "simulation-parallel"
+    runtime = "simulation" if parallel else contender
     run = [sys.executable, "-m", "fedpet.cli", "run", "--runtime", runtime, "--out", str(out)]
     together = ["--set", "federation.parallel_clients=auto"] if parallel else []
     return [*run, *WORKLOAD, *together]

@@ -38,7 +38,7 @@ CASES = {
     "ditto": ("--algorithm", "ditto", "--set", "data.client_test_fraction=0.25"),
     "rolora": ("--algorithm", "rolora"),
     "fedex-lora": ("--algorithm", "fedex-lora"),
-    "prompt": ("--method", "prompt"),
+    **{m: ("--method", m) for m in ("adapter", "prefix", "prompt", "ia3", "bitfit", "lora-sb")},
 }  # fmt: skip
 
 
