@@ -139,23 +139,36 @@ def train_epoch(
         with autocast(device, precision), keyed(stream):
             task_loss = batch_loss(model, batch, hook)
         loss = hook.loss(task_loss, params)
-        if scaler is None:
-            loss.backward()
-        else:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        if max_grad_norm is not None:
-            nn.utils.clip_grad_norm_(params.values(), max_grad_norm, foreach=True)
-        if scaler is None:
-            optimizer.step()
-        else:
-            scaler.step(optimizer)
-            scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        if scheduler is not None:
-            scheduler.step()
+        (loss if scaler is None else scaler.scale(loss)).backward()
+        optimizer_step(params, optimizer, scheduler, scaler, max_grad_norm)
         total += float(task_loss.detach()) * len(idx)
     return total
+
+
+def optimizer_step(
+    params: dict[str, nn.Parameter],
+    optimizer: Optimizer,
+    scheduler: LRScheduler | None,
+    scaler: torch.amp.GradScaler | None,
+    max_grad_norm: float | None,
+) -> None:
+    """One step on the gradients of ``params``: unscaled, clipped by their norm, applied.
+
+    ``scaler`` skips a step whose scaled gradients overflowed, as
+    :class:`torch.amp.GradScaler` does; the gradients are then cleared and the schedule moves.
+    """
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if max_grad_norm is not None:
+        nn.utils.clip_grad_norm_(params.values(), max_grad_norm, foreach=True)
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    if scheduler is not None:
+        scheduler.step()
 
 
 def epoch_batches(
@@ -197,7 +210,7 @@ class LocalTraining:
         self.device = next(iter(params.values())).device
         torch.manual_seed(seed)
         self.rng = np.random.default_rng(seed)
-        self.stream = Stream(seed_tensor(seed))
+        self.stream = Stream(seed_tensor(seed).to(self.device))
         self.epochs = epochs
         self.steps = planned_steps(len(indices), train, epochs)
         self.done = self.seen = 0  # steps taken, examples trained on by run()

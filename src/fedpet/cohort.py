@@ -32,7 +32,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedpet.algorithms.base import ClientHook
-from fedpet.client import TrainResult, epoch_batches, make_optimizer, planned_steps
+from fedpet.client import (
+    TrainResult,
+    epoch_batches,
+    make_optimizer,
+    optimizer_step,
+    planned_steps,
+)
 from fedpet.config import Config, TrainConfig
 from fedpet.data.batching import Encoded, collate
 from fedpet.devices import autocast, grad_scaler
@@ -204,25 +210,10 @@ class _Client:
         self.plan, self.steps = plan, steps
         self.optimizer, self.scheduler = make_optimizer(self.trained, head_names, train, steps)
         self.scaler = grad_scaler(device, train.precision)
-        self.seed = seed_tensor(job.seed)
+        self.seed = seed_tensor(job.seed).to(device)
         self.total = 0.0
         self.seen = 0
         self.failure: Exception | None = None  # what the hook raised, which ended training
-
-    def step(self, max_grad_norm: float | None) -> None:
-        """The optimizer step on this client's gradients, as :func:`~fedpet.client.train_epoch`."""
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-        if max_grad_norm is not None:
-            nn.utils.clip_grad_norm_(self.trained.values(), max_grad_norm, foreach=True)
-        if self.scaler is None:
-            self.optimizer.step()
-        else:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scheduler is not None:
-            self.scheduler.step()
 
     def result(self) -> TrainResult:
         state = extract(self.params)
@@ -332,7 +323,9 @@ def train_cohort(
                 torch.stack(losses).sum().backward()
             for c in active:
                 if c.failure is None:
-                    c.step(train.max_grad_norm)
+                    optimizer_step(
+                        c.trained, c.optimizer, c.scheduler, c.scaler, train.max_grad_norm
+                    )
             step += 1
     return [c.result() if c.failure is None else c.failure for c in clients]
 

@@ -40,7 +40,8 @@ def mix(h: torch.Tensor, c: torch.Tensor | int) -> torch.Tensor:
 class Stream:
     """The dropout streams of one client, or of a cohort whose batches are stacked row-wise.
 
-    ``seeds`` holds each client's key (31-bit values, int32). A batch holds ``rows`` rows of
+    ``seeds`` holds each client's key (31-bit values, int32), on the device of the tensors
+    it drops (no copy in every call). A batch holds ``rows`` rows of
     each client in turn (None: one client, the whole batch): the first dimension of every
     tensor dropped is the batch's.
     """
@@ -61,7 +62,7 @@ class Stream:
         Each row is keyed by its client's key and its index among that client's rows; each
         other dimension by the element's index in it.
         """
-        keys = mix(mix(self.seeds.to(device), self.step), self.calls)
+        keys = mix(mix(self.seeds, self.step), self.calls)
         self.calls += 1
         threshold = round(p * 2**31)
         if not shape:

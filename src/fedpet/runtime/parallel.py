@@ -56,6 +56,16 @@ def worst_batch(exp: Experiment) -> np.ndarray:
     return longest[: exp.cfg.train.batch_size]
 
 
+def probe(exp: Experiment, indices: np.ndarray, clients: int) -> None:
+    """One step of ``clients`` clients trained together, each on ``indices``.
+
+    They start from the model's current trainable state, which stays untouched.
+    """
+    start = extract(exp.params)
+    jobs = [Job(indices, start, PlainTraining(), i) for i in range(clients)]
+    exp.train_cohort(jobs, train=dataclasses.replace(exp.cfg.train, local_epochs=1, max_steps=1))
+
+
 def plan(exp: Experiment) -> MemoryPlan:
     """Measure what one client adds to a cohort on ``exp``'s device (see :class:`MemoryPlan`)."""
     frozen = {p.data_ptr() for p in exp.model.parameters()}
@@ -68,13 +78,10 @@ def plan(exp: Experiment) -> MemoryPlan:
             saved[storage.data_ptr()] = storage.nbytes()
         return t
 
-    start = extract(exp.params)
-    job = Job(worst_batch(exp), start, PlainTraining(), 0)
-    train = dataclasses.replace(exp.cfg.train, local_epochs=1, max_steps=1)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        exp.train_cohort([job], train=train)
+        probe(exp, worst_batch(exp), 1)
     copies = OPTIMIZER_COPIES.get(exp.cfg.train.optimizer, 4)
-    state = sum(t.numel() * t.element_size() for t in start.values()) * copies
+    state = sum(p.numel() * 4 for p in exp.params.values()) * copies  # fp32, as extracted
     return MemoryPlan(sum(saved.values()), state)
 
 
@@ -90,13 +97,11 @@ def fastest(exp: Experiment, most: int) -> int:
 
     K doubles from 1 while the rate grows (one step each, after a warm-up step at K = 1).
     """
-    start = extract(exp.params)
-    train = dataclasses.replace(exp.cfg.train, local_epochs=1, max_steps=1)
+    longest = worst_batch(exp)
 
     def rate(k: int) -> float:
-        jobs = [Job(worst_batch(exp), start, PlainTraining(), i) for i in range(k)]
         began = time.perf_counter()
-        exp.train_cohort(jobs, train=train)
+        probe(exp, longest, k)
         return k / (time.perf_counter() - began)
 
     rate(1)
@@ -116,12 +121,8 @@ def check_cohort(exp: Experiment) -> None:
     per client (data-dependent control flow under ``torch.func.vmap``, an input that is not
     the batch's) fails it.
     """
-    start = extract(exp.params)
-    rows = np.arange(min(2, len(exp.train)))
-    jobs = [Job(rows, start, PlainTraining(), i) for i in range(2)]
-    train = dataclasses.replace(exp.cfg.train, local_epochs=1, max_steps=1)
     try:
-        exp.train_cohort(jobs, train=train)
+        probe(exp, np.arange(min(2, len(exp.train))), 2)
     except (RuntimeError, ValueError, TypeError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise FedpetError(
