@@ -3,10 +3,12 @@
 For each model (the packaged MiniLM; a base-size BERT built from its config, random weights)
 and batch size, on real rotten_tomatoes examples, LoRA r8:
 
-- examples/s of K clients trained together (one cohort step per local step), for each K,
-  against the same K clients trained one after another (today's sequential loop), and
-  against one centralized large-batch loop over the same examples (batch K x batch);
-- aten operators dispatched per training example in a steady step (torch profiler; a
+- examples/s of K clients trained together, for each K: each local step one pass, and each
+  step's clients grouped by batch width into passes (``federation.pass_cost`` as measured
+  when a run starts, :func:`fedpet.runtime.parallel.measure_pass_cost`); against the same K
+  clients trained one after another (today's sequential loop), and against one centralized
+  large-batch loop over the same examples (batch K x batch);
+- aten operators dispatched per training example in a steady one-pass step (torch profiler; a
   multi-tensor operator counts once): the proxy for a GPU's launch-bound time, which should
   fall about as 1/K; the ratio is to one client trained alone;
 - at K = 10, the planned memory (:func:`fedpet.runtime.parallel.plan`) against the measured
@@ -40,7 +42,7 @@ from fedpet.configure import build_config, resolve
 from fedpet.experiment import Experiment, prepare
 from fedpet.memory import map_large_blocks, own_peak_mb, reset_peak
 from fedpet.model import model_path
-from fedpet.runtime.parallel import plan, worst_batch
+from fedpet.runtime.parallel import fill, measure_pass_cost, plan, worst_batch
 from fedpet.state import extract, load_
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -198,9 +200,13 @@ def bench(name: str, model: str, batch: int, ks: list[int], steps: int, device: 
     )
     warm = cohort_jobs(exp, 1, batch, 1)
     exp.train_cohort(warm, train=dataclasses.replace(exp.cfg.train, max_steps=1))
+    cost = measure_pass_cost(exp, min(10, max(ks)))
+    grouped = fill(exp, dataclasses.replace(exp.cfg.federation, pass_cost=str(cost)), "pass_cost")
     print(f"\n{name}, batch {batch}, LoRA r8, max_length 64, {steps} steps per client")
+    print(f"measured pass cost (K = {min(10, max(ks))}): {cost} tokens")
     print(
-        "   K | one by one ex/s | together ex/s | speed-up | centralized ex/s | ops/ex  | ops ratio"
+        "   K | one by one ex/s | one pass ex/s | speed-up | width groups ex/s | speed-up | "
+        "centralized ex/s | ops/ex  | ops ratio"
     )
     base_ops = ops_per_example(partial(alone_steps, exp, cohort_jobs(exp, 1, batch, 2)), batch)
     for k in ks:
@@ -208,11 +214,13 @@ def bench(name: str, model: str, batch: int, ks: list[int], steps: int, device: 
         examples = k * batch * steps
         alone = examples / timed(partial(sequential, exp, jobs))
         together = examples / timed(partial(exp.train_cohort, jobs))
+        groups = examples / timed(partial(grouped.train_cohort, jobs))
         central = examples / timed(partial(centralized, exp, jobs, batch))
         two = cohort_jobs(exp, k, batch, 2)
         ops = ops_per_example(partial(cohort_steps, exp, two), k * batch)
         print(
             f"  {k:2d} | {alone:15.1f} | {together:13.1f} | {together / alone:7.2f}x | "
+            f"{groups:17.1f} | {groups / alone:7.2f}x | "
             f"{central:16.1f} | {ops:7.1f} | {ops / base_ops:6.3f}"
         )
     said = memory_process(model, batch, pool, device, 10)

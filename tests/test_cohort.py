@@ -1,11 +1,15 @@
 """A cohort trained together (one batched pass) ends as its clients trained one by one."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fedpet.algorithms import PlainTraining, get_algorithm
-from fedpet.cohort import Job, stack_batches, train_cohort
+from fedpet.cohort import Job, stack_batches, train_cohort, width_groups
 from fedpet.data.batching import collate
 from fedpet.dropout import Stream, keyed, seed_tensor
 from fedpet.experiment import Experiment, prepare
@@ -31,10 +35,18 @@ def one_by_one(exp: Experiment, todo: list[Job]) -> list:
     return out
 
 
-def together(exp: Experiment, todo: list[Job]) -> list:
+def together(exp: Experiment, todo: list[Job], cost: float = math.inf) -> list:
+    """The cohort's results, each step in the passes a pass ``cost`` makes cheapest."""
     names = list(exp.params)
     return train_cohort(
-        exp.model, names, exp.head_names, exp.train, todo, exp.cfg.train, failures=(ClientFailure,)
+        exp.model,
+        names,
+        exp.head_names,
+        exp.train,
+        todo,
+        exp.cfg.train,
+        failures=(ClientFailure,),
+        cost=cost,
     )
 
 
@@ -60,8 +72,9 @@ def test_each_method_trained_as_a_cohort_equals_one_client_at_a_time(tiny_config
     sizes = {len(exp.clients[k]) for k in range(4)}
     assert len(sizes) > 1
     todo = jobs(exp)
-    alone, cohort = one_by_one(exp, todo), together(exp, todo)
-    assert_close(cohort, alone)
+    alone = one_by_one(exp, todo)
+    assert_close(together(exp, todo), alone)  # one pass a step
+    assert_close(together(exp, todo, cost=0), alone)  # a pass per batch width
     moved = [float((alone[0].state[n] - todo[0].start[n]).abs().max()) for n in todo[0].start]
     assert max(moved) > 1e-4  # training really moved the tensors
 
@@ -82,7 +95,7 @@ def test_fedprox_clipping_and_a_crash_in_a_cohort(tiny_config) -> None:
         made[1] = Job(made[1].indices, made[1].start, FailingHook(hook, fail_at_step=2), 101)
         return made
 
-    alone, cohort = one_by_one(exp, todo()), together(exp, todo())
+    alone, cohort = one_by_one(exp, todo()), together(exp, todo(), cost=0)
     assert isinstance(alone[1], ClientFailure) and isinstance(cohort[1], ClientFailure)
     assert_close([cohort[k] for k in (0, 2, 3)], [alone[k] for k in (0, 2, 3)])
 
@@ -119,3 +132,44 @@ def test_stacked_batches_pad_with_masked_positions_and_unscored_rows(tiny_config
         assert (mine[:rows, cols:] == exp.train.pad_id).all()
         assert stacked["attention_mask"][first : first + rows, cols:].sum() == 0
         assert mine[rows:].equal(mine[:1].expand(5 - rows, -1))  # copies of the first row
+
+
+def partitions(items: list[int]):
+    """Every way to split ``items`` into groups (set partitions)."""
+    if not items:
+        yield []
+        return
+    first, rest = items[0], items[1:]
+    for split in partitions(rest):
+        yield [[first], *split]
+        for i in range(len(split)):
+            yield [*split[:i], [first, *split[i]], *split[i + 1 :]]
+
+
+@given(
+    widths=st.lists(st.integers(1, 64), min_size=1, max_size=7),
+    rows=st.integers(1, 8),
+    cost=st.sampled_from([0, 1, 30, 200, 5000]),
+)
+def test_width_groups_are_the_cheapest_grouping_of_a_step(widths, rows, cost) -> None:
+    def price(groups: list[list[int]]) -> int:
+        return sum(cost + len(g) * rows * max(widths[i] for i in g) for g in groups)
+
+    groups = width_groups(widths, [rows] * len(widths), cost)
+    assert sorted(i for g in groups for i in g) == list(range(len(widths)))
+    # equal rows: no grouping of the clients at all is cheaper
+    assert price(groups) == min(price(p) for p in partitions(list(range(len(widths)))))
+    narrowest = [max(widths[i] for i in g) for g in groups]
+    assert narrowest == sorted(narrowest)
+
+
+def test_width_groups_weigh_a_pass_against_the_tokens_padding_adds() -> None:
+    widths, rows = [30, 12, 30, 64, 12], [8] * 5
+    assert width_groups(widths, rows, 0) == [[1, 4], [0, 2], [3]]  # no client padded
+    assert width_groups(widths, rows, math.inf) == [[1, 4, 0, 2, 3]]  # one pass
+    # the two 12s padded to 30 add 2 x 8 x 18 = 288 tokens: worth one pass less above that
+    assert width_groups(widths, rows, 287) == [[1, 4], [0, 2], [3]]
+    assert width_groups(widths, rows, 289) == [[1, 4, 0, 2], [3]]
+    # rows count too: 5 rows padded to 8 add 3 x 30 = 90 tokens
+    assert width_groups([30, 30], [8, 5], 89) == [[0], [1]]
+    assert width_groups([30, 30], [8, 5], 91) == [[0, 1]]

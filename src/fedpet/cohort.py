@@ -1,14 +1,14 @@
-"""Local training of several clients at once on the shared frozen model: one batched pass.
+"""Local training of several clients at once on the shared frozen model: batched passes.
 
 A round's clients share the frozen base model; only their few trainable tensors differ.
-:func:`train_cohort` trains a cohort of K of them together. The clients' batches are stacked
-row-wise into one batch (each padded to the cohort's widest and most rows: masked positions,
-and copies of a first row whose outputs are not used), which the frozen model runs as one.
-Each module that owns trainable tensors (a LoRA factor, an adapter's projection, a biased
-layer, the head, a prompt encoder) runs per client instead: its input is split into the
-clients' rows, and ``torch.func.vmap`` applies it with each client's tensors
-(``torch.func.functional_call``), which are the client's own leaf tensors stacked along a
-new leading axis in every step. One backward pass gives each client its gradients.
+:func:`train_cohort` trains a cohort of K of them together. In each local step, the clients'
+batches are grouped by width into passes (:func:`width_groups`: one pass where a pass's
+fixed cost outweighs padding, a pass per width where padding costs more). A pass stacks its
+clients' batches row-wise into one batch (each padded to the pass's widest and most rows:
+masked positions, and copies of a first row whose outputs are not used), which the frozen
+model runs as one; each module that owns trainable tensors runs per client instead
+(:mod:`fedpet.per_client`), with the client's own leaf tensors stacked along a new leading
+axis. One backward pass per pass gives each client its gradients.
 
 Everything else stays the client's own, as :class:`~fedpet.client.LocalTraining` does it
 alone: data order, dropout stream (:mod:`fedpet.dropout`, keyed by the row's client),
@@ -20,11 +20,9 @@ injected crash) is dropped, and the others go on.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
-from typing import Any
 
 import numpy as np
 import torch
@@ -44,10 +42,48 @@ from fedpet.data.batching import Encoded, collate
 from fedpet.devices import autocast, grad_scaler
 from fedpet.dropout import Stream, keyed, seed_tensor
 from fedpet.generative.lm import IGNORE, CausalLM
+from fedpet.per_client import PerClient, owners, per_client
 from fedpet.state import TrainableState, extract
 
 PADDING = {"input_ids": None, "attention_mask": 0, "token_type_ids": 0, "targets": IGNORE}
 """What each batch field is padded with (None: the data's padding token)."""
+
+
+def pass_cost(cfg: Config) -> float:
+    """What one batched pass costs beyond its tokens, in tokens: ``federation.pass_cost``.
+
+    ``auto`` is replaced by a measured cost when a run with ``parallel_clients`` above 1
+    starts; until then (a probe, a direct call) every step is one pass.
+    """
+    cost = cfg.federation.pass_cost
+    return float(cost) if cost.isdigit() else math.inf
+
+
+def width_groups(widths: Sequence[int], rows: Sequence[int], cost: float) -> list[list[int]]:
+    """The clients of one step grouped into passes, as indices into ``widths``.
+
+    Client ``i``'s batch is ``rows[i]`` sequences of ``widths[i]`` tokens; a pass pads its
+    clients' batches to its widest and most rows (:func:`stack_batches`). Of the groupings
+    that are runs of the clients sorted by width, the one with the least
+    ``passes * cost + padded tokens`` (of equal ones, that with the widest last pass); the
+    passes go narrowest first.
+    """
+    order = sorted(range(len(widths)), key=lambda i: (widths[i], i))
+    best = [0.0] + [math.inf] * len(order)  # best[j]: the cheapest grouping of order[:j]
+    cut = [0] * (len(order) + 1)
+    for j in range(1, len(order) + 1):
+        most_rows = 0
+        for i in range(j - 1, -1, -1):  # the last pass is order[i:j]
+            most_rows = max(most_rows, rows[order[i]])
+            total = best[i] + cost + (j - i) * most_rows * widths[order[j - 1]]
+            if total <= best[j]:
+                best[j], cut[j] = total, i
+    groups: list[list[int]] = []
+    j = len(order)
+    while j:
+        groups.append(order[cut[j] : j])
+        j = cut[j]
+    return groups[::-1]
 
 
 def parallel_clients(cfg: Config) -> int:
@@ -74,113 +110,6 @@ class Job:
     start: TrainableState
     hook: ClientHook
     seed: int
-
-
-class PerClient(nn.Module):
-    """A module that owns trainable tensors, applied to each client's rows with its own."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-        self.stacked: dict[str, torch.Tensor] = {}  # name in inner -> [clients, ...]
-
-    def __getattr__(self, name: str) -> torch.Tensor | nn.Module:
-        """The inner module's attributes (its layer's ``weight.dtype``, as peft reads it)."""
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self.inner, name)  # type: ignore[no-any-return]
-
-    def forward(self, *args: object, **kwargs: object) -> object:
-        """The inner module on each client's rows of every tensor input, with its tensors.
-
-        A linear layer (LoRA's factors, an adapter's projections, a head, a biased layer) is
-        one batched product over the clients; any other module runs under ``vmap``.
-        """
-        clients = len(next(iter(self.stacked.values())))
-        if type(self.inner) is nn.Linear and len(args) == 1 and not kwargs:
-            assert isinstance(args[0], torch.Tensor)
-            return self.linear(args[0], clients)
-
-        def split(x: object) -> object:
-            return x.unflatten(0, (clients, -1)) if isinstance(x, torch.Tensor) else x
-
-        def dims(x: object) -> int | None:
-            return 0 if isinstance(x, torch.Tensor) else None
-
-        def apply(
-            params: dict[str, torch.Tensor], a: tuple[object, ...], kw: dict[str, object]
-        ) -> object:
-            return torch.func.functional_call(self.inner, params, a, kw)
-
-        inputs = (tuple(map(split, args)), {k: split(v) for k, v in kwargs.items()})
-        in_dims = (0, tuple(map(dims, args)), {k: dims(v) for k, v in kwargs.items()})
-        out = torch.func.vmap(apply, in_dims=in_dims, randomness="error")(self.stacked, *inputs)
-        return torch.utils._pytree.tree_map(
-            lambda t: t.flatten(0, 1) if isinstance(t, torch.Tensor) else t, out
-        )
-
-    def linear(self, x: torch.Tensor, clients: int) -> torch.Tensor:
-        """``inner`` as ``x W^T + b`` on each client's rows, W or b the client's where trained."""
-        inner = self.inner
-        assert isinstance(inner, nn.Linear)
-        weight = self.stacked.get("weight", inner.weight)
-        bias = self.stacked.get("bias", inner.bias)
-        rows = x.unflatten(0, (clients, -1))
-        flat = rows.flatten(1, -2)  # [clients, tokens, in]
-        if weight.dim() == 3:
-            out = torch.bmm(flat, weight.to(flat.dtype).transpose(1, 2))
-        else:
-            out = flat @ weight.to(flat.dtype).T
-        if bias is not None:
-            out = out + (bias[:, None] if bias.dim() == 2 else bias).to(out.dtype)
-        return out.view(*rows.shape[:-1], -1).flatten(0, 1)
-
-
-def owners(model: nn.Module, names: Sequence[str]) -> dict[str, list[str]]:
-    """The outermost modules that own the trainable tensors ``names``, with their tensors.
-
-    A tensor's owner is the module it is an attribute of, or that module's parent where it
-    is a container (peft's ``ParameterDict`` of IA3 scales); an owner inside another owner
-    is left to it.
-    """
-    modules = dict(model.named_modules())
-    found: dict[str, list[str]] = {}
-    for name in names:
-        path = name.rpartition(".")[0]
-        while isinstance(modules[path], (nn.ParameterDict, nn.ParameterList)):
-            path = path.rpartition(".")[0]
-        found.setdefault(path, []).append(name)
-    outer: dict[str, list[str]] = {}
-    for path, held in sorted(found.items()):
-        parent = next((o for o in outer if path.startswith(o + ".") or o == ""), None)
-        if parent is None:
-            outer[path] = list(held)
-        else:
-            outer[parent] += held
-    return outer
-
-
-@contextmanager
-def per_client(model: nn.Module, found: dict[str, list[str]]) -> Iterator[dict[str, PerClient]]:
-    """``model`` with each owner in ``found`` (:func:`owners`) wrapped in :class:`PerClient`."""
-    wrapped: dict[str, PerClient] = {}
-    prompted: list[Any] = [m for m in model.modules() if _repeats_one_prompt(m)]
-    try:
-        for peft_model in prompted:  # each row its client's prompt, not one repeated
-            peft_model.get_prompt = partial(_prompt_per_row, peft_model)
-        for path in found:
-            parent_path, _, attr = path.rpartition(".")
-            parent = model.get_submodule(parent_path)
-            wrapped[path] = PerClient(getattr(parent, attr))
-            setattr(parent, attr, wrapped[path])
-        yield {path: wrapped[path] for path in found}
-    finally:
-        for peft_model in prompted:
-            del peft_model.get_prompt
-        for path, wrapper in wrapped.items():
-            parent_path, _, attr = path.rpartition(".")
-            setattr(model.get_submodule(parent_path), attr, wrapper.inner)
 
 
 class _Client:
@@ -221,27 +150,6 @@ class _Client:
         return TrainResult(state, len(self.job.indices), mean, self.steps, self.seen)
 
 
-def _repeats_one_prompt(module: nn.Module) -> bool:
-    """Whether ``module`` is a peft model that computes one soft prompt and repeats it."""
-    from peft import PeftModel, PeftType
-
-    if not isinstance(module, PeftModel):
-        return False
-    kind = module.peft_config[module.active_adapter].peft_type
-    return kind in (PeftType.PROMPT_TUNING, PeftType.P_TUNING)
-
-
-def _prompt_per_row(peft_model: Any, batch_size: int, **_: object) -> torch.Tensor:
-    """Prompt tuning's soft prompts computed for every row, as peft does before it repeats one.
-
-    The prompt encoder (a :class:`PerClient` in a cohort) then sees each client's rows.
-    """
-    encoder = peft_model.prompt_encoder[peft_model.active_adapter]
-    tokens = peft_model.prompt_tokens[peft_model.active_adapter]
-    tokens = tokens.unsqueeze(0).expand(batch_size, -1).to(encoder.embedding.weight.device)
-    return encoder(tokens)  # type: ignore[no-any-return]
-
-
 def stack_batches(
     batches: Sequence[dict[str, torch.Tensor]], pad_id: int
 ) -> dict[str, torch.Tensor]:
@@ -277,8 +185,13 @@ def train_cohort(
     train: TrainConfig,
     fixed: frozenset[str] = frozenset(),
     failures: tuple[type[Exception], ...] = (),
+    cost: float = math.inf,
 ) -> list[TrainResult | Exception]:
     """Train ``jobs`` together on ``model`` (its trainable parameters ``names``).
+
+    Each local step runs the clients' batches in the passes :func:`width_groups` chooses
+    for a pass ``cost`` (in tokens; infinite: one pass), each pass's backward before the
+    next, then every client's optimizer step.
 
     Returns, per job, what :class:`~fedpet.client.LocalTraining` would have: its trained
     state (every trainable tensor, ``fixed`` ones unchanged), examples, mean loss, steps and
@@ -287,40 +200,18 @@ def train_cohort(
     device = next(model.parameters()).device
     lengths = data.lengths if train.group_by_length else np.empty(0, dtype=np.int64)
     clients = [_Client(j, names, fixed, head_names, lengths, train, device) for j in jobs]
-    stream = Stream(seed_tensor(0))
     model.train()
     step = 0
     owned = owners(model, names)
     with per_client(model, owned) as wrapped:
+        passes = _Passes(
+            model, wrapped, owned, data.pad_id, Stream(seed_tensor(0)), train, failures
+        )
         while active := [c for c in clients if c.failure is None and step < c.steps]:
             batches = [collate(data, c.plan[step], device) for c in active]
-            batch = stack_batches(batches, data.pad_id)
-            rows = len(batch["input_ids"]) // len(active)
-            for path, wrapper in wrapped.items():
-                wrapper.stacked = {
-                    n[len(path) + 1 :] if path else n: torch.stack([c.params[n] for c in active])
-                    for n in owned[path]
-                }
-            stream.seeds = torch.cat([c.seed for c in active])
-            stream.start_step(step, rows)
-            with autocast(device, train.precision), keyed(stream):
-                out = _outputs(model, batch, len(active))
-                tasks = [
-                    _task_loss(o, b, c.job.hook)
-                    for o, b, c in zip(out, batches, active, strict=True)
-                ]
-            losses = []
-            for c, b, task in zip(active, batches, tasks, strict=True):
-                try:
-                    loss = c.job.hook.loss(task, c.trained)
-                except failures as exc:
-                    c.failure = exc
-                    continue
-                losses.append(loss if c.scaler is None else c.scaler.scale(loss))
-                c.total += float(task.detach()) * len(b["input_ids"])
-                c.seen += len(b["input_ids"])
-            if losses:
-                torch.stack(losses).sum().backward()
+            widths = [b["input_ids"].shape[1] for b in batches]
+            for group in width_groups(widths, [len(b["input_ids"]) for b in batches], cost):
+                passes.run([active[i] for i in group], [batches[i] for i in group], step)
             for c in active:
                 if c.failure is None:
                     optimizer_step(
@@ -328,6 +219,53 @@ def train_cohort(
                     )
             step += 1
     return [c.result() if c.failure is None else c.failure for c in clients]
+
+
+@dataclass(frozen=True)
+class _Passes:
+    """What every pass of a cohort shares: the model with its owners wrapped, and more."""
+
+    model: nn.Module
+    wrapped: dict[str, PerClient]
+    owned: dict[str, list[str]]
+    pad_id: int
+    stream: Stream
+    train: TrainConfig
+    failures: tuple[type[Exception], ...]
+
+    def run(
+        self, clients: Sequence[_Client], batches: Sequence[dict[str, torch.Tensor]], step: int
+    ) -> None:
+        """One pass of ``clients`` on their ``batches`` stacked: forward, losses, backward.
+
+        Each client's gradients land in its own parameters; a client whose hook raises one
+        of ``failures`` is marked failed and left out of the backward pass.
+        """
+        batch = stack_batches(batches, self.pad_id)
+        for path, wrapper in self.wrapped.items():
+            wrapper.stacked = {
+                n[len(path) + 1 :] if path else n: torch.stack([c.params[n] for c in clients])
+                for n in self.owned[path]
+            }
+        self.stream.seeds = torch.cat([c.seed for c in clients])
+        self.stream.start_step(step, len(batch["input_ids"]) // len(clients))
+        with autocast(batch["input_ids"].device, self.train.precision), keyed(self.stream):
+            out = _outputs(self.model, batch, len(clients))
+            tasks = [
+                _task_loss(o, b, c.job.hook) for o, b, c in zip(out, batches, clients, strict=True)
+            ]
+        losses = []
+        for c, b, task in zip(clients, batches, tasks, strict=True):
+            try:
+                loss = c.job.hook.loss(task, c.trained)
+            except self.failures as exc:
+                c.failure = exc
+                continue
+            losses.append(loss if c.scaler is None else c.scaler.scale(loss))
+            c.total += float(task.detach()) * len(b["input_ids"])
+            c.seen += len(b["input_ids"])
+        if losses:
+            torch.stack(losses).sum().backward()
 
 
 def _outputs(model: nn.Module, batch: dict[str, torch.Tensor], clients: int) -> list[torch.Tensor]:

@@ -163,6 +163,7 @@ UNFILLED = {
     "privacy.noise_multiplier": None,
     "federation.clients": FederationConfig().clients,  # a natural partition's, from its data
     "federation.parallel_clients": "auto",  # chosen for the machine when the run started
+    "federation.pass_cost": "auto",  # measured on the machine when the run started
 }
 """What each field :func:`resolve` may fill held before it was filled."""
 

@@ -14,7 +14,7 @@ from transformers import PreTrainedTokenizerBase
 from fedpet.algorithms import get_algorithm
 from fedpet.algorithms.base import ClientHook, PlainTraining
 from fedpet.client import LocalTraining, TrainResult, batch_loss
-from fedpet.cohort import Job, train_cohort
+from fedpet.cohort import Job, pass_cost, train_cohort
 from fedpet.config import Config, TrainConfig
 from fedpet.data.batching import Encoded, collate, encode
 from fedpet.data.checks import check_skew
@@ -153,6 +153,7 @@ class Experiment:
             train or self.cfg.train,
             fixed,
             failures,
+            pass_cost(self.cfg),
         )
 
 

@@ -21,6 +21,8 @@ SHAPE = ("--set", "data.partition=quantity", "--set", "data.min_client_size=4")
 SHAPE += ("--set", "train.local_epochs=2")
 CASES = {
     "lora": (),
+    # every step one pass (the others: a pass per batch width, the most passes)
+    "one-pass": ("--set", "federation.pass_cost=1000000000"),
     "fedprox": ("--algorithm", "fedprox", "--set", "algorithm.mu=0.5"),
     "scaffold": (
         "--algorithm", "scaffold", "--optimizer", "sgd", "--set", "train.max_grad_norm=null",
@@ -87,7 +89,7 @@ def _relative(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 def _states(model: Path, tmp_path: Path, flags: tuple[str, ...]) -> tuple[dict, dict]:
     one, five = tmp_path / "one", tmp_path / "five"
     _run(model, one, "1", flags)
-    _run(model, five, "5", flags)
+    _run(model, five, "5", ("--set", "federation.pass_cost=0", *flags))
     assert "parallel_clients: '5'" in (five / "config.yaml").read_text()
     return (
         load_file(one / "checkpoint" / "global.safetensors"),
@@ -125,11 +127,12 @@ def test_clients_that_cannot_train_together_are_refused_in_one_line(capsys) -> N
         (["--algorithm", "flora"], "algorithm flora"),
         (["--runtime", "flower-sim"], "a Flower runtime"),
         (["--set", "federation.parallel_clients=0"], "a whole number >= 1, or auto"),
+        (["--set", "federation.pass_cost=-3"], "a whole number >= 0, or auto"),
     ]:
         said = refused(
             ["run", "--dry-run", "--set", "federation.parallel_clients=4", *flags], capsys
         )
-        assert "federation.parallel_clients" in said and why in said, said
+        assert "federation." in said and why in said, said
 
 
 def test_auto_picks_a_number_on_the_cpu_and_the_config_records_it(
@@ -143,6 +146,19 @@ def test_auto_picks_a_number_on_the_cpu_and_the_config_records_it(
     chosen = saved["federation"]["parallel_clients"]
     assert chosen.isdigit() and 1 <= int(chosen) <= 5
     assert "federation.parallel_clients" in saved["filled"]
+
+
+def test_a_measured_pass_cost_is_recorded_where_clients_train_together(tiny_config) -> None:
+    from fedpet.experiment import prepare
+    from fedpet.runtime.parallel import ONE_PASS, choose
+
+    exp = choose(prepare(tiny_config(**{"federation.parallel_clients": "3"})))
+    cost = exp.cfg.federation.pass_cost
+    assert cost.isdigit() and 0 <= int(cost) <= ONE_PASS
+    assert "federation.pass_cost" in exp.cfg.filled
+    alone = choose(prepare(tiny_config()))  # one client at a time: nothing to measure
+    assert alone.cfg.federation.pass_cost == "auto"
+    assert "federation.pass_cost" not in alone.cfg.filled
 
 
 def test_the_memory_plan_counts_activations_per_example_and_state_per_client(

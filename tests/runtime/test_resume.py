@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from helpers import refused, run_argv
 from safetensors.torch import load_file
 
@@ -56,7 +57,8 @@ SETUPS = {
         "--set",
         "algorithm.prune_lambda=1",
     ],
-    # five clients trained together (federation.parallel_clients), of unequal sizes
+    # five clients trained together (federation.parallel_clients), of unequal sizes, in the
+    # passes of the cost the killed run measured
     "parallel-5": [
         "--clients-per-round",
         "5",
@@ -172,6 +174,10 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(
     assert 1 <= done <= 10 and not (killed / "summary.json").exists()
 
     assert main(["run", "--resume", str(killed)]) == 0
+    if "federation.parallel_clients=5" in extra:  # the pass cost measured at the start, kept
+        cost = yaml.safe_load((killed / "config.yaml").read_text())["federation"]["pass_cost"]
+        assert cost.isdigit()
+        extra = [*extra, "--set", f"federation.pass_cost={cost}"]
     assert main(args(tiny_model_dir, whole, extra)) == 0
 
     a = load_file(killed / "checkpoint" / "global.safetensors")

@@ -197,6 +197,14 @@ class FederationConfig:
             "a whole number >= 1, or auto",
         ),
     )
+    pass_cost: str = option(
+        "auto",
+        "with parallel_clients above 1: what one batched pass costs beyond its tokens, in "
+        "tokens; each local step's clients are grouped by batch width into the passes that "
+        "cost least (passes x pass_cost + the tokens of their padded batches). 0: a pass per "
+        "width, no client padded beyond its own batch; auto: measured when the run starts",
+        Rule(lambda v: v == "auto" or v.isdigit(), "a whole number >= 0, or auto"),
+    )
 
 
 @dataclass(frozen=True)

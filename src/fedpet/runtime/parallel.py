@@ -8,7 +8,9 @@ configured batch size and the longest sequence, times K, plus K times the traina
 tensors' own bytes. ``federation.parallel_clients: auto`` picks, on a GPU, the largest K
 (up to the clients per round) whose estimate fits the device's free memory, and on the CPU
 the K a short probe of real cohort steps measures fastest; the run's ``config.yaml`` records
-the K chosen.
+the K chosen. ``federation.pass_cost: auto`` is measured the same way
+(:func:`measure_pass_cost`) and recorded, so that a resumed run groups its clients' batches
+into the same passes.
 """
 
 from __future__ import annotations
@@ -22,12 +24,16 @@ import torch
 
 from fedpet.algorithms import PlainTraining
 from fedpet.cohort import Job
+from fedpet.config import FederationConfig
 from fedpet.errors import FedpetError, one_line
 from fedpet.experiment import Experiment
 from fedpet.state import extract
 
 FREE_FRACTION = 0.9
 """The share of a GPU's free memory a planned cohort may take (the rest: allocator slack)."""
+
+ONE_PASS = 10**9
+"""A measured pass cost that makes every step one pass."""
 
 OPTIMIZER_COPIES = {"adamw": 4, "sgd": 2}
 """A trainable tensor's copies per client: itself, its gradient, and AdamW's two moments."""
@@ -114,6 +120,44 @@ def fastest(exp: Experiment, most: int) -> int:
     return best
 
 
+def seconds(exp: Experiment, indices: np.ndarray, clients: int) -> float:
+    """The least of two timed probe steps (:func:`probe`), the device synchronised."""
+    cuda = exp.device.type == "cuda"
+    times = []
+    for _ in range(2):
+        if cuda:
+            torch.cuda.synchronize(exp.device)
+        began = time.perf_counter()
+        probe(exp, indices, clients)
+        if cuda:
+            torch.cuda.synchronize(exp.device)
+        times.append(time.perf_counter() - began)
+    return min(times)
+
+
+def measure_pass_cost(exp: Experiment, clients: int) -> int:
+    """What one pass of ``clients`` costs beyond its tokens, in tokens.
+
+    A step of ``clients`` clients on the shortest batch and one on the longest, timed, fit
+    ``seconds = fixed + per_token * tokens``; the cost is ``fixed / per_token``. Where the
+    two take the same time (launch-bound, or all examples equally long) it is
+    :data:`ONE_PASS`: one pass.
+    """
+    widths = np.array([len(ids) for ids in exp.train.input_ids])
+    order = np.argsort(widths, kind="stable")
+    size = min(exp.cfg.train.batch_size, len(order))
+    short, long = order[:size], order[-size:]
+    tokens = [clients * size * int(widths[part].max()) for part in (short, long)]
+    if tokens[0] == tokens[1]:
+        return ONE_PASS
+    probe(exp, short, clients)  # warm-up
+    spent = [seconds(exp, part, clients) for part in (short, long)]
+    per_token = (spent[1] - spent[0]) / (tokens[1] - tokens[0])
+    if per_token <= 0:
+        return ONE_PASS
+    return min(ONE_PASS, max(0, round(spent[0] / per_token - tokens[0])))
+
+
 def check_cohort(exp: Experiment) -> None:
     """Refuse, in one line, a method whose trainable modules cannot run per client together.
 
@@ -133,20 +177,35 @@ def check_cohort(exp: Experiment) -> None:
 
 
 def choose(exp: Experiment) -> Experiment:
-    """``exp`` with ``federation.parallel_clients`` checked, and ``auto`` replaced by a K.
+    """``exp`` with ``federation.parallel_clients`` checked and its ``auto`` replaced by a K.
 
-    Above 1 (or ``auto``), :func:`check_cohort` first.
+    Above 1 (or ``auto``), :func:`check_cohort` first; where K is above 1, an ``auto``
+    ``federation.pass_cost`` is measured.
     """
     cfg = exp.cfg
     if cfg.federation.parallel_clients == "1":
         return exp
     check_cohort(exp)
-    if cfg.federation.parallel_clients != "auto":
-        return exp
-    cuda = exp.device.type == "cuda"
-    chosen = fits(exp, plan(exp)) if cuda else fastest(exp, cfg.federation.clients_per_round)
-    federation = dataclasses.replace(cfg.federation, parallel_clients=str(chosen))
-    filled = tuple(dict.fromkeys((*cfg.filled, "federation.parallel_clients")))
+    chosen = cfg.federation.parallel_clients
+    if chosen == "auto":
+        cuda = exp.device.type == "cuda"
+        most = cfg.federation.clients_per_round
+        chosen = str(fits(exp, plan(exp)) if cuda else fastest(exp, most))
+        exp = fill(
+            exp,
+            dataclasses.replace(exp.cfg.federation, parallel_clients=chosen),
+            "parallel_clients",
+        )
+    if int(chosen) > 1 and cfg.federation.pass_cost == "auto":
+        cost = str(measure_pass_cost(exp, int(chosen)))
+        exp = fill(exp, dataclasses.replace(exp.cfg.federation, pass_cost=cost), "pass_cost")
+    return exp
+
+
+def fill(exp: Experiment, federation: FederationConfig, field: str) -> Experiment:
+    """``exp`` with ``federation``, whose ``field`` fedpet filled (recorded as such)."""
+    cfg = exp.cfg
+    filled = tuple(dict.fromkeys((*cfg.filled, f"federation.{field}")))
     return dataclasses.replace(
         exp, cfg=dataclasses.replace(cfg, federation=federation, filled=filled)
     )
