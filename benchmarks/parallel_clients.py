@@ -16,7 +16,7 @@ and batch size, on real rotten_tomatoes examples, LoRA r8:
   memory on CUDA.
 
 Usage: python benchmarks/parallel_clients.py [--models minilm,base] [--ks 1,2,5,10,20]
-       [--batches 8,16] [--steps 2] [--device auto]
+       [--batches 8,16] [--steps 2] [--repeats 2] [--device auto]
 """
 
 from __future__ import annotations
@@ -192,7 +192,9 @@ def print_memory(model: str, batch: int, examples: int, device: str, k: int) -> 
     print(f"{planned:.1f} {measured_peak_mb(exp, k):.1f}")
 
 
-def bench(name: str, model: str, batch: int, ks: list[int], steps: int, device: str) -> None:
+def bench(
+    name: str, model: str, batch: int, ks: list[int], steps: int, device: str, repeats: int
+) -> None:
     pool = max(ks) * batch * max(steps, 2)  # two steps each for the operator count
     exp = experiment(model, batch, pool, device)
     exp.cfg = dataclasses.replace(
@@ -212,10 +214,15 @@ def bench(name: str, model: str, batch: int, ks: list[int], steps: int, device: 
     for k in ks:
         jobs = cohort_jobs(exp, k, batch, steps)
         examples = k * batch * steps
-        alone = examples / timed(partial(sequential, exp, jobs))
-        together = examples / timed(partial(exp.train_cohort, jobs))
-        groups = examples / timed(partial(grouped.train_cohort, jobs))
-        central = examples / timed(partial(centralized, exp, jobs, batch))
+        contenders = [
+            partial(sequential, exp, jobs),
+            partial(exp.train_cohort, jobs),
+            partial(grouped.train_cohort, jobs),
+            partial(centralized, exp, jobs, batch),
+        ]
+        # interleaved, the best of ``repeats``: a machine whose speed drifts slows all alike
+        rounds = [[timed(f) for f in contenders] for _ in range(repeats)]
+        alone, together, groups, central = (examples / min(t) for t in zip(*rounds, strict=True))
         two = cohort_jobs(exp, k, batch, 2)
         ops = ops_per_example(partial(cohort_steps, exp, two), k * batch)
         print(
@@ -237,6 +244,7 @@ def main() -> None:
     parser.add_argument("--ks", default="1,2,5,10,20")
     parser.add_argument("--batches", default="8,16")
     parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="timings per figure, best kept")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     map_large_blocks()  # as a run has it
@@ -247,7 +255,7 @@ def main() -> None:
     print(f"torch threads: {torch.get_num_threads()}; device: {args.device}")
     for name in args.models.split(","):
         for batch in (int(b) for b in args.batches.split(",")):
-            bench(name, models[name], batch, ks, args.steps, args.device)
+            bench(name, models[name], batch, ks, args.steps, args.device, args.repeats)
 
 
 if __name__ == "__main__":

@@ -159,6 +159,9 @@ def test_a_measured_pass_cost_is_recorded_where_clients_train_together(tiny_conf
     alone = choose(prepare(tiny_config()))  # one client at a time: nothing to measure
     assert alone.cfg.federation.pass_cost == "auto"
     assert "federation.pass_cost" not in alone.cfg.filled
+    # every example cut to 8 tokens: every batch as wide, one pass whatever it costs
+    cut = choose(prepare(tiny_config(**{"federation.parallel_clients": "3", "data.max_length": 8})))
+    assert cut.cfg.federation.pass_cost == str(ONE_PASS)
 
 
 def test_the_memory_plan_counts_activations_per_example_and_state_per_client(
