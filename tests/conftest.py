@@ -29,6 +29,9 @@ settings.register_profile("full", max_examples=100)
 settings.register_profile("quick", max_examples=12)
 settings.load_profile("quick" if QUICK else "full")
 
+DEPLOYMENTS = "test_flower_deployment.py"
+"""The slowest tests' file: Flower deployments (SuperLink, SuperNodes, ``flwr run``)."""
+
 QUICK_RUNS = 4
 """The most runs an unmarked test may train in the quick loop (a study needs the mark)."""
 QUICK_SECONDS = 60.0
@@ -82,12 +85,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Slow tests first; GPU-marked tests skip, in one line, where torch sees no CUDA device.
+    """Slow tests first, Flower's deployments first of all; GPU-marked tests skip, in one
+    line, where torch sees no CUDA device.
 
-    Started first, the slow tests (most of them waiting on processes) overlap with the many
-    quick ones on the other xdist worker instead of ending the suite on one.
+    Started first, the slow tests (most of them waiting on processes: a deployment's on
+    Flower's timeouts) overlap with the many quick ones on the other xdist worker instead
+    of ending the suite on one.
     """
-    items.sort(key=lambda item: "integration" not in item.keywords)
+    items.sort(key=lambda item: ("integration" not in item.keywords, item.path.name != DEPLOYMENTS))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device (scripts/gpu-check.sh runs it)")
