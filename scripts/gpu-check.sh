@@ -7,8 +7,9 @@
 #   4. QLoRA: a tiny Llama's LoRA round on 4-bit base weights (needs bitsandbytes; the GPU
 #      tests of step 1 include it, this names it);
 #   5. a round's clients trained together (federation.parallel_clients) on CUDA: examples/s
-#      and operators per example at K = 1..20 against one by one and a centralized loop, and
-#      planned against measured memory at K = 10; then 10 vs 1,000 clients at K = 10.
+#      (one pass a step, and width groups) and operators per example at K = 1..20 against
+#      one by one and a centralized loop, and planned against measured memory at K = 10;
+#      then 10 vs 1,000 clients at K = 10.
 # Without CUDA it says so in one line and exits 0. Budget: under 8 minutes on one H200.
 #
 # Python: $PYTHON, else .venv/bin/python, else python3. On a machine without fedpet's
