@@ -148,6 +148,24 @@ def test_auto_picks_a_number_on_the_cpu_and_the_config_records_it(
     assert "federation.parallel_clients" in saved["filled"]
 
 
+@pytest.mark.parametrize(
+    ("seconds", "chosen"),
+    [
+        ({1: 1.0, 2: 1.0, 4: 1.0, 8: 1.0}, 4),  # every doubling twice the rate; 8 > 5 per round
+        ({1: 1.0, 2: 1.96, 4: 3.0}, 1),  # 2% faster at K = 2: within the noise
+        ({1: 1.0, 2: 1.8, 4: 3.5}, 2),  # 11% faster at K = 2, then 3% more at K = 4
+    ],
+)
+def test_auto_on_the_cpu_doubles_k_only_for_a_clear_gain(
+    tiny_config, monkeypatch, seconds: dict[int, float], chosen: int
+) -> None:
+    from fedpet.experiment import prepare
+    from fedpet.runtime import parallel
+
+    monkeypatch.setattr(parallel, "timed_probe", lambda exp, indices, k: seconds[k])
+    assert parallel.fastest(prepare(tiny_config()), 5) == chosen  # 5 clients a round
+
+
 def test_a_measured_pass_cost_is_recorded_where_clients_train_together(tiny_config) -> None:
     from fedpet.experiment import prepare
     from fedpet.runtime.parallel import ONE_PASS, choose

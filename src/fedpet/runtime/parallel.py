@@ -32,6 +32,9 @@ from fedpet.state import extract
 FREE_FRACTION = 0.9
 """The share of a GPU's free memory a planned cohort may take (the rest: allocator slack)."""
 
+GAIN = 1.05
+"""How much faster a larger K must probe on the CPU to be chosen."""
+
 ONE_PASS = 10**9
 """A measured pass cost that makes every step one pass."""
 
@@ -72,6 +75,18 @@ def probe(exp: Experiment, indices: np.ndarray, clients: int) -> None:
     exp.train_cohort(jobs, train=dataclasses.replace(exp.cfg.train, local_epochs=1, max_steps=1))
 
 
+def timed_probe(exp: Experiment, indices: np.ndarray, clients: int) -> float:
+    """The seconds of one :func:`probe` step, the device synchronised."""
+    cuda = exp.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(exp.device)
+    began = time.perf_counter()
+    probe(exp, indices, clients)
+    if cuda:
+        torch.cuda.synchronize(exp.device)
+    return time.perf_counter() - began
+
+
 def plan(exp: Experiment) -> MemoryPlan:
     """Measure what one client adds to a cohort on ``exp``'s device (see :class:`MemoryPlan`)."""
     frozen = {p.data_ptr() for p in exp.model.parameters()}
@@ -101,38 +116,22 @@ def fits(exp: Experiment, memory: MemoryPlan) -> int:
 def fastest(exp: Experiment, most: int) -> int:
     """The K up to ``most`` whose probe cohort step trains the most examples a second.
 
-    K doubles from 1 while the rate grows (one step each, after a warm-up step at K = 1).
+    K doubles from 1 while the rate grows by :data:`GAIN` at least (one step each, after a
+    warm-up step at K = 1): a gain within the timing's noise buys no more memory.
     """
     longest = worst_batch(exp)
 
     def rate(k: int) -> float:
-        began = time.perf_counter()
-        probe(exp, longest, k)
-        return k / (time.perf_counter() - began)
+        return k / timed_probe(exp, longest, k)
 
     rate(1)
     best, best_rate, k = 1, rate(1), 2
     while k <= most:
         measured = rate(k)
-        if measured <= best_rate:
+        if measured < GAIN * best_rate:
             break
         best, best_rate, k = k, measured, 2 * k
     return best
-
-
-def seconds(exp: Experiment, indices: np.ndarray, clients: int) -> float:
-    """The least of two timed probe steps (:func:`probe`), the device synchronised."""
-    cuda = exp.device.type == "cuda"
-    times = []
-    for _ in range(2):
-        if cuda:
-            torch.cuda.synchronize(exp.device)
-        began = time.perf_counter()
-        probe(exp, indices, clients)
-        if cuda:
-            torch.cuda.synchronize(exp.device)
-        times.append(time.perf_counter() - began)
-    return min(times)
 
 
 def measure_pass_cost(exp: Experiment, clients: int) -> int:
@@ -151,7 +150,7 @@ def measure_pass_cost(exp: Experiment, clients: int) -> int:
     if tokens[0] == tokens[1]:
         return ONE_PASS
     probe(exp, short, clients)  # warm-up
-    spent = [seconds(exp, part, clients) for part in (short, long)]
+    spent = [min(timed_probe(exp, part, clients) for _ in range(2)) for part in (short, long)]
     per_token = (spent[1] - spent[0]) / (tokens[1] - tokens[0])
     if per_token <= 0:
         return ONE_PASS
