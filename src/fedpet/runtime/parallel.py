@@ -137,10 +137,10 @@ def fastest(exp: Experiment, most: int) -> int:
 def measure_pass_cost(exp: Experiment, clients: int) -> int:
     """What one pass of ``clients`` costs beyond its tokens, in tokens.
 
-    A step of ``clients`` clients on the shortest batch and one on the longest, timed, fit
-    ``seconds = fixed + per_token * tokens``; the cost is ``fixed / per_token``. Where the
-    two take the same time (launch-bound, or all examples equally long) it is
-    :data:`ONE_PASS`: one pass.
+    A step of ``clients`` clients on the shortest batch and one on the longest (the least
+    of two timings each, after a warm-up step) fit ``seconds = fixed + per_token * tokens``;
+    the cost is ``fixed / per_token``. Where the longer step takes no more time (bound by
+    kernel launches), or every example is as long, it is :data:`ONE_PASS`: one pass.
     """
     widths = np.array([len(ids) for ids in exp.train.input_ids])
     order = np.argsort(widths, kind="stable")
