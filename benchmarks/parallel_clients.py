@@ -42,7 +42,7 @@ from fedpet.configure import build_config, resolve
 from fedpet.experiment import Experiment, prepare
 from fedpet.memory import map_large_blocks, own_peak_mb, reset_peak
 from fedpet.model import model_path
-from fedpet.runtime.parallel import fill, measure_pass_cost, plan, worst_batch
+from fedpet.runtime.parallel import fill, measure_pass_cost, plan, probe, worst_batch
 from fedpet.state import extract, load_
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -155,18 +155,16 @@ def measured_peak_mb(exp: Experiment, k: int) -> float:
     and more are mapped on their own and returned when freed: resident memory then follows
     the tensors alive, not what the heap kept of freed ones.
     """
-    start = extract(exp.params)
-    jobs = [Job(worst_batch(exp), start, PlainTraining(), i) for i in range(k)]
-    train = dataclasses.replace(exp.cfg.train, local_epochs=1, max_steps=1)
+    longest = worst_batch(exp)
     if exp.device.type == "cuda":
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated(exp.device)
         torch.cuda.reset_peak_memory_stats(exp.device)
-        exp.train_cohort(jobs, train=train)
+        probe(exp, longest, k)
         return (torch.cuda.max_memory_allocated(exp.device) - before) / 2**20
     reset_peak()
     before = psutil.Process().memory_info().rss / 2**20
-    exp.train_cohort(jobs, train=train)
+    probe(exp, longest, k)
     return own_peak_mb() - before
 
 
