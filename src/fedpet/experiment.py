@@ -15,7 +15,7 @@ from fedpet.algorithms import get_algorithm
 from fedpet.algorithms.base import ClientHook, PlainTraining
 from fedpet.client import LocalTraining, TrainResult, batch_loss
 from fedpet.cohort import Job, pass_cost, train_cohort
-from fedpet.config import Config, TrainConfig
+from fedpet.config import Config, FederationConfig, TrainConfig
 from fedpet.data.batching import Encoded, collate, encode
 from fedpet.data.checks import check_skew
 from fedpet.data.partition import PartitionSpec, hold_out, partition
@@ -256,8 +256,13 @@ def with_data_clients(cfg: Config, clients: int) -> Config:
     fed = cfg.federation
     per_round = min(fed.clients_per_round, clients)
     federation = dataclasses.replace(fed, clients=clients, clients_per_round=per_round)
-    filled = (*cfg.filled, "federation.clients")
-    return dataclasses.replace(cfg, federation=federation, filled=tuple(dict.fromkeys(filled)))
+    return with_federation(cfg, federation, "clients")
+
+
+def with_federation(cfg: Config, federation: FederationConfig, field: str) -> Config:
+    """``cfg`` with ``federation``, whose ``field`` fedpet filled (recorded in ``filled``)."""
+    filled = tuple(dict.fromkeys((*cfg.filled, f"federation.{field}")))
+    return dataclasses.replace(cfg, federation=federation, filled=filled)
 
 
 def prepare(

@@ -26,7 +26,7 @@ from fedpet.algorithms import PlainTraining
 from fedpet.cohort import Job
 from fedpet.config import FederationConfig
 from fedpet.errors import FedpetError, one_line
-from fedpet.experiment import Experiment
+from fedpet.experiment import Experiment, with_federation
 from fedpet.state import extract
 
 FREE_FRACTION = 0.9
@@ -203,8 +203,4 @@ def choose(exp: Experiment) -> Experiment:
 
 def fill(exp: Experiment, federation: FederationConfig, field: str) -> Experiment:
     """``exp`` with ``federation``, whose ``field`` fedpet filled (recorded as such)."""
-    cfg = exp.cfg
-    filled = tuple(dict.fromkeys((*cfg.filled, f"federation.{field}")))
-    return dataclasses.replace(
-        exp, cfg=dataclasses.replace(cfg, federation=federation, filled=filled)
-    )
+    return dataclasses.replace(exp, cfg=with_federation(exp.cfg, federation, field))
